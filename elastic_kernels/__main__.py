@@ -1,0 +1,7 @@
+"""``python -m elastic_kernels`` is the ``elastic-kernels`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

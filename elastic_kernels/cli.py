@@ -1,0 +1,133 @@
+"""The ``elastic-kernels`` command: one entry point for every process this project runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cluster_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cluster", help="run the local cluster (API server, scheduler, kubelet) on 127.0.0.1",
+        description="Run the embedded local Kubernetes: an API server stand-in, a scheduler with "
+        "simulated GPU nodes, and a kubelet that runs pod containers as local processes.",
+    )
+    p.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
+    p.add_argument("--port", type=int, default=0, help="API server port (0: any free port)")
+    p.add_argument("--nodes", type=int, default=2, help="number of simulated nodes")
+    p.add_argument("--gpus-per-node", type=int, default=4, help="nvidia.com/gpu per node")
+    p.add_argument("--cpu-per-node", default="8", help="allocatable cpu per node")
+    p.add_argument("--memory-per-node", default="32Gi", help="allocatable memory per node")
+    p.add_argument("--namespace", default="default", help="namespace of the kubeconfig context")
+    p.add_argument("--apply", action="append", default=[], metavar="PATH",
+                   help="manifest file or directory to apply once the cluster is up "
+                   "(repeatable; CRDs are applied first)")
+    p.add_argument("--workdir", help="directory for pod files (default: a temporary one)")
+    p.add_argument("--log-level", default="INFO")
+
+
+async def _run_cluster(args: argparse.Namespace) -> int:
+    from .kube.apply import ManifestError, apply_manifests, load_manifests
+    from .kube.client import KubeClient
+    from .kube.config import load_cluster_config
+    from .localcluster.cluster import LocalCluster
+
+    for name in ("nodes", "gpus_per_node"):
+        if getattr(args, name) < 0:
+            print(f"elastic-kernels cluster: --{name.replace('_', '-')} must be >= 0",
+                  file=sys.stderr)
+            return 2
+    try:
+        docs = load_manifests(args.apply)
+    except ManifestError as e:
+        print(f"elastic-kernels cluster: {e}", file=sys.stderr)
+        return 2
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    cluster = LocalCluster(
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu_per_node=args.cpu_per_node,
+        memory_per_node=args.memory_per_node, port=args.port, workdir=args.workdir,
+        kubeconfig_path=args.kubeconfig, namespace=args.namespace,
+    )
+    try:
+        await cluster.start()
+    except OSError as e:
+        print(f"elastic-kernels cluster: cannot start: {e}", file=sys.stderr)
+        return 1
+    try:
+        if docs:
+            cfg = load_cluster_config(cluster.kubeconfig_path)
+            client = KubeClient(cfg.api_client, cfg.namespace)
+            try:
+                applied = await apply_manifests(client, docs)
+            except ManifestError as e:
+                print(f"elastic-kernels cluster: {e}", file=sys.stderr)
+                return 1
+            finally:
+                await client.close()
+            logging.getLogger(__name__).info("applied %s", ", ".join(applied))
+        print(
+            f"local cluster: API server {cluster.url}, kubeconfig {cluster.kubeconfig_path} "
+            f"(context elastic-local, namespace {args.namespace}), {args.nodes} node(s) x "
+            f"{args.gpus_per_node} nvidia.com/gpu; Ctrl-C stops it",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await cluster.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="elastic-kernels",
+        description="Jupyter kernels as per-kernel pods on Kubernetes.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("gateway", help="run the headless kernel gateway (jupyter_server options)",
+                   add_help=False)
+    _cluster_parser(sub)
+    demo = sub.add_parser("demo", help="local cluster + gateway + JupyterLab, in one command")
+    demo.add_argument("--workdir", default=str(REPO_ROOT / ".demo"),
+                      help="where the demo keeps its kubeconfig, logs and notebooks")
+    demo.add_argument("--lab-port", type=int, default=8888)
+    demo.add_argument("--gateway-port", type=int, default=8889)
+    demo.add_argument("--no-lab", action="store_true",
+                      help="start cluster and gateway only (for scripted use)")
+
+    if argv and argv[0] == "gateway":
+        from .gateway.app import main as gateway_main
+
+        return int(gateway_main(argv[1:]) or 0)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(),
+        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command == "cluster":
+        return asyncio.run(_run_cluster(args))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

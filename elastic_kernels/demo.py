@@ -1,0 +1,198 @@
+"""``make demo``: local cluster, gateway and JupyterLab as three supervised processes.
+
+Three processes rather than one so that each runs exactly as it would in production (the gateway
+reaches the cluster only through a kubeconfig, JupyterLab reaches the gateway only through
+``--gateway-url``). Ctrl-C stops them in reverse order; the cluster stops every pod it started,
+so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 60.0
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+class Supervisor:
+    """Starts children in their own process groups and always stops them, newest first."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> \
+            subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        self.children.append((name, proc, log))
+        return proc
+
+    def exited(self) -> tuple[str, int] | None:
+        for name, proc, _ in self.children:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        for name, proc, log in reversed(self.children):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    print(f"demo: {name} did not stop in {grace:.0f}s; killing it", flush=True)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+            log.close()
+        self.children.clear()
+
+
+def _wait_for_file_line(path: Path, marker: str, proc: subprocess.Popen[bytes],
+                        timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"exited with code {proc.returncode}; see {path}")
+        try:
+            for line in path.read_text(errors="replace").splitlines():
+                if marker in line:
+                    return line
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise DemoError(f"not ready after {timeout:.0f}s; see {path}")
+
+
+def _wait_for_http(url: str, token: str, proc: subprocess.Popen[bytes], logfile: Path,
+                   timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"exited with code {proc.returncode}; see {logfile}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                return json.loads(resp.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            time.sleep(0.2)
+    raise DemoError(f"{url} did not answer within {timeout:.0f}s; see {logfile}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    logdir = workdir / "logs"
+    notebooks = workdir / "notebooks"
+    for d in (logdir, notebooks):
+        d.mkdir(parents=True, exist_ok=True)
+    kubeconfig = workdir / "kubeconfig"
+    gateway_token = secrets.token_urlsafe(24)
+    lab_token = secrets.token_urlsafe(24)
+    python = sys.executable
+    sup = Supervisor(logdir)
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("demo: starting the local cluster (2 nodes x 4 simulated GPUs)...", flush=True)
+        cluster = sup.start("cluster", [
+            python, "-m", "elastic_kernels", "cluster", "--kubeconfig", str(kubeconfig),
+            "--workdir", str(workdir / "pods"),
+            "--apply", str(REPO_ROOT / "deploy" / "crds"),
+            "--apply", str(REPO_ROOT / "kernelspecs"),
+        ])
+        try:
+            line = _wait_for_file_line(logdir / "cluster.log", "local cluster:", cluster,
+                                       STARTUP_TIMEOUT)
+        except DemoError as e:
+            raise DemoError(f"local cluster: {e}") from None
+        print(f"demo: {line.strip()}", flush=True)
+
+        print("demo: starting the gateway...", flush=True)
+        gateway = sup.start("gateway", [
+            python, "-m", "elastic_kernels", "gateway", "--kubeconfig", str(kubeconfig),
+            "--ip", "127.0.0.1", "--port", str(args.gateway_port),
+        ], env={"ELASTIC_KERNELS_TOKEN": gateway_token})
+        gateway_url = f"http://127.0.0.1:{args.gateway_port}"
+        try:
+            specs = _wait_for_http(f"{gateway_url}/api/kernelspecs", gateway_token, gateway,
+                                   logdir / "gateway.log", STARTUP_TIMEOUT)
+        except DemoError as e:
+            raise DemoError(f"gateway: {e}") from None
+        names = ", ".join(sorted((specs.get("kernelspecs") or {}).keys())) or "none"
+        print(f"demo: gateway at {gateway_url} serving kernelspecs: {names}", flush=True)
+
+        if not args.no_lab:
+            print("demo: starting JupyterLab...", flush=True)
+            lab = sup.start("jupyterlab", [
+                python, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
+                "--port", str(args.lab_port), f"--ServerApp.root_dir={notebooks}",
+                f"--gateway-url={gateway_url}",
+                *gateway_client_flags(),
+            ], env={"JUPYTER_TOKEN": lab_token, "JUPYTER_GATEWAY_AUTH_TOKEN": gateway_token})
+            try:
+                _wait_for_http(f"http://127.0.0.1:{args.lab_port}/api/status", lab_token, lab,
+                               logdir / "jupyterlab.log", STARTUP_TIMEOUT)
+            except DemoError as e:
+                raise DemoError(f"JupyterLab: {e}") from None
+            print(f"\n  JupyterLab: http://127.0.0.1:{args.lab_port}/lab?token={lab_token}\n"
+                  f"  kubectl:    kubectl --kubeconfig {kubeconfig} get jupyterkernels,pods\n"
+                  f"  logs:       {logdir}\n\nCtrl-C stops everything.", flush=True)
+        else:
+            print(f"demo: gateway token in {logdir}/gateway.token", flush=True)
+            token_file = logdir / "gateway.token"
+            token_file.write_text(gateway_token)
+            token_file.chmod(0o600)
+
+        while not stopping:
+            gone = sup.exited()
+            if gone:
+                raise DemoError(f"{gone[0]} exited with code {gone[1]}; "
+                                f"see {logdir / (gone[0] + '.log')}")
+            time.sleep(0.5)
+        print("\ndemo: stopping...", flush=True)
+        return 0
+    except DemoError as e:
+        print(f"demo: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sup.stop_all()
+        print("demo: stopped; no processes left behind.", flush=True)
+
+
+def gateway_client_flags() -> list[str]:
+    """Flags a notebook server needs to talk to our gateway without Nagle delays."""
+    from .gateway.client import NOTEBOOK_SERVER_FLAGS
+
+    return list(NOTEBOOK_SERVER_FLAGS)

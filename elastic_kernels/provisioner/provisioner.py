@@ -1,0 +1,458 @@
+"""``ElasticKernelProvisioner``: each kernel in its own pod, found and watched through shared caches.
+
+The lifecycle follows DESIGN §3:
+
+1. ``pre_launch`` reads the kernelspec and template from the watch cache (no API round trip),
+   makes the HMAC key, and renders the JupyterKernel, Secret and Pod with one pure function.
+2. ``launch_kernel`` creates the three objects, then waits on the *shared* pod watch. It fails
+   fast, in the cluster's own words, on image pull errors, crash loops, exited containers and
+   unschedulable pods; it waits (until ``launchTimeout``) only for GPU capacity.
+3. ``poll`` and ``wait`` answer from the cache: a deleted or crashed pod is noticed within one
+   watch event, at no API cost.
+4. ``terminate``/``kill`` delete the JupyterKernel; garbage collection removes the pod and the
+   Secret. On restart only the pod is replaced and ``restartCount`` goes up.
+
+A normal start costs four writes (three creates and one status patch) and no reads.
+
+Use in any jupyter_server: kernelspecs served by
+:class:`elastic_kernels.kernelspecs.ElasticKernelSpecManager` name this provisioner in their
+``metadata.kernel_provisioner``; ``c.ClusterConnection`` says which cluster and namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import getpass
+import logging
+import secrets
+import signal
+import time
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Float, Unicode
+
+from ..kube.client import EVENTS, PODS, SECRETS, JSON, KubeError
+from ..kube.connection import ClusterConnection
+from ..kube.informer import Informer
+from ..kube import resources as R
+from .envpolicy import filter_client_env
+from .errors import KernelLaunchError
+from .podstate import PodAssessment, Progress, assess_pod, waiting_resources
+from .render import KERNEL_PORTS, RenderRequest, render_kernel, with_owner
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Runs one kernel as one pod; the JupyterKernel record is its durable identity."""
+
+    namespace = Unicode(
+        None, allow_none=True, config=True,
+        help="Namespace for kernels. Default: ClusterConnection's namespace.",
+    )
+    launch_timeout = Float(
+        300.0, config=True,
+        help="Seconds to wait for GPU capacity when the kernelspec sets no launchTimeout.",
+    )
+    shutdown_wait_time = Float(
+        3.0, config=True,
+        help="Seconds a kernel gets to exit after shutdown_request before its pod is deleted.",
+    )
+
+    # -- state -------------------------------------------------------------------------------
+    # Set by pre_launch (or load_provisioner_info when re-attaching).
+    _spec: R.KernelSpecView | None = None
+    _ns: str = ""
+    _user: str = ""
+    _key: str = ""
+    _kernel_uid: str = ""
+    _pod_name: str | None = None
+    _pod_ip: str = ""
+    _restart_count: int = -1
+    _rendered: Any = None
+    _exit_code: int | None = None
+
+    @property
+    def connection(self) -> ClusterConnection:
+        return ClusterConnection.instance()
+
+    @property
+    def kernel_cr_name(self) -> str:
+        return R.kernel_object_name(self.kernel_id)
+
+    @property
+    def has_process(self) -> bool:
+        return self._pod_name is not None
+
+    async def _pods(self) -> Informer:
+        return await self.connection.informer(PODS, self._ns, label_selector=R.KERNEL_POD_SELECTOR)
+
+    async def _kernels(self) -> Informer:
+        return await self.connection.informer(R.JUPYTERKERNELS, self._ns)
+
+    # -- launch ------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Render the kernel's objects from cached CRs; nothing is written yet."""
+        user = kwargs.pop("elastic_user", None)
+        client_env = kwargs.pop("elastic_client_env", None)
+        kwargs = await super().pre_launch(**kwargs)
+        env: dict[str, str] = kwargs.get("env") or {}
+        conn = self.connection
+        try:
+            self._ns = self.namespace or conn.default_namespace
+            specs = await conn.informer(R.KERNELSPECS, self._ns)
+            templates = await conn.informer(R.TEMPLATES, self._ns)
+        except KubeError as e:
+            raise KernelLaunchError("ClusterUnavailable", f"cannot reach the cluster: {e.message}",
+                                    503) from None
+
+        name = self.kernel_spec.name
+        obj = specs.get(name)
+        if obj is None:
+            raise KernelLaunchError("NoSuchKernelSpec",
+                                    f"no JupyterKernelSpec {name!r} in namespace {self._ns}", 404)
+        try:
+            spec = R.KernelSpecView.from_object(obj)
+        except ValueError as e:
+            raise KernelLaunchError("InvalidKernelSpec", f"JupyterKernelSpec {name}: {e}", 500) \
+                from None
+        template = None
+        if spec.template_name:
+            tobj = templates.get(spec.template_name)
+            if tobj is None:
+                raise KernelLaunchError(
+                    "TemplateNotFound",
+                    f"JupyterKernelSpec {name} references JupyterKernelTemplate "
+                    f"{spec.template_name!r}, which does not exist in namespace {self._ns}",
+                    500,
+                )
+            try:
+                template = R.TemplateView.from_object(tobj)
+            except ValueError as e:
+                raise KernelLaunchError(
+                    "InvalidTemplate", f"JupyterKernelTemplate {spec.template_name}: {e}", 500
+                ) from None
+
+        if self._restart_count < 0:  # first launch (a restart keeps user, key and record)
+            self._user = str(user or env.get("KERNEL_USERNAME") or getpass.getuser())
+            self._key = secrets.token_hex(32)
+            self._restart_count = 0
+        else:
+            self._restart_count += 1
+        source_env = client_env if client_env is not None else env
+        try:
+            allowed_env = filter_client_env(source_env, spec)
+        except ValueError as e:
+            raise KernelLaunchError("InvalidEnvironment", str(e), 400) from None
+
+        self._spec = spec
+        self._rendered = render_kernel(RenderRequest(
+            kernel_id=self.kernel_id,
+            namespace=self._ns,
+            user=self._user,
+            spec=spec,
+            template=template,
+            client_env=allowed_env,
+            gateway_id=_gateway_id(self.parent),
+            key=self._key.encode(),
+            restart_count=self._restart_count,
+        ))
+        kwargs["cmd"] = list(spec.argv)
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Create the objects and wait, on the shared pod watch, until the kernel's pod runs."""
+        assert self._spec is not None and self._rendered is not None, "pre_launch first"
+        client = self.connection.client
+        rendered = self._rendered
+        pods = await self._pods()
+        started = time.monotonic()
+        try:
+            if not self._kernel_uid:
+                created = await client.create(R.JUPYTERKERNELS, rendered.kernel, self._ns)
+                self._kernel_uid = created["metadata"]["uid"]
+                owner = {"name": self.kernel_cr_name, "uid": self._kernel_uid}
+                await client.create(SECRETS, with_owner(rendered.secret, owner), self._ns)
+            owner = {"name": self.kernel_cr_name, "uid": self._kernel_uid}
+            pod = with_owner(rendered.pod, owner)
+            self._pod_name = pod["metadata"]["name"]
+            self._exit_code = None
+            await client.create(PODS, pod, self._ns)
+        except KubeError as e:
+            await self._abandon(f"creating the kernel's objects failed: {e.message}")
+            if e.unreachable:
+                raise KernelLaunchError("ClusterUnavailable", str(e), 503) from None
+            raise KernelLaunchError("CreateFailed", f"the cluster refused the kernel: {e}",
+                                    500) from None
+
+        try:
+            running = await self._wait_running(pods, started)
+        except KernelLaunchError as e:
+            await self._abandon(e.message, reason=e.reason)
+            raise
+        except asyncio.CancelledError:
+            await self._abandon("the start was cancelled")
+            raise
+
+        status = running.get("status") or {}
+        self._pod_ip = str(status.get("podIP"))
+        await self._patch_status({
+            "phase": "Running",
+            "reason": "Started",
+            "message": "",
+            "podName": self._pod_name,
+            "podIP": self._pod_ip,
+            "node": (running.get("spec") or {}).get("nodeName", ""),
+            "gpus": self._spec.gpus,
+            "startedAt": utcnow(),
+            "restartCount": self._restart_count,
+        })
+        self.connection_info = self._connection_info()
+        return self.connection_info
+
+    async def _wait_running(self, pods: Informer, started: float) -> JSON:
+        """Follow the pod's events until it runs, fails, or the launch timeout passes."""
+        assert self._spec is not None
+        timeout = self._spec.launch_timeout or self.launch_timeout
+        deadline = started + timeout
+        seen = False
+        last = PodAssessment(Progress.PENDING, "Pending")
+        reported_wait = ""
+
+        def changed(pod: JSON | None) -> bool:
+            nonlocal seen
+            if pod is None and not seen:
+                return False  # created, but the watch has not delivered it yet
+            seen = True
+            return assess_pod(pod) != last
+
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                pod = await pods.wait_for(changed, self._pod_name, self._ns,
+                                          timeout=max(remaining, 0.0))
+            except asyncio.TimeoutError:
+                waited = time.monotonic() - started
+                if last.progress is Progress.WAITING_FOR_CAPACITY:
+                    short = ", ".join(waiting_resources(last.message)) or "capacity"
+                    raise KernelLaunchError(
+                        "LaunchTimeout",
+                        f"gave up after {waited:.0f}s waiting for {self._spec.gpus} {short}: "
+                        f"{last.message}", 504,
+                    ) from None
+                raise KernelLaunchError(
+                    "LaunchTimeout",
+                    f"the kernel pod did not start within {waited:.0f}s "
+                    f"(last state: {last.reason})", 504,
+                ) from None
+            last = assess_pod(pod)
+            if last.progress is Progress.RUNNING:
+                assert pod is not None
+                return pod
+            if last.progress in (Progress.FAILED, Progress.GONE):
+                raise KernelLaunchError(last.reason, f"kernel failed to start: {last.message}",
+                                        500)
+            if last.progress is Progress.WAITING_FOR_CAPACITY and last.message != reported_wait:
+                reported_wait = last.message
+                short = ", ".join(waiting_resources(last.message)) or "capacity"
+                await self._patch_status({
+                    "phase": "Pending",
+                    "reason": "WaitingForCapacity",
+                    "message": f"waiting for {self._spec.gpus} {short}: {last.message}",
+                    "podName": self._pod_name,
+                })
+
+    def _connection_info(self) -> KernelConnectionInfo:
+        info: dict[str, Any] = {
+            "ip": self._pod_ip,
+            "transport": "tcp",
+            "signature_scheme": "hmac-sha256",
+            "key": self._key.encode(),
+            "kernel_name": self.kernel_spec.name,
+        }
+        for channel, port in KERNEL_PORTS.items():
+            info[f"{channel}_port"] = port
+        return info
+
+    async def _patch_status(self, status: JSON) -> None:
+        """Best effort: a failed status write must not fail the kernel itself."""
+        try:
+            await self.connection.client.patch(
+                R.JUPYTERKERNELS, self.kernel_cr_name, {"status": status}, self._ns,
+                subresource="status",
+            )
+        except KubeError as e:
+            self.log.warning("Kernel %s: could not record status %s: %s",
+                             self.kernel_id, status.get("phase"), e)
+
+    async def _abandon(self, message: str, reason: str = "LaunchFailed") -> None:
+        """A start failed: leave an Event saying why, then remove everything it created."""
+        client = self.connection.client
+        if self._kernel_uid:
+            event = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{self.kernel_cr_name}.", "namespace": self._ns},
+                "involvedObject": {
+                    "apiVersion": R.API_VERSION, "kind": R.JUPYTERKERNELS.kind,
+                    "name": self.kernel_cr_name, "namespace": self._ns, "uid": self._kernel_uid,
+                },
+                "reason": reason,
+                "message": message[:1024],
+                "type": "Warning",
+                "source": {"component": "elastic-kernels"},
+                "firstTimestamp": utcnow(),
+                "lastTimestamp": utcnow(),
+                "count": 1,
+            }
+            try:
+                await client.create(EVENTS, event, self._ns)
+            except KubeError:
+                pass
+        await self._delete_record(grace_period_seconds=0)
+        self._pod_name = None
+
+    async def _delete_record(self, grace_period_seconds: int | None = None) -> None:
+        if not self._kernel_uid:
+            return
+        try:
+            await self.connection.client.delete(
+                R.JUPYTERKERNELS, self.kernel_cr_name, self._ns,
+                grace_period_seconds=grace_period_seconds,
+                preconditions={"uid": self._kernel_uid},
+            )
+        except KubeError as e:
+            if not e.not_found:
+                self.log.warning("Kernel %s: could not delete its record: %s", self.kernel_id, e)
+        self._kernel_uid = ""
+
+    async def _delete_pod(self, grace_period_seconds: int | None = None) -> None:
+        if not self._pod_name:
+            return
+        try:
+            await self.connection.client.delete(
+                PODS, self._pod_name, self._ns, grace_period_seconds=grace_period_seconds
+            )
+        except KubeError as e:
+            if not e.not_found:
+                self.log.warning("Kernel %s: could not delete pod %s: %s",
+                                 self.kernel_id, self._pod_name, e)
+
+    # -- liveness, from the cache -------------------------------------------------------------
+
+    def _assessment(self, pods: Informer) -> PodAssessment:
+        return assess_pod(pods.get(self._pod_name, self._ns) if self._pod_name else None)
+
+    async def poll(self) -> int | None:
+        if not self._pod_name:
+            return self._exit_code if self._exit_code is not None else 0
+        a = self._assessment(await self._pods())
+        if a.progress in (Progress.RUNNING, Progress.PENDING, Progress.WAITING_FOR_CAPACITY):
+            return None
+        self._exit_code = a.exit_code if a.exit_code is not None else 1
+        return self._exit_code
+
+    async def wait(self) -> int | None:
+        if not self._pod_name:
+            return self._exit_code
+        pods = await self._pods()
+        await pods.wait_for(
+            lambda p: assess_pod(p).progress in (Progress.FAILED, Progress.GONE),
+            self._pod_name, self._ns,
+        )
+        return await self.poll()
+
+    async def send_signal(self, signum: int) -> None:
+        """Only termination signals make sense across the network; interrupts are messages."""
+        if signum == 0:
+            return
+        if signum == signal.SIGKILL:
+            await self.kill()
+        elif signum == signal.SIGTERM:
+            await self.terminate()
+        else:
+            self.log.warning(
+                "Kernel %s: signal %d cannot be sent to a pod; kernelspecs served by "
+                "elastic-kernels use interrupt_mode 'message'", self.kernel_id, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self._delete_pod(grace_period_seconds=0)
+        if not restart:
+            await self._delete_record(grace_period_seconds=0)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self._delete_pod()
+        if not restart:
+            await self._delete_record()
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """After shutdown: on restart drop the old pod; otherwise drop the whole record."""
+        if restart:
+            await self._delete_pod(grace_period_seconds=0)
+        else:
+            await self._delete_record()
+        self._pod_name = None
+        self._pod_ip = ""
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        if not restart:
+            await self._patch_status({"phase": "Terminating", "reason": "ShutdownRequested",
+                                      "message": ""})
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return min(recommended, self.shutdown_wait_time)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return recommended
+
+    # -- re-attaching --------------------------------------------------------------------------
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({
+            "namespace": self._ns,
+            "kernel_uid": self._kernel_uid,
+            "pod_name": self._pod_name,
+            "pod_ip": self._pod_ip,
+            "restart_count": self._restart_count,
+            "user": self._user,
+        })
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self._ns = provisioner_info.get("namespace") or self.connection.default_namespace
+        self._kernel_uid = provisioner_info.get("kernel_uid", "")
+        self._pod_name = provisioner_info.get("pod_name")
+        self._pod_ip = provisioner_info.get("pod_ip", "")
+        self._restart_count = int(provisioner_info.get("restart_count", 0))
+        self._user = provisioner_info.get("user", "")
+        key = (self.connection_info or {}).get("key", b"")
+        self._key = key.decode() if isinstance(key, bytes) else str(key)
+
+    # -- what the gateway shows -----------------------------------------------------------------
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    @property
+    def pod_name(self) -> str | None:
+        return self._pod_name
+
+
+def _gateway_id(parent: Any) -> str:
+    """The gateway identity recorded on the kernel; a plain jupyter_server has none."""
+    for obj in (parent, getattr(parent, "parent", None)):
+        gid = getattr(obj, "gateway_id", None)
+        if gid:
+            return str(gid)
+    return ""
