@@ -1,0 +1,824 @@
+"""Names of our custom resources and small typed, frozen views of them.
+
+Why views: the CRs arrive as plain JSON dicts from the watch caches. Parsing them once, with an
+error that names the object and the field, keeps "what does this field mean and what is its
+default" in one place, lets the provisioner and the gateway work with checked values, and makes
+a CR that slipped past the API server's validation (an old CRD, the local cluster) fail with a
+clear message instead of a KeyError deep in a launch.
+
+The views are frozen and hold only immutable values (nested pod fragments are frozen into
+read-only mappings and tuples): a view can be shared between coroutines and cached without anyone
+mutating what another sees. ``thaw`` gives back fresh, mutable JSON.
+
+The schema in ``deploy/crds`` is the contract; the checks here mirror it (plus a few that an
+OpenAPI schema cannot express, such as "the GPU count is a whole number").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+# --- API coordinates ---------------------------------------------------------------------------
+
+GROUP = "elastic.jupyter.org"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+KERNELSPEC_KIND = "JupyterKernelSpec"
+KERNELSPEC_PLURAL = "jupyterkernelspecs"
+TEMPLATE_KIND = "JupyterKernelTemplate"
+TEMPLATE_PLURAL = "jupyterkerneltemplates"
+KERNEL_KIND = "JupyterKernel"
+KERNEL_PLURAL = "jupyterkernels"
+
+# --- labels and annotations --------------------------------------------------------------------
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "elastic-kernels"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+COMPONENT_KERNEL = "kernel"
+LABEL_KERNEL_ID = f"{GROUP}/kernel-id"
+LABEL_KERNELSPEC = f"{GROUP}/kernelspec"
+#: A label-safe form of the user (see sanitize_label_value); the exact user is in ANNOTATION_USER
+#: and in JupyterKernel.spec.user. Never use the label for authorisation.
+LABEL_USER = f"{GROUP}/user"
+ANNOTATION_USER = f"{GROUP}/user"
+ANNOTATION_KERNELSPEC = f"{GROUP}/kernelspec"
+ANNOTATION_RESTART_COUNT = f"{GROUP}/restart-count"
+#: Selects every kernel pod (and JupyterKernel and key Secret) elastic-kernels made.
+KERNEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_KERNEL}"
+
+# --- other well-known values -------------------------------------------------------------------
+
+GPU_RESOURCE = "nvidia.com/gpu"
+PROVISIONER_NAME = "elastic-kernel-provisioner"
+CONTAINER_NAME = "kernel"
+
+PHASE_PENDING = "Pending"
+PHASE_STARTING = "Starting"
+PHASE_RUNNING = "Running"
+PHASE_TERMINATING = "Terminating"
+PHASE_FAILED = "Failed"
+PHASES = (PHASE_PENDING, PHASE_STARTING, PHASE_RUNNING, PHASE_TERMINATING, PHASE_FAILED)
+
+INTERRUPT_MODES = ("message", "signal")
+RESTART_POLICIES = ("Restart", "Fail")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+CONNECTION_FILE_PLACEHOLDER = "{connection_file}"
+
+# --- patterns shared with the CRD schemas ------------------------------------------------------
+
+KERNEL_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+CLIENT_ENV_NAME_RE = re.compile(r"^KERNEL_[A-Z0-9_]+$")
+QUANTITY_RE = re.compile(
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DURATION_RE = re.compile(r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+)$")
+_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_NAME_RE = re.compile(r"^[!-<>-~]+$")  # printable ASCII without space and "="
+
+_DURATION_MAX_CHARS = 64
+LABEL_VALUE_MAX = 63
+USER_MAX_CHARS = 1024
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ResourceError(ValueError):
+    """A custom resource that cannot be used. The message names the object and the field."""
+
+    def __init__(self, kind: str, namespace: str, name: str, path: str, problem: str) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.path = path
+        self.problem = problem
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(f"{kind} {where}: {path}: {problem}" if path else f"{kind} {where}: {problem}")
+
+
+class DurationError(ValueError):
+    """A duration string that is not like 30m, 2s, 1h30m or 7d."""
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30m``, ``2s``, ``1h30m``, ``1.5h``, ``7d``, ``250ms`` or ``0``.
+
+    Units may repeat and appear in any order (they add up), as in Go's time.ParseDuration, plus
+    ``d`` for days because culling ages are naturally counted in days.
+    """
+    if not isinstance(text, str):
+        raise DurationError(
+            f"a duration must be a string such as 30m, 2s or 1h30m, not {type(text).__name__} {text!r}"
+        )
+    if len(text) > _DURATION_MAX_CHARS:
+        raise DurationError(f"a duration is at most {_DURATION_MAX_CHARS} characters")
+    if not DURATION_RE.match(text):
+        raise DurationError(
+            f"{text!r} is not a duration: use a number and a unit (ms, s, m, h, d), "
+            "e.g. 30m, 2s, 1h30m or 7d, or 0"
+        )
+    if text == "0":
+        return 0.0
+    seconds = sum(
+        float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(text)
+    )
+    if not math.isfinite(seconds):
+        raise DurationError(f"{text!r} is too long a duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string parse_duration reads back as the same whole seconds."""
+    if seconds < 0 or not math.isfinite(seconds):
+        raise DurationError(f"cannot format {seconds!r} as a duration")
+    whole = int(round(seconds))
+    if whole == 0:
+        return "0"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+_TIMESTAMP_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An aware UTC datetime from an RFC 3339 timestamp as the API server writes it.
+
+    Written by hand because the API server uses "Z" and up to 9 fractional digits, which
+    ``datetime.fromisoformat`` only partly accepts before Python 3.11.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a timestamp must be an RFC 3339 string, not {type(text).__name__}")
+    match = _TIMESTAMP_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    if offset in ("Z", "z"):
+        tz = timezone.utc
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
+    try:
+        value = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz
+        )
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid timestamp: {exc}") from None
+    return value.astimezone(timezone.utc)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z, second precision: what status date-time fields hold."""
+    if value.tzinfo is None:
+        raise ValueError("format_timestamp needs an aware datetime (naive times are ambiguous)")
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sanitize_label_value(value: str) -> str:
+    """A valid label value that stands for ``value``, readable when it can be.
+
+    A value that is already valid is returned as is, so ``-l elastic.jupyter.org/user=alice``
+    works. Anything else (``a@b.com``, unicode, more than 63 characters) keeps its valid
+    characters and gains a short hash of the exact value, so two different users never share a
+    label by accident.
+    """
+    if len(value) <= LABEL_VALUE_MAX and LABEL_VALUE_RE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[: LABEL_VALUE_MAX - len(digest) - 1]
+    readable = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", readable)
+    return f"{readable}-{digest}" if readable else digest
+
+
+def is_label_key(key: str) -> bool:
+    """Whether ``key`` is a valid label (or annotation) key: optional DNS prefix, then a name."""
+    if not isinstance(key, str) or not key:
+        return False
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.match(prefix)):
+        return False
+    return len(name) <= 63 and bool(_LABEL_NAME_RE.match(name))
+
+
+def kernel_object_name(kernel_id: str) -> str:
+    """The JupyterKernel's name for a kernel id."""
+    return f"kernel-{kernel_id}"
+
+
+def key_secret_name(kernel_id: str) -> str:
+    """The name of the Secret holding a kernel's HMAC key."""
+    return f"kernel-{kernel_id}-key"
+
+
+def kernel_pod_name(kernel_id: str, restart_count: int = 0) -> str:
+    """The pod of a kernel after ``restart_count`` restarts: a new name each time, so the old
+    pod's termination and the new pod's start never race on one name."""
+    if restart_count < 0:
+        raise ValueError(f"restart_count must be >= 0, not {restart_count}")
+    return f"kernel-{kernel_id}" if restart_count == 0 else f"kernel-{kernel_id}-r{restart_count}"
+
+
+def freeze(value: Any) -> Any:
+    """A read-only copy of JSON: dicts become mappingproxies and lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A fresh, mutable JSON copy of a (possibly frozen) value."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+# --- reading a CR with errors that point at the field ------------------------------------------
+
+_MISSING = object()
+
+
+class _Reader:
+    """Walks one CR dict; every failure names the object and the dotted field path."""
+
+    def __init__(self, obj: Any, kind: str) -> None:
+        self.kind = kind
+        if not isinstance(obj, Mapping):
+            raise ResourceError(kind, "", "?", "", f"is not an object but {type(obj).__name__}")
+        meta = obj.get("metadata")
+        if not isinstance(meta, Mapping):
+            raise ResourceError(kind, "", "?", "metadata", "is missing")
+        self.obj = obj
+        self.meta = meta
+        self.name = meta.get("name") if isinstance(meta.get("name"), str) else ""
+        self.namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
+        if not self.name:
+            self.fail("metadata.name", "is missing")
+        found_kind = obj.get("kind")
+        if found_kind is not None and found_kind != kind:
+            self.fail("kind", f"is {found_kind!r}, expected {kind}")
+
+    def fail(self, path: str, problem: str) -> NoReturn:
+        raise ResourceError(self.kind, self.namespace, self.name or "?", path, problem)
+
+    def raw(self, path: str) -> Any:
+        node: Any = self.obj
+        walked = []
+        for part in path.split("."):
+            if node is None:
+                return _MISSING
+            if not isinstance(node, Mapping):
+                self.fail(".".join(walked), f"must be an object, not {type(node).__name__}")
+            walked.append(part)
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                return _MISSING
+        return node
+
+    def string(
+        self,
+        path: str,
+        *,
+        required: bool = False,
+        default: str | None = None,
+        pattern: re.Pattern[str] | None = None,
+        choices: Sequence[str] | None = None,
+        min_length: int = 0,
+        max_length: int | None = None,
+        hint: str = "",
+    ) -> str | None:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            if required:
+                self.fail(path, "is required")
+            return default
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, not {type(value).__name__} {value!r}")
+        if len(value) < min_length:
+            self.fail(path, "must not be empty" if min_length == 1 else f"needs {min_length}+ chars")
+        if max_length is not None and len(value) > max_length:
+            self.fail(path, f"is longer than {max_length} characters")
+        if choices is not None and value not in choices:
+            self.fail(path, f"is {value!r}, expected one of {', '.join(choices)}")
+        if pattern is not None and not pattern.match(value):
+            self.fail(path, f"{value!r} is not valid{': ' + hint if hint else ''}")
+        return value
+
+    def boolean(self, path: str, default: bool) -> bool:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(path, f"must be true or false, not {value!r}")
+        return value
+
+    def integer(
+        self, path: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"must be an integer, not {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(path, f"must be >= {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            self.fail(path, f"must be <= {maximum}, not {value}")
+        return value
+
+    def duration(self, path: str) -> float | None:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except DurationError as exc:
+            self.fail(path, str(exc))
+
+    def mapping(self, path: str) -> Mapping[str, Any] | None:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be an object, not {type(value).__name__}")
+        return value
+
+    def string_map(self, path: str, *, max_value: int | None = None) -> dict[str, str]:
+        value = self.mapping(path) or {}
+        result: dict[str, str] = {}
+        for key, item in value.items():
+            if not isinstance(item, str):
+                self.fail(f"{path}.{key}", f"must be a string, not {type(item).__name__} {item!r}")
+            if max_value is not None and len(item) > max_value:
+                self.fail(f"{path}.{key}", f"is longer than {max_value} characters")
+            result[str(key)] = item
+        return result
+
+    def array(self, path: str) -> list[Any]:
+        value = self.raw(path)
+        if value is _MISSING or value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list, not {type(value).__name__}")
+        return value
+
+    def objects(self, path: str, required_keys: Sequence[str] = ()) -> tuple[Mapping[str, Any], ...]:
+        items = []
+        for index, item in enumerate(self.array(path)):
+            if not isinstance(item, Mapping):
+                self.fail(f"{path}[{index}]", f"must be an object, not {type(item).__name__}")
+            for key in required_keys:
+                if not isinstance(item.get(key), str) or not item.get(key):
+                    self.fail(f"{path}[{index}].{key}", "is required and must be a non-empty string")
+            items.append(freeze(item))
+        return tuple(items)
+
+    def quantities(self, path: str) -> dict[str, str]:
+        value = self.mapping(path) or {}
+        result: dict[str, str] = {}
+        for key, item in value.items():
+            where = f"{path}[{key}]"
+            if not is_label_key(str(key)):
+                self.fail(where, "is not a valid resource name")
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                self.fail(where, f"must be a quantity such as 2, 500m or 4Gi, not {item!r}")
+            if isinstance(item, int):
+                if item < 0:
+                    self.fail(where, f"must not be negative, not {item}")
+                item = str(item)
+            if not QUANTITY_RE.match(item):
+                self.fail(where, f"{item!r} is not a non-negative quantity such as 2, 500m or 4Gi")
+            result[str(key)] = item
+        return result
+
+
+# --- JupyterKernelSpec -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceRequirements:
+    """Container requests and limits as canonical strings (quantities are never numbers here)."""
+
+    requests: Mapping[str, str] = field(default_factory=_empty)
+    limits: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class CullingPolicy:
+    """Seconds, or None for "use the gateway's default". 0 disables that rule."""
+
+    idle_timeout: float | None = None
+    cull_connected: bool = False
+    cull_busy: bool = False
+    max_age: float | None = None
+    reclaim_after: float | None = None
+
+
+@dataclass(frozen=True)
+class ClientOverrides:
+    """Pod fields the kernelspec lets a client choose. All off by default."""
+
+    working_dir: bool = False
+    image: bool = False
+
+
+@dataclass(frozen=True)
+class KernelSpecView:
+    """A checked JupyterKernelSpec. ``name`` is the Jupyter kernel name."""
+
+    name: str
+    namespace: str
+    display_name: str
+    language: str
+    argv: tuple[str, ...]
+    image: str
+    env: Mapping[str, str] = field(default_factory=_empty)
+    interrupt_mode: str = "message"
+    image_pull_policy: str | None = None
+    resources: ResourceRequirements = field(default_factory=ResourceRequirements)
+    template_name: str | None = None
+    culling: CullingPolicy = field(default_factory=CullingPolicy)
+    launch_timeout: float | None = None
+    warm_pool_size: int = 0
+    allowed_client_env: frozenset[str] = frozenset()
+    client_overrides: ClientOverrides = field(default_factory=ClientOverrides)
+    metadata: Mapping[str, Any] = field(default_factory=_empty)
+    restart_policy: str = "Restart"
+    uid: str = ""
+    resource_version: str = ""
+    generation: int = 0
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> KernelSpecView:
+        """Parse a JupyterKernelSpec dict; raises ResourceError naming the bad field."""
+        r = _Reader(obj, KERNELSPEC_KIND)
+        if not DNS_SUBDOMAIN_RE.match(r.name) or len(r.name) > 253:
+            r.fail("metadata.name", f"{r.name!r} is not a valid object name")
+        if r.mapping("spec") is None:
+            r.fail("spec", "is required")
+
+        argv_raw = r.array("spec.argv")
+        if not argv_raw:
+            r.fail("spec.argv", "is required and must have at least one item")
+        for index, arg in enumerate(argv_raw):
+            if not isinstance(arg, str):
+                r.fail(f"spec.argv[{index}]", f"must be a string, not {type(arg).__name__} {arg!r}")
+        if not any(CONNECTION_FILE_PLACEHOLDER in arg for arg in argv_raw):
+            r.fail(
+                "spec.argv",
+                f"must contain the placeholder {CONNECTION_FILE_PLACEHOLDER} "
+                "(the launcher substitutes the connection file's path there)",
+            )
+
+        env = r.string_map("spec.env")
+        for key in env:
+            if not _ENV_NAME_RE.match(key):
+                r.fail(f"spec.env[{key}]", "is not a valid environment variable name")
+
+        allowed = r.array("spec.allowedClientEnv")
+        for index, name in enumerate(allowed):
+            if not isinstance(name, str) or not CLIENT_ENV_NAME_RE.match(name) or len(name) > 71:
+                r.fail(
+                    f"spec.allowedClientEnv[{index}]",
+                    f"{name!r} is not a name like KERNEL_FOO (^KERNEL_[A-Z0-9_]+$)",
+                )
+
+        resources = ResourceRequirements(
+            requests=MappingProxyType(r.quantities("spec.resources.requests")),
+            limits=MappingProxyType(r.quantities("spec.resources.limits")),
+        )
+        _gpu_count(resources, r)  # fail at parse time, not at launch
+
+        metadata = r.mapping("spec.metadata") or {}
+        view = cls(
+            name=r.name,
+            namespace=r.namespace,
+            display_name=r.string("spec.displayName", required=True, min_length=1, max_length=256)
+            or "",
+            language=r.string("spec.language", required=True, min_length=1, max_length=64) or "",
+            argv=tuple(argv_raw),
+            image=r.string(
+                "spec.image",
+                required=True,
+                min_length=1,
+                max_length=512,
+                pattern=re.compile(r"^\S+$"),
+                hint="an image reference has no spaces",
+            )
+            or "",
+            env=MappingProxyType(env),
+            interrupt_mode=r.string("spec.interruptMode", default="message", choices=INTERRUPT_MODES)
+            or "message",
+            image_pull_policy=r.string("spec.imagePullPolicy", choices=PULL_POLICIES),
+            resources=resources,
+            template_name=r.string(
+                "spec.templateRef.name", pattern=DNS_SUBDOMAIN_RE, max_length=253, hint="not a name"
+            ),
+            culling=CullingPolicy(
+                idle_timeout=r.duration("spec.culling.idleTimeout"),
+                cull_connected=r.boolean("spec.culling.cullConnected", False),
+                cull_busy=r.boolean("spec.culling.cullBusy", False),
+                max_age=r.duration("spec.culling.maxAge"),
+                reclaim_after=r.duration("spec.culling.reclaimAfter"),
+            ),
+            launch_timeout=r.duration("spec.launchTimeout"),
+            warm_pool_size=r.integer("spec.warmPool.size", 0, minimum=0, maximum=64) or 0,
+            allowed_client_env=frozenset(allowed),
+            client_overrides=ClientOverrides(
+                working_dir=r.boolean("spec.clientOverrides.workingDir", False),
+                image=r.boolean("spec.clientOverrides.image", False),
+            ),
+            metadata=freeze(metadata),
+            restart_policy=r.string(
+                "spec.restartPolicy", default="Restart", choices=RESTART_POLICIES
+            )
+            or "Restart",
+            uid=str(r.meta.get("uid") or ""),
+            resource_version=str(r.meta.get("resourceVersion") or ""),
+            generation=int(r.meta.get("generation") or 0),
+        )
+        if r.raw("spec.templateRef") is not _MISSING and view.template_name is None:
+            r.fail("spec.templateRef.name", "is required")
+        return view
+
+    @property
+    def gpus(self) -> int:
+        """Whole GPUs each kernel of this spec holds (0 for CPU kernels)."""
+        return _gpu_count(self.resources, None)
+
+    def to_jupyter_kernelspec(self) -> dict[str, Any]:
+        """The kernelspec dict jupyter_server serves under ``spec`` in /api/kernelspecs.
+
+        ``metadata.kernel_provisioner`` makes jupyter_client hand the kernel to our provisioner;
+        ``metadata.elastic`` tells clients (and people) what a kernel of this spec will hold.
+        """
+        metadata = thaw(self.metadata)
+        elastic: dict[str, Any] = {
+            "namespace": self.namespace,
+            "kernelspec": self.name,
+            "image": self.image,
+            "gpus": self.gpus,
+            "resources": {
+                "requests": dict(self.resources.requests),
+                "limits": dict(self.resources.limits),
+            },
+            "template": self.template_name,
+            "restart_policy": self.restart_policy,
+        }
+        culling = {
+            "idle_timeout": self.culling.idle_timeout,
+            "cull_connected": self.culling.cull_connected,
+            "cull_busy": self.culling.cull_busy,
+            "max_age": self.culling.max_age,
+            "reclaim_after": self.culling.reclaim_after,
+        }
+        elastic["culling"] = culling
+        if self.launch_timeout is not None:
+            elastic["launch_timeout"] = self.launch_timeout
+        metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": {}}
+        metadata["elastic"] = elastic
+        return {
+            "argv": list(self.argv),
+            "display_name": self.display_name,
+            "language": self.language,
+            "env": dict(self.env),
+            "interrupt_mode": self.interrupt_mode,
+            "metadata": metadata,
+        }
+
+
+def _gpu_count(resources: ResourceRequirements, reader: _Reader | None) -> int:
+    """GPUs from limits (or requests); they must agree and be whole, as the device plugin needs."""
+    found = {}
+    for section, values in (("limits", resources.limits), ("requests", resources.requests)):
+        if GPU_RESOURCE in values:
+            text = values[GPU_RESOURCE]
+            if not text.isdigit():
+                problem = f"{text!r} is not a whole number of GPUs"
+                if reader is None:
+                    raise ValueError(problem)
+                reader.fail(f"spec.resources.{section}[{GPU_RESOURCE}]", problem)
+            found[section] = int(text)
+    if len(set(found.values())) > 1:
+        problem = "GPU requests and limits differ; set the count under limits only"
+        if reader is None:
+            raise ValueError(problem)
+        reader.fail(f"spec.resources.requests[{GPU_RESOURCE}]", problem)
+    return next(iter(found.values()), 0)
+
+
+# --- JupyterKernelTemplate ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateView:
+    """A checked JupyterKernelTemplate. Pod fragments stay frozen JSON; ``thaw`` them to use."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=_empty)
+    annotations: Mapping[str, str] = field(default_factory=_empty)
+    node_selector: Mapping[str, str] = field(default_factory=_empty)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    priority_class_name: str | None = None
+    security_context: Mapping[str, Any] | None = None
+    container_security_context: Mapping[str, Any] | None = None
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    service_account_name: str | None = None
+    runtime_class_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    termination_grace_period_seconds: int | None = None
+    uid: str = ""
+    resource_version: str = ""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> TemplateView:
+        """Parse a JupyterKernelTemplate dict; raises ResourceError naming the bad field."""
+        r = _Reader(obj, TEMPLATE_KIND)
+        labels = r.string_map("spec.labels")
+        for key, value in labels.items():
+            if not is_label_key(key):
+                r.fail(f"spec.labels[{key}]", "is not a valid label key")
+            if len(value) > LABEL_VALUE_MAX or not LABEL_VALUE_RE.match(value):
+                r.fail(f"spec.labels[{key}]", f"{value!r} is not a valid label value")
+        annotations = r.string_map("spec.annotations")
+        for key in annotations:
+            if not is_label_key(key):
+                r.fail(f"spec.annotations[{key}]", "is not a valid annotation key")
+        node_selector = r.string_map("spec.pod.nodeSelector")
+
+        tolerations = r.objects("spec.pod.tolerations")
+        for index, tol in enumerate(tolerations):
+            if tol.get("operator", "Equal") not in ("Exists", "Equal"):
+                r.fail(f"spec.pod.tolerations[{index}].operator", "must be Exists or Equal")
+            if tol.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+                r.fail(
+                    f"spec.pod.tolerations[{index}].effect",
+                    "must be NoSchedule, PreferNoSchedule or NoExecute",
+                )
+
+        volumes = r.objects("spec.pod.volumes", required_keys=("name",))
+        names = [v["name"] for v in volumes]
+        if len(set(names)) != len(names):
+            r.fail("spec.pod.volumes", "volume names must be unique")
+        mounts = r.objects("spec.pod.volumeMounts", required_keys=("name", "mountPath"))
+        for index, mount in enumerate(mounts):
+            if mount["name"] not in names:
+                r.fail(f"spec.pod.volumeMounts[{index}].name", f"no volume named {mount['name']!r}")
+        env = r.objects("spec.pod.env", required_keys=("name",))
+        pull_secrets = r.objects("spec.pod.imagePullSecrets", required_keys=("name",))
+
+        def optional_object(path: str) -> Mapping[str, Any] | None:
+            value = r.mapping(path)
+            return None if value is None else freeze(value)
+
+        def dns_name(path: str) -> str | None:
+            return r.string(path, pattern=DNS_SUBDOMAIN_RE, max_length=253, hint="not a DNS name")
+
+        return cls(
+            name=r.name,
+            namespace=r.namespace,
+            labels=MappingProxyType(labels),
+            annotations=MappingProxyType(annotations),
+            node_selector=MappingProxyType(node_selector),
+            tolerations=tolerations,
+            affinity=optional_object("spec.pod.affinity"),
+            priority_class_name=dns_name("spec.pod.priorityClassName"),
+            security_context=optional_object("spec.pod.securityContext"),
+            container_security_context=optional_object("spec.pod.containerSecurityContext"),
+            volumes=volumes,
+            volume_mounts=mounts,
+            service_account_name=dns_name("spec.pod.serviceAccountName"),
+            runtime_class_name=dns_name("spec.pod.runtimeClassName"),
+            image_pull_secrets=tuple(s["name"] for s in pull_secrets),
+            env=env,
+            termination_grace_period_seconds=r.integer(
+                "spec.pod.terminationGracePeriodSeconds", None, minimum=0, maximum=86400
+            ),
+            uid=str(r.meta.get("uid") or ""),
+            resource_version=str(r.meta.get("resourceVersion") or ""),
+        )
+
+
+# --- JupyterKernel -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """A checked JupyterKernel: the durable record of one kernel, spec and status together."""
+
+    name: str
+    namespace: str
+    kernel_id: str
+    user: str
+    kernel_spec: str
+    gateway: str = ""
+    client_env: Mapping[str, str] = field(default_factory=_empty)
+    phase: str = PHASE_PENDING
+    reason: str = ""
+    message: str = ""
+    pod_name: str = ""
+    pod_ip: str = ""
+    node: str = ""
+    gpus: int = 0
+    started_at: datetime | None = None
+    last_activity: datetime | None = None
+    restart_count: int = 0
+    queue_position: int | None = None
+    lease_renewed_at: datetime | None = None
+    uid: str = ""
+    resource_version: str = ""
+    created_at: datetime | None = None
+    deleting: bool = False
+    labels: Mapping[str, str] = field(default_factory=_empty)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> KernelView:
+        """Parse a JupyterKernel dict; raises ResourceError naming the bad field."""
+        r = _Reader(obj, KERNEL_KIND)
+
+        def timestamp(path: str) -> datetime | None:
+            value = r.raw(path)
+            if value is _MISSING or value is None:
+                return None
+            try:
+                return parse_timestamp(value)
+            except ValueError as exc:
+                r.fail(path, str(exc))
+
+        def text(path: str, max_length: int) -> str:
+            return r.string(path, default="", max_length=max_length) or ""
+
+        labels = r.raw("metadata.labels")
+        return cls(
+            name=r.name,
+            namespace=r.namespace,
+            kernel_id=r.string(
+                "spec.kernelId", required=True, pattern=KERNEL_ID_RE, hint="not a lowercase UUID"
+            )
+            or "",
+            user=r.string("spec.user", required=True, min_length=1, max_length=USER_MAX_CHARS) or "",
+            kernel_spec=r.string(
+                "spec.kernelSpec", required=True, pattern=DNS_SUBDOMAIN_RE, max_length=253
+            )
+            or "",
+            gateway=text("spec.gateway", 253),
+            client_env=MappingProxyType(r.string_map("spec.clientEnv")),
+            phase=r.string("status.phase", default=PHASE_PENDING, choices=PHASES) or PHASE_PENDING,
+            reason=text("status.reason", 1024),
+            message=text("status.message", 32768),
+            pod_name=text("status.podName", 253),
+            pod_ip=text("status.podIP", 64),
+            node=text("status.node", 253),
+            gpus=r.integer("status.gpus", 0, minimum=0) or 0,
+            started_at=timestamp("status.startedAt"),
+            last_activity=timestamp("status.lastActivity"),
+            restart_count=r.integer("status.restartCount", 0, minimum=0) or 0,
+            queue_position=r.integer("status.queuePosition", None, minimum=0),
+            lease_renewed_at=timestamp("status.leaseRenewedAt"),
+            uid=str(r.meta.get("uid") or ""),
+            resource_version=str(r.meta.get("resourceVersion") or ""),
+            created_at=timestamp("metadata.creationTimestamp"),
+            deleting=bool(r.meta.get("deletionTimestamp")),
+            labels=MappingProxyType(
+                {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+            ),
+        )
