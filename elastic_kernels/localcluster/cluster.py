@@ -13,9 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
+
+from ..kube.apply import apply_manifests, load_manifests
+from ..kube.client import KubeClient
+from ..kube.config import load_cluster_config
 
 from .apiserver import APIServer
 from .images import ImagePolicy
@@ -49,6 +53,7 @@ class LocalCluster:
         namespace: str = "default",
         image_policy: ImagePolicy | None = None,
         crash_backoff_seconds: float | None = None,
+        manifests: Sequence[str | Path] = (),
     ) -> None:
         self.node_count = nodes
         self.gpus_per_node = gpus_per_node
@@ -62,6 +67,7 @@ class LocalCluster:
         self.kubeconfig_path = Path(kubeconfig_path or self.workdir / "kubeconfig")
         self.image_policy = image_policy
         self.crash_backoff_seconds = crash_backoff_seconds
+        self.manifests = list(manifests)
         self.store = Store()
         self.apiserver: APIServer | None = None
         self.scheduler: Scheduler | None = None
@@ -95,10 +101,21 @@ class LocalCluster:
             await self.scheduler.start()
             await self.kubelet.start()
             self.write_kubeconfig(self.kubeconfig_path)
+            if self.manifests:
+                await self.apply(self.manifests)
         except BaseException:
             await self.stop()
             raise
         return self
+
+    async def apply(self, paths: Sequence[str | Path]) -> list[str]:
+        """Apply manifest files through the API server, as an admin's kubectl would."""
+        cfg = load_cluster_config(self.kubeconfig_path)
+        client = KubeClient(cfg.api_client, cfg.namespace)
+        try:
+            return await apply_manifests(client, load_manifests(paths))
+        finally:
+            await client.close()
 
     def kubeconfig(self, namespace: str | None = None, token: str = "local-admin") -> dict:
         """A kubeconfig naming cluster, user and context ``elastic-local``."""
