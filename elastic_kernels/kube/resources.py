@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from .client import Resource
+
 # --- API coordinates ---------------------------------------------------------------------------
 
 GROUP = "elastic.jupyter.org"
@@ -37,6 +39,11 @@ TEMPLATE_KIND = "JupyterKernelTemplate"
 TEMPLATE_PLURAL = "jupyterkerneltemplates"
 KERNEL_KIND = "JupyterKernel"
 KERNEL_PLURAL = "jupyterkernels"
+
+#: REST coordinates for the KubeClient and informers.
+KERNELSPECS = Resource(GROUP, VERSION, KERNELSPEC_PLURAL, KERNELSPEC_KIND)
+TEMPLATES = Resource(GROUP, VERSION, TEMPLATE_PLURAL, TEMPLATE_KIND)
+JUPYTERKERNELS = Resource(GROUP, VERSION, KERNEL_PLURAL, KERNEL_KIND)
 
 # --- labels and annotations --------------------------------------------------------------------
 
@@ -54,6 +61,8 @@ ANNOTATION_KERNELSPEC = f"{GROUP}/kernelspec"
 ANNOTATION_RESTART_COUNT = f"{GROUP}/restart-count"
 #: Selects every kernel pod (and JupyterKernel and key Secret) elastic-kernels made.
 KERNEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_KERNEL}"
+#: The label selector of the shared kernel-pod watch (the same labels; pods are one kind).
+KERNEL_POD_SELECTOR = KERNEL_SELECTOR
 
 # --- other well-known values -------------------------------------------------------------------
 

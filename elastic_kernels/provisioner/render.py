@@ -71,14 +71,14 @@ from .envpolicy import IMAGE_VAR, WORKING_DIR_VAR, decide_client_env
 
 LAUNCHER = "elastic-kernel-launcher"
 
-#: Ports every kernel listens on, keyed as in a Jupyter connection file.
+#: Ports every kernel listens on, by channel; the connection file names them f"{channel}_port".
 KERNEL_PORTS: Mapping[str, int] = MappingProxyType(
     {
-        "shell_port": 52700,
-        "iopub_port": 52701,
-        "stdin_port": 52702,
-        "control_port": 52703,
-        "hb_port": 52704,
+        "shell": 52700,
+        "iopub": 52701,
+        "stdin": 52702,
+        "control": 52703,
+        "hb": 52704,
     }
 )
 TRANSPORT = "tcp"
@@ -103,7 +103,7 @@ ENV_TRANSPORT = "EK_TRANSPORT"
 ENV_SIGNATURE_SCHEME = "EK_SIGNATURE_SCHEME"
 ENV_KEY_FILE = "EK_KEY_FILE"
 ENV_PORTS: Mapping[str, str] = MappingProxyType(
-    {port: f"EK_{port.upper()}" for port in KERNEL_PORTS}  # shell_port -> EK_SHELL_PORT
+    {channel: f"EK_{channel.upper()}_PORT" for channel in KERNEL_PORTS}  # shell -> EK_SHELL_PORT
 )
 
 _KEY_MIN_BYTES = 16
@@ -139,7 +139,7 @@ class RenderRequest:
     client_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     gateway_id: str = ""
     restart_count: int = 0
-    owner: KernelOwner | None = None
+    owner: KernelOwner | Mapping[str, str] | None = None
     key_secret_name: str | None = None
 
 
@@ -177,15 +177,29 @@ def connection_info(ip: str, key: bytes, kernel_name: str = "") -> dict[str, Any
     return {
         "ip": ip,
         "transport": TRANSPORT,
-        **KERNEL_PORTS,
+        **{f"{channel}_port": port for channel, port in KERNEL_PORTS.items()},
         "key": key,
         "signature_scheme": SIGNATURE_SCHEME,
         "kernel_name": kernel_name,
     }
 
 
-def owner_reference(owner: KernelOwner) -> dict[str, Any]:
+def as_owner(owner: KernelOwner | Mapping[str, str]) -> KernelOwner:
+    """A KernelOwner from itself or from a ``{"name", "uid"}`` mapping (e.g. created metadata)."""
+    if isinstance(owner, KernelOwner):
+        result = owner
+    elif isinstance(owner, Mapping):
+        result = KernelOwner(name=str(owner.get("name") or ""), uid=str(owner.get("uid") or ""))
+    else:
+        raise RenderError(f"an owner is a KernelOwner or a name/uid mapping, not {owner!r}")
+    if not result.name or not result.uid:
+        raise RenderError("an owner needs both the JupyterKernel's name and its uid")
+    return result
+
+
+def owner_reference(owner: KernelOwner | Mapping[str, str]) -> dict[str, Any]:
     """A controller ownerReference to a JupyterKernel: deleting it deletes the dependent."""
+    owner = as_owner(owner)
     return {
         "apiVersion": API_VERSION,
         "kind": KERNEL_KIND,
@@ -196,10 +210,13 @@ def owner_reference(owner: KernelOwner) -> dict[str, Any]:
     }
 
 
-def with_owner(obj: Mapping[str, Any], owner: KernelOwner) -> dict[str, Any]:
-    """A copy of ``obj`` owned by ``owner`` (any other controller reference is replaced)."""
-    if not owner.name or not owner.uid:
-        raise RenderError("an owner needs both the JupyterKernel's name and its uid")
+def with_owner(obj: Mapping[str, Any], owner: KernelOwner | Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``obj`` owned by ``owner`` (any other controller reference is replaced).
+
+    For the usual order of a start: create ``rendered.kernel``, then create
+    ``with_owner(rendered.secret, created_metadata)`` and ``with_owner(rendered.pod, ...)``.
+    """
+    owner = as_owner(owner)
     result = thaw(obj)
     meta = result.setdefault("metadata", {})
     refs = [r for r in meta.get("ownerReferences", []) if not r.get("controller")]
@@ -330,9 +347,11 @@ def _check(request: RenderRequest) -> None:
         raise RenderError("the key must be printable ASCII without spaces (e.g. a hex or UUID string)")
     if request.key_secret_name is not None and not DNS_LABEL_RE.match(request.key_secret_name):
         raise RenderError(f"secret name {request.key_secret_name!r} is not a valid name")
-    if request.owner is not None and request.owner.name != kernel_object_name(request.kernel_id):
+    if request.owner is not None and as_owner(request.owner).name != kernel_object_name(
+        request.kernel_id
+    ):
         raise RenderError(
-            f"owner {request.owner.name!r} is not this kernel's JupyterKernel "
+            f"owner {as_owner(request.owner).name!r} is not this kernel's JupyterKernel "
             f"{kernel_object_name(request.kernel_id)!r}"
         )
     template = request.template
@@ -372,8 +391,8 @@ def _container_env(request: RenderRequest, client_env: Mapping[str, str]) -> lis
         "name": ENV_IP,
         "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
     }
-    for port, number in KERNEL_PORTS.items():
-        put(ENV_PORTS[port], str(number))
+    for channel, number in KERNEL_PORTS.items():
+        put(ENV_PORTS[channel], str(number))
     put(ENV_TRANSPORT, TRANSPORT)
     put(ENV_SIGNATURE_SCHEME, SIGNATURE_SCHEME)
     put(ENV_KEY_FILE, KEY_FILE)
