@@ -186,7 +186,9 @@ def test_crd_names_versions_and_columns(kind: str) -> None:
     assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
     assert version["subresources"] == {"status": {}}
     columns = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
-    assert columns["AGE"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    assert columns["AGE"] == {
+        "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"
+    }
     if kind == "JupyterKernelSpec":
         assert list(columns)[:5] == ["DISPLAY NAME", "LANGUAGE", "GPUS", "IMAGE", "AGE"]
         assert columns["GPUS"]["jsonPath"] == r".spec.resources.limits.nvidia\.com/gpu"
@@ -521,7 +523,9 @@ def test_store_applies_the_schema_defaults(store: Store) -> None:
     created = create_in_store(store, doc)
     assert created["spec"]["interruptMode"] == "message"
     assert created["spec"]["restartPolicy"] == "Restart"
-    assert created["spec"]["culling"] == {"idleTimeout": "1h", "cullConnected": False, "cullBusy": False}
+    assert created["spec"]["culling"] == {
+        "idleTimeout": "1h", "cullConnected": False, "cullBusy": False
+    }
     assert created["spec"]["clientOverrides"] == {"workingDir": False, "image": False}
     view = KernelSpecView.from_object(doc)  # the view applies the same defaults without a server
     assert (view.interrupt_mode, view.restart_policy) == ("message", "Restart")

@@ -183,7 +183,7 @@ def test_kernel_starts_answers_and_stops_on_sigterm(launch: Launch, tmp_path: Pa
     launched = launch(kernel_env(ip, ports, key_file, EK_RUNTIME_DIR=str(runtime)), IPYKERNEL)
 
     info = {"ip": ip, "transport": "tcp", "key": key, "signature_scheme": "hmac-sha256",
-            **dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), ports))}
+            **dict(zip([f"{channel}_port" for channel in KERNEL_PORTS], ports))}
     client = connect(info)
     try:
         msg_id = client.kernel_info()
@@ -278,8 +278,8 @@ def test_missing_key_file_is_a_clear_error(launch: Launch, tmp_path: Path) -> No
     runtime = tmp_path / "run"
     runtime.mkdir()
     missing = tmp_path / "no-such-key"
-    launched = launch(kernel_env("127.0.0.1", [1, 2, 3, 4, 5], missing, EK_RUNTIME_DIR=str(runtime)),
-                      IPYKERNEL)
+    env = kernel_env("127.0.0.1", [1, 2, 3, 4, 5], missing, EK_RUNTIME_DIR=str(runtime))
+    launched = launch(env, IPYKERNEL)
     assert _finish(launched) == 2
     assert f"the key file {missing} (EK_KEY_FILE) does not exist" in launched.stderr
     assert "Traceback" not in launched.stderr
@@ -344,7 +344,9 @@ def test_bad_environment_is_a_clear_error(
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args", [[], ["--"], ["--bogus"]])
-def test_no_kernel_command_is_a_clear_error(launch: Launch, tmp_path: Path, args: list[str]) -> None:
+def test_no_kernel_command_is_a_clear_error(
+    launch: Launch, tmp_path: Path, args: list[str]
+) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("k" * 32)
     env = kernel_env("127.0.0.1", [1, 2, 3, 4, 5], key_file)
@@ -359,8 +361,8 @@ def test_unknown_command_exits_127_and_cleans_up(launch: Launch, tmp_path: Path)
     key_file.write_text("k" * 32)
     runtime = tmp_path / "run"
     runtime.mkdir()
-    launched = launch(kernel_env("127.0.0.1", [1, 2, 3, 4, 5], key_file, EK_RUNTIME_DIR=str(runtime)),
-                      ["no-such-kernel-command-here", "{connection_file}"])
+    env = kernel_env("127.0.0.1", [1, 2, 3, 4, 5], key_file, EK_RUNTIME_DIR=str(runtime))
+    launched = launch(env, ["no-such-kernel-command-here", "{connection_file}"])
     assert _finish(launched) == 127
     assert "kernel command not found: no-such-kernel-command-here" in launched.stderr
     assert list(runtime.iterdir()) == []

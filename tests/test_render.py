@@ -126,7 +126,8 @@ def crd_validator(kind_file: str) -> jsonschema.Draft4Validator:
         return out
 
     schema = convert(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+    checker = jsonschema.Draft4Validator.FORMAT_CHECKER
+    return jsonschema.Draft4Validator(schema, format_checker=checker)
 
 
 # --- objects the API server accepts --------------------------------------------------------------
@@ -134,7 +135,9 @@ def crd_validator(kind_file: str) -> jsonschema.Draft4Validator:
 
 @pytest.mark.parametrize("spec_name,template_name", [("python-gpu", "gpu"), ("python-cpu", "cpu"),
                                                      ("python-cpu", None)])
-def test_rendered_objects_are_valid_kubernetes_objects(spec_name: str, template_name: str | None) -> None:
+def test_rendered_objects_are_valid_kubernetes_objects(
+    spec_name: str, template_name: str | None
+) -> None:
     spec = spec_view(spec_name)
     if template_name is None:
         spec = dataclasses.replace(spec, template_name=None)
@@ -243,7 +246,8 @@ def test_pod_defaults_without_template() -> None:
 
 
 def test_service_account_only_from_the_template() -> None:
-    pod_spec = render_kernel(request(template=template_view(serviceAccountName="kernel-runner"))).pod["spec"]
+    template = template_view(serviceAccountName="kernel-runner")
+    pod_spec = render_kernel(request(template=template)).pod["spec"]
     assert pod_spec["serviceAccountName"] == "kernel-runner"
     assert "automountServiceAccountToken" not in pod_spec
     plain = render_kernel(request()).pod["spec"]
@@ -259,7 +263,8 @@ def test_template_must_be_the_one_the_spec_names() -> None:
 
 def test_template_cannot_take_the_key_volume_or_mount() -> None:
     with pytest.raises(RenderError, match="reserved"):
-        render_kernel(request(template=template_view(volumes=[{"name": "elastic-kernel-key", "emptyDir": {}}])))
+        render_kernel(request(template=template_view(
+            volumes=[{"name": "elastic-kernel-key", "emptyDir": {}}])))
     with pytest.raises(RenderError, match="reserved"):
         render_kernel(request(template=template_view(
             volumes=[{"name": "x", "emptyDir": {}}],
@@ -354,7 +359,8 @@ def test_label_helpers() -> None:
     assert sanitize_label_value("") == ""
     assert sanitize_label_value("...") != "..." and LABEL_VALUE.match(sanitize_label_value("..."))
     assert is_label_key("elastic.jupyter.org/user") and is_label_key("team")
-    assert not is_label_key("Bad Key") and not is_label_key("UPPER.example/x") and not is_label_key("")
+    for bad in ("Bad Key", "UPPER.example/x", "", "a/b/c"):
+        assert not is_label_key(bad)
 
 
 # --- the launcher contract and the key -----------------------------------------------------------
@@ -412,8 +418,8 @@ def test_key_is_only_in_the_secret() -> None:
         assert KEY.decode() not in text and encoded not in text
 
 
-@pytest.mark.parametrize("key", [b"", b"short", b"has space in the key 1234", "str-not-bytes-123456",
-                                 b"\xff" * 32, b"x" * 2000])
+@pytest.mark.parametrize("key", [b"", b"short", b"has space in the key 1234",
+                                 "str-not-bytes-123456", b"\xff" * 32, b"x" * 2000])
 def test_unusable_keys_are_refused(key: Any) -> None:
     with pytest.raises(RenderError, match="key"):
         render_kernel(request(key=key))
@@ -594,7 +600,8 @@ def test_env_precedence_ours_client_spec_template() -> None:
 
 
 def test_client_overrides_are_opt_in() -> None:
-    env = {"KERNEL_WORKING_DIR": "/home/jovyan/project", "KERNEL_IMAGE": "registry.local:5000/team/py:1.2"}
+    env = {"KERNEL_WORKING_DIR": "/home/jovyan/project",
+           "KERNEL_IMAGE": "registry.local:5000/team/py:1.2"}
     closed = render_kernel(request(client_env=env))
     assert "workingDir" not in container(closed)
     assert container(closed)["image"] == "ghcr.io/elastic-kernels/kernel-python-gpu:0.1.0"
@@ -690,7 +697,8 @@ def test_format_duration_round_trips() -> None:
 
 
 def test_timestamps() -> None:
-    for text in ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00.123456789Z", "2024-05-01T14:00:00+02:00"):
+    for text in ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00.123456789Z",
+                 "2024-05-01T14:00:00+02:00"):
         value = parse_timestamp(text)
         assert value.utcoffset().total_seconds() == 0
         assert format_timestamp(value) == "2024-05-01T12:00:00Z"
@@ -704,7 +712,8 @@ def test_spec_view_errors_name_the_object_and_field() -> None:
     doc["spec"]["culling"]["idleTimeout"] = "soon"
     with pytest.raises(ResourceError) as error:
         KernelSpecView.from_object(doc)
-    assert str(error.value).startswith(f"JupyterKernelSpec {NS}/python-gpu: spec.culling.idleTimeout:")
+    assert str(error.value).startswith(
+        f"JupyterKernelSpec {NS}/python-gpu: spec.culling.idleTimeout:")
     assert "30m" in str(error.value)
 
 

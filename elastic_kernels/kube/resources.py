@@ -118,7 +118,8 @@ class ResourceError(ValueError):
         self.path = path
         self.problem = problem
         where = f"{namespace}/{name}" if namespace else name
-        super().__init__(f"{kind} {where}: {path}: {problem}" if path else f"{kind} {where}: {problem}")
+        prefix = f"{kind} {where}: {path}" if path else f"{kind} {where}"
+        super().__init__(f"{prefix}: {problem}")
 
 
 class DurationError(ValueError):
@@ -129,14 +130,15 @@ class DurationError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``30m``, ``2s``, ``1h30m``, ``1.5h``, ``7d``, ``250ms`` or ``0``.
+    """Seconds in a duration: ``30m``, ``2s``, ``1h30m``, ``1.5h``, ``7d``, ``250ms`` or ``0``.
 
     Units may repeat and appear in any order (they add up), as in Go's time.ParseDuration, plus
     ``d`` for days because culling ages are naturally counted in days.
     """
     if not isinstance(text, str):
         raise DurationError(
-            f"a duration must be a string such as 30m, 2s or 1h30m, not {type(text).__name__} {text!r}"
+            "a duration must be a string such as 30m, 2s or 1h30m, "
+            f"not {type(text).__name__} {text!r}"
         )
     if len(text) > _DURATION_MAX_CHARS:
         raise DurationError(f"a duration is at most {_DURATION_MAX_CHARS} characters")
@@ -339,7 +341,7 @@ class _Reader:
         if not isinstance(value, str):
             self.fail(path, f"must be a string, not {type(value).__name__} {value!r}")
         if len(value) < min_length:
-            self.fail(path, "must not be empty" if min_length == 1 else f"needs {min_length}+ chars")
+            self.fail(path, "must not be empty" if min_length == 1 else "is too short")
         if max_length is not None and len(value) > max_length:
             self.fail(path, f"is longer than {max_length} characters")
         if choices is not None and value not in choices:
@@ -357,7 +359,12 @@ class _Reader:
         return value
 
     def integer(
-        self, path: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None
+        self,
+        path: str,
+        default: int | None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
     ) -> int | None:
         value = self.raw(path)
         if value is _MISSING or value is None:
@@ -406,14 +413,16 @@ class _Reader:
             self.fail(path, f"must be a list, not {type(value).__name__}")
         return value
 
-    def objects(self, path: str, required_keys: Sequence[str] = ()) -> tuple[Mapping[str, Any], ...]:
+    def objects(
+        self, path: str, required_keys: Sequence[str] = ()
+    ) -> tuple[Mapping[str, Any], ...]:
         items = []
         for index, item in enumerate(self.array(path)):
             if not isinstance(item, Mapping):
                 self.fail(f"{path}[{index}]", f"must be an object, not {type(item).__name__}")
             for key in required_keys:
                 if not isinstance(item.get(key), str) or not item.get(key):
-                    self.fail(f"{path}[{index}].{key}", "is required and must be a non-empty string")
+                    self.fail(f"{path}[{index}].{key}", "is required (a non-empty string)")
             items.append(freeze(item))
         return tuple(items)
 
@@ -551,7 +560,9 @@ class KernelSpecView:
             )
             or "",
             env=MappingProxyType(env),
-            interrupt_mode=r.string("spec.interruptMode", default="message", choices=INTERRUPT_MODES)
+            interrupt_mode=r.string(
+                "spec.interruptMode", default="message", choices=INTERRUPT_MODES
+            )
             or "message",
             image_pull_policy=r.string("spec.imagePullPolicy", choices=PULL_POLICIES),
             resources=resources,
@@ -804,7 +815,8 @@ class KernelView:
                 "spec.kernelId", required=True, pattern=KERNEL_ID_RE, hint="not a lowercase UUID"
             )
             or "",
-            user=r.string("spec.user", required=True, min_length=1, max_length=USER_MAX_CHARS) or "",
+            user=r.string("spec.user", required=True, min_length=1, max_length=USER_MAX_CHARS)
+            or "",
             kernel_spec=r.string(
                 "spec.kernelSpec", required=True, pattern=DNS_SUBDOMAIN_RE, max_length=253
             )

@@ -75,7 +75,12 @@ NEVER_FROM_CLIENT = frozenset(
 NAME_RE = re.compile(r"^KERNEL_[A-Z0-9_]{1,64}$")
 MAX_VALUE_CHARS = 4096
 #: An image reference: registry/path:tag@digest, no spaces or shell characters.
-IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
+IMAGE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9._-]*(:[0-9]+)?"  # registry or first path part, optional port
+    r"(/[a-z0-9][a-z0-9._-]*)*"  # path
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # tag
+    r"(@sha256:[a-f0-9]{64})?$"  # digest
+)
 
 
 class ClientEnvError(ValueError):
@@ -125,7 +130,9 @@ def decide_client_env(client_env: Mapping[str, object] | None, spec: KernelSpecV
     if client_env is None:
         return EnvDecision(MappingProxyType({}), ())
     if not isinstance(client_env, Mapping):
-        raise ClientEnvError("env", f"must be an object of names to strings, not {type(client_env).__name__}")
+        raise ClientEnvError(
+            "env", f"must be an object of names to strings, not {type(client_env).__name__}"
+        )
     allowed = _allowed_names(spec)
     accepted: dict[str, str] = {}
     dropped: list[str] = []
@@ -142,14 +149,20 @@ def decide_client_env(client_env: Mapping[str, object] | None, spec: KernelSpecV
                 dropped.append(name)  # notebook servers send "" when they have no directory
                 continue
             if not posixpath.isabs(value):
-                raise ClientEnvError(name, f"the working directory must be an absolute path, not {value!r}")
+                raise ClientEnvError(
+                    name, f"the working directory must be an absolute path, not {value!r}"
+                )
         if name == IMAGE_VAR and not IMAGE_RE.match(value):
-            raise ClientEnvError(name, f"{value!r} is not an image reference such as registry/name:tag")
+            raise ClientEnvError(
+                name, f"{value!r} is not an image reference such as registry/name:tag"
+            )
         accepted[name] = value
     return EnvDecision(MappingProxyType(dict(sorted(accepted.items()))), tuple(sorted(dropped)))
 
 
-def filter_client_env(client_env: Mapping[str, object] | None, spec: KernelSpecView) -> dict[str, str]:
+def filter_client_env(
+    client_env: Mapping[str, object] | None, spec: KernelSpecView
+) -> dict[str, str]:
     """The client variables that reach the kernel; dropped names are logged at debug level."""
     decision = decide_client_env(client_env, spec)
     if decision.dropped:

@@ -330,7 +330,9 @@ def _check(request: RenderRequest) -> None:
         raise RenderError(f"namespace {request.namespace!r} is not a valid namespace name")
     user = request.user
     if not isinstance(user, str) or not user or len(user) > USER_MAX_CHARS:
-        raise RenderError(f"the user must be a non-empty string of at most {USER_MAX_CHARS} characters")
+        raise RenderError(
+            f"the user must be a non-empty string of at most {USER_MAX_CHARS} characters"
+        )
     if not user.isprintable():
         raise RenderError("the user name contains control or separator characters")
     if isinstance(request.restart_count, bool) or not isinstance(request.restart_count, int) or (
@@ -344,7 +346,7 @@ def _check(request: RenderRequest) -> None:
         raise RenderError(f"the key must be {_KEY_MIN_BYTES} to {_KEY_MAX_BYTES} bytes")
     if any(b < 0x21 or b > 0x7E for b in key):
         # It travels as text in the connection file; printable ASCII survives every hop.
-        raise RenderError("the key must be printable ASCII without spaces (e.g. a hex or UUID string)")
+        raise RenderError("the key must be printable ASCII without spaces (e.g. a hex string)")
     if request.key_secret_name is not None and not DNS_LABEL_RE.match(request.key_secret_name):
         raise RenderError(f"secret name {request.key_secret_name!r} is not a valid name")
     if request.owner is not None and as_owner(request.owner).name != kernel_object_name(
@@ -366,7 +368,8 @@ def _check(request: RenderRequest) -> None:
                 raise RenderError(
                     f"template {template.name}: mount path {KEY_MOUNT_DIR} is reserved for the key"
                 )
-    if request.spec.template_name and (template is None or template.name != request.spec.template_name):
+    wanted = request.spec.template_name
+    if wanted and (template is None or template.name != wanted):
         found = "none" if template is None else repr(template.name)
         raise RenderError(
             f"kernelspec {request.spec.name} uses template {request.spec.template_name!r}, "
