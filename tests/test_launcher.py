@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import base64
 import os
+import queue
 import random
 import secrets
 import signal
@@ -18,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from elastic_kernels.kube.resources import KernelSpecView
@@ -141,12 +144,40 @@ def kernel_env(ip: str, ports: list[int], key_file: Path, **extra: str) -> dict[
 IPYKERNEL = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 
-def connect(info: dict[str, Any]) -> BlockingKernelClient:
+def connect(info: dict[str, Any], timeout: float = 60) -> BlockingKernelClient:
+    """A client whose shell and iopub both reach the kernel.
+
+    jupyter_client's wait_for_ready judges the kernel dead when its heartbeat has not answered
+    within a second, which a kernel still importing on a busy machine may not; and a shell reply
+    does not prove that iopub is subscribed. So: kernel_info until its reply *and* its iopub
+    status message arrive (ZeroMQ queues and reconnects until the kernel binds).
+    """
     client = BlockingKernelClient()
     client.load_connection_info(info)
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    return client
+    client.start_channels(hb=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = client.kernel_info()
+        if _await_parent(client.get_shell_msg, msg_id, deadline, 2.0) and _await_parent(
+            client.get_iopub_msg, msg_id, deadline, 2.0
+        ):
+            return client
+    client.stop_channels()
+    raise TimeoutError(f"no kernel_info reply from {info['ip']} within {timeout}s")
+
+
+def _await_parent(get: Callable[..., dict[str, Any]], msg_id: str, deadline: float,
+                  patience: float) -> bool:
+    """Whether a message answering ``msg_id`` arrives within ``patience`` seconds."""
+    until = min(deadline, time.monotonic() + patience)
+    while (left := until - time.monotonic()) > 0:
+        try:
+            msg = get(timeout=left)
+        except queue.Empty:
+            return False
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return True
+    return False
 
 
 def run(client: BlockingKernelClient, code: str) -> str:
@@ -204,6 +235,15 @@ def test_kernel_starts_answers_and_stops_on_sigterm(launch: Launch, tmp_path: Pa
         assert run(client, "import json; json.load(open(get_connection_file()))['key'] == "
                            f"'{key}'") == "True"
         assert run(client, "import os; os.environ['EK_KERNEL_ID']") == f"'{KERNEL_ID}'"
+        heartbeat = zmq.Context.instance().socket(zmq.REQ)
+        try:
+            heartbeat.linger = 0
+            heartbeat.connect(f"tcp://{ip}:{ports[4]}")
+            heartbeat.send(b"ping")
+            assert heartbeat.poll(30_000), "no heartbeat echo"
+            assert heartbeat.recv() == b"ping"
+        finally:
+            heartbeat.close()
     finally:
         client.stop_channels()
 
