@@ -116,8 +116,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
                  verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-                 status_subresource=True, extra_subresources=("finalize",),
-                 return_deleted_object=True, field_labels=("status.phase",)),
+                 status_subresource=True, return_deleted_object=True,
+                 field_labels=("status.phase",)),
     ResourceType("", "v1", "nodes", "node", "Node", False, ("no",), status_subresource=True,
                  field_labels=("spec.unschedulable",)),
     ResourceType("", "v1", "events", "event", "Event", True, ("ev",), field_labels=_EVENT_FIELDS),
@@ -201,7 +201,6 @@ def custom_resource_type(crd: dict) -> ResourceType:
         short_names=tuple(names.get("shortNames") or ()),
         categories=tuple(names.get("categories") or ()),
         status_subresource="status" in subresources,
-        extra_subresources=("scale",) if "scale" in subresources else (),
         has_generation=True, allow_unconditional_update=False, return_deleted_object=True,
         strategic_merge=False, field_labels=selectable,
         served_versions=tuple(v["name"] for v in versions), crd_name=crd["metadata"]["name"],
@@ -216,14 +215,17 @@ class Registry:
         for rtype in BUILTIN_TYPES:
             self._types[rtype.key] = rtype
         self.crd_versions: dict[ResourceKey, dict[str, dict]] = {}  # key -> version -> CRD version
+        self.generation = 0  # bumped on every change, so derived documents know to rebuild
 
     def add(self, rtype: ResourceType, crd_versions: dict[str, dict] | None = None) -> None:
         self._types[rtype.key] = rtype
+        self.generation += 1
         if crd_versions is not None:
             self.crd_versions[rtype.key] = crd_versions
 
     def remove(self, key: ResourceKey) -> None:
-        self._types.pop(key, None)
+        if self._types.pop(key, None) is not None:
+            self.generation += 1
         self.crd_versions.pop(key, None)
 
     def get(self, key: ResourceKey) -> ResourceType | None:

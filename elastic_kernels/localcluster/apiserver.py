@@ -1,0 +1,1216 @@
+"""The local cluster's Kubernetes API server: the REST protocol over the in-memory Store.
+
+It speaks the wire protocol of a real kube-apiserver closely enough that the official ``kubernetes``
+Python client and ``kubectl`` work against it unchanged: discovery (legacy and aggregated), OpenAPI,
+CRUD with the real status codes and ``Status`` bodies, the four patch types, status subresources,
+label/field selectors, chunked watches with resume, bookmarks and 410 Gone, server-side tables for
+``kubectl get``, pod logs via a pluggable provider, and deletion options.
+
+Every request is counted by (verb, group, resource, subresource, namespace) so tests can assert how
+many writes an operation costs and that nothing polls.  Bad input always gets a 4xx ``Status``; an
+unexpected exception gets a 500 ``Status`` and is logged, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import logging
+import re
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Iterable
+from urllib.parse import unquote
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+import yaml
+
+from . import discovery, openapi
+from . import errors as E
+from .errors import ApiError
+from .resources import ResourceType
+from .store import Store, Watch, WatchEvent, WriteOptions
+
+log = logging.getLogger(__name__)
+
+LogProvider = Callable[[str, str, str], "str | Awaitable[str]"]
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+READ_VERBS = frozenset({"get", "list", "watch"})
+
+_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+_PATCH_TYPES = {
+    "application/merge-patch+json": "merge",
+    "application/json-patch+json": "json",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/apply-patch+yaml": "apply",
+}
+_PATCH_ACCEPTED = ["application/json-patch+json", "application/merge-patch+json",
+                   "application/apply-patch+yaml", "application/strategic-merge-patch+json"]
+_JSON = "application/json"
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- request accounting -------------------------------------------------------------------------
+
+RequestKey = tuple[str, str, str, str, str]  # verb, group, resource, subresource, namespace
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    user: str
+
+    @property
+    def key(self) -> RequestKey:
+        return (self.verb, self.group, self.resource, self.subresource, self.namespace)
+
+
+class RequestCounter:
+    """Counts API requests by (verb, group, resource, subresource, namespace), and by user.
+
+    ``snapshot()`` then ``since(snapshot)`` measures what an operation cost; ``writes()`` and
+    ``reads()`` filter by verb class.  Non-resource requests (discovery, OpenAPI, /version) are
+    counted separately in ``nonresource`` so they do not blur resource accounting.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[RequestKey] = Counter()
+        self._by_user: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self.nonresource: Counter[str] = Counter()
+
+    def record(self, verb: str, group: str, resource: str, subresource: str = "",
+               namespace: str = "", user: str = "") -> None:
+        key = (verb, group, resource, subresource, namespace)
+        self._counts[key] += 1
+        self._by_user[(user, *key)] += 1
+
+    def record_nonresource(self, path: str) -> None:
+        self.nonresource[path] += 1
+
+    def snapshot(self) -> Counter[RequestKey]:
+        return Counter(self._counts)
+
+    def since(self, snapshot: Counter[RequestKey]) -> Counter[RequestKey]:
+        """Requests made after ``snapshot`` was taken."""
+        diff = Counter(self._counts)
+        diff.subtract(snapshot)
+        return Counter({k: v for k, v in diff.items() if v > 0})
+
+    diff = since
+
+    def reset(self) -> None:
+        self._counts.clear()
+        self._by_user.clear()
+        self.nonresource.clear()
+
+    def total(self, counts: Counter[RequestKey] | None = None, *, verbs: Iterable[str] | None = None,
+              group: str | None = None, resource: str | None = None) -> int:
+        counts = self._counts if counts is None else counts
+        wanted = set(verbs) if verbs is not None else None
+        return sum(n for (verb, g, res, _sub, _ns), n in counts.items()
+                   if (wanted is None or verb in wanted) and (group is None or g == group)
+                   and (resource is None or res == resource))
+
+    def writes(self, counts: Counter[RequestKey] | None = None) -> Counter[RequestKey]:
+        counts = self._counts if counts is None else counts
+        return Counter({k: v for k, v in counts.items() if k[0] in WRITE_VERBS})
+
+    def reads(self, counts: Counter[RequestKey] | None = None) -> Counter[RequestKey]:
+        counts = self._counts if counts is None else counts
+        return Counter({k: v for k, v in counts.items() if k[0] in READ_VERBS})
+
+    def by_user(self) -> Counter[tuple[str, str, str, str, str, str]]:
+        """(user, verb, group, resource, subresource, namespace) -> count, for RBAC coverage."""
+        return Counter(self._by_user)
+
+    def users(self) -> set[str]:
+        return {key[0] for key in self._by_user}
+
+
+# --- content negotiation ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MediaType:
+    type: str
+    params: dict[str, str]
+
+    @property
+    def as_(self) -> str:
+        return self.params.get("as", "")
+
+
+def parse_accept(header: str | None) -> list[MediaType]:
+    result = []
+    for part in (header or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pieces = [p.strip() for p in part.split(";")]
+        params = {}
+        for piece in pieces[1:]:
+            key, _, value = piece.partition("=")
+            params[key.strip()] = value.strip()
+        result.append(MediaType(pieces[0].lower(), params))
+    return result
+
+
+def _choose(accepts: list[MediaType], options: Iterable[str]) -> tuple[str, MediaType | None]:
+    """First acceptable representation: "" (plain JSON) or one of ``options`` (``as=`` names)."""
+    allowed = set(options)
+    for media in accepts:
+        if media.type not in (_JSON, "application/*", "*/*", "application/yaml"):
+            continue
+        if media.as_:
+            if media.as_ in allowed:
+                return media.as_, media
+            continue
+        return "", media
+    return "", None
+
+
+# --- server-side tables (what `kubectl get` prints) ---------------------------------------------
+
+_NAME_COL = {"name": "Name", "type": "string", "format": "name", "priority": 0,
+             "description": "Name must be unique within a namespace. Is required when creating "
+                            "resources, although some resources may allow a client to request the "
+                            "generation of an appropriate name automatically."}
+_AGE_COL = {"name": "Age", "type": "string", "format": "", "priority": 0,
+            "description": "CreationTimestamp is a timestamp representing the server time when "
+                           "this object was created."}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's HumanDuration (k8s.io/apimachinery/pkg/util/duration)."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        rest = s % 60
+        return f"{minutes}m" if rest == 0 else f"{minutes}m{rest}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h" if rest == 0 else f"{hours}h{rest}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d" if rest == 0 else f"{hours // 24}d{rest}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def _age(obj: dict, now: datetime) -> str:
+    created = _parse_time(obj.get("metadata", {}).get("creationTimestamp"))
+    if created is None:
+        return "<unknown>"
+    return human_duration((now - created).total_seconds())
+
+
+_JSONPATH_TOKEN = re.compile(
+    r"\.(?P<field>[A-Za-z0-9_\-$/]+)|\[(?P<index>-?\d+|\*)\]|\[\?\(@\.(?P<fkey>[A-Za-z0-9_.\-]+)"
+    r"\s*==\s*(?P<fval>\"[^\"]*\"|'[^']*'|[^)\s]+)\)\]|\[['\"](?P<quoted>[^'\"]+)['\"]\]")
+
+
+def jsonpath_values(obj: Any, path: str) -> list[Any]:
+    """Evaluate the simple JSONPath subset printer columns use (``.a.b``, ``[0]``, ``[*]``,
+    ``[?(@.type=="Ready")]``, ``['x.y']``); missing keys give no values."""
+    path = path.strip()
+    if path.startswith("{") and path.endswith("}"):
+        path = path[1:-1]
+    if path.startswith("$"):
+        path = path[1:]
+    values = [obj]
+    pos = 0
+    while pos < len(path):
+        match = _JSONPATH_TOKEN.match(path, pos)
+        if not match:
+            return []
+        pos = match.end()
+        nxt: list[Any] = []
+        for value in values:
+            name = match.group("field") or match.group("quoted")
+            if name is not None:
+                if isinstance(value, dict) and name in value:
+                    nxt.append(value[name])
+            elif match.group("index") is not None:
+                if isinstance(value, list):
+                    if match.group("index") == "*":
+                        nxt.extend(value)
+                    else:
+                        index = int(match.group("index"))
+                        if -len(value) <= index < len(value):
+                            nxt.append(value[index])
+                elif isinstance(value, dict) and match.group("index") == "*":
+                    nxt.extend(value.values())
+            else:
+                want = match.group("fval").strip("\"'")
+                if isinstance(value, list):
+                    for item in value:
+                        got = jsonpath_values(item, "." + match.group("fkey"))
+                        if not got:
+                            continue
+                        shown = got[0]
+                        text = ("true" if shown else "false") if isinstance(shown, bool) else str(
+                            shown)
+                        if text == want:
+                            nxt.append(item)
+        values = nxt
+    return values
+
+
+def _cell(values: list[Any], col_type: str, now: datetime) -> Any:
+    if not values:
+        return None
+    value = values[0] if len(values) == 1 else values
+    if col_type == "date":
+        moment = _parse_time(value) if isinstance(value, str) else None
+        return human_duration((now - moment).total_seconds()) if moment else value
+    if isinstance(value, (dict, list)):
+        if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+            return ",".join(str(v) for v in value)
+        return json.dumps(value, separators=(",", ":"))
+    if col_type == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _pod_row(pod: dict, now: datetime) -> list[Any]:
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    total = len(spec.get("containers") or [])
+    ready = 0
+    restarts = 0
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    for cs in reversed(status.get("containerStatuses") or []):
+        restarts += int(cs.get("restartCount") or 0)
+        state = cs.get("state") or {}
+        if state.get("waiting", {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif state.get("terminated", {}).get("reason"):
+            reason = state["terminated"]["reason"]
+        elif "terminated" in state:
+            term = state["terminated"]
+            reason = (f"Signal:{term['signal']}" if term.get("signal")
+                      else f"ExitCode:{term.get('exitCode', 0)}")
+        elif "running" in state and cs.get("ready"):
+            ready += 1
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        reason = "Terminating"
+    return [pod["metadata"]["name"], f"{ready}/{total}", reason, restarts, _age(pod, now),
+            status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
+            status.get("nominatedNodeName") or "<none>", "<none>"]
+
+
+def _column(name: str, col_type: str = "string", priority: int = 0, description: str = "",
+            fmt: str = "") -> dict[str, Any]:
+    return {"name": name, "type": col_type, "format": fmt, "description": description,
+            "priority": priority}
+
+
+def _builtin_table(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, datetime], list]]:
+    key = rtype.storage_key
+    if key == ("", "pods"):
+        return [_NAME_COL, _column("Ready", description="The aggregate readiness state of this "
+                                                        "pod for accepting traffic."),
+                _column("Status", description="The aggregate status of the containers in this "
+                                              "pod."),
+                _column("Restarts", "string", description="The number of times the containers "
+                                                          "in this pod have been restarted."),
+                _AGE_COL, _column("IP", priority=1, description="The IP address of the pod."),
+                _column("Node", priority=1, description="The name of the node."),
+                _column("Nominated Node", priority=1, description="The nominated node."),
+                _column("Readiness Gates", priority=1, description="The readiness gates.")], _pod_row
+    if key == ("", "namespaces"):
+        return [_NAME_COL, _column("Status"), _AGE_COL], lambda o, now: [
+            o["metadata"]["name"], (o.get("status") or {}).get("phase", ""), _age(o, now)]
+    if key == ("", "secrets"):
+        return [_NAME_COL, _column("Type"), _column("Data", "string"), _AGE_COL], lambda o, now: [
+            o["metadata"]["name"], o.get("type", ""), len(o.get("data") or {}), _age(o, now)]
+    if key == ("", "configmaps"):
+        return [_NAME_COL, _column("Data", "string"), _AGE_COL], lambda o, now: [
+            o["metadata"]["name"], len(o.get("data") or {}) + len(o.get("binaryData") or {}),
+            _age(o, now)]
+    if key == ("", "serviceaccounts"):
+        return [_NAME_COL, _column("Secrets", "string"), _AGE_COL], lambda o, now: [
+            o["metadata"]["name"], len(o.get("secrets") or []), _age(o, now)]
+    if key == ("", "services"):
+        def service_row(o: dict, now: datetime) -> list:
+            spec = o.get("spec") or {}
+            ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}"
+                             for p in spec.get("ports") or []) or "<none>"
+            return [o["metadata"]["name"], spec.get("type", ""), spec.get("clusterIP", "<none>"),
+                    "<none>", ports, _age(o, now)]
+        return [_NAME_COL, _column("Type"), _column("Cluster-IP"), _column("External-IP"),
+                _column("Port(s)"), _AGE_COL], service_row
+    if key == ("", "nodes"):
+        def node_row(o: dict, now: datetime) -> list:
+            conds = {c.get("type"): c.get("status") for c in
+                     (o.get("status") or {}).get("conditions") or []}
+            state = "Ready" if conds.get("Ready") == "True" else (
+                "NotReady" if "Ready" in conds else "Unknown")
+            if (o.get("spec") or {}).get("unschedulable"):
+                state += ",SchedulingDisabled"
+            version = ((o.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
+            return [o["metadata"]["name"], state, "<none>", _age(o, now), version]
+        return [_NAME_COL, _column("Status"), _column("Roles"), _AGE_COL, _column("Version")], \
+            node_row
+    if key == ("", "events"):
+        def event_row(o: dict, now: datetime) -> list:
+            involved = o.get("involvedObject") or o.get("regarding") or {}
+            last = _parse_time(o.get("lastTimestamp") or o.get("eventTime")
+                               or o.get("metadata", {}).get("creationTimestamp"))
+            seen = human_duration((now - last).total_seconds()) if last else "<unknown>"
+            return [seen, o.get("type", ""), o.get("reason", ""),
+                    f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+                    o.get("message") or o.get("note") or ""]
+        return [_column("Last Seen"), _column("Type"), _column("Reason"), _column("Object"),
+                _column("Message")], event_row
+    if key == ("coordination.k8s.io", "leases"):
+        return [_NAME_COL, _column("Holder"), _AGE_COL], lambda o, now: [
+            o["metadata"]["name"], (o.get("spec") or {}).get("holderIdentity", ""), _age(o, now)]
+    if key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+        return [_NAME_COL, _column("Created At", "date")], lambda o, now: [
+            o["metadata"]["name"], o["metadata"].get("creationTimestamp")]
+    return [_NAME_COL, _AGE_COL], lambda o, now: [o["metadata"]["name"], _age(o, now)]
+
+
+def table_for(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, datetime], list]]:
+    """Column definitions and a row function for ``rtype`` (CRD printer columns if custom)."""
+    if not rtype.is_custom:
+        return _builtin_table(rtype)
+    columns = [c for c in rtype.printer_columns]
+    if not columns:
+        return [_NAME_COL, _AGE_COL], lambda o, now: [o["metadata"]["name"], _age(o, now)]
+    definitions = [_NAME_COL] + [
+        {"name": c.name, "type": c.type if c.type != "date" else "date", "format": c.format,
+         "description": c.description, "priority": c.priority} for c in columns]
+
+    def row(obj: dict, now: datetime) -> list:
+        return [obj["metadata"]["name"]] + [_cell(jsonpath_values(obj, c.json_path), c.type, now)
+                                            for c in columns]
+    return definitions, row
+
+
+def partial_metadata(obj: dict, api_version: str = "meta.k8s.io/v1") -> dict:
+    return {"kind": "PartialObjectMetadata", "apiVersion": api_version,
+            "metadata": obj.get("metadata", {})}
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+@dataclass
+class Route:
+    """A parsed resource URL."""
+
+    rtype: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str
+    legacy_watch: bool = False
+
+
+class _Handler(tornado.web.RequestHandler):
+    """One handler for every URL; it routes by parsing the path like the real server does."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def initialize(self, server: "APIServer") -> None:
+        self.server = server
+        self.store = server.store
+        self._watch: Watch | None = None
+        self._user = ""
+
+    # tornado hooks ------------------------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", _JSON)
+        self.clear_header("Server")
+        self.set_header("Cache-Control", "no-cache, private")
+
+    def prepare(self) -> None:
+        # Watches write many small chunks; without TCP_NODELAY each one can wait for a delayed ACK.
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+
+    def compute_etag(self) -> str | None:
+        return None
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def on_connection_close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = E.REASON_BY_CODE.get(status_code, "InternalError")
+        message = self._reason or reason
+        self.set_header("Content-Type", _JSON)
+        self.finish(_dumps(ApiError(status_code, reason, message).status()))
+
+    async def get(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def head(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def post(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def put(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def patch(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def delete(self, *_: Any) -> None:
+        await self._dispatch()
+
+    async def options(self, *_: Any) -> None:
+        await self._dispatch()
+
+    # plumbing -----------------------------------------------------------------------------------
+
+    def _send(self, body: Any, code: int = 200, content_type: str = _JSON) -> None:
+        self.set_status(code)
+        self.set_header("Content-Type", content_type)
+        self.finish(body if isinstance(body, bytes) else _dumps(body))
+
+    def _send_error(self, error: ApiError) -> None:
+        if self._finished:
+            return
+        if self._headers_written:
+            # Mid-stream (a watch): report in-band as the real server does.
+            try:
+                self.write(_dumps({"type": "ERROR", "object": error.status()}) + b"\n")
+                self.finish()
+            except Exception:  # noqa: BLE001 - the client is gone
+                pass
+            return
+        self.clear()
+        self._send(error.status(), error.code)
+
+    def _query(self, name: str, default: str | None = None) -> str | None:
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return default
+        return values[-1].decode("utf-8", "replace")
+
+    def _int_query(self, name: str) -> int | None:
+        value = self._query(name)
+        if value in (None, ""):
+            return None
+        try:
+            return int(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise E.bad_request(f"invalid value for {name}: {value!r}: must be an integer") from None
+
+    def _authenticate(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        tokens = self.server.tokens
+        if tokens is None:
+            self._user = "system:anonymous" if not token else "token"
+            return
+        user = tokens.get(token)
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        self._user = user
+
+    def _body(self, allow_yaml: bool = False) -> Any:
+        raw = self.request.body
+        content_type = (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type == "application/vnd.kubernetes.protobuf":
+            raise ApiError(415, "UnsupportedMediaType",
+                           "the body of the request was in an unknown format - accepted media "
+                           "types include: application/json, application/yaml")
+        if not raw or not raw.strip():
+            raise E.bad_request("the request body is empty")
+        try:
+            if content_type in ("application/yaml", "application/apply-patch+yaml") or allow_yaml:
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise E.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+
+    def _options(self) -> WriteOptions:
+        dry = self.request.query_arguments.get("dryRun")
+        validation = self._query("fieldValidation") or "Warn"
+        if validation not in ("Ignore", "Warn", "Strict"):
+            raise E.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict; got "
+                                f"{validation!r}")
+        return WriteOptions(dry_run=bool(dry), field_validation=validation)
+
+    def _warn(self, opts: WriteOptions) -> None:
+        for warning in opts.warnings[:20]:
+            self.add_header("Warning", '299 - ' + json.dumps(warning))
+
+    # dispatch -----------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        try:
+            self._authenticate()
+            await self._route()
+        except ApiError as exc:
+            self._send_error(exc)
+        except tornado.iostream.StreamClosedError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the server must keep serving
+            log.exception("unexpected error serving %s %s", self.request.method, self.request.uri)
+            self._send_error(E.internal_error(f"{type(exc).__name__}: {exc}"))
+
+    async def _route(self) -> None:
+        method = self.request.method or "GET"
+        parts = [unquote(p) for p in self.request.path.split("/") if p]
+        if method == "OPTIONS":
+            self._send(b"", 200)
+            return
+        if not parts:
+            self._nonresource("/")
+            self._send({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez",
+                                  "/openapi/v2", "/openapi/v3", "/readyz", "/version"]})
+            return
+        head = parts[0]
+        if head in ("healthz", "livez", "readyz"):
+            self._nonresource("/" + head)
+            self._send(b"ok", 200, "text/plain; charset=utf-8")
+            return
+        if head == "version" and len(parts) == 1:
+            self._nonresource("/version")
+            self._send(discovery.SERVER_VERSION)
+            return
+        if head == "openapi":
+            self._nonresource("/" + "/".join(parts[:2]))
+            self._serve_openapi(parts)
+            return
+        if head == "api":
+            if len(parts) == 1:
+                self._nonresource("/api")
+                self._serve_discovery_root(core=True)
+                return
+            if parts[1] != "v1":
+                raise self._not_found_path()
+            group, version, rest = "", "v1", parts[2:]
+        elif head == "apis":
+            if len(parts) == 1:
+                self._nonresource("/apis")
+                self._serve_discovery_root(core=False)
+                return
+            if len(parts) == 2:
+                self._nonresource("/apis/" + parts[1])
+                body = discovery.api_group(self.store.registry, parts[1])
+                if body is None:
+                    raise self._not_found_path()
+                self._send(body)
+                return
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise self._not_found_path()
+        if not rest:
+            self._nonresource("/" + "/".join(parts))
+            body = discovery.api_resource_list(self.store.registry, group, version)
+            if body is None:
+                raise self._not_found_path()
+            self._send(body)
+            return
+        route = self._parse_route(group, version, rest)
+        await self._serve_resource(method, route)
+
+    def _nonresource(self, path: str) -> None:
+        self.server.request_counter.record_nonresource(path)
+
+    def _not_found_path(self) -> ApiError:
+        return ApiError(404, "NotFound", "the server could not find the requested resource", {})
+
+    def _parse_route(self, group: str, version: str, rest: list[str]) -> Route:
+        registry = self.store.registry
+        legacy_watch = False
+        if rest[0] == "watch":
+            legacy_watch = True
+            rest = rest[1:]
+            if not rest:
+                raise self._not_found_path()
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rtype = registry.for_version(group, version, rest[2])
+            if rtype is not None and rtype.namespaced:
+                if len(rest) > 5:
+                    raise self._not_found_path()
+                return Route(rtype, rest[1], rest[3] if len(rest) > 3 else None,
+                             rest[4] if len(rest) > 4 else "", legacy_watch)
+            if rtype is None and group == "" and rest[2] not in ("status", "finalize"):
+                raise self._not_found_path()
+        rtype = registry.for_version(group, version, rest[0])
+        if rtype is None or len(rest) > 3:
+            raise self._not_found_path()
+        name = rest[1] if len(rest) > 1 else None
+        if rtype.namespaced and name is not None:
+            raise self._not_found_path()
+        return Route(rtype, None, name, rest[2] if len(rest) > 2 else "", legacy_watch)
+
+    # discovery / openapi ------------------------------------------------------------------------
+
+    def _serve_discovery_root(self, core: bool) -> None:
+        accepts = parse_accept(self.request.headers.get("Accept"))
+        for media in accepts:
+            if media.as_ == "APIGroupDiscoveryList" and media.params.get("g") == \
+                    "apidiscovery.k8s.io" and media.params.get("v") in ("v2", "v2beta1"):
+                version = media.params["v"]
+                body = discovery.aggregated_discovery(self.store.registry, core, version)
+                self._send(body, 200, discovery.AGGREGATED_V2 if version == "v2"
+                           else discovery.AGGREGATED_V2BETA1)
+                return
+            if media.type in (_JSON, "*/*", "application/*") and not media.as_:
+                break
+        if core:
+            self._send(discovery.api_versions(f"{self.server.host}:{self.server.port}"))
+        else:
+            self._send(discovery.api_group_list(self.store.registry))
+
+    def _serve_openapi(self, parts: list[str]) -> None:
+        docs = self.server.openapi
+        if len(parts) == 2 and parts[1] == "v2":
+            self._send(docs.v2(), 200, _JSON)
+            return
+        if len(parts) >= 2 and parts[1] == "v3":
+            if len(parts) == 2:
+                self._send(docs.v3_index())
+                return
+            body = docs.v3_group_version("/".join(parts[2:]))
+            if body is None:
+                raise self._not_found_path()
+            self._send(body)
+            return
+        raise self._not_found_path()
+
+    # resources ----------------------------------------------------------------------------------
+
+    def _verb(self, method: str, route: Route) -> str:
+        if method in ("GET", "HEAD"):
+            if route.name is None:
+                watching = route.legacy_watch or (self._query("watch") or "") in _TRUE
+                return "watch" if watching else "list"
+            return "watch" if route.legacy_watch else "get"
+        if method == "POST":
+            return "create"
+        if method == "PUT":
+            return "update"
+        if method == "PATCH":
+            return "patch"
+        if method == "DELETE":
+            return "delete" if route.name is not None else "deletecollection"
+        return method.lower()
+
+    async def _serve_resource(self, method: str, route: Route) -> None:
+        rtype = route.rtype
+        verb = self._verb(method, route)
+        self.server.request_counter.record(verb, rtype.group, rtype.plural, route.subresource,
+                                           route.namespace or "", self._user)
+        if route.subresource and route.subresource not in rtype.subresources:
+            raise self._not_found_path()
+        if verb == "list":
+            self._list(route)
+        elif verb == "watch":
+            await self._watch_stream(route)
+        elif verb == "get":
+            if route.subresource == "log":
+                await self._pod_log(route)
+            else:
+                self._get(route)
+        elif verb == "create":
+            if route.name is not None:
+                if route.subresource == "binding":
+                    self._bind(route)
+                elif route.subresource == "eviction":
+                    self._evict(route)
+                else:
+                    raise E.method_not_allowed("the server does not allow this method on the "
+                                               "requested resource")
+            else:
+                self._create(route)
+        elif verb == "update":
+            self._require_name(route)
+            self._replace(route)
+        elif verb == "patch":
+            self._require_name(route)
+            self._patch(route)
+        elif verb == "delete":
+            self._delete(route)
+        elif verb == "deletecollection":
+            self._delete_collection(route)
+        else:
+            raise E.method_not_allowed("the server does not allow this method on the requested "
+                                       "resource")
+
+    def _require_name(self, route: Route) -> None:
+        if route.name is None:
+            raise E.method_not_allowed("the server does not allow this method on the requested "
+                                       "resource")
+        if route.subresource not in ("", "status"):
+            raise E.method_not_allowed("the server does not allow this method on the requested "
+                                       "resource")
+
+    def _namespace_required(self, route: Route) -> str | None:
+        if route.rtype.namespaced and route.namespace is None:
+            raise self._not_found_path()
+        return route.namespace
+
+    def _representation(self) -> tuple[str, MediaType | None]:
+        return _choose(parse_accept(self.request.headers.get("Accept")),
+                       ("Table", "PartialObjectMetadata", "PartialObjectMetadataList"))
+
+    def _object_response(self, route: Route, obj: dict, code: int = 200) -> None:
+        external = self.store.external(route.rtype, obj)
+        rep, media = self._representation()
+        if rep == "Table":
+            self._send(self._table(route.rtype, [external], media, self.store.resource_version()),
+                       code, self._table_content_type(media))
+            return
+        if rep == "PartialObjectMetadata":
+            self._send(partial_metadata(external), code,
+                       "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io")
+            return
+        self._send(external, code)
+
+    def _table_content_type(self, media: MediaType | None) -> str:
+        version = (media.params.get("v") if media else None) or "v1"
+        return f"application/json;as=Table;v={version};g=meta.k8s.io"
+
+    def _table(self, rtype: ResourceType, objects: list[dict], media: MediaType | None,
+               rv: str, include_columns: bool = True) -> dict:
+        columns, row = table_for(rtype)
+        now = datetime.now(timezone.utc)
+        include = self._query("includeObject") or "PartialObjectMetadata"
+        version = (media.params.get("v") if media else None) or "v1"
+        rows = []
+        for obj in objects:
+            entry: dict[str, Any] = {"cells": row(obj, now)}
+            if include == "Object":
+                entry["object"] = obj
+            elif include != "None":
+                entry["object"] = partial_metadata(obj, f"meta.k8s.io/{version}")
+            rows.append(entry)
+        return {"kind": "Table", "apiVersion": f"meta.k8s.io/{version}",
+                "metadata": {"resourceVersion": rv},
+                "columnDefinitions": columns if include_columns else [], "rows": rows}
+
+    def _get(self, route: Route) -> None:
+        if route.name is None:
+            raise self._not_found_path()
+        obj = self.store.get_ref(route.rtype, self._namespace_required(route), route.name)
+        self._object_response(route, obj)
+
+    def _list(self, route: Route) -> None:
+        rtype = route.rtype
+        items, rv = self.store.list_refs(rtype, route.namespace, self._query("labelSelector"),
+                                         self._query("fieldSelector"))
+        meta: dict[str, Any] = {"resourceVersion": rv}
+        limit = self._int_query("limit")
+        token = self._query("continue")
+        if token:
+            try:
+                start = json.loads(base64.urlsafe_b64decode(token.encode()))
+                after = (start["ns"] or "", start["name"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded "
+                                                  "start resourceVersion (version meta.k8s.io/v1)")
+            items = [o for o in items if (o["metadata"].get("namespace") or "",
+                                          o["metadata"]["name"]) > after]
+        if limit and limit > 0 and len(items) > limit:
+            remaining = len(items) - limit
+            items = items[:limit]
+            last = items[-1]["metadata"]
+            meta["continue"] = base64.urlsafe_b64encode(_dumps(
+                {"ns": last.get("namespace"), "name": last["name"]})).decode()
+            meta["remainingItemCount"] = remaining
+        externals = [self.store.external(rtype, o) for o in items]
+        rep, media = self._representation()
+        if rep == "Table":
+            table = self._table(rtype, externals, media, rv)
+            table["metadata"].update({k: v for k, v in meta.items() if k != "resourceVersion"})
+            self._send(table, 200, self._table_content_type(media))
+            return
+        if rep in ("PartialObjectMetadataList", "PartialObjectMetadata"):
+            self._send({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": meta, "items": [partial_metadata(o) for o in externals]}, 200,
+                       "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io")
+            return
+        self._send({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta,
+                    "items": externals})
+
+    def _create(self, route: Route) -> None:
+        rtype = route.rtype
+        if rtype.namespaced and route.namespace is None:
+            raise self._not_found_path()
+        body = self._body()
+        if not isinstance(body, dict):
+            raise E.bad_request("the body of the request was in an unknown format: expected an "
+                                "object")
+        kind = body.get("kind")
+        if kind and kind != rtype.kind:
+            raise E.bad_request(f"the server could not find the requested resource: the kind "
+                                f"{kind!r} of the object does not match the resource "
+                                f"{rtype.group_resource!r}")
+        opts = self._options()
+        obj = self.store.create_ref(rtype, route.namespace, body, opts)
+        self._warn(opts)
+        self._object_response(route, obj, 201)
+
+    def _replace(self, route: Route) -> None:
+        body = self._body()
+        opts = self._options()
+        obj = self.store.replace_ref(route.rtype, self._namespace_required(route), route.name,
+                                     body, route.subresource or None, opts)
+        self._warn(opts)
+        self._object_response(route, obj)
+
+    def _patch(self, route: Route) -> None:
+        content_type = (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        patch_type = _PATCH_TYPES.get(content_type)
+        if patch_type is None:
+            raise E.unsupported_media_type(content_type, _PATCH_ACCEPTED if route.rtype.strategic_merge
+                                           else _PATCH_ACCEPTED[:3])
+        if patch_type == "strategic" and not route.rtype.strategic_merge:
+            raise E.unsupported_media_type(content_type, _PATCH_ACCEPTED[:3])
+        patch = self._body(allow_yaml=patch_type == "apply")
+        opts = self._options()
+        ns = self._namespace_required(route)
+        existed = True
+        if patch_type == "apply":
+            try:
+                self.store.get_ref(route.rtype, ns, route.name)  # type: ignore[arg-type]
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+                existed = False
+        obj = self.store.patch_ref(route.rtype, ns, route.name, patch,  # type: ignore[arg-type]
+                                   patch_type, route.subresource or None, opts)
+        self._warn(opts)
+        self._object_response(route, obj, 200 if existed else 201)
+
+    def _delete_options(self) -> tuple[int | None, str | None, dict | None, WriteOptions]:
+        grace = self._int_query("gracePeriodSeconds")
+        propagation = self._query("propagationPolicy")
+        orphan = self._query("orphanDependents")
+        preconditions: dict | None = None
+        opts = self._options()
+        raw = self.request.body
+        if raw and raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise E.bad_request(f"couldn't decode DeleteOptions: {exc}") from None
+            if body is not None and not isinstance(body, dict):
+                raise E.bad_request("DeleteOptions must be an object")
+            body = body or {}
+            if body.get("gracePeriodSeconds") is not None:
+                grace = body["gracePeriodSeconds"]
+                if not isinstance(grace, int) or isinstance(grace, bool):
+                    raise E.bad_request("gracePeriodSeconds must be an integer")
+            propagation = body.get("propagationPolicy") or propagation
+            if body.get("orphanDependents") is not None:
+                orphan = "true" if body["orphanDependents"] else "false"
+            preconditions = body.get("preconditions") or None
+            if body.get("dryRun"):
+                opts.dry_run = True
+        if orphan is not None and not propagation:
+            propagation = "Orphan" if orphan in _TRUE else "Background"
+        return grace, propagation, preconditions, opts
+
+    def _delete(self, route: Route) -> None:
+        if route.subresource:
+            raise E.method_not_allowed("the server does not allow this method on the requested "
+                                       "resource")
+        grace, propagation, preconditions, opts = self._delete_options()
+        ns = self._namespace_required(route)
+        rtype = route.rtype
+        obj = self.store.delete_ref(rtype, ns, route.name, grace, propagation,  # type: ignore[arg-type]
+                                    preconditions, opts)
+        try:
+            self.store.get_ref(rtype, ns, route.name)  # type: ignore[arg-type]
+            removed = opts.dry_run
+        except ApiError:
+            removed = True
+        if removed and not rtype.return_deleted_object:
+            details: dict[str, Any] = {"name": route.name, "kind": rtype.plural,
+                                       "uid": obj["metadata"].get("uid")}
+            if rtype.group:
+                details["group"] = rtype.group
+            self._send({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Success", "details": details})
+            return
+        self._send(self.store.external(rtype, obj))
+
+    def _delete_collection(self, route: Route) -> None:
+        rtype = route.rtype
+        grace, propagation, _pre, opts = self._delete_options()
+        deleted = self.store.delete_collection_refs(
+            rtype, route.namespace, self._query("labelSelector"), self._query("fieldSelector"),
+            grace, propagation, opts)
+        self._send({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
+                    "metadata": {"resourceVersion": self.store.resource_version()},
+                    "items": [self.store.external(rtype, o) for o in deleted]})
+
+    def _bind(self, route: Route) -> None:
+        body = self._body()
+        target = (body or {}).get("target") or {}
+        node = target.get("name")
+        if not node:
+            raise E.invalid_object("Binding", route.name or "", [E.required("target.name")])
+        uid = ((body or {}).get("metadata") or {}).get("uid")
+        self.store.bind_ref(route.rtype, route.namespace, route.name, node, uid)  # type: ignore
+        self._send({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "code": 201}, 201)
+
+    def _evict(self, route: Route) -> None:
+        body = self._body() or {}
+        options = body.get("deleteOptions") or {}
+        self.store.delete_ref(route.rtype, route.namespace, route.name,  # type: ignore[arg-type]
+                              options.get("gracePeriodSeconds"), options.get("propagationPolicy"),
+                              options.get("preconditions"))
+        self._send({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "code": 201}, 201)
+
+    async def _pod_log(self, route: Route) -> None:
+        ns = self._namespace_required(route)
+        pod = self.store.get_ref(route.rtype, ns, route.name)  # type: ignore[arg-type]
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = self._query("container")
+        if not container:
+            if len(containers) != 1:
+                raise E.bad_request(f"a container name must be specified for pod {route.name}, "
+                                    f"choose one of: [{' '.join(containers)}]")
+            container = containers[0]
+        elif container not in containers and container not in [
+                c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []]:
+            raise E.bad_request(f"container {container} is not valid for pod {route.name}")
+        provider = self.server.log_provider
+        if provider is None:
+            raise E.bad_request(f'container "{container}" in pod "{route.name}" is not running')
+        text = provider(ns, route.name, container)  # type: ignore[arg-type]
+        if inspect.isawaitable(text):
+            text = await text
+        text = text or ""
+        tail = self._int_query("tailLines")
+        if tail is not None and tail >= 0:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-tail:]) if tail else ""
+        limit = self._int_query("limitBytes")
+        data = text.encode()
+        if limit is not None and limit > 0:
+            data = data[:limit]
+        self._send(data, 200, "text/plain")
+
+    # watch --------------------------------------------------------------------------------------
+
+    async def _watch_stream(self, route: Route) -> None:
+        rtype = route.rtype
+        rv = self._query("resourceVersion")
+        send_initial_q = self._query("sendInitialEvents")
+        send_initial = rv in (None, "", "0") if send_initial_q is None else send_initial_q in _TRUE
+        bookmarks = (self._query("allowWatchBookmarks") or "") in _TRUE
+        timeout = self._int_query("timeoutSeconds")
+        if timeout is None or timeout <= 0:
+            timeout = self.server.watch_timeout
+        rep, media = self._representation()
+        table = rep == "Table"
+        try:
+            watch = self.store.watch_type(rtype, route.namespace, self._query("labelSelector"),
+                                          self._query("fieldSelector"),
+                                          None if send_initial else rv, send_initial)
+        except ApiError as exc:
+            if exc.code != 410:
+                raise
+            self.set_header("Content-Type", _JSON)
+            self.write(_dumps({"type": "ERROR", "object": exc.status()}) + b"\n")
+            self.finish()
+            return
+        self._watch = watch
+        self.server._watchers.add(watch)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self.server.bookmark_interval
+        next_bookmark = loop.time() + interval
+        first_table = True
+        self.set_header("Content-Type", self._table_content_type(media) if table else _JSON)
+        try:
+            await self.flush()
+            if send_initial and send_initial_q is not None and bookmarks:
+                self._write_initial_events(watch, rtype, table, media)
+                self.write(self._bookmark(rtype, watch, initial_end=True))
+                await self.flush()
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    break
+                wait = deadline - now
+                if bookmarks:
+                    wait = min(wait, max(0.0, next_bookmark - now))
+                try:
+                    event = await watch.next(wait)
+                except StopAsyncIteration:
+                    break
+                if event is None:
+                    if bookmarks and loop.time() >= next_bookmark:
+                        self.write(self._bookmark(rtype, watch))
+                        await self.flush()
+                        next_bookmark = loop.time() + interval
+                    continue
+                chunks = [self._event_line(event, watch, rtype, table, media, first_table)]
+                first_table = False
+                while watch.pending() and len(chunks) < 256:
+                    nxt = await watch.next(0)
+                    if nxt is None:
+                        break
+                    chunks.append(self._event_line(nxt, watch, rtype, table, media, False))
+                self.write(b"".join(chunks))
+                await self.flush()
+        except (tornado.iostream.StreamClosedError, StopAsyncIteration):
+            pass
+        finally:
+            watch.close()
+            self.server._watchers.discard(watch)
+            self._watch = None
+        if not self._finished:
+            try:
+                self.finish()
+            except tornado.iostream.StreamClosedError:
+                pass
+
+    def _write_initial_events(self, watch: Watch, rtype: ResourceType, table: bool,
+                              media: MediaType | None) -> None:
+        chunks = []
+        while watch.pending():
+            event = watch._queue.popleft()
+            chunks.append(self._event_line(event, watch, rtype, table, media, not chunks))
+        if chunks:
+            self.write(b"".join(chunks))
+
+    def _bookmark(self, rtype: ResourceType, watch: Watch, initial_end: bool = False) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": watch.bookmark_rv()}
+        if initial_end:
+            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+        return _dumps({"type": "BOOKMARK", "object": {"kind": rtype.kind,
+                                                      "apiVersion": rtype.api_version,
+                                                      "metadata": meta}}) + b"\n"
+
+    def _event_line(self, event: WatchEvent, watch: Watch, rtype: ResourceType, table: bool,
+                    media: MediaType | None, with_columns: bool) -> bytes:
+        if table:
+            obj = watch.external(event.object)
+            body = self._table(rtype, [obj], media, obj["metadata"].get("resourceVersion", ""),
+                               include_columns=with_columns)
+            return _dumps({"type": event.type, "object": body}) + b"\n"
+        source = event.source
+        cache_key = (event.type, rtype.api_version)
+        if source is not None:
+            line = source.cache.get(cache_key)
+            if line is not None:
+                return line
+        line = (b'{"type":"' + event.type.encode() + b'","object":'
+                + _dumps(watch.external(event.object)) + b"}\n")
+        if source is not None:
+            source.cache[cache_key] = line
+        return line
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+class APIServer:
+    """Serves ``store`` over HTTP on ``host:port`` (port 0 picks a free one) until ``stop()``.
+
+    ``log_provider(namespace, pod, container) -> str`` (or an awaitable of str) answers
+    ``pods/log``; the kubelet plugs in its own.  ``tokens`` maps bearer tokens to user names;
+    without it any token (or none) is accepted.
+    """
+
+    def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, *,
+                 tokens: dict[str, str] | None = None,
+                 log_provider: LogProvider | None = None,
+                 bookmark_interval: float = 60.0, watch_timeout: int = 1800) -> None:
+        self.store = store
+        self.host = host
+        self._requested_port = port
+        self.port = 0
+        self.tokens = tokens
+        self.log_provider = log_provider
+        self.bookmark_interval = bookmark_interval
+        self.watch_timeout = watch_timeout
+        self.request_counter = RequestCounter()
+        self.openapi = openapi.OpenAPIDocuments(store.registry)
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self._watchers: set[Watch] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _log_request(self, handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        if status >= 500:
+            log.warning("%s %s -> %d", handler.request.method, handler.request.uri, status)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %d", handler.request.method, handler.request.uri, status)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        app = tornado.web.Application([(r"/.*", _Handler, {"server": self})],
+                                      log_function=self._log_request, compress_response=False)
+        sockets = tornado.netutil.bind_sockets(self._requested_port, address=self.host,
+                                               family=socket.AF_INET)
+        server = tornado.httpserver.HTTPServer(app, max_body_size=64 * 1024 * 1024,
+                                              idle_connection_timeout=3600)
+        server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self._server = server
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.stop()
+        for watch in list(self._watchers):
+            watch.close()
+        # Let watch handlers see their streams end, then drop idle keep-alive connections.
+        await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(server.close_all_connections(), 5)
+        except asyncio.TimeoutError:
+            log.warning("some API connections did not close within 5 s")
