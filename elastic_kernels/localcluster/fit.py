@@ -104,18 +104,35 @@ def add_resources(into: Resources, extra: Mapping[str, Decimal]) -> None:
         into[name] = into.get(name, Decimal(0)) + q
 
 
-def allocated_by_node(pods: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Resources],
-                                                                   Counter[str]]:
-    """Requests and pod counts of the non-terminal pods bound to each node."""
+# What the scorer assumes a container without cpu/memory requests uses, so that such pods
+# still spread over nodes (kube-scheduler's DefaultMilliCPURequest / DefaultMemoryRequest).
+NONZERO_DEFAULTS = {"cpu": Decimal("0.1"), "memory": Decimal(200 * 1024 * 1024)}
+
+
+def nonzero_requests(pod: Mapping[str, Any]) -> Resources:
+    """cpu/memory requests for scoring only: unset per-container requests count as defaults."""
+    total: Resources = {"cpu": Decimal(0), "memory": Decimal(0)}
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        req = container_requests(c)
+        for name, default in NONZERO_DEFAULTS.items():
+            total[name] += req.get(name, default)
+    return total
+
+
+def allocated_by_node(pods: Iterable[Mapping[str, Any]]
+                      ) -> tuple[dict[str, Resources], Counter[str], dict[str, Resources]]:
+    """Per node, for the non-terminal pods bound to it: requests, pod count, scoring usage."""
     used: dict[str, Resources] = {}
+    scored: dict[str, Resources] = {}
     counts: Counter[str] = Counter()
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
         if not node or is_terminal(pod):
             continue
         add_resources(used.setdefault(node, {}), pod_requests(pod))
+        add_resources(scored.setdefault(node, {}), nonzero_requests(pod))
         counts[node] += 1
-    return used, counts
+    return used, counts, scored
 
 
 # --- taints and tolerations ---------------------------------------------------------------------
@@ -291,10 +308,16 @@ def least_allocated_score(requests: Mapping[str, Decimal], allocatable: Mapping[
 
 
 def choose_node(pod: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]],
-                used: Mapping[str, Resources], counts: Mapping[str, int]
+                used: Mapping[str, Resources], counts: Mapping[str, int],
+                scored: Mapping[str, Resources] | None = None
                 ) -> tuple[str | None, dict[str, list[str]]]:
-    """The best fitting node's name (ties broken by name), or None and each node's reasons."""
+    """The best fitting node's name (ties broken by name), or None and each node's reasons.
+
+    ``scored`` is the per-node usage for scoring (``allocated_by_node``'s third value); without
+    it the real requests are used.
+    """
     requests = pod_requests(pod)
+    score_requests = nonzero_requests(pod) if scored is not None else requests
     failures: dict[str, list[str]] = {}
     best: tuple[Decimal, str] | None = None
     for node in nodes:
@@ -304,7 +327,9 @@ def choose_node(pod: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]],
         if reasons:
             failures[name] = reasons
             continue
-        score = least_allocated_score(requests, node_allocatable(node), node_used)
+        score = least_allocated_score(
+            score_requests, node_allocatable(node),
+            (scored or {}).get(name, {}) if scored is not None else node_used)
         if best is None or score > best[0] or (score == best[0] and name < best[1]):
             best = (score, name)
     return (best[1] if best else None), failures

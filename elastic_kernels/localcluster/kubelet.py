@@ -120,6 +120,12 @@ class PodWorker:
         self.spec: JSON = pod.get("spec") or {}
         self.containers = [ContainerRuntime(c, kubelet.images.image_id(c.get("image", "")))
                            for c in self.spec.get("containers") or []]
+        self.init_containers = [ContainerRuntime(c, kubelet.images.image_id(c.get("image", "")))
+                                for c in self.spec.get("initContainers") or []]
+        self.initialized = not self.init_containers
+        if self.init_containers:
+            for c in self.containers + self.init_containers:
+                c.state = {"waiting": {"reason": "PodInitializing"}}
         self.ip: str | None = None
         self.start_time: str | None = None
         self.pod_dir = kubelet.workdir / f"{self.namespace}_{self.name}_{self.uid[:8]}"
@@ -174,16 +180,30 @@ class PodWorker:
 
     # -- status --------------------------------------------------------------------------------------
 
+    def _initialized_condition(self) -> JSON:
+        if self.initialized:
+            return {"type": "Initialized", "status": "True"}
+        incomplete = [c.name for c in self.init_containers
+                      if (c.state.get("terminated") or {}).get("exitCode") != 0
+                      and c.spec.get("restartPolicy") != "Always"]
+        return {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
+                "message": f"containers with incomplete status: [{' '.join(incomplete)}]"}
+
     def build_status(self, current: JSON, pod_is_terminal: bool = False) -> JSON:
         statuses = [c.status() for c in self.containers]
-        phase = self.final_phase or pod_phase(self.spec, statuses, pod_is_terminal)
+        if self.final_phase:
+            phase = self.final_phase
+        elif not self.initialized:
+            phase = "Pending"
+        else:
+            phase = pod_phase(self.spec, statuses, pod_is_terminal)
         now = now_rfc3339()
         status = dict(current)
         status["phase"] = phase
         wanted = [
             {"type": "PodReadyToStartContainers",
              "status": "True" if self.sandbox_ready else "False"},
-            {"type": "Initialized", "status": "True"},
+            self._initialized_condition(),
             readiness_condition("Ready", self.spec, statuses, phase),
             readiness_condition("ContainersReady", self.spec, statuses, phase),
         ]
@@ -196,6 +216,8 @@ class PodWorker:
         if self.start_time:
             status["startTime"] = self.start_time
         status["containerStatuses"] = statuses
+        if self.init_containers:
+            status["initContainerStatuses"] = [c.status() for c in self.init_containers]
         for key, value in (("reason", self.reason), ("message", self.message)):
             if value:
                 status[key] = value
@@ -237,21 +259,69 @@ class PodWorker:
             self.sandbox_ready = True
             self.write_status()
             await self._setup_volumes()
-            results = await asyncio.gather(*(self._run_container(c) for c in self.containers),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(
-                        result, asyncio.CancelledError):
-                    log.error("pod %s: container loop failed: %r", self.label, result)
-            # Every container has finished for good: the pod is terminal.
+            sidecars: list[asyncio.Future[None]] = []
+            try:
+                if not await self._run_init_containers(sidecars):
+                    self.final_phase = "Failed"  # an init container failed, restartPolicy Never
+                else:
+                    self.initialized = True
+                    for c in self.containers:
+                        c.state = {"waiting": {"reason": "ContainerCreating"}}
+                    self.write_status()
+                    results = await asyncio.gather(
+                        *(self._run_container(c, self.policy) for c in self.containers),
+                        return_exceptions=True)
+                    for result in results:
+                        if isinstance(result, BaseException) and not isinstance(
+                                result, asyncio.CancelledError):
+                            log.error("pod %s: container loop failed: %r", self.label, result)
+            finally:
+                for task in sidecars:
+                    task.cancel()
+            # Every container has finished for good: the pod is terminal. Sidecars go last.
+            await self._stop_sidecars()
             self._release()
-            self.final_phase = pod_phase(self.spec, [c.status() for c in self.containers], True)
+            if self.final_phase is None:
+                self.final_phase = pod_phase(self.spec, [c.status() for c in self.containers],
+                                             True)
             self.sandbox_ready = False
             self.write_status(pod_is_terminal=True)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("pod %s: kubelet worker failed", self.label)
+
+    @property
+    def policy(self) -> str:
+        return self.spec.get("restartPolicy") or "Always"
+
+    async def _run_init_containers(self, sidecars: list[asyncio.Future[None]]) -> bool:
+        """Run init containers in order; native sidecars (restartPolicy Always) keep running.
+
+        Returns False when one failed and the pod's restartPolicy is Never (the pod fails).
+        """
+        init_policy = "Never" if self.policy == "Never" else "OnFailure"
+        for c in self.init_containers:
+            if c.spec.get("restartPolicy") == "Always":
+                sidecars.append(asyncio.ensure_future(self._run_container(c, "Always")))
+                continue
+            await self._run_container(c, init_policy)
+            if (c.state.get("terminated") or {}).get("exitCode") != 0:
+                return False
+        return True
+
+    async def _stop_sidecars(self) -> None:
+        live = [c for c in self.init_containers
+                if c.process is not None and c.process.running]
+        if not live:
+            return
+        grace = float(self.spec.get("terminationGracePeriodSeconds", 30) or 0)
+        self.deadline = asyncio.get_running_loop().time() + grace
+        await self._kill(live)
+        for c in live:
+            if c.process is not None:
+                started = (c.state.get("running") or {}).get("startedAt", _EPOCH)
+                self._record_exit(c, await c.process.wait(), started)
 
     def _admit(self) -> bool:
         """Device admission: take the GPUs each container asked for, or fail the pod like real."""
@@ -291,7 +361,7 @@ class PodWorker:
                 self.event("Warning", "FailedMount", e.message)
                 await self.k.wait_config_change()
 
-    async def _run_container(self, c: ContainerRuntime) -> None:
+    async def _run_container(self, c: ContainerRuntime, policy: str) -> None:
         base = self.k.crash_backoff_seconds
         cap = self.k.max_backoff_seconds
         while True:
@@ -303,7 +373,6 @@ class PodWorker:
             argv, env, cwd = prepared
             exit_code, started_at = await self._start_and_wait(c, argv, env, cwd)
             c.runs += 1
-            policy = self.spec.get("restartPolicy") or "Always"
             if not (policy == "Always" or (policy == "OnFailure" and exit_code != 0)):
                 c.finished = True
                 if not all(other.finished for other in self.containers):
@@ -471,7 +540,7 @@ class PodWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
         live = []
-        for c in self.containers:
+        for c in self.containers + self.init_containers:
             if c.start_task is not None:
                 with contextlib.suppress(Exception):
                     c.process = await c.start_task
@@ -519,7 +588,8 @@ class PodWorker:
                 self._record_exit(c, code, started[c.name])
             self._release()
             self.sandbox_ready = False
-            if any(c.container_id for c in self.containers) and self.final_phase is None:
+            if (any(c.container_id for c in self.containers + self.init_containers)
+                    and self.final_phase is None):
                 self.final_phase = pod_phase(self.spec, [c.status() for c in self.containers],
                                              True)
                 self.write_status(pod_is_terminal=True)
@@ -796,6 +866,7 @@ class Kubelet:
         pod_obj = self.store.get(PODS, namespace, name)  # ApiError 404 for an unknown pod
         spec = pod_obj.get("spec") or {}
         names = [c.get("name") for c in spec.get("containers") or []]
+        init_names = [c.get("name") for c in spec.get("initContainers") or []]
         if container is None:
             default = (_meta(pod_obj).get("annotations") or {}).get(
                 "kubectl.kubernetes.io/default-container")
@@ -804,15 +875,19 @@ class Kubelet:
             elif len(names) == 1:
                 container = names[0]
             else:
-                raise ApiError(400, "BadRequest",
-                               f"a container name must be specified for pod {name}, choose one "
-                               f"of: [{' '.join(str(n) for n in names)}]")
-        if container not in names:
+                message = (f"a container name must be specified for pod {name}, choose one of: "
+                           f"[{' '.join(str(n) for n in names)}]")
+                if init_names:
+                    message += (f" or one of the init containers: "
+                                f"[{' '.join(str(n) for n in init_names)}]")
+                raise ApiError(400, "BadRequest", message)
+        if container not in names and container not in init_names:
             raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
         w = self._by_name.get((namespace, name))
         runtime = None
         if w is not None and w.uid == _meta(pod_obj).get("uid"):
-            runtime = next((c for c in w.containers if c.name == container), None)
+            runtime = next((c for c in w.containers + w.init_containers if c.name == container),
+                           None)
         instances = runtime.instances if runtime is not None else []
         if previous:
             if len(instances) < 2:

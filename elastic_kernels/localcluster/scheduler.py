@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import (add_resources, allocated_by_node, choose_node, is_terminal, needs_scheduling,
-                  pod_requests, unschedulable_message)
+                  nonzero_requests, pod_requests, unschedulable_message)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Scheduler:
         if not candidates:
             return
         candidates.sort(key=self._order)
-        used, counts = allocated_by_node(self._pods.values())
+        used, counts, scored = allocated_by_node(self._pods.values())
         nodes = sorted(self._nodes.values(), key=lambda n: n["metadata"]["name"])
         for uid in candidates:
             pod = self._pods.get(uid)
@@ -263,7 +263,7 @@ class Scheduler:
             if pod is None or waiting is None:
                 continue
             try:
-                node_name, failures = choose_node(pod, nodes, used, counts)
+                node_name, failures = choose_node(pod, nodes, used, counts, scored)
                 if node_name is None:
                     waiting.attempted = True
                     waiting.signature = _scheduling_signature(pod)
@@ -274,6 +274,7 @@ class Scheduler:
                 if bound is not None:
                     self._pods[uid] = bound
                     add_resources(used.setdefault(node_name, {}), pod_requests(pod))
+                    add_resources(scored.setdefault(node_name, {}), nonzero_requests(pod))
                     counts[node_name] = counts.get(node_name, 0) + 1
             except Exception:
                 waiting.attempted = True

@@ -606,3 +606,46 @@ async def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
         assert not list(tmp_path.iterdir())
         # Stopping twice (the fixture's finally) is harmless.
         await kubelet.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_init_containers_run_first_and_can_fail_the_pod(tmp_path: Path) -> None:
+    write = "import sys; open(sys.argv[1], 'w').write('from init')"
+    read = "import sys; print(open(sys.argv[1]).read())"
+    async with running_cluster([NodeConfig("n0")], tmp_path) as c:
+        store, kubelet = c.store, c.kubelet
+        assert kubelet is not None
+        mounts = [{"name": "work", "mountPath": "/work"}]
+        body = pod("with-init", ["python", "-c", read, "/work/msg"],
+                   container={"volumeMounts": mounts},
+                   volumes=[{"name": "work", "emptyDir": {}}],
+                   initContainers=[{"name": "prepare", "image": "python:3.11",
+                                    "command": ["python", "-c", write, "/work/msg"],
+                                    "volumeMounts": mounts}])
+        store.create(PODS, "default", body)
+        p = await wait_pod(store, "with-init", lambda p: bool(
+            p and p["status"].get("phase") in ("Succeeded", "Failed")))
+        assert p["status"]["phase"] == "Succeeded"
+        (init,) = p["status"]["initContainerStatuses"]
+        assert init["name"] == "prepare"
+        assert init["state"]["terminated"]["reason"] == "Completed"
+        conds = {x["type"]: x["status"] for x in p["status"]["conditions"]}
+        assert conds["Initialized"] == "True"
+        assert kubelet.log_provider("default", "with-init") == "from init\n"
+        assert kubelet.log_provider("default", "with-init", "prepare") == ""
+
+        failing = pod("init-fails", ["python", "-c", "print('never')"],
+                      initContainers=[{"name": "check", "image": "python:3.11",
+                                       "command": ["python", "-c", "raise SystemExit(2)"]}])
+        store.create(PODS, "default", failing)
+        p = await wait_pod(store, "init-fails", lambda p: bool(
+            p and p["status"].get("phase") == "Failed"))
+        (init,) = p["status"]["initContainerStatuses"]
+        assert init["state"]["terminated"]["exitCode"] == 2
+        assert container_state(p)["waiting"]["reason"] == "PodInitializing"
+        initialized = next(x for x in p["status"]["conditions"] if x["type"] == "Initialized")
+        assert initialized["status"] == "False"
+        assert initialized["message"] == "containers with incomplete status: [check]"
+        with pytest.raises(ApiError) as info:
+            kubelet.log_provider("default", "init-fails")
+        assert "is waiting to start: PodInitializing" in info.value.message

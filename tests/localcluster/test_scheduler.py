@@ -295,3 +295,16 @@ async def test_new_node_and_other_schedulers(tmp_path: Path) -> None:
         assert not events_for(store, "other")
         events, _ = store.list(EVENTS, "default")
         assert all(e["involvedObject"]["name"] != "other" for e in events)
+
+
+@pytest.mark.timeout(20)
+async def test_pods_without_requests_spread_over_nodes(tmp_path: Path) -> None:
+    async with running_cluster(default_nodes(2, 0, "8", "32Gi"), tmp_path, kubelet=False) as c:
+        for i in range(4):
+            c.store.create(PODS, "default", pod(f"spread-{i}"))
+        placed = []
+        for i in range(4):
+            p = await wait_pod(c.store, f"spread-{i}", lambda p: bool(p and p["spec"].get(
+                "nodeName")))
+            placed.append(p["spec"]["nodeName"])
+        assert sorted(placed) == ["local-node-0", "local-node-0", "local-node-1", "local-node-1"]
