@@ -142,7 +142,7 @@ class PodWorker:
         self.task: asyncio.Task[None] | None = None
         self.term_task: asyncio.Task[None] | None = None
 
-    # -- helpers -------------------------------------------------------------------------------------
+    # -- helpers -----------------------------------------------------------------------------------
 
     @property
     def label(self) -> str:
@@ -154,8 +154,13 @@ class PodWorker:
     def event(self, etype: str, reason: str, message: str, container: str | None = None) -> None:
         if self.removed:
             return
+        field_path = None
+        if container:
+            kind = ("initContainers" if any(c.name == container for c in self.init_containers)
+                    else "containers")
+            field_path = f"spec.{kind}{{{container}}}"
         self.k.events.record(self.pod, etype, reason, message, host=self.node,
-                             field_path=f"spec.containers{{{container}}}" if container else None)
+                             field_path=field_path)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"pod-{self.label}")
@@ -178,7 +183,7 @@ class PodWorker:
                 self.deadline = deadline
                 self._deadline_changed.set()
 
-    # -- status --------------------------------------------------------------------------------------
+    # -- status ------------------------------------------------------------------------------------
 
     def _initialized_condition(self) -> JSON:
         if self.initialized:
@@ -247,7 +252,7 @@ class PodWorker:
             if e.code not in (404, 409):
                 raise
 
-    # -- the pod's life ------------------------------------------------------------------------------
+    # -- the pod's life ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
@@ -525,7 +530,7 @@ class PodWorker:
         c.process = None
         c.start_task = None
 
-    # -- ending ----------------------------------------------------------------------------------------
+    # -- ending ------------------------------------------------------------------------------------
 
     def _release(self) -> None:
         """Give back devices and the address (before the terminal status is visible)."""
@@ -700,7 +705,7 @@ class Kubelet:
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
 
-    # -- lifecycle -------------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._stopping = False
@@ -748,7 +753,7 @@ class Kubelet:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- nodes -----------------------------------------------------------------------------------------
+    # -- nodes -------------------------------------------------------------------------------------
 
     def _on_node_list(self, nodes: list[JSON]) -> None:
         for node in nodes:
@@ -774,7 +779,7 @@ class Kubelet:
         obj = self._nodes.get(node)
         return node_allocatable(obj) if obj else {}
 
-    # -- pods ------------------------------------------------------------------------------------------
+    # -- pods --------------------------------------------------------------------------------------
 
     def _on_pod_list(self, pods: list[JSON]) -> None:
         live = {_meta(p).get("uid") for p in pods}
@@ -823,7 +828,7 @@ class Kubelet:
         if self._by_name.get((worker.namespace, worker.name)) is worker:
             del self._by_name[(worker.namespace, worker.name)]
 
-    # -- secrets and config maps -------------------------------------------------------------------------
+    # -- secrets and config maps -------------------------------------------------------------------
 
     def _on_config_list(self, _items: list[JSON]) -> None:
         self._notify_config()
@@ -848,7 +853,7 @@ class Kubelet:
                 return None
             raise
 
-    # -- introspection (tests, the API server) -------------------------------------------------------
+    # -- introspection (tests, the API server) -----------------------------------------------------
 
     def worker(self, namespace: str, name: str) -> PodWorker | None:
         return self._by_name.get((namespace, name))

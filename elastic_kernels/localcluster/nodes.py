@@ -26,7 +26,7 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.m
 
 @dataclass
 class NodeConfig:
-    """One simulated node. ``extended_resources`` adds capacity such as ``example.com/fpga: "2"``."""
+    """One simulated node; ``extended_resources`` adds e.g. ``{"example.com/fpga": "2"}``."""
 
     name: str
     cpu: str = "8"

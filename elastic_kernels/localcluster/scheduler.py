@@ -160,7 +160,7 @@ class Scheduler:
         return run_informer(self.store, key, on_list, on_event, lambda: self._stopping,
                             "scheduler")
 
-    # -- the view of the cluster ---------------------------------------------------------------------
+    # -- the view of the cluster -------------------------------------------------------------------
 
     def _on_node_list(self, nodes: list[JSON]) -> None:
         self._nodes = {n["metadata"]["name"]: n for n in nodes}
@@ -229,7 +229,7 @@ class Scheduler:
         self._retry_all = True
         self._wake.set()
 
-    # -- scheduling ----------------------------------------------------------------------------------
+    # -- scheduling --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while not self._stopping:

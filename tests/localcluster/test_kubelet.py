@@ -123,7 +123,8 @@ def test_secret_configmap_and_empty_dir_volumes(tmp_path: Path) -> None:
         ("secrets", "kernel-key"): {"data": {"key": base64.b64encode(b"s3cret").decode(),
                                              "other": base64.b64encode(b"o").decode()}},
         ("configmaps", "settings"): {"data": {"a.json": "{}"},
-                                     "binaryData": {"blob": base64.b64encode(b"\x00\x01").decode()}},
+                                     "binaryData": {"blob": base64.b64encode(b"\x00\x01")
+                                                    .decode()}},
     }
     p = {"metadata": {"name": "p", "namespace": "default", "uid": "u"},
          "spec": {"volumes": [

@@ -259,7 +259,8 @@ async def test_selector_and_taint_mismatches_use_the_real_wording(tmp_path: Path
     async with running_cluster(nodes, tmp_path, kubelet=False) as c:
         store = c.store
         store.create(PODS, "default", pod("picky", nodeSelector={"accelerator": "a100"}))
-        p = await wait_pod(store, "picky", lambda p: scheduled_condition(p).get("status") == "False")
+        p = await wait_pod(store, "picky",
+                           lambda p: scheduled_condition(p).get("status") == "False")
         assert scheduled_condition(p)["message"] == (
             "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
             "1 node(s) had untolerated taint {dedicated: ml}.")
