@@ -41,7 +41,8 @@ from ..kube import resources as R
 from .envpolicy import filter_client_env
 from .errors import KernelLaunchError
 from .podstate import PodAssessment, Progress, assess_pod, waiting_resources
-from .render import KERNEL_PORTS, RenderRequest, render_kernel, with_owner
+from .readiness import KernelNotReady, wait_kernel_info
+from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     launch_timeout = Float(
         300.0, config=True,
         help="Seconds to wait for GPU capacity when the kernelspec sets no launchTimeout.",
+    )
+    kernel_ready_timeout = Float(
+        120.0, config=True,
+        help="Seconds a kernel in a running pod gets to answer its first kernel_info request.",
     )
     shutdown_wait_time = Float(
         3.0, config=True,
@@ -154,7 +159,16 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise KernelLaunchError("InvalidEnvironment", str(e), 400) from None
 
         self._spec = spec
-        self._rendered = render_kernel(RenderRequest(
+        try:
+            self._rendered = self._render(spec, template, allowed_env)
+        except (RenderError, ValueError) as e:
+            raise KernelLaunchError("InvalidKernelRequest", str(e), 400) from None
+        kwargs["cmd"] = list(spec.argv)
+        return kwargs
+
+    def _render(self, spec: R.KernelSpecView, template: R.TemplateView | None,
+                allowed_env: dict[str, str]) -> Any:
+        return render_kernel(RenderRequest(
             kernel_id=self.kernel_id,
             namespace=self._ns,
             user=self._user,
@@ -165,8 +179,6 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             key=self._key.encode(),
             restart_count=self._restart_count,
         ))
-        kwargs["cmd"] = list(spec.argv)
-        return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Create the objects and wait, on the shared pod watch, until the kernel's pod runs."""
@@ -195,6 +207,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
         try:
             running = await self._wait_running(pods, started)
+            self._pod_ip = str((running.get("status") or {}).get("podIP"))
+            info = connection_info(self._pod_ip, self._key.encode(), self.kernel_spec.name)
+            await self._wait_answering(pods, info)
         except KernelLaunchError as e:
             await self._abandon(e.message, reason=e.reason)
             raise
@@ -202,8 +217,6 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._abandon("the start was cancelled")
             raise
 
-        status = running.get("status") or {}
-        self._pod_ip = str(status.get("podIP"))
         await self._patch_status({
             "phase": "Running",
             "reason": "Started",
@@ -215,8 +228,8 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "startedAt": utcnow(),
             "restartCount": self._restart_count,
         })
-        self.connection_info = self._connection_info()
-        return self.connection_info
+        self.connection_info = info
+        return info
 
     async def _wait_running(self, pods: Informer, started: float) -> JSON:
         """Follow the pod's events until it runs, fails, or the launch timeout passes."""
@@ -270,17 +283,27 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     "podName": self._pod_name,
                 })
 
-    def _connection_info(self) -> KernelConnectionInfo:
-        info: dict[str, Any] = {
-            "ip": self._pod_ip,
-            "transport": "tcp",
-            "signature_scheme": "hmac-sha256",
-            "key": self._key.encode(),
-            "kernel_name": self.kernel_spec.name,
-        }
-        for channel, port in KERNEL_PORTS.items():
-            info[f"{channel}_port"] = port
-        return info
+    async def _wait_answering(self, pods: Informer, info: dict[str, Any]) -> None:
+        """The container runs; wait for the kernel to answer, or for its pod to fail first."""
+        answered = asyncio.ensure_future(wait_kernel_info(info, self.kernel_ready_timeout))
+        died = asyncio.ensure_future(pods.wait_for(
+            lambda p: assess_pod(p).progress in (Progress.FAILED, Progress.GONE),
+            self._pod_name, self._ns,
+        ))
+        try:
+            await asyncio.wait({answered, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answered, died):
+                task.cancel()
+        if died.done() and not died.cancelled():
+            last = assess_pod(died.result())
+            raise KernelLaunchError(last.reason, f"kernel failed to start: {last.message}", 500)
+        try:
+            answered.result()
+        except KernelNotReady as e:
+            raise KernelLaunchError(
+                "KernelNotAnswering",
+                f"the kernel's pod runs but the kernel did not answer: {e}", 504) from None
 
     async def _patch_status(self, status: JSON) -> None:
         """Best effort: a failed status write must not fail the kernel itself."""
@@ -447,6 +470,21 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     @property
     def pod_name(self) -> str | None:
         return self._pod_name
+
+
+async def start_kernel_watches(namespace: str | None = None) -> list[Informer]:
+    """Start every shared watch a kernel start reads from, so no start pays for a first list.
+
+    A gateway calls this at startup; a plain jupyter_server gets it lazily on its first start.
+    """
+    conn = ClusterConnection.instance()
+    ns = namespace or conn.default_namespace
+    return list(await asyncio.gather(
+        conn.informer(R.KERNELSPECS, ns),
+        conn.informer(R.TEMPLATES, ns),
+        conn.informer(R.JUPYTERKERNELS, ns),
+        conn.informer(PODS, ns, label_selector=R.KERNEL_POD_SELECTOR),
+    ))
 
 
 def _gateway_id(parent: Any) -> str:
