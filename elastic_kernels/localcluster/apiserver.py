@@ -744,6 +744,12 @@ class _Handler(tornado.web.RequestHandler):
                                            route.namespace or "", self._user)
         if route.subresource and route.subresource not in rtype.subresources:
             raise self._not_found_path()
+        if not route.subresource and verb not in rtype.verbs:
+            raise E.method_not_allowed("the server does not allow this method on the requested "
+                                       "resource")
+        if rtype.key == ("", "bindings"):
+            self._bind(route)
+            return
         if verb == "list":
             self._list(route)
         elif verb == "watch":
@@ -988,13 +994,23 @@ class _Handler(tornado.web.RequestHandler):
                     "items": [self.store.external(rtype, o) for o in deleted]})
 
     def _bind(self, route: Route) -> None:
+        """POST pods/{name}/binding, or POST bindings (the pod named by the Binding)."""
         body = self._body()
-        target = (body or {}).get("target") or {}
+        if not isinstance(body, dict):
+            raise E.bad_request("a Binding must be an object")
+        meta = body.get("metadata") or {}
+        name = route.name or meta.get("name")
+        target = body.get("target") or {}
         node = target.get("name")
+        errs = []
+        if not name:
+            errs.append(E.required("metadata.name"))
         if not node:
-            raise E.invalid_object("Binding", route.name or "", [E.required("target.name")])
-        uid = ((body or {}).get("metadata") or {}).get("uid")
-        self.store.bind_ref(route.rtype, route.namespace, route.name, node, uid)  # type: ignore
+            errs.append(E.required("target.name"))
+        if errs:
+            raise E.invalid_object("Binding", name or "", errs)
+        pods = self.store.resource_type(("", "pods"))
+        self.store.bind_ref(pods, route.namespace, name, node, meta.get("uid"))  # type: ignore
         self._send({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "code": 201}, 201)
 

@@ -113,6 +113,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",)),
     ResourceType("", "v1", "services", "service", "Service", True, ("svc",), categories=("all",),
                  status_subresource=True, return_deleted_object=True),
+    ResourceType("", "v1", "bindings", "binding", "Binding", True, verbs=("create",)),
     ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
                  verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
