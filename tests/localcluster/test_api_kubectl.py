@@ -168,3 +168,21 @@ def test_server_side_apply_does_not_crash(kubectl: Kubectl) -> None:
                                      "metadata": {"name": "cfg"}, "data": {"a": "1"}})
     assert "serverside-applied" in kubectl("apply", "--server-side", "-f", path)
     assert kubectl.json("get", "configmap", "cfg")["data"] == {"a": "1"}
+
+
+def test_generators_that_send_protobuf(kubectl: Kubectl, tmp_path: Path) -> None:
+    assert "namespace/gen created" in kubectl("create", "namespace", "gen")
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert "configmap/cfg created" in kubectl("create", "configmap", "cfg", "-n", "gen",
+                                              "--from-literal=a=b", f"--from-file={binary}")
+    cfg = kubectl.json("get", "configmap", "cfg", "-n", "gen")
+    assert cfg["data"] == {"a": "b"} and cfg["binaryData"] == {"blob": "//4A"}
+    assert "secret/tok created" in kubectl("create", "secret", "generic", "tok", "-n", "gen",
+                                           "--from-literal=token=abc", "--type=example.com/t")
+    secret = kubectl.json("get", "secret", "tok", "-n", "gen")
+    assert secret["type"] == "example.com/t" and secret["data"] == {"token": "YWJj"}
+    assert "serviceaccount/robot created" in kubectl("create", "serviceaccount", "robot",
+                                                     "-n", "gen")
+    err = kubectl("create", "service", "clusterip", "web", "--tcp=80:8080", ok=False)
+    assert "send the object as JSON" in err
