@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("gateway", help="run the headless kernel gateway (jupyter_server options)",
                    add_help=False)
     _cluster_parser(sub)
+    sub.add_parser("cull", help="delete idle, over-age and orphaned kernels (for a CronJob)",
+                   add_help=False)
     demo = sub.add_parser("demo", help="local cluster + gateway + JupyterLab, in one command")
     demo.add_argument("--workdir", default=str(REPO_ROOT / ".demo"),
                       help="where the demo keeps its kubeconfig, logs and notebooks")
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from .gateway.app import main as gateway_main
 
         return int(gateway_main(argv[1:]) or 0)
+    if argv and argv[0] == "cull":
+        from .cull import main as cull_main
+
+        return cull_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -1,0 +1,325 @@
+"""``elastic-kernels cull``: the cron safety net that deletes idle, over-age and orphaned kernels.
+
+It works from the API alone (JupyterKernel records, gateway Leases, kernelspecs), so it runs
+when no gateway is up. One list of each, a decision per kernel with :mod:`elastic_kernels.culling`
+(the same rules the gateway applies), concurrent conditional deletions, and a report of what it
+deleted (or, with ``--dry-run``, would delete) and why. Garbage collection then removes each
+kernel's pod and Secret.
+
+Overlapping runs are safe: every deletion is conditional on the record's uid and
+resourceVersion, so a kernel is deleted once and the other run reports it "already gone".
+Exit status: 0 when nothing failed (kernels already gone are not failures), 1 on errors (API
+unreachable, a deletion refused), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from . import culling as C
+from .gateway.lease import LEASE_SELECTOR, gateway_lease, leases_by_gateway
+from .kube import resources as R
+from .kube.client import JSON, LEASES, KubeClient, KubeError
+from .kube.config import KubeConfigError, load_cluster_config
+
+log = logging.getLogger("elastic_kernels.cull")
+
+COMPONENT = "elastic-kernels-cull"
+COLUMNS = ("KERNEL", "USER", "SPEC", "REASON", "IDLE", "AGE", "ACTION")
+
+
+def duration_arg(text: str) -> float:
+    """Seconds (``90``, ``1.5``) or a CR duration (``30m``, ``1h30m``, ``7d``); ``0`` disables."""
+    value: float
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = R.parse_duration(text)
+        except R.DurationError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    else:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; use 0 to disable the rule")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = C.CullingDefaults()
+    p = argparse.ArgumentParser(
+        prog="elastic-kernels cull",
+        description="Delete JupyterKernels that are idle past their kernelspec's policy, older "
+        "than maxAge, or orphaned (their gateway's Lease expired and no gateway adopted them). "
+        "A kernelspec's spec.culling wins over the defaults given here. Durations are seconds "
+        "or like 30m, 1h30m, 7d; 0 disables a rule.",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, "
+                   "~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--namespace", "-n", help="namespace of the kernels (default: the "
+                   "context's, or the pod's own)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be deleted, delete nothing")
+    p.add_argument("--idle-timeout", type=duration_arg, default=defaults.idle_timeout,
+                   metavar="DURATION",
+                   help="idle timeout for kernelspecs that set none (default: 0, off)")
+    p.add_argument("--max-age", type=duration_arg, default=defaults.max_age, metavar="DURATION",
+                   help="maximum age for kernelspecs that set none (default: 0, off)")
+    p.add_argument("--orphan-grace", type=duration_arg, default=defaults.orphan_grace,
+                   metavar="DURATION",
+                   help="how long a gateway's Lease may be expired or missing before its "
+                   f"kernels are orphans (default: {R.format_duration(defaults.orphan_grace)})")
+    p.add_argument("--activity-slack", type=duration_arg, default=C.MIRROR_INTERVAL,
+                   metavar="DURATION",
+                   help="added to idle timeouts, because the gateway mirrors activity to the "
+                   "records only about once a minute (default: "
+                   f"{R.format_duration(C.MIRROR_INTERVAL)})")
+    p.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
+                   help="deletions in flight at once (default: 8)")
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    p.add_argument("--log-level", default="WARNING",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
+    return p
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CullReport:
+    checked: int = 0
+    results: list[C.CullResult] = field(default_factory=list)
+    #: Things an operator should see that are not failures (unreadable records or kernelspecs).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[C.CullResult]:
+        return [r for r in self.results if r.outcome is C.CullOutcome.FAILED]
+
+
+class CullError(Exception):
+    """The run could not look at the kernels at all (API unreachable, forbidden, no CRD)."""
+
+
+async def _list(client: KubeClient, resource: Any, namespace: str, what: str,
+                label_selector: str | None = None) -> list[JSON]:
+    try:
+        listed = await client.list(resource, namespace, label_selector=label_selector)
+    except KubeError as e:
+        if e.unreachable:
+            raise CullError(f"cannot reach the Kubernetes API server: {e.message}") from None
+        if e.not_found and resource.group:
+            raise CullError(f"cannot list {what} in namespace {namespace}: the API has no "
+                            f"{resource.plural}.{resource.group} (is the CRD installed?)") \
+                from None
+        raise CullError(f"cannot list {what} in namespace {namespace}: {e}") from None
+    return list(listed.get("items") or [])
+
+
+async def run_cull(
+    client: KubeClient,
+    namespace: str,
+    defaults: C.Policy,
+    *,
+    orphan_grace: float,
+    activity_slack: float = C.MIRROR_INTERVAL,
+    dry_run: bool = False,
+    concurrency: int = 8,
+    now: datetime | None = None,
+) -> CullReport:
+    """List once, decide per kernel, cull concurrently. Raises CullError when it cannot list."""
+    kernels, specs, leases = await asyncio.gather(
+        _list(client, R.JUPYTERKERNELS, namespace, "JupyterKernels"),
+        _list(client, R.KERNELSPECS, namespace, "JupyterKernelSpecs"),
+        _list(client, LEASES, namespace, "gateway Leases", LEASE_SELECTOR),
+    )
+    now = now or datetime.now(timezone.utc)
+    book = C.PolicyBook.from_objects(defaults, specs)
+    by_name = leases_by_gateway(leases)
+    report = CullReport(checked=len(kernels), warnings=list(book.problems))
+
+    def facts_of(obj: JSON) -> C.KernelFacts:
+        view = R.KernelView.from_object(obj)
+        return C.KernelFacts.from_view(view, lease_checked=True,
+                                       gateway_lease=gateway_lease(by_name, view.gateway))
+
+    def decide(facts: C.KernelFacts) -> C.CullDecision | None:
+        return C.decide(facts, book(facts), now, orphan_grace=orphan_grace,
+                        activity_slack=activity_slack)
+
+    decisions: list[C.CullDecision] = []
+    for obj in kernels:
+        try:
+            facts = facts_of(obj)
+        except ValueError as e:
+            report.warnings.append(f"skipped an unreadable record: {e}")
+            continue
+        decision = decide(facts)
+        if decision is not None:
+            decisions.append(decision)
+
+    if dry_run:
+        report.results = [C.CullResult(d, C.CullOutcome.WOULD_DELETE) for d in decisions]
+        return report
+
+    results = await C.cull_all(client, decisions, concurrency=concurrency, component=COMPONENT)
+    # A record written between our list and our delete (fresh activity, adoption, a status
+    # update) is judged once more on its current state, so an unrelated write does not spare
+    # a kernel that is still due, and a kernel that became active is spared.
+    again: list[tuple[int, C.CullDecision]] = []
+    for index, result in enumerate(results):
+        if result.outcome is not C.CullOutcome.CHANGED or result.current is None:
+            continue
+        try:
+            fresh = decide(facts_of(result.current))
+        except ValueError as e:
+            report.warnings.append(f"skipped an unreadable record: {e}")
+            continue
+        if fresh is None:
+            results[index] = replace(result, detail="changed since it was listed and is no "
+                                     "longer due; kept")
+        else:
+            again.append((index, fresh))
+    if again:
+        retried = await C.cull_all(client, [d for _, d in again], concurrency=concurrency,
+                                   component=COMPONENT)
+        for (index, _), result in zip(again, retried):
+            results[index] = result
+    report.results = results
+    return report
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return R.format_duration(seconds) if seconds >= 1 else "0s"
+
+
+def _action(result: C.CullResult) -> str:
+    if result.outcome is C.CullOutcome.CHANGED:
+        return "kept (changed)"
+    return str(result.outcome)
+
+
+def result_json(result: C.CullResult) -> JSON:
+    d = result.decision
+    k = d.kernel
+    return {
+        "kernel": k.kernel_id,
+        "name": k.name,
+        "namespace": k.namespace,
+        "user": k.user,
+        "kernelspec": k.kernel_spec,
+        "gateway": k.gateway,
+        "reason": d.reason.value,
+        "message": d.message,
+        "idle_seconds": None if d.idle is None else round(d.idle, 3),
+        "age_seconds": None if d.age is None else round(d.age, 3),
+        "action": _action(result),
+        "outcome": result.outcome.name.lower(),
+        "detail": result.detail,
+    }
+
+
+def render_table(results: Sequence[C.CullResult]) -> str:
+    rows = [COLUMNS] + [
+        (r.decision.kernel.kernel_id, r.decision.kernel.user, r.decision.kernel.kernel_spec,
+         r.decision.reason.value, _duration(r.decision.idle), _duration(r.decision.age),
+         _action(r))
+        for r in results
+    ]
+    rows = [tuple(_one_line(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in rows
+    )
+
+
+def _one_line(text: str) -> str:
+    """User names are free text: keep a table row on one line whatever they contain."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def write_report(report: CullReport, output: str, dry_run: bool, out: TextIO,
+                 err: TextIO) -> None:
+    for warning in report.warnings:
+        print(f"elastic-kernels cull: warning: {warning}", file=err)
+    if output == "json":
+        json.dump([result_json(r) for r in report.results], out, indent=2)
+        out.write("\n")
+    elif report.results:
+        print(render_table(report.results), file=out)
+    else:
+        print(f"no kernels to cull ({report.checked} checked)", file=out)
+    for r in report.results:
+        if r.outcome is C.CullOutcome.FAILED or (r.detail and
+                                                 r.outcome is C.CullOutcome.DELETED):
+            print(f"elastic-kernels cull: {r.decision.kernel.name}: {r.detail}", file=err)
+    counts: dict[str, int] = {}
+    for r in report.results:
+        counts[_action(r)] = counts.get(_action(r), 0) + 1
+    summary = ", ".join(f"{n} {what}" for what, n in counts.items()) or "nothing to do"
+    mode = " (dry run)" if dry_run else ""
+    print(f"elastic-kernels cull{mode}: {report.checked} kernels checked: {summary}", file=err)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+async def _main(args: argparse.Namespace) -> int:
+    try:
+        cluster = load_cluster_config(args.kubeconfig, args.context, args.namespace)
+    except KubeConfigError as e:
+        print(f"elastic-kernels cull: {e}", file=sys.stderr)
+        return 1
+    client = KubeClient(cluster.api_client, cluster.namespace,
+                        max_workers=max(4, args.concurrency))
+    defaults = replace(C.CullingDefaults().as_policy(), idle_timeout=args.idle_timeout,
+                       max_age=args.max_age)
+    try:
+        report = await run_cull(
+            client, cluster.namespace, defaults, orphan_grace=args.orphan_grace,
+            activity_slack=args.activity_slack, dry_run=args.dry_run,
+            concurrency=args.concurrency,
+        )
+    except CullError as e:
+        print(f"elastic-kernels cull: {e} (API server {cluster.host})", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    write_report(report, args.output, args.dry_run, sys.stdout, sys.stderr)
+    return 1 if report.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``elastic-kernels cull``; bad arguments exit 2 with the usage (argparse)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    return asyncio.run(_main(args))

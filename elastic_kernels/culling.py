@@ -1,0 +1,712 @@
+"""The idle policy: when a kernel should be shut down, and why. Shared by the gateway and the cron.
+
+Two deciders look at the same kernels with different knowledge:
+
+* **The gateway** holds the kernels. It knows each one's live activity (jupyter_server's last
+  message time), its execution state and its open connections, so it can apply the whole policy
+  exactly, including ``cullBusy`` and ``cullConnected``. It builds :class:`KernelFacts` with those
+  fields filled in and calls :func:`decide` (idle culling) and :func:`reclaim_candidates` (GPU
+  pressure) with ``activity_slack=0``.
+* **The cron** (``elastic-kernels cull``) sees only the JupyterKernel records, the Leases and the
+  kernelspecs. Its activity is ``status.lastActivity``, which the gateway mirrors at most once per
+  :data:`MIRROR_INTERVAL`; execution state and connections are unknown. Consequences, by design:
+
+  - the cron adds the mirror interval as slack (``activity_slack``), so it never culls a kernel
+    the gateway would still keep because of activity the mirror has not written yet; it may cull
+    up to that slack plus its own schedule *later* than the gateway would. It is a safety net
+    (for kernels whose gateway is gone, or a gateway whose culler is off), not the primary culler;
+  - it cannot see "busy" or "connected". The gateway therefore mirrors, for a kernel the policy
+    protects (busy while ``cullBusy`` is false, connected while ``cullConnected`` is false), the
+    time of the mirror itself as its activity (:func:`activity_to_mirror`): what the cron reads
+    as "idle" is then only what the policy would cull anyway;
+  - only the cron judges orphans (:attr:`CullReason.ORPHANED`): a gateway does not ask whether
+    its own lease is live.
+
+Terms, all in seconds, "0 disables the rule" as in jupyter_server's culler:
+
+* *idle* is ``now - last activity``; without recorded activity it counts from the pod's start
+  (``status.startedAt``), and without that from the record's creation;
+* *age* is ``now - metadata.creationTimestamp`` of the JupyterKernel: the API server sets it, a
+  restart (a new pod, same kernel) does not reset it, and nobody can make a kernel look younger.
+  ``maxAge`` therefore bounds a whole kernel session, restarts included.
+
+The module is pure (dataclasses and functions over them) except the last section, which records
+and carries out a decision through :class:`~elastic_kernels.kube.client.KubeClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from traitlets import Bool, Float, TraitError, validate
+from traitlets.config import Configurable
+
+from .kube import resources as R
+from .kube.client import EVENTS, JSON, KubeClient, KubeError
+
+log = logging.getLogger(__name__)
+
+#: The gateway writes ``status.lastActivity`` at most this often per kernel (DESIGN §4).
+MIRROR_INTERVAL = 60.0
+
+EXECUTION_BUSY = "busy"
+
+#: Phases in which a kernel is still starting: its launch timeout governs it, not idleness.
+STARTING_PHASES = frozenset({R.PHASE_PENDING, R.PHASE_STARTING})
+
+
+class CullReason(str, enum.Enum):
+    """Why a kernel was shut down; the value is the status reason and the Event reason."""
+
+    IDLE_TIMEOUT = "IdleTimeout"
+    MAX_AGE = "MaxAge"
+    RECLAIMED = "ReclaimedForWaitingKernel"
+    ORPHANED = "Orphaned"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Every status reason a culler writes; a record carrying one is already being culled.
+CULL_REASONS = frozenset(r.value for r in CullReason)
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An effective culling policy: every field resolved, durations in seconds, 0 = off."""
+
+    idle_timeout: float = 0.0
+    cull_connected: bool = False
+    cull_busy: bool = False
+    max_age: float = 0.0
+    reclaim_after: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "max_age", "reclaim_after"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+
+
+def _non_negative(proposal: Any) -> float:
+    value = proposal["value"]
+    if not math.isfinite(value) or value < 0:
+        raise TraitError(f"{proposal['trait'].name} must be >= 0 seconds (0 disables), "
+                         f"not {value!r}")
+    return float(value)
+
+
+class CullingDefaults(Configurable):
+    """Gateway-wide culling defaults; a kernelspec's ``spec.culling`` overrides them field by field.
+
+    Durations are seconds and 0 disables a rule, as with jupyter_server's
+    ``MappingKernelManager.cull_idle_timeout``. ``cullConnected`` and ``cullBusy`` of a
+    kernelspec always win: the CRD defaults them to false, so a stored kernelspec always says;
+    the boolean defaults here apply to kernels whose kernelspec no longer exists.
+    """
+
+    idle_timeout = Float(
+        0.0, config=True,
+        help="Seconds of idleness after which a kernel is shut down (0: never). Per kernelspec: "
+        "spec.culling.idleTimeout.",
+    )
+    cull_connected = Bool(
+        False, config=True,
+        help="Cull idle kernels that still have a connected client. Per kernelspec: "
+        "spec.culling.cullConnected.",
+    )
+    cull_busy = Bool(
+        False, config=True,
+        help="Cull kernels that are busy executing. Per kernelspec: spec.culling.cullBusy.",
+    )
+    max_age = Float(
+        0.0, config=True,
+        help="Seconds after its creation at which a kernel is shut down whatever its activity "
+        "(0: never). Per kernelspec: spec.culling.maxAge.",
+    )
+    reclaim_after = Float(
+        600.0, config=True,
+        help="Seconds of idleness after which a GPU kernel may be shut down to free its GPUs "
+        "for a waiting start (0: never reclaim). Per kernelspec: spec.culling.reclaimAfter.",
+    )
+    interval = Float(
+        60.0, config=True,
+        help="Seconds between two passes of the gateway's culler.",
+    )
+    orphan_grace = Float(
+        300.0, config=True,
+        help="Seconds a kernel's gateway lease may be expired (or missing) before the cull job "
+        "treats the kernel as orphaned. Covers gateway restarts, clock skew and adoption.",
+    )
+
+    @validate("idle_timeout", "max_age", "reclaim_after", "orphan_grace")
+    def _check_seconds(self, proposal: Any) -> float:
+        return _non_negative(proposal)
+
+    @validate("interval")
+    def _check_interval(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not math.isfinite(value) or value <= 0:
+            raise TraitError(f"interval must be > 0 seconds, not {value!r}")
+        return float(value)
+
+    def as_policy(self) -> Policy:
+        return Policy(
+            idle_timeout=self.idle_timeout,
+            cull_connected=self.cull_connected,
+            cull_busy=self.cull_busy,
+            max_age=self.max_age,
+            reclaim_after=self.reclaim_after,
+        )
+
+
+def effective_policy(spec: R.CullingPolicy | R.KernelSpecView | None, defaults: Policy) -> Policy:
+    """The kernelspec's ``spec.culling`` over the defaults: an unset duration takes the default."""
+    if isinstance(spec, R.KernelSpecView):
+        spec = spec.culling
+    if spec is None:
+        return defaults
+
+    def pick(value: float | None, fallback: float) -> float:
+        return fallback if value is None else float(value)
+
+    return Policy(
+        idle_timeout=pick(spec.idle_timeout, defaults.idle_timeout),
+        cull_connected=spec.cull_connected,
+        cull_busy=spec.cull_busy,
+        max_age=pick(spec.max_age, defaults.max_age),
+        reclaim_after=pick(spec.reclaim_after, defaults.reclaim_after),
+    )
+
+
+class PolicyBook:
+    """Effective policies by kernelspec name, built from kernelspec CRs (a list or a watch cache).
+
+    A kernelspec that is missing (deleted since the kernel started) or unreadable gets the
+    defaults: a kernel must never become immortal because its kernelspec went away.
+    """
+
+    def __init__(self, defaults: Policy, specs: Mapping[str, Policy] | None = None,
+                 problems: Sequence[str] = ()) -> None:
+        self.defaults = defaults
+        self._specs = dict(specs or {})
+        #: One line per kernelspec that could not be read (shown by the cron, logged by the
+        #: gateway); their kernels get the defaults.
+        self.problems = list(problems)
+
+    @classmethod
+    def from_objects(cls, defaults: Policy, objects: Iterable[Mapping[str, Any]]) -> PolicyBook:
+        specs: dict[str, Policy] = {}
+        problems: list[str] = []
+        for obj in objects:
+            try:
+                view = R.KernelSpecView.from_object(obj)
+            except ValueError as e:
+                problems.append(f"{e}; its kernels get the default culling policy")
+                continue
+            specs[view.name] = effective_policy(view.culling, defaults)
+        return cls(defaults, specs, problems)
+
+    def for_spec(self, name: str) -> Policy:
+        return self._specs.get(name, self.defaults)
+
+    def __call__(self, kernel: KernelFacts) -> Policy:
+        return self.for_spec(kernel.kernel_spec)
+
+
+# --- what a decider knows about a kernel -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaseFacts:
+    """A gateway's ``coordination.k8s.io/v1`` Lease, as far as orphan detection needs it."""
+
+    name: str
+    holder: str
+    renew_time: datetime | None
+    duration: float
+
+    def expires_at(self) -> datetime | None:
+        if self.renew_time is None:
+            return None
+        return self.renew_time + timedelta(seconds=self.duration)
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """Everything either decider knows about one kernel; ``None`` means "not known here".
+
+    The gateway fills ``last_activity`` with its live value and sets ``execution_state`` and
+    ``connections``; the cron takes them from the record (unknown) and sets ``lease_checked``
+    with the kernel's gateway's lease in ``gateway_lease`` (``None``: no such lease).
+    """
+
+    name: str
+    namespace: str
+    kernel_id: str
+    user: str
+    kernel_spec: str
+    uid: str = ""
+    resource_version: str = ""
+    phase: str = R.PHASE_PENDING
+    reason: str = ""
+    message: str = ""
+    gpus: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    last_activity: datetime | None = None
+    execution_state: str | None = None
+    connections: int | None = None
+    gateway: str = ""
+    lease_renewed_at: datetime | None = None
+    gateway_lease: LeaseFacts | None = None
+    lease_checked: bool = False
+    deleting: bool = False
+
+    @classmethod
+    def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
+        """Facts from a JupyterKernel record; ``known`` overrides with what the caller knows live."""
+        facts = cls(
+            name=view.name,
+            namespace=view.namespace,
+            kernel_id=view.kernel_id,
+            user=view.user,
+            kernel_spec=view.kernel_spec,
+            uid=view.uid,
+            resource_version=view.resource_version,
+            phase=view.phase,
+            reason=view.reason,
+            message=view.message,
+            gpus=view.gpus,
+            created_at=view.created_at,
+            started_at=view.started_at,
+            last_activity=view.last_activity,
+            gateway=view.gateway,
+            lease_renewed_at=view.lease_renewed_at,
+            deleting=view.deleting,
+        )
+        return replace(facts, **known) if known else facts
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], **known: Any) -> KernelFacts:
+        """Facts from a JupyterKernel dict; raises ResourceError naming a malformed field."""
+        return cls.from_view(R.KernelView.from_object(obj), **known)
+
+    def activity_reference(self) -> datetime | None:
+        """Idleness counts from here: the last activity, else the pod's start, else creation."""
+        return self.last_activity or self.started_at or self.created_at
+
+    def idle_seconds(self, now: datetime) -> float | None:
+        ref = self.activity_reference()
+        return None if ref is None else max(0.0, (now - ref).total_seconds())
+
+    def age_seconds(self, now: datetime) -> float | None:
+        return None if self.created_at is None else max(0.0, (now - self.created_at).total_seconds())
+
+    @property
+    def busy(self) -> bool:
+        return self.execution_state == EXECUTION_BUSY
+
+
+@dataclass(frozen=True)
+class CullDecision:
+    """Shut ``kernel`` down for ``reason``; ``message`` says why in words a user understands."""
+
+    kernel: KernelFacts
+    reason: CullReason
+    message: str
+    idle: float | None = None
+    age: float | None = None
+
+
+# --- deciding -----------------------------------------------------------------------------------
+
+
+def _d(seconds: float) -> str:
+    """A duration for messages: whole seconds as 1h5m, sub-second values as 250ms."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return R.format_duration(seconds)
+
+
+def _t(moment: datetime) -> str:
+    return R.format_timestamp(moment)
+
+
+def orphan_message(kernel: KernelFacts, now: datetime, grace: float) -> str | None:
+    """Why ``kernel`` is orphaned, or None when its gateway still (or may still) hold it.
+
+    A kernel is orphaned when it names a gateway (``spec.gateway``) and that gateway's lease is
+    missing, released to someone else, or expired for longer than ``grace``. A kernel claimed
+    less than ``grace`` ago (created, or its ``status.leaseRenewedAt``) is given the benefit of
+    the doubt, so a gateway that starts kernels before its first lease write is visible, or has
+    just adopted one, does not lose them. Adoption moves ``spec.gateway`` to the adopter, whose
+    lease is then the one that counts. Kernels without a gateway (a plain jupyter_server started
+    them) are never orphans: nothing claims them, so nothing can stop claiming them.
+    """
+    if not kernel.lease_checked or not kernel.gateway:
+        return None
+    claimed = max((t for t in (kernel.created_at, kernel.lease_renewed_at) if t is not None),
+                  default=None)
+    if claimed is not None and (now - claimed).total_seconds() <= grace:
+        return None
+    lease = kernel.gateway_lease
+    if lease is None:
+        return f"gateway {kernel.gateway} holds no lease and no other gateway adopted the kernel"
+    if lease.holder != kernel.gateway:
+        holder = f"is held by {lease.holder!r}" if lease.holder else "was released"
+        return (f"the lease of gateway {kernel.gateway} {holder} and no other gateway adopted "
+                "the kernel")
+    expires = lease.expires_at()
+    if expires is None:
+        return f"gateway {kernel.gateway}'s lease was never renewed"
+    overdue = (now - expires).total_seconds()
+    if overdue <= grace:
+        return None
+    return (f"gateway {kernel.gateway} last renewed its lease at {_t(lease.renew_time)} "
+            f"(expired {_d(overdue)} ago, grace {_d(grace)}) and no other gateway adopted "
+            "the kernel")
+
+
+def decide(
+    kernel: KernelFacts,
+    policy: Policy,
+    now: datetime,
+    *,
+    orphan_grace: float = 0.0,
+    activity_slack: float = 0.0,
+) -> CullDecision | None:
+    """Whether to cull ``kernel`` now, and why; None keeps it.
+
+    Rules, first match wins:
+
+    1. ``MaxAge``: older than ``max_age``, whatever its activity (busy and connected included).
+    2. ``Orphaned``: only when the caller checked the gateway's lease (the cron); see
+       :func:`orphan_message`. Busy and connected do not protect an orphan: no gateway relays its
+       messages, so no one can be using it.
+    3. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
+       starting (Pending/Starting: its launch timeout governs it), busy while ``cull_busy`` is
+       false, or connected while ``cull_connected`` is false. Unknown busy/connected state (the
+       cron) does not protect: the gateway's mirror already did (see the module docstring).
+
+    A kernel already being deleted is never chosen again.
+    """
+    if kernel.deleting:
+        return None
+    idle = kernel.idle_seconds(now)
+    age = kernel.age_seconds(now)
+
+    if policy.max_age > 0 and age is not None and age > policy.max_age:
+        return CullDecision(kernel, CullReason.MAX_AGE,
+                            f"the kernel is {_d(age)} old, past its maxAge of "
+                            f"{_d(policy.max_age)}", idle, age)
+
+    orphan = orphan_message(kernel, now, orphan_grace)
+    if orphan is not None:
+        return CullDecision(kernel, CullReason.ORPHANED, orphan, idle, age)
+
+    if policy.idle_timeout <= 0 or idle is None or kernel.phase in STARTING_PHASES:
+        return None
+    if kernel.busy and not policy.cull_busy:
+        return None
+    if (kernel.connections or 0) > 0 and not policy.cull_connected:
+        return None
+    if idle <= policy.idle_timeout + activity_slack:
+        return None
+    since = kernel.activity_reference()
+    what = "last activity" if kernel.last_activity else "start"
+    when = f" ({what} {_t(since)})" if since is not None else ""
+    return CullDecision(kernel, CullReason.IDLE_TIMEOUT,
+                        f"the kernel was idle for {_d(idle)}{when}, past its idleTimeout of "
+                        f"{_d(policy.idle_timeout)}", idle, age)
+
+
+def reclaim_candidates(
+    kernels: Iterable[KernelFacts],
+    policy_for: Callable[[KernelFacts], Policy],
+    now: datetime,
+) -> list[CullDecision]:
+    """GPU kernels that may be shut down for a waiting start, longest idle first.
+
+    Only running kernels that hold GPUs, are idle past their ``reclaim_after`` (0: never
+    reclaimed), are not being deleted, and whose execution state is known and not busy: "never
+    reclaim a busy kernel" is a promise, so a kernel whose state this gateway cannot see is not
+    taken. Connections do not protect: an open browser tab on an idle GPU is exactly the waste
+    reclaim exists for. Take one per waiting start, in order; ties go by name, so two replicas
+    pick alike.
+    """
+    found: list[CullDecision] = []
+    for kernel in kernels:
+        if kernel.deleting or kernel.gpus <= 0 or kernel.phase != R.PHASE_RUNNING:
+            continue
+        if kernel.execution_state is None or kernel.busy:
+            continue
+        policy = policy_for(kernel)
+        idle = kernel.idle_seconds(now)
+        if policy.reclaim_after <= 0 or idle is None or idle <= policy.reclaim_after:
+            continue
+        found.append(CullDecision(
+            kernel, CullReason.RECLAIMED,
+            f"the kernel was idle for {_d(idle)}, past its reclaimAfter of "
+            f"{_d(policy.reclaim_after)}, while another kernel waited for "
+            f"{'a GPU' if kernel.gpus == 1 else 'GPUs'}; its {kernel.gpus} "
+            f"{R.GPU_RESOURCE} went to that kernel",
+            idle, kernel.age_seconds(now),
+        ))
+    found.sort(key=lambda d: (-(d.idle or 0.0), d.kernel.namespace, d.kernel.name))
+    return found
+
+
+def activity_to_mirror(kernel: KernelFacts, policy: Policy, now: datetime) -> datetime | None:
+    """The ``status.lastActivity`` the gateway should write for ``kernel`` (its live facts).
+
+    A kernel the policy protects from idle culling (busy without ``cull_busy``, connected
+    without ``cull_connected``) is mirrored as active *now*, so that the cron, which cannot see
+    either state, does not cull it on a stale activity time. Everything else is mirrored as is.
+    """
+    if (kernel.busy and not policy.cull_busy) or (
+            (kernel.connections or 0) > 0 and not policy.cull_connected):
+        return now
+    return kernel.last_activity
+
+
+def mirror_due(mirrored: datetime | None, activity: datetime | None,
+               interval: float = MIRROR_INTERVAL) -> bool:
+    """Whether a new activity time is worth a write: newer, and the last write is old enough."""
+    if activity is None:
+        return False
+    if mirrored is None:
+        return True
+    return activity > mirrored and (activity - mirrored).total_seconds() >= interval
+
+
+# --- acting: record the reason, delete with optimistic concurrency, leave an Event -----------------
+
+
+class CullOutcome(str, enum.Enum):
+    DELETED = "deleted"
+    WOULD_DELETE = "would delete"  # dry run
+    ALREADY_GONE = "already gone"  # deleted (or being culled) by someone else: fine
+    CHANGED = "changed"  # written by someone else since the decision; not culled this time
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class CullResult:
+    decision: CullDecision
+    outcome: CullOutcome
+    detail: str = ""
+    #: For CHANGED: the record as it is now, so the caller can decide again.
+    current: JSON | None = field(default=None, compare=False, repr=False)
+
+
+class CullConflict(Exception):
+    """The record changed (or vanished) after the decision; ``result`` says how."""
+
+    def __init__(self, result: CullResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+def _preconditions(kernel: KernelFacts, resource_version: str | None = None) -> JSON:
+    pre: JSON = {}
+    if kernel.uid:
+        pre["uid"] = kernel.uid
+    rv = resource_version if resource_version is not None else kernel.resource_version
+    if rv:
+        pre["resourceVersion"] = rv
+    return pre
+
+
+async def _explain_conflict(client: KubeClient, decision: CullDecision,
+                            error: KubeError) -> CullResult:
+    """After a 404/409, find out whether someone else culled the kernel or merely wrote to it."""
+    kernel = decision.kernel
+    if error.not_found:
+        return CullResult(decision, CullOutcome.ALREADY_GONE, "already deleted")
+    try:
+        current = await client.get(R.JUPYTERKERNELS, kernel.name, kernel.namespace)
+    except KubeError as e:
+        if e.not_found:
+            return CullResult(decision, CullOutcome.ALREADY_GONE, "already deleted")
+        return CullResult(decision, CullOutcome.FAILED, f"conflict, then could not re-read: {e}")
+    meta = current.get("metadata") or {}
+    status = current.get("status") or {}
+    if kernel.uid and meta.get("uid") != kernel.uid:
+        return CullResult(decision, CullOutcome.ALREADY_GONE,
+                          "already deleted (a new kernel record has the same name)")
+    if meta.get("deletionTimestamp"):
+        return CullResult(decision, CullOutcome.ALREADY_GONE, "already being deleted")
+    if status.get("phase") == R.PHASE_TERMINATING and status.get("reason") in CULL_REASONS:
+        return CullResult(decision, CullOutcome.ALREADY_GONE,
+                          f"already being culled ({status.get('reason')})")
+    return CullResult(decision, CullOutcome.CHANGED,
+                      "the record changed since it was read; not culled this time",
+                      current=current)
+
+
+async def mark_culled(client: KubeClient, decision: CullDecision) -> JSON:
+    """Write the reason into ``status`` if the record is still as decided on; returns it updated.
+
+    The write carries the record's uid and resourceVersion, so of two cullers that decided on the
+    same version exactly one wins; the other gets :class:`CullConflict`. The gateway's kernel
+    manager calls this before its own shutdown, so the DELETED watch event (and the model it
+    shows the user) carries the reason.
+    """
+    kernel = decision.kernel
+    body: JSON = {
+        "status": {
+            "phase": R.PHASE_TERMINATING,
+            "reason": decision.reason.value,
+            "message": decision.message[:32768],
+        }
+    }
+    pre = _preconditions(kernel)
+    if pre:
+        body["metadata"] = pre
+    try:
+        return await client.patch(R.JUPYTERKERNELS, kernel.name, body, kernel.namespace,
+                                  subresource="status")
+    except KubeError as e:
+        if e.not_found or e.conflict:
+            raise CullConflict(await _explain_conflict(client, decision, e)) from None
+        raise
+
+
+async def _unmark(client: KubeClient, decision: CullDecision) -> None:
+    """Undo :func:`mark_culled` when the deletion failed, but only if our mark is still there.
+
+    A JSON patch whose ``test`` operations check our phase, reason and message: a status written
+    by anyone since is never overwritten.
+    """
+    kernel = decision.kernel
+    ops: list[JSON] = [
+        {"op": "test", "path": "/status/phase", "value": R.PHASE_TERMINATING},
+        {"op": "test", "path": "/status/reason", "value": decision.reason.value},
+        {"op": "test", "path": "/status/message", "value": decision.message[:32768]},
+        {"op": "replace", "path": "/status/phase", "value": kernel.phase},
+        {"op": "replace", "path": "/status/reason", "value": kernel.reason},
+        {"op": "replace", "path": "/status/message", "value": kernel.message},
+    ]
+    try:
+        await client.patch(R.JUPYTERKERNELS, kernel.name, ops, kernel.namespace,
+                           patch_type="json", subresource="status")
+    except KubeError as e:
+        log.info("Kernel %s: left its cull mark in place (%s)", kernel.kernel_id, e)
+
+
+def cull_event(decision: CullDecision, component: str, now: datetime | None = None) -> JSON:
+    """The core v1 Event that says a kernel was culled and why (involvedObject: the record)."""
+    kernel = decision.kernel
+    stamp = R.format_timestamp(now or datetime.now(timezone.utc))
+    involved: JSON = {
+        "apiVersion": R.API_VERSION,
+        "kind": R.KERNEL_KIND,
+        "name": kernel.name,
+        "namespace": kernel.namespace,
+    }
+    if kernel.uid:
+        involved["uid"] = kernel.uid
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{kernel.name}.", "namespace": kernel.namespace},
+        "involvedObject": involved,
+        "reason": decision.reason.value,
+        "message": decision.message[:1024],
+        "type": "Warning" if decision.reason is CullReason.ORPHANED else "Normal",
+        "action": "Cull",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+async def record_cull_event(client: KubeClient, decision: CullDecision,
+                            component: str = "elastic-kernels") -> None:
+    await client.create(EVENTS, cull_event(decision, component), decision.kernel.namespace)
+
+
+async def cull_kernel(
+    client: KubeClient,
+    decision: CullDecision,
+    *,
+    component: str = "elastic-kernels",
+    grace_period_seconds: int | None = None,
+) -> CullResult:
+    """Carry out one decision: mark the record, delete it, leave an Event. Never raises KubeError.
+
+    The deletion is conditional on the uid and on the resourceVersion our mark produced, so
+    overlapping cull runs (or a cron and a gateway) delete a kernel exactly once: the loser sees
+    404/409 and reports ALREADY_GONE (or CHANGED when someone wrote to a record that is not being
+    culled, e.g. fresh activity). Garbage collection removes the pod and Secret the record owns.
+    The Event is written only after a successful deletion, so there is one per cull.
+    """
+    kernel = decision.kernel
+    try:
+        marked = await mark_culled(client, decision)
+    except CullConflict as c:
+        return c.result
+    except KubeError as e:
+        return CullResult(decision, CullOutcome.FAILED, f"could not record the reason: {e}")
+
+    rv = str((marked.get("metadata") or {}).get("resourceVersion") or "")
+    try:
+        await client.delete(R.JUPYTERKERNELS, kernel.name, kernel.namespace,
+                            grace_period_seconds=grace_period_seconds,
+                            preconditions=_preconditions(kernel, rv))
+    except KubeError as e:
+        if e.not_found:
+            return CullResult(decision, CullOutcome.ALREADY_GONE, "already deleted")
+        await _unmark(client, decision)
+        if e.conflict:
+            return await _explain_conflict(client, decision, e)
+        return CullResult(decision, CullOutcome.FAILED, f"could not delete: {e}")
+
+    try:
+        await record_cull_event(client, decision, component)
+    except KubeError as e:
+        return CullResult(decision, CullOutcome.DELETED, f"deleted, but no Event was recorded: {e}")
+    return CullResult(decision, CullOutcome.DELETED)
+
+
+async def cull_all(
+    client: KubeClient,
+    decisions: Sequence[CullDecision],
+    *,
+    concurrency: int = 8,
+    component: str = "elastic-kernels",
+    grace_period_seconds: int | None = None,
+) -> list[CullResult]:
+    """Carry out many decisions concurrently; one slow deletion does not hold up the others.
+
+    At most ``concurrency`` are in flight (the client's thread pool bounds it too); results come
+    back in the order of ``decisions``.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(decision: CullDecision) -> CullResult:
+        async with gate:
+            return await cull_kernel(client, decision, component=component,
+                                     grace_period_seconds=grace_period_seconds)
+
+    return list(await asyncio.gather(*(one(d) for d in decisions)))
