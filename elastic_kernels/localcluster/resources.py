@@ -53,6 +53,8 @@ class ResourceType:
     crd_name: str = ""
     printer_columns: tuple[PrinterColumn, ...] = ()
     selectable_fields: tuple[str, ...] = ()
+    # For built-in kinds: the official client's model class of the stored form (field sets).
+    model: str = ""
 
     @property
     def key(self) -> ResourceKey:
@@ -108,26 +110,33 @@ _EVENTS_V1_ALIASES = tuple((f"regarding.{f.split('.', 1)[1]}", f) for f in _EVEN
 BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "pods", "pod", "Pod", True, ("po",), categories=("all",),
                  status_subresource=True, extra_subresources=("log", "binding", "eviction"),
-                 has_generation=True, return_deleted_object=True, field_labels=_POD_FIELDS),
-    ResourceType("", "v1", "secrets", "secret", "Secret", True, field_labels=("type",)),
-    ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",)),
+                 has_generation=True, return_deleted_object=True, field_labels=_POD_FIELDS,
+                 model="V1Pod"),
+    ResourceType("", "v1", "secrets", "secret", "Secret", True, field_labels=("type",),
+                 model="V1Secret"),
+    ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",),
+                 model="V1ConfigMap"),
     ResourceType("", "v1", "services", "service", "Service", True, ("svc",), categories=("all",),
-                 status_subresource=True, return_deleted_object=True),
+                 status_subresource=True, return_deleted_object=True, model="V1Service"),
     ResourceType("", "v1", "bindings", "binding", "Binding", True, verbs=("create",)),
-    ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
+    ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",),
+                 model="V1ServiceAccount"),
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
                  verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
                  status_subresource=True, return_deleted_object=True,
-                 field_labels=("status.phase",)),
+                 field_labels=("status.phase",), model="V1Namespace"),
     ResourceType("", "v1", "nodes", "node", "Node", False, ("no",), status_subresource=True,
-                 field_labels=("spec.unschedulable",)),
-    ResourceType("", "v1", "events", "event", "Event", True, ("ev",), field_labels=_EVENT_FIELDS),
+                 field_labels=("spec.unschedulable",), model="V1Node"),
+    ResourceType("", "v1", "events", "event", "Event", True, ("ev",), field_labels=_EVENT_FIELDS,
+                 model="CoreV1Event"),
     ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",),
-                 field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES, storage=("", "events")),
-    ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
+                 field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES, storage=("", "events"),
+                 model="CoreV1Event"),
+    ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, model="V1Lease"),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False, ("crd", "crds"),
-                 categories=("api-extensions",), status_subresource=True, has_generation=True),
+                 categories=("api-extensions",), status_subresource=True, has_generation=True,
+                 model="V1CustomResourceDefinition"),
 )
 
 # Group versions served for built-ins, in the order discovery lists them ("" first, as real).

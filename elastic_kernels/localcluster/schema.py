@@ -526,3 +526,76 @@ def _check_schema(schema: Any, path: str) -> list[FieldError]:
     if isinstance(schema.get("additionalProperties"), dict):
         errors.extend(_check_schema(schema["additionalProperties"], f"{path}.additionalProperties"))
     return errors
+
+
+# --- built-in kinds -----------------------------------------------------------------------------
+
+_BUILTIN_LIST = re.compile(r"^[Ll]ist\[(.+)\]$")
+_BUILTIN_DICT = re.compile(r"^[Dd]ict[\[(]str, (.+)[\])]$")
+_SCALARS = frozenset({"str", "int", "float", "bool", "bytes", "datetime", "date", "object"})
+
+
+class BuiltinPruner:
+    """Drops fields a built-in kind does not have, as decoding into the Go types does.
+
+    A real API server never stores ``spec.containers[0].imagee``: the field does not exist in the
+    Go struct, so it is dropped (``fieldValidation=Warn``, the default) or rejected (``Strict``,
+    what kubectl asks for).  The field sets come from the official client's model classes, which
+    are generated from the same API definitions; they are loaded on first use because importing
+    them is slow.
+    """
+
+    def __init__(self) -> None:
+        self._fields: dict[str, dict[str, str]] = {}
+        self._models: Any = None
+
+    def _model_fields(self, model: str) -> dict[str, str] | None:
+        fields = self._fields.get(model)
+        if fields is None:
+            if self._models is None:
+                from kubernetes.client import models
+                self._models = models
+            cls = getattr(self._models, model, None)
+            if cls is None or not hasattr(cls, "attribute_map"):
+                return None
+            fields = {json_name: cls.openapi_types[attr]
+                      for attr, json_name in cls.attribute_map.items()}
+            self._fields[model] = fields
+        return fields
+
+    def prune(self, model: str, obj: dict) -> list[str]:
+        """Remove unknown fields from ``obj`` in place; return their paths."""
+        pruned: list[str] = []
+        self._walk(obj, model, "", pruned)
+        return pruned
+
+    def _walk(self, value: Any, type_name: str, path: str, pruned: list[str]) -> None:
+        if type_name in _SCALARS or value is None:
+            return
+        match = _BUILTIN_LIST.match(type_name)
+        if match:
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    self._walk(item, match.group(1), f"{path}[{index}]", pruned)
+            return
+        match = _BUILTIN_DICT.match(type_name)
+        if match:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    self._walk(item, match.group(1), _join(path, key), pruned)
+            return
+        if not isinstance(value, dict):
+            return
+        fields = self._model_fields(type_name)
+        if fields is None:
+            return
+        for key in list(value):
+            sub = fields.get(key)
+            if sub is None:
+                del value[key]
+                pruned.append(_join(path, key))
+            else:
+                self._walk(value[key], sub, _join(path, key), pruned)
+
+
+BUILTIN_PRUNER = BuiltinPruner()

@@ -35,7 +35,7 @@ from .errors import ApiError, FieldError
 from .patching import apply_patch
 from .resources import (CONVERTERS, DNS_LABEL_NAMES, Registry, ResourceKey, ResourceType,
                         custom_resource_type)
-from .schema import StructuralSchema, default_crd, validate_crd
+from .schema import BUILTIN_PRUNER, StructuralSchema, default_crd, validate_crd
 from .selectors import (FieldSelector, LabelSelector, label_key_error, label_value_error,
                         parse_field_selector, parse_label_selector)
 
@@ -694,6 +694,7 @@ class Store:
         for system in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
                        "deletionGracePeriodSeconds", "generation", "selfLink", "managedFields"):
             meta.pop(system, None)
+        self._prune_builtin(rtype, obj, opts)
         self._prepare_create(rtype, obj, opts)
         if errs:
             raise E.invalid_object(rtype.qualified_kind, name, errs)
@@ -774,6 +775,19 @@ class Store:
             self._prepare_custom(rtype, obj, opts, errs)
         if errs:
             raise E.invalid_object(rtype.qualified_kind, obj["metadata"]["name"], errs)
+
+    def _prune_builtin(self, rtype: ResourceType, obj: dict, opts: WriteOptions) -> None:
+        if not rtype.model:
+            return
+        pruned = BUILTIN_PRUNER.prune(rtype.model, obj)
+        if not pruned:
+            return
+        if opts.field_validation == "Strict":
+            raise E.bad_request(f'{rtype.kind} in version "{rtype.version}" cannot be handled as a '
+                                f"{rtype.kind}: strict decoding error: " + ", ".join(
+                                    f'unknown field "{p}"' for p in pruned))
+        if opts.field_validation == "Warn":
+            opts.warnings.extend(f'unknown field "{p}"' for p in pruned)
 
     def _prepare_custom(self, rtype: ResourceType, obj: dict, opts: WriteOptions,
                         errs: list[FieldError]) -> None:
@@ -984,6 +998,7 @@ class Store:
         """Turn a requested new state into the stored one (with real strategy rules) and save it."""
         old_meta = old["metadata"]
         name = old_meta["name"]
+        self._prune_builtin(rtype, new, opts)
         if subresource == "status":
             status = new.get("status")
             new = dict(old)

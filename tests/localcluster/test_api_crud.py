@@ -26,9 +26,13 @@ def raw(server: ServerThread, method: str, path: str, body: bytes | None = None,
                                  headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, joined(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, joined(exc.headers), exc.read()
+
+
+def joined(headers: Any) -> dict[str, str]:
+    return {key: ", ".join(headers.get_all(key)) for key in set(headers.keys())}
 
 
 def status_of(exc: ApiException) -> dict[str, Any]:
@@ -448,3 +452,20 @@ def test_unexpected_exception_is_500_and_server_survives(apiserver: ServerThread
     finally:
         apiserver.call(lambda: setattr(store, "list_refs", original))
     assert core.list_namespaced_pod("default").items == []
+
+
+def test_unknown_fields_of_builtin_kinds(apiserver: ServerThread, core: client.CoreV1Api) -> None:
+    body = {"metadata": {"name": "p", "bogus": 1}, "spec": {
+        "containers": [{"name": "main", "image": "python:3.11", "imagee": "typo"}], "extra": 1}}
+    code, headers, data = raw(apiserver, "POST", "/api/v1/namespaces/default/pods",
+                              json.dumps(body).encode())
+    created = json.loads(data)
+    assert code == 201 and "extra" not in created["spec"] and "bogus" not in created["metadata"]
+    assert "imagee" not in created["spec"]["containers"][0]
+    assert 'unknown field \\"spec.containers[0].imagee\\"' in headers["Warning"]
+    body["metadata"]["name"] = "q"
+    code, _, data = raw(apiserver, "POST",
+                        "/api/v1/namespaces/default/pods?fieldValidation=Strict",
+                        json.dumps(body).encode())
+    assert code == 400
+    assert 'strict decoding error: unknown field "metadata.bogus"' in json.loads(data)["message"]
