@@ -1,0 +1,289 @@
+"""The install manifests: parsed, schema-valid, and consistent with each other and with the code.
+
+Nothing here needs a cluster: ``kubectl kustomize`` builds the base, the Kubernetes 1.37 schemas
+(strict) and our CRDs' schemas judge every object, and the cross-checks compare the manifests
+with the constants the code uses (kernel labels and ports, class paths, command-line flags).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from elastic_kernels.cull import build_parser as cull_parser
+from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.kube import resources as R
+from elastic_kernels.provisioner.render import KERNEL_PORTS
+
+from .manifests import (
+    DEPLOY,
+    KERNELSPECS,
+    NAMESPACE,
+    REPO,
+    JSON,
+    by_ident,
+    cr_problems,
+    crd_schemas,
+    find,
+    is_custom,
+    kustomize,
+    load_docs,
+    manifest_files,
+    pod_spec,
+    validate_builtin,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+GATEWAY_LABELS = {"app.kubernetes.io/name": "elastic-kernels",
+                  "app.kubernetes.io/component": "gateway"}
+EXPECTED_BASE = {
+    ("Namespace", "", NAMESPACE),
+    ("CustomResourceDefinition", "", "jupyterkernels.elastic.jupyter.org"),
+    ("CustomResourceDefinition", "", "jupyterkernelspecs.elastic.jupyter.org"),
+    ("CustomResourceDefinition", "", "jupyterkerneltemplates.elastic.jupyter.org"),
+    *((kind, NAMESPACE, "elastic-kernels-gateway") for kind in (
+        "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget")),
+    *((kind, NAMESPACE, "elastic-kernels-cull") for kind in (
+        "ServiceAccount", "Role", "RoleBinding", "CronJob")),
+    *((kind, NAMESPACE, "elastic-kernels-notebook") for kind in (
+        "ServiceAccount", "Deployment", "Service")),
+    ("PersistentVolumeClaim", NAMESPACE, "elastic-kernels-notebooks"),
+    ("NetworkPolicy", NAMESPACE, "elastic-kernels-kernels"),
+}
+
+
+@pytest.fixture(scope="module")
+def base() -> list[JSON]:
+    return kustomize(DEPLOY)
+
+
+def _docs_of(path: Path) -> list[JSON]:
+    return [d for d in load_docs(path.read_text(), str(path))
+            if d.get("kind") not in ("Kustomization", "Component")]
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_manifest_file_is_valid(path: Path) -> None:
+    docs = load_docs(path.read_text(), str(path))
+    assert docs, f"{path} holds no document"
+    schemas = crd_schemas()
+    for doc in docs:
+        if doc.get("kind") in ("Kustomization", "Component"):
+            assert str(doc.get("apiVersion", "")).startswith("kustomize.config.k8s.io/")
+        elif is_custom(doc):
+            assert cr_problems(doc, schemas) == [], (path, doc["metadata"]["name"])
+        else:
+            validate_builtin(doc)
+
+
+def test_the_judges_refuse_broken_objects(base: list[JSON]) -> None:
+    """The validators above are not vacuous: each refuses a typical mistake."""
+    deployment = copy.deepcopy(find(base, "Deployment", "elastic-kernels-gateway"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(deployment)
+    role = copy.deepcopy(find(base, "Role", "elastic-kernels-gateway"))
+    role["rules"][0]["verbs"] = "get"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(role)
+
+    schemas = crd_schemas()
+    spec = next(d for d in _docs_of(KERNELSPECS / "python-gpu.yaml")
+                if d["kind"] == "JupyterKernelSpec")
+    typo = copy.deepcopy(spec)
+    typo["spec"]["culling"]["idleTimout"] = "30m"
+    assert any("idleTimout" in p for p in cr_problems(typo, schemas))
+    wrong = copy.deepcopy(spec)
+    wrong["spec"]["argv"] = "python -m ipykernel"
+    assert cr_problems(wrong, schemas)
+
+
+def test_kustomize_base_has_every_object_valid(base: list[JSON]) -> None:
+    objects = by_ident(base)
+    assert set(objects) == EXPECTED_BASE
+    for doc in base:
+        validate_builtin(doc)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "elastic-kernels"
+    for binding in (d for d in base if d["kind"] == "RoleBinding"):
+        name = binding["metadata"]["name"]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+                                        "namespace": NAMESPACE}]
+
+
+def test_workloads_are_locked_down(base: list[JSON]) -> None:
+    for kind, name in (("Deployment", "elastic-kernels-gateway"),
+                       ("Deployment", "elastic-kernels-notebook"),
+                       ("CronJob", "elastic-kernels-cull")):
+        spec = pod_spec(find(base, kind, name))
+        ctx = spec["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 1000
+        assert ctx["runAsGroup"] == 100
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec["containers"]:
+            image = container["image"]
+            assert re.fullmatch(r"ghcr\.io/elastic-kernels/[a-z-]+:\d+\.\d+\.\d+", image), image
+            c = container["securityContext"]
+            assert c["allowPrivilegeEscalation"] is False
+            assert c["readOnlyRootFilesystem"] is True
+            assert c["capabilities"] == {"drop": ["ALL"]}
+            assert container["resources"]["requests"] and container["resources"]["limits"]
+            # A read-only root needs a writable /tmp.
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+            # Tokens come from Secrets, never from the command line.
+            assert not any(a.startswith(("--token", "--GatewayClient.auth_token",
+                                         "--IdentityProvider.token"))
+                           for a in container.get("args", []))
+    notebook = pod_spec(find(base, "Deployment", "elastic-kernels-notebook"))
+    assert notebook["automountServiceAccountToken"] is False
+
+
+def test_gateway_deployment(base: list[JSON]) -> None:
+    deployment = find(base, "Deployment", "elastic-kernels-gateway")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    template = deployment["spec"]["template"]
+    assert GATEWAY_LABELS.items() <= template["metadata"]["labels"].items()
+    spec = template["spec"]
+    assert spec["serviceAccountName"] == "elastic-kernels-gateway"
+    assert spec["terminationGracePeriodSeconds"] >= 10
+    (container,) = spec["containers"]
+    assert container["command"] == ["elastic-kernels", "gateway"]
+    assert "--ip=$(POD_IP)" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["ELASTIC_KERNELS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "elastic-kernels-gateway-token", "key": "token"}
+    port = container["ports"][0]
+    assert port == {"name": "http", "containerPort": 8888, "protocol": "TCP"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        # GET /api is the gateway's unauthenticated endpoint (see test_gateway_probe_endpoint).
+        assert container[probe]["httpGet"] == {"path": "/api", "port": "http"}
+
+    service = find(base, "Service", "elastic-kernels-gateway")
+    assert service["spec"]["selector"] == GATEWAY_LABELS
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    pdb = find(base, "PodDisruptionBudget", "elastic-kernels-gateway")
+    assert pdb["spec"]["selector"]["matchLabels"] == GATEWAY_LABELS
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def _expand(args: list[str], env: dict[str, str]) -> list[str]:
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), a)
+            for a in args]
+
+
+def test_gateway_command_line_is_understood_by_the_gateway(base: list[JSON]) -> None:
+    """Every flag parses, and every class it names imports (a typo would crash-loop the pod)."""
+    container = pod_spec(find(base, "Deployment", "elastic-kernels-gateway"))["containers"][0]
+    args = _expand(container["args"], {"POD_IP": "10.1.2.3", "POD_NAMESPACE": NAMESPACE,
+                                       "POD_NAME": "elastic-kernels-gateway-abc"})
+    app = ElasticGatewayApp()
+    app.parse_command_line(args)
+    assert app.ip == "10.1.2.3" and app.port == 8888
+    assert app.namespace == NAMESPACE
+    assert app.gateway_id == "elastic-kernels-gateway-abc"
+    server = app.config.ServerApp
+    for trait in ("kernel_manager_class", "kernel_spec_manager_class"):
+        module, _, name = server[trait].rpartition(".")
+        assert hasattr(importlib.import_module(module), name), server[trait]
+    assert dict(server.jpserver_extensions) == {"elastic_kernels": True}
+
+
+def test_cull_cronjob(base: list[JSON]) -> None:
+    cron = find(base, "CronJob", "elastic-kernels-cull")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod_spec(cron)
+    assert spec["serviceAccountName"] == "elastic-kernels-cull"
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    assert container["command"] == ["elastic-kernels", "cull"]
+    args = cull_parser().parse_args(_expand(container["args"], {"POD_NAMESPACE": NAMESPACE}))
+    assert args.namespace == NAMESPACE
+    assert args.dry_run is False
+    assert args.idle_timeout == 24 * 3600 and args.max_age == 7 * 86400
+    assert args.orphan_grace == 300
+
+
+def test_notebook_server_talks_to_the_gateway_service(base: list[JSON]) -> None:
+    deployment = find(base, "Deployment", "elastic-kernels-notebook")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    spec = pod_spec(deployment)
+    (container,) = spec["containers"]
+    assert container["command"] == ["jupyter", "lab"]
+    args = container["args"]
+    service = find(base, "Service", "elastic-kernels-gateway")
+    port = service["spec"]["ports"][0]["port"]
+    assert f"--gateway-url=http://{service['metadata']['name']}:{port}" in args
+    flag = next(a for a in args if a.startswith("--ServerApp.kernel_websocket_connection_class="))
+    module, _, name = flag.split("=", 1)[1].rpartition(".")
+    assert hasattr(importlib.import_module(module), name)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JUPYTER_GATEWAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "elastic-kernels-gateway-token", "key": "token"}
+    claim = find(base, "PersistentVolumeClaim", "elastic-kernels-notebooks")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["home"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+def test_network_policy_admits_only_gateways_to_kernel_ports(base: list[JSON]) -> None:
+    policy = find(base, "NetworkPolicy", "elastic-kernels-kernels")["spec"]
+    kernel_labels = dict(part.split("=") for part in R.KERNEL_SELECTOR.split(","))
+    assert policy["podSelector"] == {"matchLabels": kernel_labels}
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": GATEWAY_LABELS}}]
+    ports = sorted(KERNEL_PORTS.values())
+    assert ports == list(range(ports[0], ports[-1] + 1))
+    assert rule["ports"] == [{"protocol": "TCP", "port": ports[0], "endPort": ports[-1]}]
+    # The gateway's pods carry the labels the policy admits.
+    gateway = find(base, "Deployment", "elastic-kernels-gateway")
+    assert GATEWAY_LABELS.items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+
+
+def _overlay(tmp_path: Path, body: str) -> Path:
+    rel = os.path.relpath(DEPLOY, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(body.replace("DEPLOY", rel))
+    return tmp_path
+
+
+def test_kernelspecs_component_adds_the_example_kernelspecs(tmp_path: Path,
+                                                            base: list[JSON]) -> None:
+    docs = kustomize(_overlay(tmp_path, "resources:\n  - DEPLOY\n"
+                                        "components:\n  - DEPLOY/components/kernelspecs\n"))
+    added = {k: v for k, v in by_ident(docs).items() if k not in by_ident(base)}
+    assert set(added) == {("JupyterKernelSpec", NAMESPACE, "python-cpu"),
+                          ("JupyterKernelSpec", NAMESPACE, "python-gpu"),
+                          ("JupyterKernelTemplate", NAMESPACE, "cpu"),
+                          ("JupyterKernelTemplate", NAMESPACE, "gpu")}
+    schemas = crd_schemas()
+    for doc in added.values():
+        assert cr_problems(doc, schemas) == []
+
+
+def test_another_namespace_as_the_admin_guide_says(tmp_path: Path) -> None:
+    """The overlay from docs/admin-guide.md moves everything, RoleBinding subjects included."""
+    guide = (REPO / "docs" / "admin-guide.md").read_text()
+    block = re.search(r"<!-- namespace-overlay -->\s*```yaml\n(.*?)```", guide, re.S)
+    assert block, "docs/admin-guide.md lost its namespace overlay example"
+    body = block.group(1).replace("../elastic-kernels/deploy", "DEPLOY")
+    docs = kustomize(_overlay(tmp_path, body))
+    for doc in docs:
+        meta = doc["metadata"]
+        if doc["kind"] == "Namespace":
+            assert meta["name"] == "ml-team"
+        elif doc["kind"] != "CustomResourceDefinition":
+            assert meta["namespace"] == "ml-team", doc["kind"]
+        for subject in doc.get("subjects", []):
+            assert subject["namespace"] == "ml-team"
+        validate_builtin(doc) if not is_custom(doc) else None
+    assert "elastic-kernels" not in {d["metadata"].get("namespace") for d in docs}
