@@ -126,7 +126,8 @@ async def sustained(port: int, total: int, concurrency: int, windows: int) -> No
         await setup.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
     for i in range(10):
         await setup.request("POST", "/api/v1/namespaces/bench-list/configmaps",
-                            {"metadata": {"name": f"l{i}", "labels": {"set": "a" if i % 2 else "b"}},
+                            {"metadata": {"name": f"l{i}",
+                                          "labels": {"set": "a" if i % 2 else "b"}},
                              "data": {"k": "v"}})
     await setup.request("POST", "/api/v1/namespaces/bench/configmaps",
                         {"metadata": {"name": "seed"}, "data": {"k": "v"}})

@@ -118,8 +118,9 @@ class RequestCounter:
         self._by_user.clear()
         self.nonresource.clear()
 
-    def total(self, counts: Counter[RequestKey] | None = None, *, verbs: Iterable[str] | None = None,
-              group: str | None = None, resource: str | None = None) -> int:
+    def total(self, counts: Counter[RequestKey] | None = None, *,
+              verbs: Iterable[str] | None = None, group: str | None = None,
+              resource: str | None = None) -> int:
         counts = self._counts if counts is None else counts
         wanted = set(verbs) if verbs is not None else None
         return sum(n for (verb, g, res, _sub, _ns), n in counts.items()
@@ -300,8 +301,8 @@ def decode_protobuf(raw: bytes) -> dict[str, Any]:
         kind = type_meta.get(2, b"").decode()
         if (api_version, kind) not in _PB_KINDS:
             raise ApiError(415, "UnsupportedMediaType",
-                           f"this server decodes protobuf only for ConfigMap, Secret, Namespace and "
-                           f"ServiceAccount, not {api_version}/{kind}; send the object as JSON "
+                           "this server decodes protobuf only for ConfigMap, Secret, Namespace "
+                           f"and ServiceAccount, not {api_version}/{kind}; send the object as JSON "
                            "(for example with `kubectl create -f`)")
         obj = _pb_message(envelope.get(2, b""), kind)
     except (ValueError, UnicodeDecodeError, KeyError) as exc:
@@ -481,7 +482,8 @@ def _builtin_table(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, dat
                 _AGE_COL, _column("IP", priority=1, description="The IP address of the pod."),
                 _column("Node", priority=1, description="The name of the node."),
                 _column("Nominated Node", priority=1, description="The nominated node."),
-                _column("Readiness Gates", priority=1, description="The readiness gates.")], _pod_row
+                _column("Readiness Gates", priority=1,
+                        description="The readiness gates.")], _pod_row
     if key == ("", "namespaces"):
         return [_NAME_COL, _column("Status"), _AGE_COL], lambda o, now: [
             o["metadata"]["name"], (o.get("status") or {}).get("phase", ""), _age(o, now)]
@@ -666,7 +668,8 @@ class _Handler(tornado.web.RequestHandler):
         try:
             return int(value)  # type: ignore[arg-type]
         except ValueError:
-            raise E.bad_request(f"invalid value for {name}: {value!r}: must be an integer") from None
+            raise E.bad_request(f"invalid value for {name}: {value!r}: must be an "
+                                "integer") from None
 
     def _authenticate(self) -> None:
         header = self.request.headers.get("Authorization", "")
@@ -680,9 +683,12 @@ class _Handler(tornado.web.RequestHandler):
             raise ApiError(401, "Unauthorized", "Unauthorized")
         self._user = user
 
+    def _content_type(self) -> str:
+        return (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
     def _body(self, allow_yaml: bool = False) -> Any:
         raw = self.request.body
-        content_type = (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        content_type = self._content_type()
         if content_type == "application/vnd.kubernetes.protobuf":
             return decode_protobuf(raw)
         if not raw or not raw.strip():
@@ -1031,11 +1037,12 @@ class _Handler(tornado.web.RequestHandler):
         self._object_response(route, obj)
 
     def _patch(self, route: Route) -> None:
-        content_type = (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        content_type = self._content_type()
         patch_type = _PATCH_TYPES.get(content_type)
         if patch_type is None:
-            raise E.unsupported_media_type(content_type, _PATCH_ACCEPTED if route.rtype.strategic_merge
-                                           else _PATCH_ACCEPTED[:3])
+            raise E.unsupported_media_type(
+                content_type, _PATCH_ACCEPTED if route.rtype.strategic_merge
+                else _PATCH_ACCEPTED[:3])
         if patch_type == "strategic" and not route.rtype.strategic_merge:
             raise E.unsupported_media_type(content_type, _PATCH_ACCEPTED[:3])
         patch = self._body(allow_yaml=patch_type == "apply")
@@ -1090,8 +1097,8 @@ class _Handler(tornado.web.RequestHandler):
         grace, propagation, preconditions, opts = self._delete_options()
         ns = self._namespace_required(route)
         rtype = route.rtype
-        obj = self.store.delete_ref(rtype, ns, route.name, grace, propagation,  # type: ignore[arg-type]
-                                    preconditions, opts)
+        obj = self.store.delete_ref(rtype, ns, route.name,  # type: ignore[arg-type]
+                                    grace, propagation, preconditions, opts)
         try:
             self.store.get_ref(rtype, ns, route.name)  # type: ignore[arg-type]
             removed = opts.dry_run

@@ -1,9 +1,10 @@
 """Kubernetes-shaped errors for the local cluster.
 
 Every failure the local API server reports must reach clients as a ``kind: Status`` body that the
-official client and kubectl interpret exactly as they would a real cluster's (``ApiException.status``,
-``kubectl``'s ``Error from server (NotFound): ...``).  Keeping the shapes in one place means the
-store, the schema validator and the HTTP layer cannot drift apart in how they word or code errors.
+official client and kubectl interpret exactly as they would a real cluster's
+(``ApiException.status``, ``kubectl``'s ``Error from server (NotFound): ...``).  Keeping the
+shapes in one place means the store, the schema validator and the HTTP layer cannot drift apart
+in how they word or code errors.
 """
 
 from __future__ import annotations

@@ -333,8 +333,9 @@ class OpenAPIDocuments:
 
     def v3_index(self) -> dict[str, Any]:
         self._refresh()
-        return {"paths": {key: {"serverRelativeURL": f"/openapi/v3/{key}?hash={self._v3_hashes[key]}"}
-                          for key in self._v3}}
+        return {"paths": {
+            key: {"serverRelativeURL": f"/openapi/v3/{key}?hash={self._v3_hashes[key]}"}
+            for key in self._v3}}
 
     def v3_group_version(self, key: str) -> dict[str, Any] | None:
         self._refresh()

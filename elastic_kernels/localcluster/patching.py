@@ -1,9 +1,9 @@
 """JSON merge patch, JSON patch and strategic merge patch, as the API server applies them.
 
 Strategic merge patch needs to know which lists merge by which key; that knowledge is Go struct
-tags in a real cluster.  It is encoded here (``PATCH_META``) for the built-in kinds the local cluster
-serves; the OpenAPI documents publish the same table so kubectl's client-side apply produces patches
-that this module understands.
+tags in a real cluster.  It is encoded here (``PATCH_META``) for the built-in kinds the local
+cluster serves; the OpenAPI documents publish the same table so kubectl's client-side apply
+produces patches that this module understands.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def json_patch(target: dict, patch: Any) -> dict:
         raise unprocessable(f"the server rejected our request due to an error in our request: "
                             f"{exc}") from None
     if not isinstance(result, dict):
-        raise unprocessable("the server rejected our request: the patched document is not an object")
+        raise unprocessable("the server rejected our request: the patched document is not an "
+                            "object")
     return result
 
 
@@ -124,7 +125,7 @@ _DIRECTIVE = "$patch"
 def _strip_directives(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_directives(v) for k, v in value.items()
-                if not (k.startswith("$setElementOrder/") or k.startswith("$deleteFromPrimitiveList/")
+                if not (k.startswith(("$setElementOrder/", "$deleteFromPrimitiveList/"))
                         or k in (_DIRECTIVE, "$retainKeys"))}
     if isinstance(value, list):
         return [_strip_directives(v) for v in value]
@@ -208,15 +209,16 @@ def apply_patch(original: dict, patch: Any, patch_type: str, kind: str,
     if patch_type == "json":
         return json_patch(original, patch)
     if not isinstance(patch, dict):
-        raise bad_request("json: cannot unmarshal array into Go value of type map[string]interface {}")
+        raise bad_request("json: cannot unmarshal array into Go value of type "
+                          "map[string]interface {}")
     if patch_type == "merge":
         return merge_patch(original, patch)
     if patch_type == "strategic":
         if not strategic_allowed:
             raise ApiError(415, "UnsupportedMediaType",
-                           "the body of the request was in an unknown format - accepted media types "
-                           "include: application/json-patch+json, application/merge-patch+json, "
-                           "application/apply-patch+yaml")
+                           "the body of the request was in an unknown format - accepted media "
+                           "types include: application/json-patch+json, "
+                           "application/merge-patch+json, application/apply-patch+yaml")
         return strategic_merge_patch(original, patch, patch_meta_for(kind))
     if patch_type == "apply":
         if strategic_allowed:

@@ -7,7 +7,7 @@ everywhere.  The values follow what a real 1.3x kube-apiserver advertises for th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 ResourceKey = tuple[str, str]  # (group, plural); core group is ""
@@ -101,7 +101,8 @@ _POD_FIELDS = ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP",
                "status.nominatedNodeName")
 _EVENT_FIELDS = ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
-                 "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+                 "involvedObject.uid", "involvedObject.apiVersion",
+                 "involvedObject.resourceVersion",
                  "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type")
 _EVENTS_V1_ALIASES = tuple((f"regarding.{f.split('.', 1)[1]}", f) for f in _EVENT_FIELDS
                            if f.startswith("involvedObject.")) + (
@@ -130,8 +131,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "event", "Event", True, ("ev",), field_labels=_EVENT_FIELDS,
                  model="CoreV1Event"),
     ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",),
-                 field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES, storage=("", "events"),
-                 model="CoreV1Event"),
+                 field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES,
+                 storage=("", "events"), model="CoreV1Event"),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, model="V1Lease"),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False, ("crd", "crds"),
@@ -245,7 +246,7 @@ class Registry:
         return list(self._types.values())
 
     def for_version(self, group: str, version: str, plural: str) -> ResourceType | None:
-        """The type served at ``/apis/{group}/{version}/{plural}``, or None when not served there."""
+        """The type served at ``/apis/{group}/{version}/{plural}``, or None if not served."""
         rtype = self._types.get((group, plural))
         if rtype is None or version not in rtype.versions():
             return None

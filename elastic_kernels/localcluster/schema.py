@@ -228,7 +228,8 @@ class StructuralSchema:
         if value is None:
             if not schema.get("nullable") and schema.get("type"):
                 errors.append(invalid(path, "null",
-                                      f"{where} in body must be of type {schema['type']}: \"null\""))
+                                      f"{where} in body must be of type {schema['type']}: "
+                                      '"null"'))
             return
         if schema.get("x-kubernetes-int-or-string"):
             if isinstance(value, bool) or not isinstance(value, (int, str)) and not (
@@ -430,8 +431,9 @@ def validate_crd(crd: dict) -> list[FieldError]:
     if not kind:
         errors.append(required("spec.names.kind"))
     elif not _KIND_RE.match(kind):
-        errors.append(invalid("spec.names.kind", kind, "may have mixed case, but should "
-                                                       "otherwise match: [a-z]([-a-z0-9]*[a-z0-9])?"))
+        errors.append(invalid("spec.names.kind", kind,
+                              "may have mixed case, but should otherwise match: "
+                              "[a-z]([-a-z0-9]*[a-z0-9])?"))
     singular = names.get("singular")
     if singular and not _DNS_LABEL_RE.match(singular):
         errors.append(invalid("spec.names.singular", singular, "a lowercase RFC 1123 label"))
@@ -507,8 +509,9 @@ def _check_schema(schema: Any, path: str) -> list[FieldError]:
     stype = schema.get("type")
     if stype is not None and stype not in _SCHEMA_TYPES:
         errors.append(not_supported(f"{path}.type", stype, list(_SCHEMA_TYPES)))
-    if stype is None and not schema.get("x-kubernetes-int-or-string") and not schema.get(
-            "x-kubernetes-preserve-unknown-fields") and ("properties" in schema or "items" in schema):
+    untyped_ok = schema.get("x-kubernetes-int-or-string") or schema.get(
+        "x-kubernetes-preserve-unknown-fields")
+    if stype is None and not untyped_ok and ("properties" in schema or "items" in schema):
         errors.append(required(f"{path}.type", "must not be empty for specified object fields"))
     if schema.get("additionalProperties") is False:
         errors.append(forbidden(f"{path}.additionalProperties", "must not be used if the "

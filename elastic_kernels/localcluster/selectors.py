@@ -2,7 +2,8 @@
 
 Lists and watches of the local cluster filter with these, so a client that relies on
 ``labelSelector=app in (a,b),!canary`` or ``fieldSelector=spec.nodeName=node-1`` sees exactly the
-objects a real cluster would return, and a malformed selector is a 400 instead of a silent match-all.
+objects a real cluster would return, and a malformed selector is a 400 instead of a silent
+match-all.
 Parsed selectors are cached because informers send the same selector string on every reconnect.
 """
 
@@ -24,16 +25,18 @@ def label_key_error(key: str) -> str | None:
     """Why ``key`` is not a valid qualified label key (prefix/name), or None when it is."""
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
-        return ("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                "characters, '-' or '.', and must start and end with an alphanumeric character")
+        return ("prefix part a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character")
     if not name:
         return "name part must be non-empty"
     if len(name) > 63:
         return "name part must be no more than 63 characters"
     if not _NAME_PART_RE.match(name):
-        return ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
-                "and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
-                "'123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+        return ("name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+                "start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
+                "'123-abc', regex used for validation is "
+                "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
     return None
 
 
@@ -101,13 +104,13 @@ def _lex(text: str) -> list[str]:
     while pos < len(text):
         match = _TOKEN_RE.match(text, pos)
         if not match:
-            raise bad_request(f"unable to parse requirement: unexpected character at {pos} in {text!r}")
+            raise _parse_error(f"unexpected character at {pos} in {text!r}")
         tokens.append(match.group(1))
         pos = match.end()
     return tokens
 
 
-def _selector_error(selector: str, why: str) -> ApiError:
+def _parse_error(why: str) -> ApiError:
     return bad_request(f"unable to parse requirement: {why}")
 
 
@@ -122,8 +125,8 @@ def parse_label_selector(selector: str | None) -> LabelSelector:
 
     def value_at(j: int) -> str:
         if j >= len(tokens) or tokens[j] in ("!=", "==", "=", "!", "(", ")", ",", "<", ">"):
-            raise _selector_error(selector, f"found '{tokens[j] if j < len(tokens) else ''}', "
-                                            "expected: identifier")
+            raise _parse_error(f"found '{tokens[j] if j < len(tokens) else ''}', "
+                               "expected: identifier")
         return tokens[j]
 
     while i < len(tokens):
@@ -132,12 +135,12 @@ def parse_label_selector(selector: str | None) -> LabelSelector:
             negate = True
             i += 1
         if i >= len(tokens) or tokens[i] in ("!=", "==", "=", "!", "(", ")", ",", "<", ">"):
-            raise _selector_error(selector, "found '" + (tokens[i] if i < len(tokens) else "")
-                                  + "', expected: !, identifier, or 'end of string'")
+            raise _parse_error("found '" + (tokens[i] if i < len(tokens) else "")
+                               + "', expected: !, identifier, or 'end of string'")
         key = tokens[i]
         why = label_key_error(key)
         if why:
-            raise _selector_error(selector, f'key: Invalid value: "{key}": {why}')
+            raise _parse_error(f'key: Invalid value: "{key}": {why}')
         i += 1
         if negate:
             requirements.append(LabelRequirement(key, "!"))
@@ -152,17 +155,17 @@ def parse_label_selector(selector: str | None) -> LabelSelector:
                     i += 1
                 why = label_value_error(value)
                 if why:
-                    raise _selector_error(selector, f'values[0][{key}]: Invalid value: "{value}": {why}')
+                    raise _parse_error(f'values[0][{key}]: Invalid value: "{value}": {why}')
                 requirements.append(LabelRequirement(key, "!=" if op == "!=" else "=", (value,)))
             elif op in ("in", "notin"):
                 if i >= len(tokens) or tokens[i] != "(":
-                    raise _selector_error(selector, f"found '{tokens[i] if i < len(tokens) else ''}'"
-                                                    ", expected: '('")
+                    raise _parse_error(f"found '{tokens[i] if i < len(tokens) else ''}'"
+                                       ", expected: '('")
                 i += 1
                 values: list[str] = []
                 while True:
                     if i >= len(tokens):
-                        raise _selector_error(selector, "found '', expected: ')'")
+                        raise _parse_error("found '', expected: ')'")
                     if tokens[i] == ")":
                         i += 1
                         break
@@ -174,30 +177,30 @@ def parse_label_selector(selector: str | None) -> LabelSelector:
                     value = tokens[i]
                     why = label_value_error(value)
                     if why:
-                        raise _selector_error(selector, f'values[{len(values)}][{key}]: Invalid value: '
-                                                        f'"{value}": {why}')
+                        raise _parse_error(f'values[{len(values)}][{key}]: Invalid value: '
+                                           f'"{value}": {why}')
                     values.append(value)
                     i += 1
                 if not values:
-                    raise _selector_error(selector, f"values: Invalid value: for 'in', 'notin' "
-                                                    "operators, values set can't be empty")
+                    raise _parse_error(f"values: Invalid value: for 'in', 'notin' "
+                                       "operators, values set can't be empty")
                 requirements.append(LabelRequirement(key, op, tuple(values)))
             elif op in ("<", ">"):
                 value = value_at(i)
                 i += 1
                 if not re.fullmatch(r"-?\d+", value):
-                    raise _selector_error(selector, f'values[0]: Invalid value: "{value}": for '
-                                                    "'Gt', 'Lt' operators, the value must be an integer")
+                    raise _parse_error(f'values[0]: Invalid value: "{value}": for '
+                                       "'Gt', 'Lt' operators, the value must be an integer")
                 requirements.append(LabelRequirement(key, "gt" if op == ">" else "lt", (value,)))
             else:
-                raise _selector_error(selector, f"found '{op}', expected: in, notin, =, ==, !=, gt, "
-                                                "lt")
+                raise _parse_error(f"found '{op}', expected: in, notin, =, ==, !=, gt, "
+                                   "lt")
         if i < len(tokens):
             if tokens[i] != ",":
-                raise _selector_error(selector, f"found '{tokens[i]}', expected: ',' or 'end of string'")
+                raise _parse_error(f"found '{tokens[i]}', expected: ',' or 'end of string'")
             i += 1
             if i >= len(tokens):
-                raise _selector_error(selector, "found '', expected: !, identifier")
+                raise _parse_error("found '', expected: !, identifier")
     return LabelSelector(requirements)
 
 
@@ -208,7 +211,8 @@ def label_selector_from_dict(selector: dict | None) -> LabelSelector:
     reqs = [LabelRequirement(k, "=", (v,)) for k, v in (selector.get("matchLabels") or {}).items()]
     ops = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
     for expr in selector.get("matchExpressions") or []:
-        reqs.append(LabelRequirement(expr["key"], ops[expr["operator"]], tuple(expr.get("values") or ())))
+        reqs.append(LabelRequirement(expr["key"], ops[expr["operator"]],
+                                     tuple(expr.get("values") or ())))
     return LabelSelector(reqs)
 
 

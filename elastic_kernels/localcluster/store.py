@@ -56,13 +56,16 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
-_SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters,"
-                  " '-' or '.', and must start and end with an alphanumeric character (e.g. "
-                  "'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0"
-                  "-9]([-a-z0-9]*[a-z0-9])?)*')")
-_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-',"
-              " and must start and end with an alphanumeric character (e.g. 'my-name',  or "
+_SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                  "characters, '-' or '.', and must start and end with an alphanumeric character "
+                  "(e.g. 'example.com', regex used for validation is "
+                  "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or "
+              "'-', and must start and end with an alphanumeric character (e.g. 'my-name',  or "
               "'123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+_CONFIG_KEY_MSG = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+                   "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation "
+                   "is '[-._a-zA-Z0-9]+')")
 
 
 def now_rfc3339(offset_seconds: float = 0) -> str:
@@ -502,7 +505,7 @@ class Store:
     def watcher_count(self) -> int:
         return sum(len(s.watchers) for s in self._states.values())
 
-    # -- internal write plumbing ---------------------------------------------------------------------
+    # -- internal write plumbing -------------------------------------------------------------
 
     def _emit(self, state: _TypeState, etype: str, obj: dict, prev: dict | None) -> None:
         event = _Event(int(obj["metadata"]["resourceVersion"]), etype, obj, prev)
@@ -581,7 +584,7 @@ class Store:
                 except ApiError as exc:
                     if exc.code not in (404, 409):
                         log.warning("background cleanup failed: %s", exc.message)
-                except Exception:  # noqa: BLE001 - cleanup must never break the write that queued it
+                except Exception:  # noqa: BLE001 - cleanup must not break the write that queued it
                     log.exception("background cleanup failed")
         finally:
             self._draining = False
@@ -619,7 +622,8 @@ class Store:
         finalizers = meta.get("finalizers")
         if finalizers is not None:
             if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
-                errs.append(E.invalid("metadata.finalizers", finalizers, "must be a list of strings"))
+                errs.append(E.invalid("metadata.finalizers", finalizers,
+                                      "must be a list of strings"))
             else:
                 for index, fin in enumerate(finalizers):
                     if "/" not in fin and fin not in (FOREGROUND, ORPHAN, "kubernetes"):
@@ -1079,7 +1083,8 @@ class Store:
             obj["status"] = work["status"]
         return [e for e in schema.validate(work) if e.field.startswith("status")]
 
-    def _prepare_update(self, rtype: ResourceType, old: dict, new: dict, opts: WriteOptions) -> None:
+    def _prepare_update(self, rtype: ResourceType, old: dict, new: dict,
+                        opts: WriteOptions) -> None:
         key = rtype.storage_key
         errs: list[FieldError] = []
         name = old["metadata"]["name"]
@@ -1279,7 +1284,7 @@ class Store:
             self._delete(rtype, obj, None, "Background")
 
     def _collect_if_orphaned(self, uid: str) -> None:
-        """An object created (or re-owned) after all its owners are gone is garbage, as in real GC."""
+        """An object created (or re-owned) after its owners are gone is garbage, as in real GC."""
         where = self._by_uid.get(uid)
         obj = self._lookup(where) if where else None
         if obj is None:
@@ -1586,11 +1591,7 @@ def _validate_config_keys(obj: dict, field_name: str, errs: list[FieldError]) ->
         return
     for key, value in values.items():
         if len(key) > 253 or not _CONFIG_KEY_RE.match(key):
-            errs.append(E.invalid(f"{field_name}[{key}]", key, "a valid config key must consist of "
-                                                              "alphanumeric characters, '-', '_' or "
-                                                              "'.' (e.g. 'key.name',  or 'KEY_NAME',"
-                                                              "  or 'key-name', regex used for "
-                                                              "validation is '[-._a-zA-Z0-9]+')"))
+            errs.append(E.invalid(f"{field_name}[{key}]", key, _CONFIG_KEY_MSG))
         if not isinstance(value, str):
             errs.append(E.invalid(f"{field_name}[{key}]", value, "must be a string"))
 

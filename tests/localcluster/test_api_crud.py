@@ -79,8 +79,9 @@ def test_create_fills_system_fields_and_defaults(core: client.CoreV1Api) -> None
 def test_resource_version_increases_on_every_write(core: client.CoreV1Api) -> None:
     versions = []
     for i in range(3):
-        versions.append(int(core.create_namespaced_config_map(
-            "default", {"metadata": {"name": f"c{i}"}, "data": {"k": "v"}}).metadata.resource_version))
+        created = core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"c{i}"}, "data": {"k": "v"}})
+        versions.append(int(created.metadata.resource_version))
     updated = core.patch_namespaced_config_map("c0", "default", {"data": {"k": "w"}})
     versions.append(int(updated.metadata.resource_version))
     assert versions == sorted(versions) and len(set(versions)) == 4

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import GROUP, WIDGET_CRD, WIDGETS, ServerThread
+from .conftest import GROUP, WIDGET_CRD, WIDGETS
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 

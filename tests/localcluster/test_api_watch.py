@@ -7,7 +7,7 @@ import json
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import pytest
