@@ -2,7 +2,7 @@
 
 Precedence: an explicit kubeconfig path; otherwise in-cluster configuration when running in a
 pod; otherwise ``$KUBECONFIG`` or ``~/.kube/config``. The namespace follows the same source: the
-kubeconfig context's namespace, or the pod's own namespace, so ``kubectl apply -f kernelspecs/``
+kubeconfig context's namespace, or the pod's own namespace, so ``kubectl apply -k kernelspecs/``
 and the gateway agree without flags.
 """
 
