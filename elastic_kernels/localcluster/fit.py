@@ -90,10 +90,12 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
 
 
 def needs_scheduling(pod: Mapping[str, Any]) -> bool:
-    """A pod this scheduler should place: unbound, alive, and addressed to the default scheduler."""
+    """A pod this scheduler should place: unbound, alive, not held back by scheduling gates, and
+    addressed to the default scheduler."""
     spec = pod.get("spec") or {}
     meta = pod.get("metadata") or {}
     return (not spec.get("nodeName")
+            and not spec.get("schedulingGates")
             and not meta.get("deletionTimestamp")
             and spec.get("schedulerName", DEFAULT_SCHEDULER) in (DEFAULT_SCHEDULER, "", None)
             and not is_terminal(pod))

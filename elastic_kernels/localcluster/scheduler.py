@@ -217,6 +217,8 @@ class Scheduler:
                 self._wake.set()
             return
         self._queue.pop(uid, None)
+        if (pod.get("spec") or {}).get("schedulingGates"):
+            self._mark_gated(pod)
         if (old is not None and (old.get("spec") or {}).get("nodeName")
                 and not is_terminal(old) and is_terminal(pod)):
             self._capacity_changed()
@@ -295,6 +297,28 @@ class Scheduler:
         self.events.record(bound, "Normal", "Scheduled",
                            f"Successfully assigned {ns}/{name} to {node_name}")
         return bound
+
+    def _mark_gated(self, pod: JSON) -> None:
+        """Say why a gated pod waits, with the condition the real API server sets."""
+        conditions = list((pod.get("status") or {}).get("conditions") or [])
+        if any(c.get("type") == "PodScheduled" and c.get("reason") == "SchedulingGated"
+               for c in conditions):
+            return
+        condition = {
+            "type": "PodScheduled", "status": "False", "lastProbeTime": None,
+            "lastTransitionTime": now_rfc3339(), "reason": "SchedulingGated",
+            "message": "Scheduling is blocked due to non-empty scheduling gates",
+        }
+        conditions = [c for c in conditions if c.get("type") != "PodScheduled"] + [condition]
+        meta = pod["metadata"]
+        try:
+            self._pods[_uid(pod)] = self.store.patch(
+                PODS, meta["namespace"], meta["name"],
+                {"metadata": {"uid": _uid(pod)}, "status": {"conditions": conditions}},
+                "merge", subresource="status")
+        except ApiError as e:
+            if e.code not in (404, 409):
+                raise
 
     def _unschedulable(self, pod: JSON, message: str) -> None:
         meta = pod["metadata"]

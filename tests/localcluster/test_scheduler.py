@@ -309,3 +309,20 @@ async def test_pods_without_requests_spread_over_nodes(tmp_path: Path) -> None:
                 "nodeName")))
             placed.append(p["spec"]["nodeName"])
         assert sorted(placed) == ["local-node-0", "local-node-0", "local-node-1", "local-node-1"]
+
+
+@pytest.mark.timeout(20)
+async def test_scheduling_gates_hold_a_pod_until_removed(tmp_path: Path) -> None:
+    """The gateway's fair GPU queue relies on Pod scheduling readiness (schedulingGates)."""
+    async with running_cluster([NodeConfig("n0", gpus=1)], tmp_path, kubelet=False) as c:
+        store = c.store
+        gated = pod("gated", gpus=1)
+        gated["spec"]["schedulingGates"] = [{"name": "elastic.jupyter.org/gpu-queue"}]
+        store.create(PODS, "default", gated)
+        held = await wait_pod(store, "gated",
+                              lambda p: scheduled_condition(p).get("reason") == "SchedulingGated")
+        assert not held["spec"].get("nodeName")
+        assert not events_for(store, "gated", "FailedScheduling")
+        store.patch(PODS, "default", "gated", {"spec": {"schedulingGates": None}}, "merge")
+        bound = await wait_pod(store, "gated", lambda p: bool(p and p["spec"].get("nodeName")))
+        assert scheduled_condition(bound)["status"] == "True"
