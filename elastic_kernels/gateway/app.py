@@ -1,0 +1,505 @@
+"""``ElasticGatewayApp``: the headless Jupyter server that notebook servers use as ``--gateway-url``.
+
+It *is* a ``jupyter_server.serverapp.ServerApp`` with the web surface cut down to what
+jupyter_server's ``GatewayClient`` / ``GatewayKernelManager`` / ``GatewayKernelSpecManager``
+call, so kernel management, token auth, culling, config files and kernel-manager hooks behave
+exactly as in jupyter_server:
+
+=====================================  ===========================================================
+``GET /api``                           version (jupyter_server)
+``GET /api/status``                    server status (jupyter_server)
+``GET /api/kernelspecs[/{name}]``      kernel specs (jupyter_server)
+``GET /kernelspecs/{name}/{file}``     kernel spec resources, e.g. logos (jupyter_server)
+``GET|POST /api/kernels``              list / start ``{"name", "env"}`` (ours)
+``GET|DELETE /api/kernels/{id}``       model / shut down (ours)
+``POST /api/kernels/{id}/interrupt``   (ours)
+``POST /api/kernels/{id}/restart``     (ours)
+``WS /api/kernels/{id}/channels``      kernel messages (ours; TCP_NODELAY, fast nudge)
+``GET /api/elastic/status``            gateway id, version, kernel and connection counts
+``GET /metrics``                       Prometheus text: kernels, websocket connections, ...
+=====================================  ===========================================================
+
+No contents, files, sessions, terminals, nbconvert or UI: the notebook server keeps those.
+Server extensions found in the Jupyter config paths (JupyterLab, LSP, terminals...) are *not*
+loaded; list one in ``ServerApp.jpserver_extensions`` explicitly if you really want it.
+
+Command line (``elastic-kernels gateway ...`` calls :func:`main`)::
+
+    --ip=127.0.0.1  --port=8888 (0: any free port)  --token=...  (or $ELASTIC_KERNELS_TOKEN)
+    --kubeconfig=PATH (default $KUBECONFIG, else in-cluster)  --namespace=NS
+    --log-level=INFO  --config=FILE  --kernel-manager-class=...  --gateway-id=...
+
+The token is required by default.  Without one a random token is generated and printed once in
+the startup line; a configured token is never printed or logged.  Prefer the environment variable
+to ``--token``: command lines are visible to other users of the machine.
+
+The kernel manager and kernel spec manager are ordinary ``ServerApp.kernel_manager_class`` and
+``ServerApp.kernel_spec_manager_class`` traits.  Their defaults come from the class attributes
+``ElasticGatewayApp.default_kernel_manager_class`` and ``default_kernel_spec_manager_class``
+(today jupyter_server's local ``AsyncMappingKernelManager`` + ``KernelSpecManager``).
+
+Speed and robustness choices (see DESIGN §7):
+
+* TCP_NODELAY on accepted connections and on every kernel websocket after its upgrade;
+* the kernel websocket connection class is :class:`ElasticChannelsConnection`, whose readiness
+  nudge retries after 10 ms instead of 0.5 s;
+* a :class:`ZMQWakeupGuard` re-checks the kernel streams every ``zmq_recheck_interval`` (0.25 s)
+  so a lost ZeroMQ wakeup cannot leave kernel output queued for ever;
+* websocket frames above ``websocket_max_message_size`` (32 MiB) close that one connection with
+  1009; HTTP bodies are capped at ``max_body_size`` (1 MiB; the API only takes small JSON).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import signal
+import socket
+import sys
+import typing as t
+
+from jupyter_core.application import JupyterApp, base_aliases, base_flags
+from jupyter_core.utils import ensure_async
+from jupyter_server._tz import isoformat
+from jupyter_server.base.handlers import Template404
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.utils import url_path_join
+from tornado import httpserver
+from tornado.iostream import IOStream
+from tornado.netutil import bind_sockets
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+
+from elastic_kernels import __version__
+
+from . import handlers as gateway_handlers
+from .auth import TOKEN_ENV
+from .metrics import Metric
+from .zmqguard import ZMQWakeupGuard
+
+if t.TYPE_CHECKING:
+    from zmq.eventloop.zmqstream import ZMQStream
+
+__all__ = ["ElasticGatewayApp", "NoDelayHTTPServer", "main"]
+
+GATEWAY_ID_ENV = "ELASTIC_KERNELS_GATEWAY_ID"
+
+gateway_aliases: dict[str, t.Any] = dict(base_aliases)
+gateway_aliases.update(
+    {
+        "ip": "ElasticGatewayApp.ip",
+        "port": "ElasticGatewayApp.port",
+        "token": "IdentityProvider.token",
+        "kubeconfig": "ElasticGatewayApp.kubeconfig",
+        "namespace": "ElasticGatewayApp.namespace",
+        "gateway-id": "ElasticGatewayApp.gateway_id",
+        "base-url": "ElasticGatewayApp.base_url",
+        "keyfile": "ElasticGatewayApp.keyfile",
+        "certfile": "ElasticGatewayApp.certfile",
+        "kernel-manager-class": "ElasticGatewayApp.kernel_manager_class",
+        "kernel-spec-manager-class": "ElasticGatewayApp.kernel_spec_manager_class",
+    }
+)
+gateway_flags: dict[str, t.Any] = dict(base_flags)
+gateway_flags["debug"] = ({"Application": {"log_level": "DEBUG"}}, "Log at DEBUG level.")
+
+
+class NoDelayHTTPServer(httpserver.HTTPServer):
+    """An HTTPServer that disables Nagle's algorithm on every accepted connection.
+
+    tornado itself switches Nagle off while it finishes each HTTP response and back on after it,
+    so this matters mostly for upgraded websockets, which the websocket handler also covers.
+    """
+
+    def handle_stream(self, stream: IOStream, address: tuple[t.Any, ...]) -> None:
+        stream.set_nodelay(True)
+        super().handle_stream(stream, address)
+
+
+class ElasticGatewayApp(ServerApp):
+    """The elastic-kernels gateway (see the module docstring)."""
+
+    name = "elastic-kernels-gateway"
+    version = __version__
+    description = "Headless Jupyter kernel gateway for elastic-kernels."
+    examples = "elastic-kernels gateway --port=8888 --namespace=jupyter"
+
+    # The one place to switch the kernel backend (the lead points these at the Kubernetes ones).
+    default_kernel_manager_class = (
+        "jupyter_server.services.kernels.kernelmanager.AsyncMappingKernelManager"
+    )
+    default_kernel_spec_manager_class = "jupyter_client.kernelspec.KernelSpecManager"
+    default_kernel_websocket_connection_class = (
+        "elastic_kernels.gateway.connection.ElasticChannelsConnection"
+    )
+
+    # jupyter_server services we keep; the kernel endpoints are ours (gateway_handlers).
+    default_services = ("api", "kernelspecs")
+
+    subcommands: dict[str, t.Any] = {}
+    aliases = Dict(gateway_aliases)
+    flags = Dict(gateway_flags)
+
+    kubeconfig = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Path of the kubeconfig to use (default: $KUBECONFIG, else in-cluster config).",
+    )
+
+    @default("kubeconfig")
+    def _default_kubeconfig(self) -> str | None:
+        return os.environ.get("KUBECONFIG") or None
+
+    namespace = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Namespace of kernels and kernel specs (default: the kubeconfig context's).",
+    )
+
+    gateway_id = Unicode(
+        config=True,
+        help=f"Identity of this gateway replica (default: ${GATEWAY_ID_ENV}, else host-random).",
+    )
+
+    @default("gateway_id")
+    def _default_gateway_id(self) -> str:
+        return os.environ.get(GATEWAY_ID_ENV) or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+
+    websocket_max_message_size = Int(
+        32 * 1024 * 1024,
+        config=True,
+        help="Largest websocket message (bytes) a client may send; larger ones close "
+        "that connection with status 1009.",
+    )
+
+    zmq_recheck_interval = Float(
+        0.25,
+        config=True,
+        help="Seconds between re-checks of kernel ZeroMQ streams for input whose wakeup "
+        "was lost; such input waits at most two intervals (0 disables).",
+    )
+
+    client_env_allowlist = List(
+        Unicode(),
+        config=True,
+        help="Names from a start request's 'env' passed to the kernel besides KERNEL_*.",
+    )
+
+    process_env_allowlist = List(
+        Unicode(),
+        default_value=["PATH"],
+        config=True,
+        help="Names from the gateway's own environment passed to kernels started with an 'env'.",
+    )
+
+    install_signal_handlers = Bool(
+        True,
+        config=True,
+        help="Stop on SIGTERM/SIGINT (off when the app is embedded, e.g. in tests).",
+    )
+
+    # ---- jupyter_server defaults changed for a headless gateway -------------------------
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        return "127.0.0.1"
+
+    @default("port_retries")
+    def _default_port_retries(self) -> int:
+        # A gateway's URL is configured elsewhere; silently moving to another port is wrong.
+        return 0
+
+    @default("kernel_manager_class")
+    def _default_kernel_manager_class(self) -> str:
+        return self.default_kernel_manager_class
+
+    @default("kernel_spec_manager_class")
+    def _default_kernel_spec_manager_class(self) -> str:
+        return self.default_kernel_spec_manager_class
+
+    @default("kernel_websocket_connection_class")
+    def _default_kernel_websocket_connection_class(self) -> str:
+        return self.default_kernel_websocket_connection_class
+
+    @default("session_manager_class")
+    def _default_session_manager_class(self) -> str:
+        return "jupyter_server.services.sessions.sessionmanager.SessionManager"
+
+    @default("identity_provider_class")
+    def _default_identity_provider_class(self) -> str:
+        return "elastic_kernels.gateway.auth.ElasticIdentityProvider"
+
+    @default("open_browser")
+    def _default_open_browser(self) -> bool:
+        return False
+
+    @default("cookie_secret")
+    def _default_cookie_secret(self) -> bytes:
+        # Cookies only remember a token login; a per-process secret avoids writing one to disk.
+        return os.urandom(32)
+
+    @default("max_body_size")
+    def _default_max_body_size(self) -> int:
+        return 1024 * 1024
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        super().__init__(**kwargs)
+        self.open_websockets: set[t.Any] = set()
+        """Open kernel websocket handlers (for metrics, status and shutdown)."""
+        self.kernel_start_failures = 0
+        self._listen_sockets: list[socket.socket] = []
+        self._accepting = False
+        self._zmq_guard = ZMQWakeupGuard(self._kernel_streams, 0.0)
+
+    # ---- initialisation ------------------------------------------------------------------
+
+    def find_server_extensions(self) -> None:
+        """Load only explicitly configured extensions (see the module docstring)."""
+
+    def init_signal(self) -> None:
+        if not self.install_signal_handlers:
+            return
+        # No interactive "shut down? (y/n)" on SIGINT: this is a service.
+        signal.signal(signal.SIGTERM, self._signal_stop)
+        signal.signal(signal.SIGINT, self._signal_stop)
+
+    def init_webapp(self) -> None:
+        self.tornado_settings["websocket_max_message_size"] = self.websocket_max_message_size
+        super().init_webapp()
+        # Rules added this way are matched before the ones the web app was built with, so ours
+        # replace jupyter_server's for the same paths (e.g. /metrics).
+        # jupyter_server answers unknown paths with an HTML page; API clients want JSON.
+        for rule in self.web_app.wildcard_router.rules:
+            if rule.target is Template404:
+                rule.target = gateway_handlers.NotFoundHandler
+        self.web_app.add_handlers(
+            ".*$",
+            [
+                (url_path_join(self.base_url, pattern), handler)
+                for pattern, handler in gateway_handlers.default_handlers()
+            ],
+        )
+
+    def init_httpserver(self) -> None:
+        if self.sock:
+            super().init_httpserver()
+            return
+        self._http_server = NoDelayHTTPServer(
+            self.web_app,
+            ssl_options=self.ssl_options,
+            xheaders=self.trust_xheaders,
+            max_body_size=self.max_body_size,
+            max_buffer_size=max(self.max_buffer_size, self.websocket_max_message_size + 65536),
+        )
+        try:
+            # Bind now so that --port=0 knows its port before anything is logged or returned,
+            # with no window in which another process could take it.
+            self._listen_sockets = bind_sockets(self.port, self.ip or None)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                self.log.critical("Cannot listen on %s:%s: the port is in use", self.ip, self.port)
+            else:
+                self.log.critical("Cannot listen on %s:%s: %s", self.ip, self.port, e)
+            self.exit(1)
+        self.port = self._listen_sockets[0].getsockname()[1]
+        self.io_loop.add_callback(self._start_accepting)
+
+    def _start_accepting(self) -> None:
+        if self._accepting:
+            return
+        self._accepting = True
+        if self._listen_sockets:
+            self.http_server.add_sockets(self._listen_sockets)
+        self._zmq_guard.interval = self.zmq_recheck_interval
+        self._zmq_guard.log = self.log
+        self._zmq_guard.start()
+
+    # ---- running -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use (without any token)."""
+        host = self.ip or "localhost"
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - only for display
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.certfile else "http"
+        return f"{scheme}://{host}:{self.port}{self.base_url}"
+
+    def startup_line(self) -> str:
+        """The one startup log line: URL, identity, backend; the token only if we generated it."""
+        provider = self.identity_provider
+        if not provider.token:
+            auth = "authentication DISABLED (empty token)"
+        elif provider.token_generated:
+            auth = f"generated token: {provider.token} (set {TOKEN_ENV} to choose one)"
+        else:
+            auth = "token required"
+        km_class = type(self.kernel_manager)
+        return (
+            f"elastic-kernels gateway {__version__} ({self.gateway_id}) serving {self.url} "
+            f"[{auth}; kernel manager {km_class.__module__}.{km_class.__qualname__}]"
+        )
+
+    def start_app(self) -> None:
+        JupyterApp.start(self)
+        # No server-info or browser-open files: they would hold the token in plain text, and a
+        # gateway has no browser to open.
+        if self.identity_provider.token_generated:
+            self.log.warning(self.startup_line())
+        else:
+            self.log.info(self.startup_line())
+
+    async def start_serving(self) -> None:
+        """Start serving on the running event loop (for embedding; ``start()`` runs its own)."""
+        self._start_accepting()
+        self.start_app()
+        await self._post_start()
+
+    async def stop_serving(self) -> None:
+        """Stop serving and clean up, on the running event loop (the embedded ``stop()``)."""
+        self._stopping = True
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        self._zmq_guard.stop()
+        for handler in list(self.open_websockets):
+            try:
+                handler.close(1001, "gateway stopping")
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                self.log.debug("closing websocket failed", exc_info=True)
+        try:
+            await super()._cleanup()
+        finally:
+            for sock in self._listen_sockets:
+                sock.close()
+            self._listen_sockets = []
+
+    async def cleanup_kernels(self) -> None:
+        # jupyter_server's shutdown_all raises (and the server then never stops) when an earlier
+        # start failed: jupyter_client leaves the failed id in _pending_kernels.  Forget those
+        # first, and never let one kernel's shutdown error abort stopping the gateway.
+        self.forget_failed_starts()
+        try:
+            await super().cleanup_kernels()
+        except Exception:
+            self.log.exception("Shutting down kernels failed")
+
+    def forget_failed_starts(self) -> None:
+        """Drop start attempts that failed from the kernel manager's pending table."""
+        km = getattr(self, "kernel_manager", None)
+        pending = getattr(km, "_pending_kernels", None)
+        if not isinstance(pending, dict):
+            return
+        kernels = getattr(km, "_kernels", {})
+        for kernel_id, task in list(pending.items()):
+            if kernel_id not in kernels and getattr(task, "done", lambda: False)():
+                pending.pop(kernel_id, None)
+
+    # ---- what handlers ask the app -------------------------------------------------------
+
+    def kernel_env(self, client_env: t.Mapping[str, str]) -> dict[str, str]:
+        """The environment for a kernel started with ``env`` in the request.
+
+        The allowed part of the client's env (``KERNEL_*`` and ``client_env_allowlist``) over the
+        allowlisted part of the gateway's own environment; nothing else of the gateway's
+        environment (its token, cluster credentials) reaches a kernel.
+        """
+        env = {k: os.environ[k] for k in self.process_env_allowlist if k in os.environ}
+        env.update(gateway_handlers.filter_env(client_env, self.client_env_allowlist))
+        return env
+
+    def _kernel_streams(self) -> t.Iterator[ZMQStream]:
+        """Every ZeroMQ stream the gateway reads, for the wakeup guard."""
+        for handler in list(self.open_websockets):
+            connection = getattr(handler, "connection", None)
+            streams = getattr(connection, "channels", None) or {}
+            yield from streams.values()
+        km = getattr(self, "kernel_manager", None)
+        if km is None:
+            return
+        for kernel_id in list(km.list_kernel_ids()):
+            try:
+                kernel = km.get_kernel(kernel_id)
+            except KeyError:
+                continue
+            activity = getattr(kernel, "_activity_stream", None)
+            if activity is not None:
+                yield activity
+        for buffer in list(getattr(km, "_kernel_buffers", {}).values()):
+            yield from (buffer.get("channels") or {}).values()
+
+    async def elastic_status(self) -> dict[str, t.Any]:
+        """``/api/elastic/status``; a kernel manager's ``elastic_status()`` adds its own keys."""
+        km = self.kernel_manager
+        status: dict[str, t.Any] = {
+            "version": __version__,
+            "gateway_id": self.gateway_id,
+            "kernels": len(km.list_kernel_ids()),
+            "connections": len(self.open_websockets),
+            "started": isoformat(self.web_app.settings["started"]),
+        }
+        extra = getattr(km, "elastic_status", None)
+        if extra is not None:
+            status.update(await ensure_async(extra()))
+        return status
+
+    async def metrics(self) -> list[Metric]:
+        """``/metrics`` samples; a kernel manager's ``elastic_metrics()`` may add more."""
+        labels = {"gateway_id": self.gateway_id}
+        samples = [
+            Metric(
+                "elastic_kernels_gateway_info",
+                "Gateway identity and version.",
+                "gauge",
+                1,
+                {**labels, "version": __version__},
+            ),
+            Metric(
+                "elastic_kernels_kernels",
+                "Kernels held by this gateway.",
+                "gauge",
+                len(self.kernel_manager.list_kernel_ids()),
+                labels,
+            ),
+            Metric(
+                "elastic_kernels_websocket_connections",
+                "Open kernel websocket connections.",
+                "gauge",
+                len(self.open_websockets),
+                labels,
+            ),
+            Metric(
+                "elastic_kernels_kernel_start_failures_total",
+                "Kernel start requests that failed.",
+                "counter",
+                self.kernel_start_failures,
+                labels,
+            ),
+            Metric(
+                "elastic_kernels_zmq_recheck_deliveries_total",
+                "Kernel messages delivered by the periodic ZeroMQ re-check instead of a wakeup.",
+                "counter",
+                self._zmq_guard.recovered,
+                labels,
+            ),
+        ]
+        extra = getattr(self.kernel_manager, "elastic_metrics", None)
+        if extra is not None:
+            samples.extend(await ensure_async(extra()))
+        return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway until it is stopped (``elastic-kernels gateway ARGS``)."""
+    ElasticGatewayApp.launch_instance(argv=sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The gateway's websocket <-> ZeroMQ bridge for one client connection.
+
+It is jupyter_server's ``ZMQChannelsWebsocketConnection`` with two changes.
+
+**The readiness nudge does not cost half a second.**  When a websocket opens, jupyter_server
+creates a fresh iopub SUB socket for it and, before letting the client proceed, "nudges" the
+kernel with ``kernel_info_request`` on transient shell and control sockets until a reply *and*
+at least one iopub message have arrived on that new socket.  That proves the SUB subscription
+has reached the kernel's PUB socket; without it the client could miss the first output of its
+first execution.  Upstream (``services/kernels/connection/channels.py``, ``nudge``) sends the
+first request at once but retries only every 0.5 s.  When the first request overtakes the new
+subscription (which happens on roughly a quarter of opens: both travel on brand-new TCP
+connections), the iopub status messages for it are dropped by the PUB socket and the open waits
+the full 0.5 s for the second attempt.  Here retries start after ``nudge_initial_interval``
+(10 ms) and back off exponentially to ``nudge_max_interval``, bounded overall by
+``kernel_info_timeout``, so a lost race costs a few milliseconds.  The purpose is unchanged: the
+open completes only once an iopub message has been seen on the client's own iopub socket and the
+kernel has answered (or when the kernel is busy, as upstream, because then requests queue behind
+the execution).  As upstream, the nudge also continues until the kernel manager's activity
+watcher (another iopub subscriber, with the same subscription race) has seen the kernel leave the
+"starting" state; it learns that only from iopub traffic, so it needs the nudge's requests too
+(about 1 kernel start in 30 here loses that race on the first request).  That state is observed
+through the ``execution_state`` trait instead of being polled every 50 ms.
+
+While waiting, any input pending on the nudge's sockets is re-checked at every retry, so a lost
+ZeroMQ wakeup (see :mod:`elastic_kernels.gateway.zmqguard`) cannot stall an open either.
+
+**A malformed client frame is dropped, not fatal.**  Upstream lets a JSON or framing error
+escape ``on_message``, and tornado then aborts the websocket.  We log the error type (never the
+payload, which may hold user data) and keep the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+from traitlets import Float, HasTraits
+from zmq.eventloop.zmqstream import ZMQStream
+
+from .zmqguard import recheck_stream
+
+__all__ = ["ElasticChannelsConnection"]
+
+
+class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
+    """Websocket connection with a fast readiness nudge (see the module docstring)."""
+
+    nudge_initial_interval = Float(
+        0.01,
+        config=True,
+        help="Seconds before the first kernel_info retry while a websocket opens.",
+    )
+    nudge_max_interval = Float(
+        0.25,
+        config=True,
+        help="Upper bound of the exponentially growing kernel_info retry interval.",
+    )
+
+    def streams(self) -> list[ZMQStream]:
+        """The ZeroMQ streams this connection reads (for the wakeup guard)."""
+        return [s for s in self.channels.values() if s is not None]
+
+    def nudge(self) -> asyncio.Future[None]:  # type: ignore[override]
+        return asyncio.ensure_future(self._nudge())
+
+    async def _nudge(self) -> None:
+        km = self.kernel_manager
+        if getattr(km, "execution_state", None) == "busy":
+            # As upstream: requests would queue behind the running execution, and a busy kernel
+            # has long finished setting up its sockets.
+            self.log.debug("Nudge: not nudging busy kernel %s", self.kernel_id)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.kernel_info_timeout
+        iopub = self.channels["iopub"]
+        shell = km.connect_shell()
+        control = km.connect_control()
+        ports = list(km.ports)
+        progress = asyncio.Event()
+        state = {"replied": False, "iopub": False}
+
+        def on_reply(_msg: t.Any) -> None:
+            state["replied"] = True
+            progress.set()
+
+        def on_iopub(_msg: t.Any) -> None:
+            # One message proves the subscription; leave the rest queued for the client, whose
+            # handler is attached when the nudge completes.
+            iopub.stop_on_recv()
+            state["iopub"] = True
+            progress.set()
+
+        def on_state(change: t.Any) -> None:
+            progress.set()
+
+        def done() -> bool:
+            # Like upstream, also wait until the kernel manager's activity watcher (a separate
+            # iopub subscriber with the same subscription race) has seen the kernel leave
+            # "starting"; it only learns that from iopub traffic, so keep nudging until then.
+            return (
+                state["replied"]
+                and state["iopub"]
+                and getattr(km, "execution_state", None) != "starting"
+            )
+
+        shell.on_recv(on_reply)
+        control.on_recv(on_reply)
+        iopub.on_recv(on_iopub)
+        observing = isinstance(km, HasTraits) and km.has_trait("execution_state")
+        if observing:
+            km.observe(on_state, names="execution_state")
+        interval = self.nudge_initial_interval
+        next_send = loop.time()
+        attempt = 0
+        try:
+            while not done():
+                reason = self._nudge_abort_reason(ports, shell, control)
+                if reason:
+                    self.log.debug("Nudge: giving up on %s: %s", self.kernel_id, reason)
+                    return
+                now = loop.time()
+                if now >= deadline:
+                    self.log.warning(
+                        "Nudge: kernel %s not ready within %.0f s; opening anyway",
+                        self.kernel_id,
+                        self.kernel_info_timeout,
+                    )
+                    return
+                if now >= next_send:
+                    attempt += 1
+                    log = self.log.warning if attempt % 20 == 0 else self.log.debug
+                    log("Nudge: attempt %d on kernel %s", attempt, self.kernel_id)
+                    self.session.send(shell, "kernel_info_request")
+                    self.session.send(control, "kernel_info_request")
+                    next_send = now + interval
+                    interval = min(interval * 2, self.nudge_max_interval)
+                progress.clear()
+                if done():
+                    break
+                try:
+                    await asyncio.wait_for(
+                        progress.wait(), max(0.0, min(next_send, deadline) - loop.time())
+                    )
+                except (TimeoutError, asyncio.TimeoutError):
+                    # Nothing arrived in time: make sure that is not a lost ZeroMQ wakeup.
+                    for stream in (iopub, shell, control):
+                        recheck_stream(stream)
+            self.log.debug("Nudge: kernel %s ready after %d attempt(s)", self.kernel_id, attempt)
+        finally:
+            if observing:
+                km.unobserve(on_state, names="execution_state")
+            for stream in (shell, control):
+                if not stream.closed():
+                    stream.close()
+            if not iopub.closed():
+                iopub.stop_on_recv()
+
+    def _nudge_abort_reason(self, ports: list[int], shell: ZMQStream, control: ZMQStream) -> str:
+        if self.kernel_id not in self.multi_kernel_manager:
+            return "kernel stopped"
+        if list(self.kernel_manager.ports) != ports:
+            # A restart with new ports: the transient sockets talk to a dead peer.
+            return "kernel ports changed"
+        iopub = self.channels.get("iopub")
+        if shell.closed() or control.closed() or iopub is None or iopub.closed():
+            return "sockets closed"
+        return ""
+
+    def handle_incoming_message(self, incoming_msg: str) -> None:  # type: ignore[override]
+        try:
+            super().handle_incoming_message(incoming_msg)
+        except Exception as e:  # noqa: BLE001 - a bad frame must not kill the connection
+            self.log.warning(
+                "Dropped malformed websocket message for kernel %s: %s",
+                self.kernel_id,
+                type(e).__name__,
+            )

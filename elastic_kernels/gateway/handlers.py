@@ -1,0 +1,345 @@
+"""HTTP and websocket handlers of the gateway.
+
+They are jupyter_server's kernel handlers with the behaviour a gateway needs on top:
+
+* ``POST /api/kernels`` accepts ``{"name", "env"}`` as jupyter_server's ``GatewayKernelManager``
+  sends it; ``env`` is filtered (``KERNEL_*`` plus an allowlist) before it reaches the kernel
+  manager.  Start failures become JSON errors with a useful ``message`` and status code
+  (:class:`~elastic_kernels.gateway.errors.KernelStartError`, unknown kernel spec -> 404).
+* Kernel models carry an ``elastic`` object when the kernel manager has
+  ``elastic_model(kernel_id)`` (phase, reason, node, GPUs, queue position...).
+* A kernel id the kernel manager does not hold is offered to its optional
+  ``hydrate_kernel(kernel_id) -> bool`` (another replica may have started it) before we say 404.
+* The websocket sets TCP_NODELAY once upgraded (tornado turns Nagle back on after each HTTP
+  response, so the upgraded socket otherwise delays small kernel messages by up to ~40 ms),
+  counts itself for ``/metrics`` and survives malformed frames.
+* Errors are JSON everywhere, including before a websocket upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import typing as t
+from collections.abc import Mapping
+from http.client import responses
+
+from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.services.kernels.handlers import _kernel_action_regex, _kernel_id_regex
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from tornado import web
+
+try:
+    from jupyter_client.jsonutil import json_default
+except ImportError:  # pragma: no cover - older jupyter_client
+    from jupyter_client.jsonutil import date_default as json_default
+
+from .errors import GatewayHTTPError, KernelStartError, error_body
+from .metrics import CONTENT_TYPE, render
+
+if t.TYPE_CHECKING:
+    from .app import ElasticGatewayApp
+
+__all__ = ["default_handlers"]
+
+AUTH_RESOURCE = "kernels"
+_MAX_ERROR_TEXT = 500
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
+
+
+class JSONErrorsMixin:
+    """Render every error as ``{"message", "reason"}`` JSON."""
+
+    def write_error(self, status_code: int, **kwargs: t.Any) -> None:
+        handler = t.cast(web.RequestHandler, self)
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        body = error_body(exc, status_code, responses.get(status_code, "Unknown HTTP Error"))
+        handler.log.warning("wrote error: %r", body["message"])  # type: ignore[attr-defined]
+        handler.set_header("Content-Type", "application/json")
+        handler.finish(json.dumps(body))
+
+
+class GatewayAPIHandler(JSONErrorsMixin, APIHandler):
+    """Base for the gateway's JSON API handlers."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def gateway_app(self) -> ElasticGatewayApp:
+        return t.cast("ElasticGatewayApp", self.settings["serverapp"])
+
+    def json_body(self) -> dict[str, t.Any]:
+        """The request body as a JSON object ({} when empty); 400 with the parse error if not.
+
+        Unlike ``APIHandler.get_json_body`` this never logs the body: it may carry environment
+        values.
+        """
+        raw = self.request.body
+        if not raw or not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise GatewayHTTPError(400, f"Request body is not UTF-8: {e}", "BadRequest") from e
+        except json.JSONDecodeError as e:
+            raise GatewayHTTPError(
+                400, f"Request body is not valid JSON: {e}", "BadRequest"
+            ) from e
+        if not isinstance(value, dict):
+            raise GatewayHTTPError(
+                400,
+                f"Request body must be a JSON object, not {type(value).__name__}",
+                "BadRequest",
+            )
+        return value
+
+
+async def require_kernel(handler: JupyterHandler, kernel_id: str) -> None:
+    """404 unless the kernel manager holds (or can hydrate) ``kernel_id``."""
+    km = handler.kernel_manager
+    if kernel_id in km:
+        return
+    hydrate = getattr(km, "hydrate_kernel", None)
+    if hydrate is not None and await ensure_async(hydrate(kernel_id)) and kernel_id in km:
+        return
+    raise GatewayHTTPError(404, f"Kernel does not exist: {kernel_id}", "NoSuchKernel")
+
+
+async def kernel_model(handler: JupyterHandler, kernel_id: str) -> dict[str, t.Any]:
+    """jupyter_server's kernel model plus ``elastic`` when the kernel manager provides it."""
+    km = handler.kernel_manager
+    model = dict(await ensure_async(km.kernel_model(kernel_id)))
+    elastic_model = getattr(km, "elastic_model", None)
+    if elastic_model is not None:
+        try:
+            extra = await ensure_async(elastic_model(kernel_id))
+        except (KeyError, web.HTTPError):
+            raise
+        except Exception:
+            # The kernel is real; a broken status lookup must not hide it.
+            handler.log.warning("elastic_model(%s) failed", kernel_id, exc_info=True)
+        else:
+            if extra is not None:
+                model["elastic"] = extra
+    return model
+
+
+class MainKernelHandler(GatewayAPIHandler):
+    """``/api/kernels``: list and start kernels."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        km = self.kernel_manager
+        models = []
+        for kernel_id in list(km.list_kernel_ids()):
+            try:
+                models.append(await kernel_model(self, kernel_id))
+            except (KeyError, web.HTTPError):
+                continue  # it went away while we were listing
+        self.finish(json.dumps(models, default=json_default))
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        km = self.kernel_manager
+        body = self.json_body()
+        name = body.get("name") or km.default_kernel_name
+        if not isinstance(name, str):
+            raise GatewayHTTPError(400, "'name' must be a string", "BadRequest")
+        env = body.get("env")
+        if env is not None and not (
+            isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise GatewayHTTPError(
+                400, "'env' must be an object mapping names to string values", "BadRequest"
+            )
+        kwargs: dict[str, t.Any] = {"kernel_name": name}
+        if env is not None:
+            kwargs["env"] = self.gateway_app.kernel_env(env)
+        try:
+            kernel_id = await ensure_async(km.start_kernel(**kwargs))
+        except Exception as e:
+            self.gateway_app.kernel_start_failures += 1
+            self.gateway_app.forget_failed_starts()
+            raise self._start_error(name, e) from e
+        model = await kernel_model(self, kernel_id)
+        self.set_header("Location", self.base_url.rstrip("/") + f"/api/kernels/{kernel_id}")
+        self.set_status(201)
+        self.finish(json.dumps(model, default=json_default))
+
+    def _start_error(self, name: str, e: Exception) -> web.HTTPError:
+        if isinstance(e, web.HTTPError):
+            return e
+        if isinstance(e, NoSuchKernel):
+            return KernelStartError(404, f"No such kernel spec: {name}", "NoSuchKernelSpec")
+        if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+            self.log.warning("Kernel %r did not start in time: %s", name, e)
+            return KernelStartError(
+                504, _short(f"Kernel {name!r} did not start in time: {e}"), "KernelStartTimeout"
+            )
+        self.log.error("Kernel %r failed to start", name, exc_info=e)
+        return KernelStartError(
+            500, _short(f"Kernel {name!r} failed to start: {type(e).__name__}: {e}")
+        )
+
+
+class KernelHandler(GatewayAPIHandler):
+    """``/api/kernels/{id}``: model and shutdown."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        await require_kernel(self, kernel_id)
+        self.finish(json.dumps(await kernel_model(self, kernel_id), default=json_default))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, kernel_id: str) -> None:
+        await require_kernel(self, kernel_id)
+        await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+        self.set_status(204)
+        self.finish()
+
+
+class KernelActionHandler(GatewayAPIHandler):
+    """``/api/kernels/{id}/interrupt`` and ``/restart``."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str, action: str) -> None:
+        await require_kernel(self, kernel_id)
+        km = self.kernel_manager
+        if action == "interrupt":
+            await ensure_async(km.interrupt_kernel(kernel_id))
+            self.set_status(204)
+            self.finish()
+            return
+        try:
+            result = await ensure_async(km.restart_kernel(kernel_id))
+            # jupyter_server returns a future that resolves when the restarted kernel answers
+            # kernel_info; answer the client only then, so its next request finds a live kernel.
+            if inspect.isawaitable(result):
+                await result
+        except web.HTTPError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            raise GatewayHTTPError(
+                504, f"Kernel {kernel_id} did not answer after restart", "RestartTimeout"
+            ) from e
+        except Exception as e:
+            self.log.error("Restarting kernel %s failed", kernel_id, exc_info=e)
+            raise GatewayHTTPError(
+                500,
+                _short(f"Restarting kernel {kernel_id} failed: {type(e).__name__}: {e}"),
+                "RestartFailed",
+            ) from e
+        self.finish(json.dumps(await kernel_model(self, kernel_id), default=json_default))
+
+
+class InvalidKernelIdHandler(GatewayAPIHandler):
+    """Paths under ``/api/kernels/`` whose id is not a kernel id at all."""
+
+    @web.authenticated
+    async def get(self, kernel_id: str, rest: str | None = None) -> None:
+        if rest:
+            raise GatewayHTTPError(
+                404, f"No such kernel endpoint: /api/kernels/{kernel_id}{rest}", "NotFound"
+            )
+        raise GatewayHTTPError(404, f"Kernel does not exist: {kernel_id}", "NoSuchKernel")
+
+    post = delete = get
+
+
+class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
+    """``/api/kernels/{id}/channels``."""
+
+    @property
+    def gateway_app(self) -> ElasticGatewayApp:
+        return t.cast("ElasticGatewayApp", self.settings["serverapp"])
+
+    async def pre_get(self) -> None:
+        await require_kernel(self, self.kernel_id)
+        await super().pre_get()
+
+    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        # Must be set after the upgrade: tornado re-enables Nagle when the 101 response is done.
+        self.set_nodelay(True)
+        self.gateway_app.open_websockets.add(self)
+        await super().open(kernel_id)
+
+    def on_message(self, ws_message: t.Any) -> None:
+        connection = getattr(self, "connection", None)
+        if connection is None:
+            return  # already closed
+        try:
+            connection.handle_incoming_message(ws_message)
+        except Exception as e:  # noqa: BLE001 - a bad frame must not kill the connection
+            self.log.warning(
+                "Dropped malformed websocket message for kernel %s: %s",
+                self.kernel_id,
+                type(e).__name__,
+            )
+
+    def on_close(self) -> None:
+        self.gateway_app.open_websockets.discard(self)
+        if getattr(self, "connection", None) is not None:
+            super().on_close()
+
+
+class NotFoundHandler(JSONErrorsMixin, JupyterHandler):
+    """Every path nothing else matched: a JSON 404 instead of jupyter_server's HTML page."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        raise GatewayHTTPError(404, _short(f"No such endpoint: {self.request.path}"), "NotFound")
+
+
+class StatusHandler(GatewayAPIHandler):
+    """``/api/elastic/status``: what this gateway is and holds."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(await self.gateway_app.elastic_status(), default=json_default))
+
+
+class MetricsHandler(JSONErrorsMixin, JupyterHandler):
+    """``/metrics``: a small Prometheus text page (auth as ``ServerApp.authenticate_prometheus``)."""
+
+    @allow_unauthenticated
+    async def get(self) -> None:
+        if self.settings.get("authenticate_prometheus", True) and not self.logged_in:
+            raise web.HTTPError(403)
+        app = t.cast("ElasticGatewayApp", self.settings["serverapp"])
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(render(await app.metrics()))
+
+
+def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
+    """URL patterns (relative to base_url) that take precedence over jupyter_server's."""
+    return [
+        (r"/api/kernels", MainKernelHandler),
+        (rf"/api/kernels/{_kernel_id_regex}", KernelHandler),
+        (rf"/api/kernels/{_kernel_id_regex}/{_kernel_action_regex}", KernelActionHandler),
+        (rf"/api/kernels/{_kernel_id_regex}/channels", ElasticKernelWebsocketHandler),
+        (r"/api/kernels/(?P<kernel_id>[^/]+)(?P<rest>/.*)?", InvalidKernelIdHandler),
+        (r"/api/elastic/status", StatusHandler),
+        (r"/metrics", MetricsHandler),
+    ]
+
+
+def filter_env(
+    client_env: Mapping[str, str], allowed: t.Iterable[str], prefix: str = "KERNEL_"
+) -> dict[str, str]:
+    """The part of a client's env a kernel may see: ``KERNEL_*`` and explicitly allowed names."""
+    allowed_set = set(allowed)
+    return {k: v for k, v in client_env.items() if k.startswith(prefix) or k in allowed_set}
