@@ -214,9 +214,21 @@ async def run_cull(
 
 
 def _duration(seconds: float | None) -> str:
+    """Like kubectl's AGE: the largest unit and the next one down, e.g. 2h, 2h4m, 3d1h, 45s."""
     if seconds is None:
         return "-"
-    return R.format_duration(seconds) if seconds >= 1 else "0s"
+    whole = int(seconds)
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for index, (unit, size) in enumerate(units):
+        if whole >= size or unit == "s":
+            text = f"{whole // size}{unit}"
+            if index + 1 < len(units):
+                sub_unit, sub_size = units[index + 1]
+                rest = (whole % size) // sub_size
+                if rest:
+                    text += f"{rest}{sub_unit}"
+            return text
+    return "0s"
 
 
 def _action(result: C.CullResult) -> str:

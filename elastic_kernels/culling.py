@@ -276,7 +276,7 @@ class KernelFacts:
 
     @classmethod
     def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
-        """Facts from a JupyterKernel record; ``known`` overrides with what the caller knows live."""
+        """Facts from a JupyterKernel record; ``known`` overrides it with live knowledge."""
         facts = cls(
             name=view.name,
             namespace=view.namespace,
@@ -312,7 +312,9 @@ class KernelFacts:
         return None if ref is None else max(0.0, (now - ref).total_seconds())
 
     def age_seconds(self, now: datetime) -> float | None:
-        return None if self.created_at is None else max(0.0, (now - self.created_at).total_seconds())
+        if self.created_at is None:
+            return None
+        return max(0.0, (now - self.created_at).total_seconds())
 
     @property
     def busy(self) -> bool:
@@ -374,6 +376,7 @@ def orphan_message(kernel: KernelFacts, now: datetime, grace: float) -> str | No
     overdue = (now - expires).total_seconds()
     if overdue <= grace:
         return None
+    assert lease.renew_time is not None  # expires_at() had one
     return (f"gateway {kernel.gateway} last renewed its lease at {_t(lease.renew_time)} "
             f"(expired {_d(overdue)} ago, grace {_d(grace)}) and no other gateway adopted "
             "the kernel")
@@ -491,7 +494,7 @@ def mirror_due(mirrored: datetime | None, activity: datetime | None,
     return activity > mirrored and (activity - mirrored).total_seconds() >= interval
 
 
-# --- acting: record the reason, delete with optimistic concurrency, leave an Event -----------------
+# --- acting: record the reason, delete with optimistic concurrency, leave an Event ------------
 
 
 class CullOutcome(str, enum.Enum):
