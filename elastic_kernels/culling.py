@@ -565,8 +565,8 @@ async def _explain_conflict(client: KubeClient, decision: CullDecision,
 async def mark_culled(client: KubeClient, decision: CullDecision) -> JSON:
     """Write the reason into ``status`` if the record is still as decided on; returns it updated.
 
-    The write carries the record's uid and resourceVersion, so of two cullers that decided on the
-    same version exactly one wins; the other gets :class:`CullConflict`. The gateway's kernel
+    The write is conditional on the record's resourceVersion, so of two cullers that decided on
+    the same version exactly one wins; the other gets :class:`CullConflict`. The gateway's kernel
     manager calls this before its own shutdown, so the DELETED watch event (and the model it
     shows the user) carries the reason.
     """
@@ -578,9 +578,13 @@ async def mark_culled(client: KubeClient, decision: CullDecision) -> JSON:
             "message": decision.message[:32768],
         }
     }
-    pre = _preconditions(kernel)
-    if pre:
-        body["metadata"] = pre
+    # In a patch body the resourceVersion is the precondition (the API server answers 409 when
+    # it moved on). It also rules out a re-created record of the same name, so the uid is only
+    # sent without one: a real API server answers a changed uid with 422 (immutable field).
+    if kernel.resource_version:
+        body["metadata"] = {"resourceVersion": kernel.resource_version}
+    elif kernel.uid:
+        body["metadata"] = {"uid": kernel.uid}
     try:
         return await client.patch(R.JUPYTERKERNELS, kernel.name, body, kernel.namespace,
                                   subresource="status")

@@ -281,7 +281,7 @@ class GatewayLease(LoggingConfigurable):
 async def adopt(client: KubeClient, kernel: Mapping[str, Any], gateway_id: str) -> JSON:
     """Make ``gateway_id`` the kernel's gateway, if the record is still as read. One write.
 
-    The patch carries the record's uid and resourceVersion: of two gateways adopting at once,
+    The patch is conditional on the record's resourceVersion: of two gateways adopting at once,
     or a gateway adopting while the cron culls the kernel as an orphan, exactly one wins; the
     other gets a KubeError with status 409 (or 404 when the record is gone) and must not use the
     kernel. Returns the updated record.
@@ -292,13 +292,13 @@ async def adopt(client: KubeClient, kernel: Mapping[str, Any], gateway_id: str) 
         raise ValueError("adopt() needs a JupyterKernel record with metadata.name")
     if not isinstance(gateway_id, str) or not gateway_id or len(gateway_id) > 253:
         raise ValueError("a gateway id is a non-empty string of at most 253 characters")
-    pre: JSON = {}
-    for key in ("uid", "resourceVersion"):
-        if meta.get(key):
-            pre[key] = meta[key]
     patch: JSON = {"spec": {"gateway": gateway_id}}
-    if pre:
-        patch["metadata"] = pre
+    # The resourceVersion makes the write conditional (409 when the record moved on, which
+    # includes being deleted and re-created); the uid only stands in when there is none.
+    if meta.get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+    elif meta.get("uid"):
+        patch["metadata"] = {"uid": meta["uid"]}
     return await client.patch(R.JUPYTERKERNELS, name, patch, meta.get("namespace"))
 
 
