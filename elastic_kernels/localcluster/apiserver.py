@@ -697,7 +697,7 @@ class _Handler(tornado.web.RequestHandler):
             if content_type in ("application/yaml", "application/apply-patch+yaml") or allow_yaml:
                 return yaml.safe_load(raw)
             return json.loads(raw)
-        except (ValueError, yaml.YAMLError) as exc:
+        except (ValueError, yaml.YAMLError, RecursionError) as exc:
             raise E.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
 
     def _options(self) -> WriteOptions:

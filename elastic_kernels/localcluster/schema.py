@@ -522,8 +522,34 @@ def _check_schema(schema: Any, path: str) -> list[FieldError]:
             re.compile(pattern)
         except (re.error, TypeError):
             errors.append(invalid(f"{path}.pattern", pattern, "must be a valid regular expression"))
+    shapes = {"properties": dict, "required": list, "enum": list, "allOf": list, "anyOf": list,
+              "oneOf": list, "not": dict, "x-kubernetes-list-map-keys": list}
+    for key, shape in shapes.items():
+        if key in schema and not isinstance(schema[key], shape):
+            errors.append(invalid(f"{path}.{key}", schema[key],
+                                  f"must be {'an object' if shape is dict else 'a list'}"))
+    required_fields = schema.get("required")
+    if isinstance(required_fields, list) and not all(isinstance(r, str) for r in required_fields):
+        errors.append(invalid(f"{path}.required", required_fields, "must be a list of strings"))
+    for key in ("minimum", "maximum", "multipleOf"):
+        if key in schema and (isinstance(schema[key], bool)
+                              or not isinstance(schema[key], (int, float))):
+            errors.append(invalid(f"{path}.{key}", schema[key], "must be a number"))
+    for key in ("minLength", "maxLength", "minItems", "maxItems", "minProperties",
+                "maxProperties"):
+        if key in schema and (isinstance(schema[key], bool) or not isinstance(schema[key], int)):
+            errors.append(invalid(f"{path}.{key}", schema[key], "must be an integer"))
+    if "items" in schema and not isinstance(schema["items"], dict):
+        errors.append(invalid(f"{path}.items", schema["items"], "must be a schema object"))
+    if errors:
+        return errors
     for key, sub in (schema.get("properties") or {}).items():
         errors.extend(_check_schema(sub, f"{path}.properties[{key}]"))
+    for key in ("allOf", "anyOf", "oneOf"):
+        for index, sub in enumerate(schema.get(key) or []):
+            errors.extend(_check_schema(sub, f"{path}.{key}[{index}]"))
+    if isinstance(schema.get("not"), dict):
+        errors.extend(_check_schema(schema["not"], f"{path}.not"))
     if isinstance(schema.get("items"), dict):
         errors.extend(_check_schema(schema["items"], f"{path}.items"))
     if isinstance(schema.get("additionalProperties"), dict):
@@ -535,17 +561,53 @@ def _check_schema(schema: Any, path: str) -> list[FieldError]:
 
 _BUILTIN_LIST = re.compile(r"^[Ll]ist\[(.+)\]$")
 _BUILTIN_DICT = re.compile(r"^[Dd]ict[\[(]str, (.+)[\])]$")
-_SCALARS = frozenset({"str", "int", "float", "bool", "bytes", "datetime", "date", "object"})
+# Fields holding resource.Quantity values, which accept JSON numbers and store them as strings.
+_QUANTITY_FIELDS = frozenset({"limits", "requests", "capacity", "allocatable", "overhead", "hard",
+                              "used", "sizeLimit", "storage"})
+_GO_TYPES = {"str": "string", "int": "int64", "float": "float64", "bool": "bool",
+             "bytes": "[]uint8", "datetime": "v1.Time", "date": "string"}
 
 
-class BuiltinPruner:
-    """Drops fields a built-in kind does not have, as decoding into the Go types does.
+def _quantity_text(value: int | float) -> str:
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    milli = value * 1000
+    return f"{int(milli)}m" if milli.is_integer() else repr(value)
+
+
+def _go_type(type_name: str) -> str:
+    """``List[V1Container]`` -> ``[]v1.Container``, as Go's decoding errors name types."""
+    match = _BUILTIN_LIST.match(type_name)
+    if match:
+        return "[]" + _go_type(match.group(1))
+    match = _BUILTIN_DICT.match(type_name)
+    if match:
+        return "map[string]" + _go_type(match.group(1))
+    if type_name in _GO_TYPES:
+        return _GO_TYPES[type_name]
+    found = re.match(r"^(?:[A-Z][a-z]+)?(V\d+(?:alpha\d+|beta\d+)?)(\w+)$", type_name)
+    return f"{found.group(1).lower()}.{found.group(2)}" if found else type_name
+
+
+class DecodeError(Exception):
+    """A JSON value of the wrong type for a built-in field (what Go's json decoding rejects)."""
+
+    def __init__(self, path: str, value: Any, expected: str) -> None:
+        json_kind = {"integer": "number", "boolean": "bool"}.get(_json_type(value),
+                                                                 _json_type(value))
+        super().__init__(f"json: cannot unmarshal {json_kind} into Go struct field "
+                         f"{path} of type {_go_type(expected)}")
+
+
+class BuiltinDecoder:
+    """Checks and normalises a built-in object the way decoding into the Go types does.
 
     A real API server never stores ``spec.containers[0].imagee``: the field does not exist in the
     Go struct, so it is dropped (``fieldValidation=Warn``, the default) or rejected (``Strict``,
-    what kubectl asks for).  The field sets come from the official client's model classes, which
-    are generated from the same API definitions; they are loaded on first use because importing
-    them is slow.
+    what kubectl asks for).  Values of the wrong JSON type are a 400, ``null`` means "unset", and
+    quantities given as numbers become strings.  The field sets and types come from the official
+    client's model classes, which are generated from the same API definitions; they are loaded on
+    first use because importing them is slow.
     """
 
     def __init__(self) -> None:
@@ -566,30 +628,17 @@ class BuiltinPruner:
             self._fields[model] = fields
         return fields
 
-    def prune(self, model: str, obj: dict) -> list[str]:
-        """Remove unknown fields from ``obj`` in place; return their paths."""
+    def decode(self, model: str, obj: dict) -> list[str]:
+        """Normalise ``obj`` in place; return the paths of unknown fields it dropped.
+
+        Raises DecodeError for a value of the wrong type.
+        """
         pruned: list[str] = []
-        self._walk(obj, model, "", pruned)
+        self._object(obj, model, "", pruned)
         return pruned
 
-    def _walk(self, value: Any, type_name: str, path: str, pruned: list[str]) -> None:
-        if type_name in _SCALARS or value is None:
-            return
-        match = _BUILTIN_LIST.match(type_name)
-        if match:
-            if isinstance(value, list):
-                for index, item in enumerate(value):
-                    self._walk(item, match.group(1), f"{path}[{index}]", pruned)
-            return
-        match = _BUILTIN_DICT.match(type_name)
-        if match:
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    self._walk(item, match.group(1), _join(path, key), pruned)
-            return
-        if not isinstance(value, dict):
-            return
-        fields = self._model_fields(type_name)
+    def _object(self, value: dict, model: str, path: str, pruned: list[str]) -> None:
+        fields = self._model_fields(model)
         if fields is None:
             return
         for key in list(value):
@@ -597,8 +646,68 @@ class BuiltinPruner:
             if sub is None:
                 del value[key]
                 pruned.append(_join(path, key))
-            else:
-                self._walk(value[key], sub, _join(path, key), pruned)
+                continue
+            if value[key] is None:
+                del value[key]  # null is the zero value: the same as absent
+                continue
+            value[key] = self._value(value[key], sub, _join(path, key), key, pruned)
+
+    def _value(self, value: Any, type_name: str, path: str, name: str, pruned: list[str]) -> Any:
+        if type_name == "object":
+            return value
+        if type_name in ("str", "bytes", "datetime", "date"):
+            if isinstance(value, str):
+                return value
+            if (name in _QUANTITY_FIELDS and isinstance(value, (int, float))
+                    and not isinstance(value, bool)):
+                return _quantity_text(value)
+            raise DecodeError(path, value, type_name)
+        if type_name == "int":
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise DecodeError(path, value, "int")
+        if type_name == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return value
+            raise DecodeError(path, value, "float")
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            raise DecodeError(path, value, "bool")
+        match = _BUILTIN_LIST.match(type_name)
+        if match:
+            if not isinstance(value, list):
+                raise DecodeError(path, value, type_name)
+            item_type = match.group(1)
+            return [self._value(self._zero(item, item_type), item_type, f"{path}[{index}]", name,
+                                pruned) for index, item in enumerate(value)]
+        match = _BUILTIN_DICT.match(type_name)
+        if match:
+            if not isinstance(value, dict):
+                raise DecodeError(path, value, type_name)
+            item_type = match.group(1)
+            for key in list(value):
+                value[key] = self._value(self._zero(value[key], item_type), item_type,
+                                         _join(path, key), name, pruned)
+            return value
+        if not isinstance(value, dict):
+            raise DecodeError(path, value, type_name)
+        self._object(value, type_name, path, pruned)
+        return value
+
+    @staticmethod
+    def _zero(value: Any, type_name: str) -> Any:
+        if value is not None:
+            return value
+        if type_name in ("str", "bytes"):
+            return ""
+        if type_name in ("int", "float"):
+            return 0
+        if type_name == "bool":
+            return False
+        return None if type_name == "object" else {}
 
 
-BUILTIN_PRUNER = BuiltinPruner()
+BUILTIN_DECODER = BuiltinDecoder()

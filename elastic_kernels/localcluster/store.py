@@ -35,7 +35,7 @@ from .errors import ApiError, FieldError
 from .patching import apply_patch
 from .resources import (CONVERTERS, DNS_LABEL_NAMES, Registry, ResourceKey, ResourceType,
                         custom_resource_type)
-from .schema import BUILTIN_PRUNER, StructuralSchema, default_crd, validate_crd
+from .schema import BUILTIN_DECODER, DecodeError, StructuralSchema, default_crd, validate_crd
 from .selectors import (FieldSelector, LabelSelector, label_key_error, label_value_error,
                         parse_field_selector, parse_label_selector)
 
@@ -664,6 +664,8 @@ class Store:
             meta = obj["metadata"] = {}
         elif not isinstance(meta, dict):
             raise E.bad_request("metadata must be an object")
+        self._prune_builtin(rtype, obj, opts)
+        meta = obj.setdefault("metadata", {})
         body_ns = meta.get("namespace")
         if rtype.namespaced:
             if namespace and body_ns and body_ns != namespace:
@@ -698,7 +700,6 @@ class Store:
         for system in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
                        "deletionGracePeriodSeconds", "generation", "selfLink", "managedFields"):
             meta.pop(system, None)
-        self._prune_builtin(rtype, obj, opts)
         self._prepare_create(rtype, obj, opts)
         if errs:
             raise E.invalid_object(rtype.qualified_kind, name, errs)
@@ -781,9 +782,16 @@ class Store:
             raise E.invalid_object(rtype.qualified_kind, obj["metadata"]["name"], errs)
 
     def _prune_builtin(self, rtype: ResourceType, obj: dict, opts: WriteOptions) -> None:
-        if not rtype.model:
-            return
-        pruned = BUILTIN_PRUNER.prune(rtype.model, obj)
+        """Decode like the Go types would: wrong types are a 400, unknown fields are dropped."""
+        try:
+            if rtype.model:
+                pruned = BUILTIN_DECODER.decode(rtype.model, obj)
+            else:
+                pruned = [f"metadata.{p}" for p in BUILTIN_DECODER.decode(
+                    "V1ObjectMeta", obj.get("metadata") or {})]
+        except DecodeError as exc:
+            raise E.bad_request(f'{rtype.kind} in version "{rtype.version}" cannot be handled '
+                                f"as a {rtype.kind}: {exc}") from None
         if not pruned:
             return
         if opts.field_validation == "Strict":

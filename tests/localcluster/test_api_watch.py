@@ -184,8 +184,9 @@ def test_watch_field_selector_on_node_name(apiserver: ServerThread, store: Store
                                            core: client.CoreV1Api) -> None:
     core.create_namespaced_pod("default", pod("p"))
     core.create_namespaced_pod("default", pod("q"))
+    rv = core.list_pod_for_all_namespaces().metadata.resource_version
     collector = Collector(core.list_pod_for_all_namespaces, field_selector="spec.nodeName=node-1",
-                          timeout_seconds=20)
+                          resource_version=rv, timeout_seconds=20)
     try:
         apiserver.call(lambda: store.bind("default", "q", "node-2"))
         apiserver.call(lambda: store.bind("default", "p", "node-1"))
@@ -243,8 +244,10 @@ def test_watch_spellings(apiserver: ServerThread, core: client.CoreV1Api, path: 
 
 def test_watch_custom_resources(core: client.CoreV1Api, custom: client.CustomObjectsApi,
                                 widgets: dict) -> None:
+    rv = custom.list_namespaced_custom_object(GROUP, "v1", "default",
+                                              WIDGETS)["metadata"]["resourceVersion"]
     collector = Collector(custom.list_namespaced_custom_object, GROUP, "v1", "default", WIDGETS,
-                          timeout_seconds=20)
+                          resource_version=rv, timeout_seconds=20)
     try:
         custom.create_namespaced_custom_object(GROUP, "v1", "default", WIDGETS, widget("w"))
         custom.patch_namespaced_custom_object_status(GROUP, "v1", "default", WIDGETS, "w",
