@@ -370,7 +370,7 @@ def _age(obj: dict, now: datetime) -> str:
 
 
 _JSONPATH_TOKEN = re.compile(
-    r"\.(?P<field>[A-Za-z0-9_\-$/]+)|\[(?P<index>-?\d+|\*)\]|\[\?\(@\.(?P<fkey>[A-Za-z0-9_.\-]+)"
+    r"\.(?P<field>(?:[A-Za-z0-9_\-$/]|\\\.)+)|\[(?P<index>-?\d+|\*)\]|\[\?\(@\.(?P<fkey>[A-Za-z0-9_.\-]+)"
     r"\s*==\s*(?P<fval>\"[^\"]*\"|'[^']*'|[^)\s]+)\)\]|\[['\"](?P<quoted>[^'\"]+)['\"]\]")
 
 
@@ -391,7 +391,8 @@ def jsonpath_values(obj: Any, path: str) -> list[Any]:
         pos = match.end()
         nxt: list[Any] = []
         for value in values:
-            name = match.group("field") or match.group("quoted")
+            name = match.group("quoted") or (match.group("field") or "").replace("\\.", ".") \
+                or None
             if name is not None:
                 if isinstance(value, dict) and name in value:
                     nxt.append(value[name])

@@ -243,3 +243,17 @@ def test_openapi_v3_has_custom_schema(apiserver: ServerThread, widgets: dict) ->
     assert schema["x-kubernetes-group-version-kind"] == [
         {"group": GROUP, "kind": "Widget", "version": "v1"}]
     assert schema["properties"]["spec"]["required"] == ["user"]
+
+
+def test_printer_column_json_paths() -> None:
+    from elastic_kernels.localcluster.apiserver import jsonpath_values
+
+    obj = {"spec": {"resources": {"limits": {"nvidia.com/gpu": 2}}, "items": [{"n": 1}, {"n": 2}]},
+           "status": {"conditions": [{"type": "Ready", "status": "True"},
+                                     {"type": "Done", "status": "False"}]}}
+    assert jsonpath_values(obj, r".spec.resources.limits.nvidia\.com/gpu") == [2]
+    assert jsonpath_values(obj, ".spec.resources.limits['nvidia.com/gpu']") == [2]
+    assert jsonpath_values(obj, '.status.conditions[?(@.type=="Done")].status') == ["False"]
+    assert jsonpath_values(obj, ".spec.items[*].n") == [1, 2]
+    assert jsonpath_values(obj, ".spec.items[-1].n") == [2]
+    assert jsonpath_values(obj, ".spec.missing.deeper") == []
