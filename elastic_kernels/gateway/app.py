@@ -40,7 +40,9 @@ The kernel manager and kernel spec manager are ordinary ``ServerApp.kernel_manag
 
 Speed and robustness choices (see DESIGN §7):
 
-* TCP_NODELAY on accepted connections and on every kernel websocket after its upgrade;
+* TCP_NODELAY on every kernel websocket after its upgrade (tornado re-enables Nagle after the
+  101 response, which is what costs jupyter_server ~40 ms per message), and on accepted
+  connections;
 * the kernel websocket connection class is :class:`ElasticChannelsConnection`, whose readiness
   nudge retries after 10 ms instead of 0.5 s;
 * a :class:`ZMQWakeupGuard` re-checks the kernel streams every ``zmq_recheck_interval`` (0.25 s)
@@ -62,6 +64,7 @@ import typing as t
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.utils import ensure_async
 from jupyter_server._tz import isoformat
+from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.base.handlers import Template404
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
@@ -73,7 +76,8 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from elastic_kernels import __version__
 
 from . import handlers as gateway_handlers
-from .auth import TOKEN_ENV
+from .auth import TOKEN_ENV, ElasticIdentityProvider
+from .connection import ElasticChannelsConnection
 from .metrics import Metric
 from .zmqguard import ZMQWakeupGuard
 
@@ -107,8 +111,9 @@ gateway_flags["debug"] = ({"Application": {"log_level": "DEBUG"}}, "Log at DEBUG
 class NoDelayHTTPServer(httpserver.HTTPServer):
     """An HTTPServer that disables Nagle's algorithm on every accepted connection.
 
-    tornado itself switches Nagle off while it finishes each HTTP response and back on after it,
-    so this matters mostly for upgraded websockets, which the websocket handler also covers.
+    This only covers a connection until its first response: tornado switches Nagle off while it
+    finishes each HTTP response and back *on* afterwards, including after the 101 that upgrades
+    a websocket.  That is why the kernel websocket handler sets TCP_NODELAY again once open.
     """
 
     def handle_stream(self, stream: IOStream, address: tuple[t.Any, ...]) -> None:
@@ -137,8 +142,17 @@ class ElasticGatewayApp(ServerApp):
     default_services = ("api", "kernelspecs")
 
     subcommands: dict[str, t.Any] = {}
+    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider, ElasticChannelsConnection]
     aliases = Dict(gateway_aliases)
     flags = Dict(gateway_flags)
+
+    ip = Unicode(
+        "127.0.0.1",
+        config=True,
+        help="Address to listen on (loopback by default; 0.0.0.0 for all interfaces).",
+    )
+
+    port = Int(8888, config=True, help="Port to listen on (0: any free port).")
 
     kubeconfig = Unicode(
         None,
@@ -189,9 +203,9 @@ class ElasticGatewayApp(ServerApp):
 
     process_env_allowlist = List(
         Unicode(),
-        default_value=["PATH"],
+        default_value=["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"],
         config=True,
-        help="Names from the gateway's own environment passed to kernels started with an 'env'.",
+        help="Names from the gateway's own environment passed to the kernels it starts.",
     )
 
     install_signal_handlers = Bool(
@@ -205,6 +219,10 @@ class ElasticGatewayApp(ServerApp):
     @default("ip")
     def _default_ip(self) -> str:
         return "127.0.0.1"
+
+    @default("port")
+    def _default_port(self) -> int:
+        return 8888
 
     @default("port_retries")
     def _default_port_retries(self) -> int:
@@ -404,11 +422,12 @@ class ElasticGatewayApp(ServerApp):
     # ---- what handlers ask the app -------------------------------------------------------
 
     def kernel_env(self, client_env: t.Mapping[str, str]) -> dict[str, str]:
-        """The environment for a kernel started with ``env`` in the request.
+        """The environment of a kernel the gateway starts (passed as ``env`` to start_kernel).
 
         The allowed part of the client's env (``KERNEL_*`` and ``client_env_allowlist``) over the
-        allowlisted part of the gateway's own environment; nothing else of the gateway's
-        environment (its token, cluster credentials) reaches a kernel.
+        allowlisted part of the gateway's own environment.  It is passed even when the request
+        has no env: jupyter_client would otherwise give a local kernel the gateway's whole
+        environment, token and cluster credentials included.
         """
         env = {k: os.environ[k] for k in self.process_env_allowlist if k in os.environ}
         env.update(gateway_handlers.filter_env(client_env, self.client_env_allowlist))

@@ -3,8 +3,8 @@
 They are jupyter_server's kernel handlers with the behaviour a gateway needs on top:
 
 * ``POST /api/kernels`` accepts ``{"name", "env"}`` as jupyter_server's ``GatewayKernelManager``
-  sends it; ``env`` is filtered (``KERNEL_*`` plus an allowlist) before it reaches the kernel
-  manager.  Start failures become JSON errors with a useful ``message`` and status code
+  sends it; ``env`` is filtered (``KERNEL_*`` plus an allowlist) and laid over an allowlisted part
+  of the gateway's environment before it reaches the kernel manager (``ElasticGatewayApp.kernel_env``).  Start failures become JSON errors with a useful ``message`` and status code
   (:class:`~elastic_kernels.gateway.errors.KernelStartError`, unknown kernel spec -> 404).
 * Kernel models carry an ``elastic`` object when the kernel manager has
   ``elastic_model(kernel_id)`` (phase, reason, node, GPUs, queue position...).
@@ -163,9 +163,10 @@ class MainKernelHandler(GatewayAPIHandler):
             raise GatewayHTTPError(
                 400, "'env' must be an object mapping names to string values", "BadRequest"
             )
-        kwargs: dict[str, t.Any] = {"kernel_name": name}
-        if env is not None:
-            kwargs["env"] = self.gateway_app.kernel_env(env)
+        kwargs: dict[str, t.Any] = {
+            "kernel_name": name,
+            "env": self.gateway_app.kernel_env(env or {}),
+        }
         try:
             kernel_id = await ensure_async(km.start_kernel(**kwargs))
         except Exception as e:

@@ -18,7 +18,7 @@ import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 
-from .support import KERNEL_NAME, TOKEN
+from .support import KERNEL_NAME, LOGO, TOKEN
 
 
 @pytest.fixture
@@ -39,6 +39,7 @@ def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
             }
         )
     )
+    (spec_dir / "logo-64x64.png").write_bytes(LOGO)
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(dirs["config"]))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(dirs["runtime"]))

@@ -15,6 +15,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 KERNEL_NAME = "ek-test-python"
+LOGO = b"\x89PNG\r\n\x1a\n not really a picture"
 
 
 async def api(
@@ -65,12 +66,15 @@ class KernelWS:
 
     @classmethod
     async def open(
-        cls, base_url: str, kernel_id: str, token: str | None = TOKEN
+        cls, base_url: str, kernel_id: str, token: str | None = TOKEN, *, in_query: bool = False
     ) -> KernelWS:
+        """Connect; the token goes in the Authorization header, or the URL as browsers do."""
         session_id = uuid.uuid4().hex
         ws_url = base_url.replace("http://", "ws://").rstrip("/")
         url = f"{ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}"
-        headers = {"Authorization": f"token {token}"} if token else {}
+        headers = {"Authorization": f"token {token}"} if token and not in_query else {}
+        if token and in_query:
+            url += f"&token={token}"
         ws = await websocket_connect(
             HTTPRequest(url, headers=headers, request_timeout=30, connect_timeout=10)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import typing as t
 
@@ -14,7 +15,7 @@ from elastic_kernels.gateway.connection import ElasticChannelsConnection
 from elastic_kernels.gateway.errors import KernelStartError
 
 from .conftest import GatewayFactory
-from .support import KERNEL_NAME, KernelWS, api, json_of, start_kernel
+from .support import KERNEL_NAME, LOGO, TOKEN, KernelWS, api, json_of, start_kernel
 
 
 def server_socket_nodelay(handler: t.Any) -> int:
@@ -47,13 +48,26 @@ async def test_kernelspecs_are_listed(gateway: ElasticGatewayApp) -> None:
     one = await api(gateway.url, "GET", f"/api/kernelspecs/{KERNEL_NAME}")
     assert one.code == 200
     assert json_of(one)["name"] == KERNEL_NAME
+    resources = listing["kernelspecs"][KERNEL_NAME]["resources"]
+    assert resources["logo-64x64"].endswith(f"/kernelspecs/{KERNEL_NAME}/logo-64x64.png")
+    logo = await api(gateway.url, "GET", f"/kernelspecs/{KERNEL_NAME}/logo-64x64.png")
+    assert logo.code == 200 and logo.body == LOGO
     missing = await api(gateway.url, "GET", "/api/kernelspecs/no-such-spec")
     assert missing.code == 404
     assert "no-such-spec" in json_of(missing)["message"]
 
 
 @pytest.mark.timeout(60)
-async def test_kernel_lifecycle(gateway: ElasticGatewayApp) -> None:
+async def test_kernel_lifecycle(
+    make_gateway: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gateway = await make_gateway("--log-level=DEBUG")
+    # A secret in the gateway's environment must not reach kernels (nor logs, checked below).
+    monkeypatch.setenv("ELASTIC_KERNELS_TOKEN", TOKEN)
     assert issubclass(gateway.kernel_websocket_connection_class, ElasticChannelsConnection)
     model = await start_kernel(
         gateway.url, env={"KERNEL_FOO": "bar", "NOT_ALLOWED": "leak", "PATH_EXTRA": "x"}
@@ -102,12 +116,14 @@ async def test_kernel_lifecycle(gateway: ElasticGatewayApp) -> None:
         assert json_of(restarted)["id"] == kernel_id
     finally:
         ws.close()
-    ws = await KernelWS.open(gateway.url, kernel_id)
+    ws = await KernelWS.open(gateway.url, kernel_id, in_query=True)
     try:
         after = await ws.execute("print('marker' in globals())")
         assert after["stdout"] == "False\n"
     finally:
         ws.close()
+    by_query = await api(gateway.url, "GET", f"/api/kernels?token={TOKEN}", token=None)
+    assert by_query.code == 200
 
     deleted = await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")
     assert deleted.code == 204
@@ -115,6 +131,11 @@ async def test_kernel_lifecycle(gateway: ElasticGatewayApp) -> None:
     assert gone.code == 404
     assert json_of(gone)["message"] == f"Kernel does not exist: {kernel_id}"
     assert json_of(await api(gateway.url, "GET", "/api/kernels")) == []
+
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert f"/api/kernels/{kernel_id}/interrupt" in logged  # the requests were logged...
+    assert TOKEN not in logged  # ...without the token
 
 
 @pytest.mark.timeout(30)
