@@ -135,3 +135,10 @@ def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from walk(v, f"{path}[{i}]")
     else:
         yield path, value
+
+
+def differences(expected: Any, got: Any) -> list[str]:
+    """Paths where two JSON values differ, for readable assertion messages."""
+    a, b = dict(walk(expected)), dict(walk(got))
+    return [f"{path}: {a.get(path, '<absent>')!r} != {b.get(path, '<absent>')!r}"
+            for path in sorted(set(a) | set(b)) if a.get(path, ...) != b.get(path, ...)]

@@ -1,0 +1,53 @@
+{{/*
+Labels of every object: the same as the kustomize base (name, component, part-of) plus Helm's.
+Call with (dict "root" $ "component" "gateway").
+*/}}
+{{- define "ek.labels" -}}
+app.kubernetes.io/name: elastic-kernels
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: elastic-kernels
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades, identical to the kustomize base. */}}
+{{- define "ek.selector" -}}
+app.kubernetes.io/name: elastic-kernels
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+
+{{/* repository:tag of an image from .Values.images. */}}
+{{- define "ek.image" -}}
+{{ printf "%s:%s" .repository .tag }}
+{{- end }}
+
+{{/* The rules of a Role, from the kustomize base's file (one source for both installs). */}}
+{{- define "ek.roleRules" -}}
+{{- $role := .root.Files.Get (printf "files/rbac/%s-role.yaml" .component) | fromYaml -}}
+{{- if or (not $role) (hasKey $role "Error") -}}
+{{- fail (printf "files/rbac/%s-role.yaml is missing or not YAML" .component) -}}
+{{- end -}}
+{{- toYaml $role.rules -}}
+{{- end }}
+
+{{/* The pod security context every component shares: non-root uid 1000, gid 100. */}}
+{{- define "ek.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 100
+{{- if .fsGroup }}
+fsGroup: 100
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "ek.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+{{- end }}

@@ -1,0 +1,230 @@
+"""The Helm chart, rendered and installed by real Helm, equals the kustomize install.
+
+Helm here is the Helm v4 Go library shipped in the ``helm-sdkpy`` wheel (``helm`` itself is on
+neither PyPI, npm nor Debian 12). It has no client-only "template" action, so the chart is
+installed -- CRDs from ``crds/``, then the templates -- into the local cluster, which serves every
+kind the chart creates; the release's ``manifest`` is what ``helm template`` prints. The release
+record stays in memory (``HELM_DRIVER=memory``, see ``helmrun.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elastic_kernels.localcluster.cluster import LocalCluster
+
+from .conftest import Kubectl
+from .manifests import (
+    CHART,
+    CRDS,
+    DEPLOY,
+    KERNELSPECS,
+    NAMESPACE,
+    JSON,
+    by_ident,
+    differences,
+    cr_problems,
+    crd_schemas,
+    find,
+    is_custom,
+    kustomize,
+    load_docs,
+    pod_spec,
+    validate_builtin,
+)
+
+HELM_MISSING = importlib.util.find_spec("helm_sdkpy") is None
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(HELM_MISSING, reason="helm-sdkpy (Helm's Go library) is not installed: "
+                       "pip install --ignore-requires-python helm-sdkpy==0.1.32"),
+]
+
+REPO = DEPLOY.parent
+HELM_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/version", "helm.sh/chart"}
+
+
+async def helm(kubeconfig: Path, namespace: str, workdir: Path, *, values: JSON | None = None,
+               release: str = "elastic-kernels", lint: bool = False) -> tuple[int, Any, str]:
+    """Run helmrun.py; (exit code, parsed JSON result or None, stderr)."""
+    home = workdir / "helm-home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HELM_DRIVER": "memory", "HOME": str(home),
+           "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_DATA_HOME": str(home / "data")}
+    argv = [sys.executable, "-m", "tests.deploy.helmrun", "--kubeconfig", str(kubeconfig),
+            "--namespace", namespace, "--chart", str(CHART), "--release", release,
+            "--values", json.dumps(values or {})]
+    if lint:
+        argv.append("--lint")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    result = json.loads(out) if proc.returncode == 0 and out else None
+    return int(proc.returncode or 0), result, err.decode(errors="replace")
+
+
+async def install(cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path, namespace: str,
+                  values: JSON | None = None) -> list[JSON]:
+    """Install the chart into a new namespace; the rendered objects."""
+    await kubectl("create", "namespace", namespace)
+    code, result, err = await helm(cluster.kubeconfig_path, namespace, tmp_path, values=values,
+                                   release=f"ek-{namespace}")
+    assert code == 0, err[-3000:]
+    assert result["info"]["status"] == "deployed"
+    return load_docs(result["manifest"], f"helm manifest ({namespace})")
+
+
+def _without_helm_labels(doc: JSON) -> JSON:
+    doc = copy.deepcopy(doc)
+    holders = [doc.get("metadata") or {}]
+    if doc.get("kind") in ("Deployment", "CronJob"):
+        if doc["kind"] == "Deployment":
+            holders.append(doc["spec"]["template"]["metadata"])
+        else:
+            holders.append(doc["spec"]["jobTemplate"]["metadata"])
+            holders.append(doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"])
+    for meta in holders:
+        labels = meta.get("labels") or {}
+        for key in HELM_ONLY_LABELS:
+            labels.pop(key, None)
+    (doc.get("metadata") or {}).get("annotations", {}).pop("helm.sh/resource-policy", None)
+    if not (doc.get("metadata") or {}).get("annotations", True):
+        doc["metadata"].pop("annotations")
+    return doc
+
+
+def _pod_template_labels(doc: JSON) -> dict:
+    if doc["kind"] == "Deployment":
+        return doc["spec"]["template"]["metadata"]["labels"]
+    return doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+
+
+async def test_helm_lint_passes(tmp_path: Path) -> None:
+    code, result, err = await helm(tmp_path / "no-kubeconfig", NAMESPACE, tmp_path, lint=True)
+    assert code == 0, err
+    assert not result["Errors"], result
+    # Severity 1 is INFO (e.g. "icon is recommended"); warnings (2) and errors (3+) are not ok.
+    assert all(m["Severity"] <= 1 for m in result["Messages"]), result["Messages"]
+
+
+async def test_chart_installs_the_same_objects_as_kustomize(
+        install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path,
+        base_docs: list[JSON]) -> None:
+    rendered = await install(install_cluster, kubectl, tmp_path, NAMESPACE,
+                             {"namespace": {"create": False}})
+
+    # The reference: the kustomize base with the kernelspecs component, minus what Helm handles
+    # differently -- CRDs (installed from the chart's crds/, compared below) and the Namespace
+    # (Helm installs into an existing or --create-namespace namespace).
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    rel = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {rel}\ncomponents:\n  - {rel}/components/kernelspecs\n")
+    reference = [d for d in kustomize(overlay)
+                 if d["kind"] not in ("CustomResourceDefinition", "Namespace")]
+
+    ours, theirs = by_ident(reference), by_ident(rendered)
+    assert set(theirs) == set(ours)
+    schemas = crd_schemas()
+    for key, expected in ours.items():
+        got = theirs[key]
+        if is_custom(got):
+            assert cr_problems(got, schemas) == []
+        else:
+            validate_builtin(got)
+        # Helm's labels come on top of the same labels, everywhere (selectors are untouched).
+        for a, b in ((expected, got), *(
+                ((_pod_template_labels(expected), _pod_template_labels(got)),)
+                if got["kind"] in ("Deployment", "CronJob") else ())):
+            labels_a = a.get("metadata", {}).get("labels", {}) if "metadata" in a else a
+            labels_b = b.get("metadata", {}).get("labels", {}) if "metadata" in b else b
+            assert labels_a.items() <= labels_b.items(), key
+        assert differences(expected, _without_helm_labels(got)) == [], key
+
+    # The CRDs Helm installed are the files in deploy/crds.
+    crds = await kubectl.json("get", "crd")
+    names = sorted(c["metadata"]["name"] for c in crds["items"])
+    assert names == sorted(d["metadata"]["name"] for p in CRDS.glob("*.yaml")
+                           for d in load_docs(p.read_text()))
+    for link in (CHART / "crds").iterdir():
+        assert link.resolve().read_bytes() == (CRDS / link.name).read_bytes()
+
+    # And the cluster holds what Helm rendered.
+    stored = await kubectl.json("get", "-n", NAMESPACE,
+                                "deployments,cronjobs,roles,jupyterkernelspecs")
+    assert sorted((i["kind"], i["metadata"]["name"]) for i in stored["items"]) == sorted(
+        (k, n) for k, _, n in theirs if k in ("Deployment", "CronJob", "Role",
+                                              "JupyterKernelSpec"))
+
+
+async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: Kubectl,
+                                        tmp_path: Path) -> None:
+    docs = await install(install_cluster, kubectl, tmp_path, "team-a", {
+        "images": {"gateway": {"repository": "registry.example/ek/gateway", "tag": "1.2.3"},
+                   "notebook": {"repository": "registry.example/ek/notebook", "tag": "1.2.3"}},
+        "gateway": {"replicas": 3, "config": {"ElasticGatewayApp.zmq_recheck_interval": 0.25,
+                                              "CullingDefaults.reclaim_after": 900}},
+        "culling": {"idleTimeout": "2h", "maxAge": 86400, "orphanGrace": "10m",
+                    "schedule": "*/10 * * * *"},
+        "quotas": {"namespaceGPUs": 8},
+        "kernelspecs": {"install": ["python-gpu"]},
+        "notebook": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+    })
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert not any("notebook" in name for _, name in kinds)
+    assert ("NetworkPolicy", "elastic-kernels-kernels") not in kinds
+    assert {n for k, n in kinds if k.startswith("JupyterKernel")} == {"python-gpu", "gpu"}
+    assert all(d["metadata"]["namespace"] == "team-a" for d in docs)
+
+    gateway = find(docs, "Deployment", "elastic-kernels-gateway")
+    assert gateway["spec"]["replicas"] == 3
+    (container,) = pod_spec(gateway)["containers"]
+    assert container["image"] == "registry.example/ek/gateway:1.2.3"
+    assert container["args"][-2:] == ["--CullingDefaults.reclaim_after=900",
+                                      "--ElasticGatewayApp.zmq_recheck_interval=0.25"]
+    binding = find(docs, "RoleBinding", "elastic-kernels-gateway")
+    assert binding["subjects"][0]["namespace"] == "team-a"
+
+    cron = find(docs, "CronJob", "elastic-kernels-cull")
+    assert cron["spec"]["schedule"] == "*/10 * * * *"
+    (cull,) = pod_spec(cron)["containers"]
+    assert cull["image"] == "registry.example/ek/gateway:1.2.3"
+    from elastic_kernels.cull import build_parser
+    args = build_parser().parse_args([a.replace("$(POD_NAMESPACE)", "team-a")
+                                      for a in cull["args"]])
+    assert (args.idle_timeout, args.max_age, args.orphan_grace) == (7200, 86400, 600)
+
+    quota = find(docs, "ResourceQuota", "elastic-kernels-gpus")
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
+    for doc in docs:
+        if not is_custom(doc):
+            validate_builtin(doc)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"gateway": {"replicas": 0}}, "replicas"),
+    ({"kernelspecs": {"install": ["python-tpu"]}}, "/kernelspecs/install/0"),
+    ({"culling": {"idleTimeout": "soon"}}, "idleTimeout"),
+    ({"gatway": {"replicas": 2}}, "gatway"),
+])
+async def test_bad_values_are_refused_with_the_field(
+        install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path, values: JSON,
+        words: str) -> None:
+    code, _, err = await helm(install_cluster.kubeconfig_path, NAMESPACE, tmp_path,
+                              values=values)
+    assert code != 0
+    assert words in err, err[-2000:]
