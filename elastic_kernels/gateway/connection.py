@@ -58,10 +58,6 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
         help="Upper bound of the exponentially growing kernel_info retry interval.",
     )
 
-    def streams(self) -> list[ZMQStream]:
-        """The ZeroMQ streams this connection reads (for the wakeup guard)."""
-        return [s for s in self.channels.values() if s is not None]
-
     def nudge(self) -> asyncio.Future[None]:  # type: ignore[override]
         return asyncio.ensure_future(self._nudge())
 

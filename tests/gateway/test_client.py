@@ -1,88 +1,160 @@
-"""The notebook-server side connection class, against a real gateway."""
+"""The notebook-server side connection class, on a real jupyter_server in this process.
+
+The subprocess tests in test_notebook_server.py show the whole path works; this one runs the
+notebook server in the test's event loop so that both of its kernel sockets can be inspected:
+the browser-facing websocket and its websocket client to the gateway must have TCP_NODELAY.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import typing as t
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from jupyter_server.gateway.gateway_client import GatewayClient
+from jupyter_server.serverapp import ServerApp
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.client import NoDelayGatewayWebSocketConnection
 
-from .support import TOKEN, start_kernel
+from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of
 
 
-class _KernelRef(LoggingConfigurable):
-    """What a connection needs from its parent on the notebook server: the kernel id."""
+class RecordingConnection(NoDelayGatewayWebSocketConnection):
+    """Remembers its instances so the test can look at their sockets."""
 
-    kernel_id = Unicode()
+    instances: t.ClassVar[list[RecordingConnection]] = []
+
+    async def connect(self) -> None:
+        RecordingConnection.instances.append(self)
+        await super().connect()
 
 
-class _CollectingConnection(NoDelayGatewayWebSocketConnection):
-    """Keeps what the gateway sends instead of writing it to a browser websocket."""
-
-    def __init__(self, queue: asyncio.Queue[dict[str, t.Any]], **kwargs: t.Any) -> None:
-        super().__init__(**kwargs)
-        self._queue = queue
-
-    def handle_outgoing_message(self, incoming_msg: str, *args: t.Any) -> None:
-        self._queue.put_nowait(json.loads(incoming_msg))
+def nodelay(sock: socket.socket) -> int:
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 @pytest.fixture
-def gateway_client(gateway: ElasticGatewayApp) -> Iterator[GatewayClient]:
+async def notebook_app(
+    gateway: ElasticGatewayApp, jupyter_dirs: dict[str, Path], tmp_path: Path
+) -> AsyncIterator[ServerApp]:
+    """A plain jupyter_server ServerApp with --gateway-url, serving in this event loop."""
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     GatewayClient.clear_instance()
-    client = GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
+    root = tmp_path / "notebook-root"
+    root.mkdir()
+    RecordingConnection.instances.clear()
+    app = ServerApp(kernel_websocket_connection_class=RecordingConnection)
     try:
-        yield client
+        app.initialize(
+            argv=[
+                "--ServerApp.ip=127.0.0.1",
+                "--ServerApp.port=0",
+                "--ServerApp.port_retries=0",
+                "--ServerApp.open_browser=False",
+                f"--ServerApp.root_dir={root}",
+                f"--IdentityProvider.token=nb-{TOKEN}",
+                f"--gateway-url={gateway.url}",
+                f"--GatewayClient.auth_token={TOKEN}",
+            ],
+            find_extensions=False,
+        )
+        # initialize() scheduled the bind as a loop callback; wait until it serves.
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            try:
+                status = await api(
+                    f"http://127.0.0.1:{app.port}", "GET", "/api/status", token=f"nb-{TOKEN}"
+                )
+            except OSError:
+                continue
+            if status.code == 200:
+                break
+        yield app
     finally:
+        await app._cleanup()
         GatewayClient.clear_instance()
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.timeout(60)
-async def test_nodelay_connection_relays_kernel_messages(
-    gateway: ElasticGatewayApp, gateway_client: GatewayClient
+async def test_both_notebook_side_sockets_have_nodelay(
+    gateway: ElasticGatewayApp, notebook_app: ServerApp
 ) -> None:
-    kernel_id = (await start_kernel(gateway.url))["id"]
-    received: asyncio.Queue[dict[str, t.Any]] = asyncio.Queue()
-    connection = _CollectingConnection(received, parent=_KernelRef(kernel_id=kernel_id))
-    connection.session.session = uuid.uuid4().hex
-    await connection.connect()
+    url = f"http://127.0.0.1:{notebook_app.port}/"
+    token = f"nb-{TOKEN}"
+    started = await api(url, "POST", "/api/kernels", {"name": KERNEL_NAME}, token=token)
+    assert started.code == 201, started.body
+    kernel_id = json_of(started)["id"]
+    ws = await KernelWS.open(url, kernel_id, token=token)
     try:
-        assert connection.ws_future is not None
-        await asyncio.wait_for(connection.ws_future, 30)
-        await asyncio.sleep(0)  # let the connect future's callbacks run
+        result = await ws.execute("print(6*7)")
+        assert result["stdout"] == "42\n"
+        (connection,) = RecordingConnection.instances
         assert connection.ws is not None
-        client_socket = connection.ws.protocol.stream.socket
-        assert client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-
-        handlers = list(gateway.open_websockets)
-        assert len(handlers) == 1
-        server_socket = handlers[0].ws_connection.stream.socket
-        assert server_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-
-        request = connection.session.msg("execute_request", {"code": "print(6*7)"})
-        request["header"]["msg_id"] = request["msg_id"] = uuid.uuid4().hex
-        request["channel"] = "shell"
-        connection.handle_incoming_message(json.dumps(request, default=str))
-        stdout, reply = "", None
-        while reply is None or stdout != "42\n":
-            msg = await asyncio.wait_for(received.get(), 20)
-            if msg["parent_header"].get("msg_id") != request["msg_id"]:
-                continue
-            if msg["msg_type"] == "stream":
-                stdout += msg["content"]["text"]
-            elif msg["msg_type"] == "execute_reply":
-                reply = msg["content"]
-        assert reply["status"] == "ok"
-        assert stdout == "42\n"
+        assert nodelay(connection.ws.protocol.stream.socket) == 1  # notebook -> gateway
+        browser_side = connection.websocket_handler.ws_connection.stream.socket
+        assert nodelay(browser_side) == 1  # notebook -> browser
+        (gateway_side,) = gateway.open_websockets
+        assert nodelay(gateway_side.ws_connection.stream.socket) == 1  # gateway -> notebook
     finally:
-        connection.disconnect()
+        ws.close()
+    deleted = await api(url, "DELETE", f"/api/kernels/{kernel_id}", token=token)
+    assert deleted.code == 204
+    assert gateway.kernel_manager.list_kernel_ids() == []
+
+
+@pytest.mark.timeout(60)
+async def test_connection_without_browser_handler(gateway: ElasticGatewayApp) -> None:
+    """Used headless (no browser websocket), the connection still relays to the gateway."""
+
+    class KernelRef(LoggingConfigurable):
+        kernel_id = Unicode()
+
+    received: asyncio.Queue[dict[str, t.Any]] = asyncio.Queue()
+
+    class Collecting(NoDelayGatewayWebSocketConnection):
+        def handle_outgoing_message(self, incoming_msg: str, *args: t.Any) -> None:
+            received.put_nowait(json.loads(incoming_msg))
+
+    GatewayClient.clear_instance()
+    GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
+    try:
+        started = await api(gateway.url, "POST", "/api/kernels", {"name": KERNEL_NAME})
+        kernel_id = json_of(started)["id"]
+        connection = Collecting(parent=KernelRef(kernel_id=kernel_id))
+        connection.session.session = uuid.uuid4().hex
+        await connection.connect()
+        try:
+            assert connection.ws_future is not None
+            await asyncio.wait_for(connection.ws_future, 30)
+            await asyncio.sleep(0)  # let the connect future's callbacks run
+            assert connection.ws is not None
+            assert nodelay(connection.ws.protocol.stream.socket) == 1
+            request = connection.session.msg("execute_request", {"code": "print(6*7)"})
+            request["header"]["msg_id"] = request["msg_id"] = uuid.uuid4().hex
+            request["channel"] = "shell"
+            connection.handle_incoming_message(json.dumps(request, default=str))
+            stdout, reply = "", None
+            while reply is None or stdout != "42\n":
+                msg = await asyncio.wait_for(received.get(), 20)
+                if msg["parent_header"].get("msg_id") != request["msg_id"]:
+                    continue
+                if msg["msg_type"] == "stream":
+                    stdout += msg["content"]["text"]
+                elif msg["msg_type"] == "execute_reply":
+                    reply = msg["content"]
+            assert reply["status"] == "ok"
+        finally:
+            connection.disconnect()
+    finally:
+        GatewayClient.clear_instance()
