@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes.client import models as k8s_models
 
 from .patching import PATCH_META, PatchMeta
-from .resources import Registry, ResourceType
+from .resources import BUILTIN_TYPES, Registry, ResourceType
 
 _META_PKG = "io.k8s.apimachinery.pkg.apis.meta.v1"
 _META_NAMES = {
@@ -33,13 +33,10 @@ _APIEXT_PREFIXES = ("CustomResource", "JSONSchemaProps", "WebhookConversion",
                     "WebhookClientConfig", "ExternalDocumentation", "ValidationRule",
                     "SelectableField")
 
-# Kind -> python model class name, for every built-in kind served.
+# (group, kind) -> python model class name of the external form, for every built-in kind served.
 _KIND_MODELS: dict[tuple[str, str], str] = {
-    ("", "Pod"): "V1Pod", ("", "Secret"): "V1Secret", ("", "ConfigMap"): "V1ConfigMap",
-    ("", "Service"): "V1Service", ("", "ServiceAccount"): "V1ServiceAccount",
-    ("", "Namespace"): "V1Namespace", ("", "Node"): "V1Node", ("", "Event"): "CoreV1Event",
-    ("events.k8s.io", "Event"): "EventsV1Event", ("coordination.k8s.io", "Lease"): "V1Lease",
-    ("apiextensions.k8s.io", "CustomResourceDefinition"): "V1CustomResourceDefinition",
+    **{(t.group, t.kind): t.model for t in BUILTIN_TYPES if t.model},
+    ("events.k8s.io", "Event"): "EventsV1Event",  # stored as core Events, served as events/v1
 }
 
 _PRIMITIVES: dict[str, dict[str, Any]] = {
@@ -284,8 +281,9 @@ class OpenAPIDocuments:
 
     def _group_version_doc(self, group: str, version: str, ref_prefix: str) -> dict[str, Any]:
         builder = _SchemaBuilder(ref_prefix)
+        models_by_kind = {kind: model for (_, kind), model in _KIND_MODELS.items()}
         for model_kind, meta in PATCH_META.items():
-            model = _KIND_MODELS.get(("", model_kind))
+            model = models_by_kind.get(model_kind)
             if model:
                 builder.annotate(model, meta)
         schemas: dict[str, Any] = {}

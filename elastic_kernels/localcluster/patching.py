@@ -73,6 +73,18 @@ PATCH_META: dict[str, PatchMeta] = {
 }
 
 
+_TEMPLATE = _obj(metadata=_OBJECT_META, spec=POD_SPEC_META)
+_CONDITIONS = _obj(conditions=_map_list("type"))
+PATCH_META["Deployment"] = _obj(metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE),
+                                status=_CONDITIONS)
+PATCH_META["Job"] = _obj(metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE),
+                         status=_CONDITIONS)
+PATCH_META["CronJob"] = _obj(metadata=_OBJECT_META, spec=_obj(jobTemplate=_obj(
+    metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE))))
+PATCH_META["PodDisruptionBudget"] = _obj(metadata=_OBJECT_META, status=_CONDITIONS)
+PATCH_META["PersistentVolumeClaim"] = _obj(metadata=_OBJECT_META, status=_CONDITIONS)
+
+
 def patch_meta_for(kind: str) -> PatchMeta:
     return PATCH_META.get(kind) or _obj(metadata=_OBJECT_META)
 

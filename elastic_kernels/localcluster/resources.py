@@ -108,6 +108,8 @@ _EVENTS_V1_ALIASES = tuple((f"regarding.{f.split('.', 1)[1]}", f) for f in _EVEN
                            if f.startswith("involvedObject.")) + (
     ("reportingController", "reportingComponent"), ("deprecatedSource", "source"))
 
+_RBAC = "rbac.authorization.k8s.io"
+
 BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "pods", "pod", "Pod", True, ("po",), categories=("all",),
                  status_subresource=True, extra_subresources=("log", "binding", "eviction"),
@@ -134,6 +136,34 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES,
                  storage=("", "events"), model="CoreV1Event"),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, model="V1Lease"),
+    # Kinds an install of this project creates. Nothing acts on them here (there is no controller
+    # manager), but they are accepted, validated against their types, stored and listed, so that
+    # `kubectl apply -k deploy/...` and Helm work against the local cluster.
+    ResourceType("", "v1", "persistentvolumeclaims", "persistentvolumeclaim",
+                 "PersistentVolumeClaim", True, ("pvc",), status_subresource=True,
+                 model="V1PersistentVolumeClaim"),
+    ResourceType("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", True, ("quota",),
+                 status_subresource=True, model="V1ResourceQuota"),
+    ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ("deploy",),
+                 categories=("all",), status_subresource=True, has_generation=True,
+                 model="V1Deployment"),
+    ResourceType("batch", "v1", "cronjobs", "cronjob", "CronJob", True, ("cj",),
+                 categories=("all",), status_subresource=True, has_generation=True,
+                 model="V1CronJob"),
+    ResourceType("batch", "v1", "jobs", "job", "Job", True, categories=("all",),
+                 status_subresource=True, has_generation=True, model="V1Job"),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget",
+                 "PodDisruptionBudget", True, ("pdb",), status_subresource=True,
+                 has_generation=True, model="V1PodDisruptionBudget"),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy",
+                 True, ("netpol",), has_generation=True, model="V1NetworkPolicy"),
+    ResourceType(_RBAC, "v1", "roles", "role", "Role", True, model="V1Role"),
+    ResourceType(_RBAC, "v1", "rolebindings", "rolebinding", "RoleBinding", True,
+                 model="V1RoleBinding"),
+    ResourceType(_RBAC, "v1", "clusterroles", "clusterrole", "ClusterRole", False,
+                 model="V1ClusterRole"),
+    ResourceType(_RBAC, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding",
+                 False, model="V1ClusterRoleBinding"),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False, ("crd", "crds"),
                  categories=("api-extensions",), status_subresource=True, has_generation=True,
@@ -143,7 +173,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 # Group versions served for built-ins, in the order discovery lists them ("" first, as real).
 BUILTIN_GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("", "v1"), ("events.k8s.io", "v1"), ("coordination.k8s.io", "v1"),
-    ("apiextensions.k8s.io", "v1"),
+    ("apiextensions.k8s.io", "v1"), ("apps", "v1"), ("batch", "v1"), ("policy", "v1"),
+    ("networking.k8s.io", "v1"), (_RBAC, "v1"),
 )
 
 # Kinds whose names are DNS labels rather than DNS subdomains (real validation differs by kind).

@@ -186,3 +186,24 @@ def test_generators_that_send_protobuf(kubectl: Kubectl, tmp_path: Path) -> None
                                                      "-n", "gen")
     err = kubectl("create", "service", "clusterip", "web", "--tcp=80:8080", ok=False)
     assert "send the object as JSON" in err
+
+
+def test_apply_deployment_merges_containers_by_name(kubectl: Kubectl) -> None:
+    """Stored only (no controller), but re-apply must merge the pod template like a real server."""
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gw"},
+              "spec": {"selector": {"matchLabels": {"app": "gw"}}, "template": {
+                  "metadata": {"labels": {"app": "gw"}},
+                  "spec": {"containers": [
+                      {"name": "gw", "image": "gw:1", "env": [{"name": "A", "value": "1"}],
+                       "ports": [{"containerPort": 8888}]},
+                      {"name": "side", "image": "side:1"}]}}}}
+    assert "deployment.apps/gw created" in kubectl("apply", "-f", kubectl.write("d1.yaml", deploy))
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = "gw:2"
+    deploy["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "B", "value": "2"})
+    assert "configured" in kubectl("apply", "-f", kubectl.write("d2.yaml", deploy))
+    stored = kubectl.json("get", "deployment", "gw")
+    assert stored["metadata"]["generation"] == 2
+    gw, side = stored["spec"]["template"]["spec"]["containers"]
+    assert (gw["image"], side["image"]) == ("gw:2", "side:1")
+    assert gw["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    assert gw["ports"] == [{"containerPort": 8888}]
