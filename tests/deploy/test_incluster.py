@@ -1,0 +1,116 @@
+"""The gateway Deployment's pod, run by the local cluster with in-cluster configuration, serves kernels.
+
+The pod is the Deployment's own template (command, args, env, volumes, service account), so this
+proves the manifest's command line and environment: ``--ip=$(POD_IP)`` binds the pod's private
+127.x address, the token comes from the Secret, and the Kubernetes client configures itself from
+``KUBERNETES_SERVICE_HOST``/``PORT`` and the mounted service-account token and CA, over HTTPS,
+exactly as in a real pod. Then a notebook-server-like client runs a whole kernel session through
+it, and every API call the pod made is one its Role allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+from elastic_kernels.kube import config as kube_config
+from elastic_kernels.localcluster.cluster import LocalCluster
+from tests.gateway.support import api
+
+from .conftest import Kubectl
+from .manifests import DEPLOY, KERNELSPECS, NAMESPACE, JSON, find
+from .rbac import allows, fmt
+from .session import kernel_session, new_token, requests_since
+
+pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
+
+POD_NAME = "elastic-kernels-gateway-0"
+
+
+def _integrated(cluster: LocalCluster) -> str:
+    """What is still missing for in-cluster configuration on the local cluster ("" if nothing)."""
+    missing = []
+    if not getattr(cluster.apiserver, "tls_url", None):
+        missing.append("the local API server's TLS listener (APIServer(tls=...).tls_url)")
+    if not hasattr(kube_config, "service_account_dir"):
+        missing.append("kube/config.py locating the service-account dir via LOCALCLUSTER_MOUNTS")
+    return "; ".join(missing)
+
+
+def gateway_pod(base: list[JSON]) -> JSON:
+    """A pod exactly as the gateway Deployment's ReplicaSet would create it."""
+    deployment = find(base, "Deployment", "elastic-kernels-gateway")
+    template = copy.deepcopy(deployment["spec"]["template"])
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": POD_NAME, "namespace": NAMESPACE,
+                         "labels": template["metadata"]["labels"]},
+            "spec": template["spec"]}
+
+
+async def _wait_serving(url: str, timeout: float = 60) -> None:
+    """Until GET /api (the readiness probe's endpoint) answers 200."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if (await api(url, "GET", "/api", token=None)).code == 200:
+                return
+        except OSError:
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"{url}/api did not answer within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+async def test_gateway_pod_serves_kernels_with_in_cluster_config(
+        install_cluster: LocalCluster, kubectl: Kubectl, base_docs: list[JSON]) -> None:
+    missing = _integrated(install_cluster)
+    if missing:
+        pytest.skip(f"needs the local cluster's in-cluster support: {missing} "
+                    "(see the issue 6 report)")
+    await kubectl("apply", "-k", str(DEPLOY))
+    await kubectl("apply", "-n", NAMESPACE, "-k", str(KERNELSPECS))
+    token = new_token()
+    await kubectl("create", "secret", "generic", "-n", NAMESPACE,
+                  "elastic-kernels-gateway-token", f"--from-literal=token={token}")
+    await kubectl.apply_docs([gateway_pod(base_docs)])
+    try:
+        await kubectl("wait", "-n", NAMESPACE, "--for=jsonpath={.status.phase}=Running",
+                      f"pod/{POD_NAME}", "--timeout=60s")
+        pod = await kubectl.json("get", "-n", NAMESPACE, "pod", POD_NAME)
+        ip = pod["status"]["podIP"]
+        assert ip.startswith("127.") and ip != "127.0.0.1"
+        url = f"http://{ip}:8888"
+        await _wait_serving(url)
+
+        # Without the token nothing but /api answers.
+        denied = await api(url, "GET", "/api/kernels", token=None)
+        assert denied.code in (401, 403)
+        # From here until the session ends, only the gateway pod talks to the API server.
+        before = install_cluster.request_counter.snapshot()
+        facts = await kernel_session(url, token, "python-gpu")
+        used = requests_since(install_cluster, before)
+        assert facts["first"][0] == "42" and facts["after_restart"] == "False"
+        assert facts["kernelspecs"] == ["python-cpu", "python-gpu"]
+
+        # The pod has no kubeconfig: the API calls below came over the HTTPS service address
+        # the kubelet gave it, trusted through the mounted ca.crt.
+        assert not any(e["name"] == "KUBECONFIG" for c in pod["spec"]["containers"]
+                       for e in c.get("env", []))
+        assert install_cluster.kubelet is not None and install_cluster.apiserver is not None
+        service = install_cluster.kubelet.service_env
+        assert f"https://{service['KUBERNETES_SERVICE_HOST']}:" \
+               f"{service['KUBERNETES_SERVICE_PORT']}" == install_cluster.apiserver.tls_url
+        logs = await kubectl("logs", "-n", NAMESPACE, POD_NAME)
+        assert f"serving http://{ip}:8888/" in logs
+        assert token not in logs
+    finally:
+        await kubectl("delete", "-n", NAMESPACE, "pod", POD_NAME, "--wait=true",
+                      "--timeout=60s")
+    # Every call the pod made for the session is allowed by the gateway's Role.
+    assert ("create", "elastic.jupyter.org", "jupyterkernels", "") in used
+    rules = find(base_docs, "Role", "elastic-kernels-gateway")["rules"]
+    denied_calls = [k for k in used if not allows(rules, *k)]
+    assert not denied_calls, fmt(denied_calls)
