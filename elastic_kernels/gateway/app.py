@@ -36,7 +36,8 @@ to ``--token``: command lines are visible to other users of the machine.
 The kernel manager and kernel spec manager are ordinary ``ServerApp.kernel_manager_class`` and
 ``ServerApp.kernel_spec_manager_class`` traits.  Their defaults come from the class attributes
 ``ElasticGatewayApp.default_kernel_manager_class`` and ``default_kernel_spec_manager_class``
-(today jupyter_server's local ``AsyncMappingKernelManager`` + ``KernelSpecManager``).
+(kernels in pods: :class:`ElasticMappingKernelManager` and :class:`ElasticKernelSpecManager`;
+the gateway tests swap in jupyter_server's local ones to test the serving layer alone).
 
 Speed and robustness choices (see DESIGN §7):
 
@@ -75,6 +76,7 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from elastic_kernels import __version__
 
+from ..kube.connection import ClusterConnection
 from . import handlers as gateway_handlers
 from .auth import TOKEN_ENV, ElasticIdentityProvider
 from .connection import ElasticChannelsConnection
@@ -131,9 +133,9 @@ class ElasticGatewayApp(ServerApp):
 
     # The one place to switch the kernel backend (the lead points these at the Kubernetes ones).
     default_kernel_manager_class = (
-        "jupyter_server.services.kernels.kernelmanager.AsyncMappingKernelManager"
+        "elastic_kernels.gateway.kernelmanager.ElasticMappingKernelManager"
     )
-    default_kernel_spec_manager_class = "jupyter_client.kernelspec.KernelSpecManager"
+    default_kernel_spec_manager_class = "elastic_kernels.kernelspecs.ElasticKernelSpecManager"
     default_kernel_websocket_connection_class = (
         "elastic_kernels.gateway.connection.ElasticChannelsConnection"
     )
@@ -275,6 +277,29 @@ class ElasticGatewayApp(ServerApp):
 
     # ---- initialisation ------------------------------------------------------------------
 
+    def init_configurables(self) -> None:
+        # The cluster connection is shared by the kernelspec manager and every provisioner;
+        # configure it from our flags before they exist.
+        ClusterConnection.instance(parent=self, kubeconfig=self.kubeconfig,
+                                   namespace=self.namespace)
+        super().init_configurables()
+        km = self.kernel_manager
+        if hasattr(km, "gateway_id"):
+            km.gateway_id = self.gateway_id
+
+    async def _post_start(self) -> None:
+        """Start the shared watches (and whatever the kernel manager runs) before serving."""
+        for component in (self.kernel_spec_manager, self.kernel_manager):
+            start = getattr(component, "start_watching", None)
+            if start is None:
+                continue
+            try:
+                await start()
+            except Exception as e:  # the gateway keeps serving; starts answer 503 meanwhile
+                self.log.error("Cannot watch the cluster yet (%s); retrying in the background",
+                               e)
+        await super()._post_start()
+
     def find_server_extensions(self) -> None:
         """Load only explicitly configured extensions (see the module docstring)."""
 
@@ -403,10 +428,23 @@ class ElasticGatewayApp(ServerApp):
         # start failed: jupyter_client leaves the failed id in _pending_kernels.  Forget those
         # first, and never let one kernel's shutdown error abort stopping the gateway.
         self.forget_failed_starts()
+        km = self.kernel_manager
         try:
-            await super().cleanup_kernels()
+            if getattr(km, "shutdown_kernels_on_exit", True):
+                await super().cleanup_kernels()
+            else:
+                # Kernels live in pods and outlive this process; another gateway re-attaches.
+                n = len(km.list_kernel_ids())
+                self.log.info("Leaving %d kernel%s running for the next gateway", n,
+                              "" if n == 1 else "s")
+                await ensure_async(km.detach_all())
         except Exception:
             self.log.exception("Shutting down kernels failed")
+        finally:
+            stop = getattr(km, "stop_watching", None)
+            if stop is not None:
+                await stop()
+            await ClusterConnection.reset()
 
     def forget_failed_starts(self) -> None:
         """Drop start attempts that failed from the kernel manager's pending table."""

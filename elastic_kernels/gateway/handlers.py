@@ -167,6 +167,8 @@ class MainKernelHandler(GatewayAPIHandler):
             "kernel_name": name,
             "env": self.gateway_app.kernel_env(env or {}),
         }
+        if getattr(km, "tracks_users", False):
+            kwargs["user"] = self.current_user.username
         try:
             kernel_id = await ensure_async(km.start_kernel(**kwargs))
         except Exception as e:

@@ -19,7 +19,7 @@ import zmq
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Integer, Unicode, default
+from traitlets import Bool, Integer, Unicode, default
 
 from ..kube import resources as R
 from ..kube.client import PODS
@@ -84,6 +84,15 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         config=True,
         help="This gateway's identity, recorded on the kernels it starts. Default: host name.",
     )
+
+    shutdown_kernels_on_exit = Bool(
+        False, config=True,
+        help="Shut every kernel down when the gateway stops. Off by default: kernels live in "
+        "pods and the next gateway, or another replica, re-attaches them.",
+    )
+
+    #: The gateway passes the authenticated user to start_kernel.
+    tracks_users = True
 
     @default("gateway_id")
     def _gateway_id_default(self) -> str:
@@ -151,10 +160,29 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             })
         return model
 
-    def kernel_model(self, kernel_id: str) -> dict[str, Any]:
-        model = super().kernel_model(kernel_id)
-        model["elastic"] = self.elastic_model(kernel_id)
-        return model
+    async def detach_all(self) -> None:
+        """Let go of every kernel without stopping it: close our sockets, keep the pods.
+
+        The kernels' JupyterKernel records stay, so the next gateway (or another replica)
+        re-attaches them; the cull cron reclaims any that nobody adopts.
+        """
+        for kernel_id in list(self.list_kernel_ids()):
+            km = self._kernels.pop(kernel_id, None)
+            if km is None:
+                continue
+            km.stop_restarter()
+            km._close_control_socket()
+            km.provisioner = None  # so nothing below can delete the pod
+            buffer = getattr(self, "_kernel_buffers", {}).pop(kernel_id, None)
+            for stream in ((buffer or {}).get("channels") or {}).values():
+                stream.close()
+            activity = getattr(km, "_activity_stream", None)
+            if activity is not None:
+                activity.close()
+
+    async def stop_watching(self) -> None:
+        """Nothing to stop yet beyond the shared informers, which ClusterConnection owns."""
+        self._kernel_records = None
 
 
 def _validated_kernel_id(kernel_id: Any) -> str:

@@ -61,6 +61,15 @@ async def make_gateway(jupyter_dirs: dict[str, Path]) -> AsyncIterator[GatewayFa
 
     async def make(*argv: str, **traits: t.Any) -> ElasticGatewayApp:
         app = ElasticGatewayApp(**traits)
+        # The serving layer alone, with local kernels (unless a test brings its own manager);
+        # tests/test_end_to_end.py runs the same gateway against the local cluster.
+        local_kernels = []
+        if "kernel_manager_class" not in traits:
+            local_kernels.append("--kernel-manager-class=jupyter_server.services.kernels."
+                                 "kernelmanager.AsyncMappingKernelManager")
+        if "kernel_spec_manager_class" not in traits:
+            local_kernels.append(
+                "--kernel-spec-manager-class=jupyter_client.kernelspec.KernelSpecManager")
         app.initialize(
             argv=[
                 "--ip=127.0.0.1",
@@ -69,6 +78,7 @@ async def make_gateway(jupyter_dirs: dict[str, Path]) -> AsyncIterator[GatewayFa
                 f"--ServerApp.root_dir={jupyter_dirs['root']}",
                 "--ElasticGatewayApp.install_signal_handlers=False",
                 "--ElasticGatewayApp.zmq_recheck_interval=0.2",
+                *local_kernels,
                 *argv,
             ]
         )

@@ -37,7 +37,8 @@ def test_command_line_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert app.kubeconfig == str(tmp_path / "explicit")
     assert app.namespace is None
     assert app.kernel_manager_class.__name__ == "MappingKernelManager"
-    assert ElasticGatewayApp().kernel_manager_class.__name__ == "AsyncMappingKernelManager"
+    assert ElasticGatewayApp().kernel_manager_class.__name__ == "ElasticMappingKernelManager"
+    assert ElasticGatewayApp().kernel_spec_manager_class.__name__ == "ElasticKernelSpecManager"
 
 
 async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[str], seen: list[str]) -> re.Match[str]:
@@ -60,6 +61,9 @@ async def test_cli_generates_token_serves_and_stops(jupyter_dirs: dict[str, Path
         "elastic_kernels.gateway.app",
         "--port=0",
         f"--ServerApp.root_dir={jupyter_dirs['root']}",
+        "--kernel-manager-class=jupyter_server.services.kernels.kernelmanager."
+        "AsyncMappingKernelManager",
+        "--kernel-spec-manager-class=jupyter_client.kernelspec.KernelSpecManager",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
