@@ -38,6 +38,7 @@ try:
 except ImportError:  # pragma: no cover - older jupyter_client
     from jupyter_client.jsonutil import date_default as json_default
 
+from ..provisioner.errors import KernelLaunchError
 from .errors import GatewayHTTPError, KernelStartError, error_body
 from .metrics import CONTENT_TYPE, render
 
@@ -183,6 +184,9 @@ class MainKernelHandler(GatewayAPIHandler):
     def _start_error(self, name: str, e: Exception) -> web.HTTPError:
         if isinstance(e, web.HTTPError):
             return e
+        if isinstance(e, KernelLaunchError):  # the cause, in the cluster's own words
+            self.log.warning("Kernel %r failed to start: %s: %s", name, e.reason, e.message)
+            return KernelStartError(e.status_code, _short(e.message), e.reason)
         if isinstance(e, NoSuchKernel):
             return KernelStartError(404, f"No such kernel spec: {name}", "NoSuchKernelSpec")
         if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
