@@ -233,6 +233,24 @@ def test_notebook_server_talks_to_the_gateway_service(base: list[JSON]) -> None:
     claim = find(base, "PersistentVolumeClaim", "elastic-kernels-notebooks")
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["home"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    # root_dir must exist on a fresh volume: it is the volume's mount point itself.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert f"--ServerApp.root_dir={mounts['home']}" in args
+
+
+def test_notebook_command_line_is_understood_by_jupyter_server(base: list[JSON],
+                                                               tmp_path: Path) -> None:
+    """`jupyter lab` hands its argv to jupyter_server's ServerApp; every flag must parse."""
+    from jupyter_server.serverapp import ServerApp
+
+    container = pod_spec(find(base, "Deployment", "elastic-kernels-notebook"))["containers"][0]
+    args = [a.replace("/home/jovyan", str(tmp_path)) for a in container["args"]]
+    app = ServerApp()
+    app.parse_command_line(_expand(args, {"POD_IP": "10.1.2.3"}))
+    assert app.ip == "10.1.2.3" and app.open_browser is False
+    assert app.config.GatewayClient.url == "http://elastic-kernels-gateway:8888"
+    assert app.config.GatewayClient.request_timeout == 660
+    assert app.root_dir == str(tmp_path)
 
 
 def test_network_policy_admits_only_gateways_to_kernel_ports(base: list[JSON]) -> None:
