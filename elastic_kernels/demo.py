@@ -159,6 +159,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--port", str(args.lab_port), f"--ServerApp.root_dir={notebooks}",
                 f"--gateway-url={gateway_url}",
                 *gateway_client_flags(),
+                *(["--allow-root"] if os.geteuid() == 0 else []),
             ], env={"JUPYTER_TOKEN": lab_token, "JUPYTER_GATEWAY_AUTH_TOKEN": gateway_token})
             try:
                 _wait_for_http(f"http://127.0.0.1:{args.lab_port}/api/status", lab_token, lab,
@@ -192,7 +193,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def gateway_client_flags() -> list[str]:
-    """Flags a notebook server needs to talk to our gateway without Nagle delays."""
-    from .gateway.client import NOTEBOOK_SERVER_FLAGS
+    """Flags a notebook server needs for our gateway: no Nagle delays, readable errors.
 
-    return list(NOTEBOOK_SERVER_FLAGS)
+    See :mod:`elastic_kernels.gateway.client`.
+    """
+    return ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"]
