@@ -44,7 +44,7 @@ def load_docs(text: str, source: str = "<text>") -> list[JSON]:
 
 
 def manifest_files() -> list[Path]:
-    """Plain manifests under deploy/ and kernelspecs/ (Helm templates are not YAML until rendered)."""
+    """Plain manifests under deploy/ and kernelspecs/ (Helm templates are YAML once rendered)."""
     files = sorted(p for root in (DEPLOY, KERNELSPECS) for p in root.rglob("*.yaml")
                    if "helm" not in p.relative_to(REPO).parts)
     return files
@@ -71,7 +71,8 @@ def validate_builtin(doc: JSON) -> None:
 def crd_schemas(crd_docs: Iterable[JSON] | None = None) -> dict[str, StructuralSchema]:
     """kind -> the storage version's structural schema, from deploy/crds."""
     if crd_docs is None:
-        crd_docs = [d for p in sorted(CRDS.glob("*.yaml")) for d in load_docs(p.read_text(), str(p))]
+        crd_docs = [d for p in sorted(CRDS.glob("*.yaml"))
+                    for d in load_docs(p.read_text(), str(p))]
     schemas = {}
     for crd in crd_docs:
         if crd.get("kind") != "CustomResourceDefinition":

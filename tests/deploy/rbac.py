@@ -28,7 +28,7 @@ def grants(rules: list[JSON]) -> set[Grant]:
         for word in (*rule.get("apiGroups", []), *rule.get("resources", []),
                      *rule.get("verbs", [])):
             if word == "*":
-                raise AssertionError(f"wildcard in rule {rule}: least privilege means naming things")
+                raise AssertionError(f"wildcard in rule {rule}: least privilege names things")
         for group in rule["apiGroups"]:
             for res in rule["resources"]:
                 resource, _, sub = res.partition("/")

@@ -70,8 +70,11 @@ def gateway_env(kubeconfig: Path, workdir: Path, token: str) -> dict[str, str]:
     return env
 
 
-class GatewayProcess:
-    """The gateway as a child process; ``url`` once it serves. Always stopped by ``stop()``."""
+class ServerProcess:
+    """A server (gateway, JupyterLab) as a child process; ``url`` once it serves.
+
+    Always stopped by ``stop()`` (SIGTERM, then SIGKILL to its process group after ``grace``).
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.argv = argv
@@ -81,7 +84,8 @@ class GatewayProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
-    async def start(self, timeout: float = 60) -> str:
+    async def start(self, timeout: float = 60, pattern: re.Pattern[str] = SERVING) -> str:
+        """Start the process; return the first URL ``pattern`` finds in its output."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -93,11 +97,11 @@ class GatewayProcess:
                 while not self.url:
                     line = await self.proc.stdout.readline()
                     if not line:
-                        raise AssertionError(f"gateway exited ({await self.proc.wait()}): "
+                        raise AssertionError(f"{self.argv[0]} exited ({await self.proc.wait()}): "
                                              f"{self.log.read_text()[-3000:]}")
                     out.write(line)
                     out.flush()
-                    m = SERVING.search(line.decode(errors="replace"))
+                    m = pattern.search(line.decode(errors="replace"))
                     if m:
                         self.url = m.group(1)
         except BaseException:
@@ -181,6 +185,27 @@ def requests_since(cluster: LocalCluster, snapshot: Counter) -> dict[Request, in
         assert namespace == NAMESPACE, (verb, group, resource, sub, namespace)
         used[(verb, group, resource, sub)] += n
     return dict(used)
+
+
+GatewayProcess = ServerProcess
+
+
+async def wait_serving(url: str, timeout: float = 60) -> None:
+    """Until GET /api (the probes' endpoint; no token needed) answers 200.
+
+    A server may log its URL a moment before it accepts connections.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if (await api(url, "GET", "/api", token=None)).code == 200:
+                return
+        except OSError:
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"{url}/api did not answer within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 def new_token() -> str:

@@ -27,7 +27,6 @@ from .manifests import (
     CHART,
     CRDS,
     DEPLOY,
-    KERNELSPECS,
     NAMESPACE,
     JSON,
     by_ident,

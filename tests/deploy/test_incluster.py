@@ -1,4 +1,4 @@
-"""The gateway Deployment's pod, run by the local cluster with in-cluster configuration, serves kernels.
+"""The gateway Deployment's pod, run by the local cluster with in-cluster config, serves kernels.
 
 The pod is the Deployment's own template (command, args, env, volumes, service account), so this
 proves the manifest's command line and environment: ``--ip=$(POD_IP)`` binds the pod's private
@@ -10,7 +10,6 @@ it, and every API call the pod made is one its Role allows.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 
 import pytest
@@ -22,7 +21,7 @@ from tests.gateway.support import api
 from .conftest import Kubectl
 from .manifests import DEPLOY, KERNELSPECS, NAMESPACE, JSON, find
 from .rbac import allows, fmt
-from .session import kernel_session, new_token, requests_since
+from .session import kernel_session, new_token, requests_since, wait_serving
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 
@@ -49,21 +48,6 @@ def gateway_pod(base: list[JSON]) -> JSON:
             "spec": template["spec"]}
 
 
-async def _wait_serving(url: str, timeout: float = 60) -> None:
-    """Until GET /api (the readiness probe's endpoint) answers 200."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if (await api(url, "GET", "/api", token=None)).code == 200:
-                return
-        except OSError:
-            pass
-        if loop.time() > deadline:
-            raise AssertionError(f"{url}/api did not answer within {timeout:.0f}s")
-        await asyncio.sleep(0.2)
-
-
 async def test_gateway_pod_serves_kernels_with_in_cluster_config(
         install_cluster: LocalCluster, kubectl: Kubectl, base_docs: list[JSON]) -> None:
     missing = _integrated(install_cluster)
@@ -83,7 +67,7 @@ async def test_gateway_pod_serves_kernels_with_in_cluster_config(
         ip = pod["status"]["podIP"]
         assert ip.startswith("127.") and ip != "127.0.0.1"
         url = f"http://{ip}:8888"
-        await _wait_serving(url)
+        await wait_serving(url)
 
         # Without the token nothing but /api answers.
         denied = await api(url, "GET", "/api/kernels", token=None)

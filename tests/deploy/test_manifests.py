@@ -12,7 +12,6 @@ import importlib
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -87,7 +86,8 @@ def test_every_manifest_file_is_valid(path: Path) -> None:
 def test_the_judges_refuse_broken_objects(base: list[JSON]) -> None:
     """The validators above are not vacuous: each refuses a typical mistake."""
     deployment = copy.deepcopy(find(base, "Deployment", "elastic-kernels-gateway"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/"
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    probe["httpGet"]["pth"] = "/"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_builtin(deployment)
     role = copy.deepcopy(find(base, "Role", "elastic-kernels-gateway"))

@@ -141,7 +141,8 @@ async def test_gateway_and_cull_use_exactly_what_their_roles_grant(
     assert proc.returncode == 0, err.decode()
     cull_used = requests_since(cluster, before)
     assert kernel_id in out.decode() and "rphan" in out.decode(), out.decode()
-    gone = await kubectl.run("get", "-n", NAMESPACE, "jupyterkernel", R.kernel_object_name(kernel_id))
+    gone = await kubectl.run("get", "-n", NAMESPACE, "jupyterkernel",
+                             R.kernel_object_name(kernel_id))
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
     print("gateway:", fmt(gateway_used), "\ncull:", fmt(cull_used), file=sys.stderr)
