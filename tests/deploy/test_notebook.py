@@ -1,4 +1,4 @@
-"""The notebook server Deployment's command line, relaying to the gateway Deployment's, runs kernels.
+"""The notebook server Deployment's command line, relaying to the gateway's, runs kernels.
 
 Both run as processes on this machine from the rendered manifests; only what a cluster provides
 differs: the gateway's Service name becomes its loopback URL, and ports are picked freely.
