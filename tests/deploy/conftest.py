@@ -15,7 +15,6 @@ import yaml
 
 from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .localkinds import serve_install_kinds
 from .manifests import DEPLOY, KUBECTL, NAMESPACE, JSON, kustomize
 
 
@@ -68,10 +67,8 @@ def base_docs() -> list[JSON]:
 
 
 @pytest_asyncio.fixture
-async def install_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                          ) -> AsyncIterator[LocalCluster]:
-    """A local cluster (2 nodes x 2 GPUs) that serves every kind the install creates."""
-    serve_install_kinds(monkeypatch)
+async def install_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A local cluster (2 nodes x 2 GPUs); it serves every kind the install creates."""
     cluster = LocalCluster(nodes=2, gpus_per_node=2, workdir=tmp_path / "cluster",
                            namespace=NAMESPACE, crash_backoff_seconds=0.2)
     await cluster.start()

@@ -192,11 +192,10 @@ def test_gateway_command_line_is_understood_by_the_gateway(base: list[JSON]) -> 
     assert app.ip == "10.1.2.3" and app.port == 8888
     assert app.namespace == NAMESPACE
     assert app.gateway_id == "elastic-kernels-gateway-abc"
-    server = app.config.ServerApp
-    for trait in ("kernel_manager_class", "kernel_spec_manager_class"):
-        module, _, name = server[trait].rpartition(".")
-        assert hasattr(importlib.import_module(module), name), server[trait]
-    assert dict(server.jpserver_extensions) == {"elastic_kernels": True}
+    # Kernels run in pods with the gateway's defaults; the manifest does not override them.
+    assert "kernel_manager_class" not in app.config.ServerApp
+    # No kubeconfig: in a pod the gateway configures itself from its service account.
+    assert not any(a.startswith("--kubeconfig") for a in args)
 
 
 def test_cull_cronjob(base: list[JSON]) -> None:
