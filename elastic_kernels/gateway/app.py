@@ -80,6 +80,7 @@ from ..kube.connection import ClusterConnection
 from . import handlers as gateway_handlers
 from .auth import TOKEN_ENV, ElasticIdentityProvider
 from .connection import ElasticChannelsConnection
+from .ownership import KernelOwnership
 from .metrics import Metric
 from .zmqguard import ZMQWakeupGuard
 
@@ -96,6 +97,8 @@ gateway_aliases.update(
         "ip": "ElasticGatewayApp.ip",
         "port": "ElasticGatewayApp.port",
         "token": "IdentityProvider.token",
+        "users-file": "ElasticIdentityProvider.users_file",
+        "users-secret": "ElasticIdentityProvider.users_secret",
         "kubeconfig": "ElasticGatewayApp.kubeconfig",
         "namespace": "ElasticGatewayApp.namespace",
         "gateway-id": "ElasticGatewayApp.gateway_id",
@@ -144,7 +147,8 @@ class ElasticGatewayApp(ServerApp):
     default_services = ("api", "kernelspecs")
 
     subcommands: dict[str, t.Any] = {}
-    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider, ElasticChannelsConnection]
+    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider, ElasticChannelsConnection,
+               KernelOwnership]
     aliases = Dict(gateway_aliases)
     flags = Dict(gateway_flags)
 
@@ -289,7 +293,7 @@ class ElasticGatewayApp(ServerApp):
 
     async def _post_start(self) -> None:
         """Start the shared watches (and whatever the kernel manager runs) before serving."""
-        for component in (self.kernel_spec_manager, self.kernel_manager):
+        for component in (self.kernel_spec_manager, self.kernel_manager, self.identity_provider):
             start = getattr(component, "start_watching", None)
             if start is None:
                 continue
@@ -377,7 +381,10 @@ class ElasticGatewayApp(ServerApp):
     def startup_line(self) -> str:
         """The one startup log line: URL, identity, backend; the token only if we generated it."""
         provider = self.identity_provider
-        if not provider.token:
+        describe = getattr(provider, "describe", None)
+        if describe is not None:
+            auth = describe()
+        elif not provider.token:
             auth = "authentication DISABLED (empty token)"
         elif provider.token_generated:
             auth = f"generated token: {provider.token} (set {TOKEN_ENV} to choose one)"
@@ -441,9 +448,10 @@ class ElasticGatewayApp(ServerApp):
         except Exception:
             self.log.exception("Shutting down kernels failed")
         finally:
-            stop = getattr(km, "stop_watching", None)
-            if stop is not None:
-                await stop()
+            for component in (km, self.identity_provider):
+                stop = getattr(component, "stop_watching", None)
+                if stop is not None:
+                    await stop()
             await ClusterConnection.reset()
 
     def forget_failed_starts(self) -> None:

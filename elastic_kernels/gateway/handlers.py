@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import json
 import typing as t
+import uuid
 from collections.abc import Mapping
 from http.client import responses
 
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - older jupyter_client
 from ..provisioner.errors import KernelLaunchError
 from .errors import GatewayHTTPError, KernelStartError, error_body
 from .metrics import CONTENT_TYPE, render
+from .ownership import no_such_kernel, ownership
+from .wsframes import FrameError, deliver
 
 if t.TYPE_CHECKING:
     from .app import ElasticGatewayApp
@@ -104,14 +107,17 @@ class GatewayAPIHandler(JSONErrorsMixin, APIHandler):
 
 
 async def require_kernel(handler: JupyterHandler, kernel_id: str) -> None:
-    """404 unless the kernel manager holds (or can hydrate) ``kernel_id``."""
+    """404 unless the kernel manager holds (or can hydrate) ``kernel_id`` *and* it is the
+    caller's (or the caller is an admin): someone else's kernel looks exactly like no kernel."""
     km = handler.kernel_manager
+    # Before hydrating: another user's id must cost nothing and reveal nothing.
+    ownership(handler).check(handler.current_user, km, kernel_id)
     if kernel_id in km:
         return
     hydrate = getattr(km, "hydrate_kernel", None)
     if hydrate is not None and await ensure_async(hydrate(kernel_id)) and kernel_id in km:
         return
-    raise GatewayHTTPError(404, f"Kernel does not exist: {kernel_id}", "NoSuchKernel")
+    raise no_such_kernel(kernel_id)
 
 
 async def kernel_model(handler: JupyterHandler, kernel_id: str) -> dict[str, t.Any]:
@@ -141,7 +147,7 @@ class MainKernelHandler(GatewayAPIHandler):
     async def get(self) -> None:
         km = self.kernel_manager
         models = []
-        for kernel_id in list(km.list_kernel_ids()):
+        for kernel_id in ownership(self).visible_ids(self.current_user, km):
             try:
                 models.append(await kernel_model(self, kernel_id))
             except (KeyError, web.HTTPError):
@@ -168,14 +174,21 @@ class MainKernelHandler(GatewayAPIHandler):
             "kernel_name": name,
             "env": self.gateway_app.kernel_env(env or {}),
         }
+        user = self.current_user
         if getattr(km, "tracks_users", False):
-            kwargs["user"] = self.current_user.username
-        try:
-            kernel_id = await ensure_async(km.start_kernel(**kwargs))
-        except Exception as e:
-            self.gateway_app.kernel_start_failures += 1
-            self.gateway_app.forget_failed_starts()
-            raise self._start_error(name, e) from e
+            kwargs["user"] = user.username
+        # The id is chosen here so that the kernel counts against the user's limit while it
+        # starts (see KernelOwnership.starting).
+        kwargs["kernel_id"] = str(uuid.uuid4())
+        owners = ownership(self)
+        with owners.starting(user, km, kwargs["kernel_id"]):
+            try:
+                kernel_id = await ensure_async(km.start_kernel(**kwargs))
+            except Exception as e:
+                self.gateway_app.kernel_start_failures += 1
+                self.gateway_app.forget_failed_starts()
+                raise self._start_error(name, e) from e
+            owners.remember(kernel_id, user.username)
         model = await kernel_model(self, kernel_id)
         self.set_header("Location", self.base_url.rstrip("/") + f"/api/kernels/{kernel_id}")
         self.set_status(201)
@@ -214,6 +227,7 @@ class KernelHandler(GatewayAPIHandler):
     async def delete(self, kernel_id: str) -> None:
         await require_kernel(self, kernel_id)
         await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+        ownership(self).forget(kernel_id)
         self.set_status(204)
         self.finish()
 
@@ -289,13 +303,20 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
         if connection is None:
             return  # already closed
         try:
-            connection.handle_incoming_message(ws_message)
+            deliver(connection, ws_message)  # checks the frame first (see wsframes)
+        except FrameError as e:
+            self._dropped(str(e))
         except Exception as e:  # noqa: BLE001 - a bad frame must not kill the connection
-            self.log.warning(
-                "Dropped malformed websocket message for kernel %s: %s",
-                self.kernel_id,
-                type(e).__name__,
-            )
+            self._dropped(type(e).__name__)
+
+    _drops = 0
+
+    def _dropped(self, why: str) -> None:
+        """Log a dropped client frame: the reason only, and not every one of a flood."""
+        self._drops += 1
+        if self._drops <= 10 or self._drops % 1000 == 0:
+            self.log.warning("Dropped websocket message %d for kernel %s: %s", self._drops,
+                             self.kernel_id, why)
 
     def on_close(self) -> None:
         self.gateway_app.open_websockets.discard(self)
