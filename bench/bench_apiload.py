@@ -1,0 +1,148 @@
+"""Kubernetes API load: requests by verb at the local API server, per kernel start and per kernel-hour.
+
+Run ``.venv/bin/python -m bench.bench_apiload [--quick]``.
+
+1. Per start: every request the API server received between ``POST /api/kernels`` and the first
+   ``kernel_info_reply`` (plus a short settle, so a write made just after the reply counts too),
+   for N sequential starts.  Goal: ≤ 4 writes and 0 polling reads (get/list) per start.
+2. Steady state: K kernels left idle (one websocket each, as open notebooks keep) for S seconds;
+   every request in that window, extrapolated to one kernel-hour (requests × 3600 / S / K).
+   Goal: ≤ 60 requests per kernel-hour.
+
+Periodic traffic that a short window can miss is listed with its period so the reader can add
+it: watches the gateway re-opens every ``watch_timeout_seconds`` (300 s), gateway Lease
+renewals, activity mirroring (at most once a minute per kernel with activity — idle kernels
+have none).  The watches open in the window are counted as they are re-opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from . import common as C
+
+SETTLE_S = 0.5
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
+    result: C.JSON = {"config": {"starts": args.starts, "idle_kernels": args.kernels,
+                                 "idle_seconds": args.seconds, "kernelspec": args.kernelspec}}
+    async with C.local_cluster(workdir, nodes=4, cpu_per_node="32", memory_per_node="64Gi"
+                               ) as cluster:
+        counter = cluster.request_counter
+        boot = counter.snapshot()
+        async with C.gateway(cluster, workdir) as gw:
+            await asyncio.sleep(1.0)
+            result["gateway_startup"] = C.counts_detail(counter.since(boot))
+            per_start = []
+            kids = []
+            for _ in range(args.starts):
+                before = counter.snapshot()
+                kid, _, _ = await C.start_via_http(gw.url, gw.token, args.kernelspec)
+                await asyncio.sleep(SETTLE_S)
+                per_start.append(counter.since(before))
+                kids.append(kid)
+            total = sum(per_start, start=type(per_start[0])())
+            result["per_start"] = {k: v / args.starts
+                                   for k, v in C.counts_detail(total).items()}
+            result["per_start_by_verb"] = {k: v / args.starts
+                                           for k, v in C.counts_by_verb(total).items()}
+            result["per_start_writes"] = sum(counter.writes(total).values()) / args.starts
+            result["per_start_polling_reads"] = sum(
+                n for k, n in total.items() if k[0] in C.POLL_VERBS) / args.starts
+
+            # Steady state: K idle kernels, each with an open websocket.
+            sem = asyncio.Semaphore(10)
+
+            async def start() -> str:
+                async with sem:
+                    kid, _, _ = await C.start_via_http(gw.url, gw.token, args.kernelspec)
+                    return kid
+
+            kids += await asyncio.gather(*(start() for _ in range(args.kernels - len(kids))))
+            sockets = [await C.KernelWS.open(gw.url, kid, gw.token) for kid in kids]
+            try:
+                for ws in sockets:
+                    await ws.kernel_info()
+                await asyncio.sleep(2.0)  # let the starts' own writes finish
+                before = counter.snapshot()
+                t0 = time.monotonic()
+                await asyncio.sleep(args.seconds)
+                window = time.monotonic() - t0
+                idle = counter.since(before)
+            finally:
+                for ws in sockets:
+                    ws.close()
+            n_idle = sum(idle.values())
+            result["steady"] = {
+                "kernels": len(kids), "seconds": window, "requests": n_idle,
+                "by_request": C.counts_detail(idle),
+                "per_kernel_hour": n_idle * 3600.0 / window / len(kids),
+            }
+            watches = sum(n for k, n in result["gateway_startup"].items()
+                          if k.startswith("watch "))
+            result["periodic_not_in_window"] = {
+                "watch_reopen_period_s": 300,
+                "gateway_watches": watches,
+                "watch_reopens_per_hour_per_gateway": watches * 3600 / 300,
+                "per_kernel_hour_at_this_size": watches * 12 / len(kids),
+            }
+            sem2 = asyncio.Semaphore(10)
+
+            async def delete(kid: str) -> None:
+                async with sem2:
+                    await C.delete_kernel(gw.url, gw.token, kid)
+
+            before = counter.snapshot()
+            await asyncio.gather(*(delete(k) for k in kids))
+            await asyncio.sleep(SETTLE_S)
+            shutdowns = counter.since(before)
+            result["per_shutdown"] = {k: v / len(kids)
+                                      for k, v in C.counts_detail(shutdowns).items()}
+    return result
+
+
+def report(result: C.JSON) -> list[str]:
+    s = result["steady"]
+    p = result["periodic_not_in_window"]
+    per_start = ", ".join(f"{k} {v:g}" for k, v in result["per_start"].items())
+    steady = ", ".join(f"{k} {v}" for k, v in s["by_request"].items()) or "none"
+    shutdown = ", ".join(f"{k} {v:g}" for k, v in result["per_shutdown"].items())
+    return [
+        f"per start (mean of {result['config']['starts']}): {per_start}",
+        f"  writes {result['per_start_writes']:g}, polling reads (get/list) "
+        f"{result['per_start_polling_reads']:g} (goal ≤ 4 writes, 0 polling reads)",
+        f"per shutdown (mean of {s['kernels']}): {shutdown}",
+        f"steady state: {s['kernels']} idle kernels for {s['seconds']:.0f} s: {s['requests']} "
+        f"requests ({steady}) → {s['per_kernel_hour']:.2f} per kernel-hour (goal ≤ 60)",
+        f"  periodic traffic longer than the window: the gateway's {p['gateway_watches']} "
+        f"watches re-open every {p['watch_reopen_period_s']} s = "
+        f"{p['watch_reopens_per_hour_per_gateway']:g} requests/hour per gateway "
+        f"(= {p['per_kernel_hour_at_this_size']:.2f} per kernel-hour at {s['kernels']} kernels)",
+    ]
+
+
+def main(argv: list[str] | None = None) -> C.JSON:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 starts, 10 kernels idle 15 s")
+    parser.add_argument("--starts", type=int)
+    parser.add_argument("--kernels", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--kernelspec", default="python-cpu")
+    args = parser.parse_args(argv)
+    args.starts = args.starts or (5 if args.quick else 20)
+    args.kernels = max(args.kernels or (10 if args.quick else 50), args.starts)
+    args.seconds = args.seconds or (15.0 if args.quick else 120.0)
+    workdir = C.temp_workdir("apiload")
+    result = asyncio.run(measure(args, workdir))
+    result["lines"] = report(result)
+    C.save_results("apiload", result)
+    print("\n".join(result["lines"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
