@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import socket
 import uuid
+import weakref
 from typing import Any
 
 import zmq
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Integer, Unicode, default, observe
 
 from ..kube import resources as R
 from ..kube.client import PODS
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
 from ..provisioner.provisioner import ElasticKernelProvisioner
+from .hydration import KernelHydrator
+from .liveness import kernel_died
 
 
 class ElasticKernelManager(AsyncIOLoopKernelManager):
@@ -41,6 +44,12 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
         1000, config=True, help="Upper bound of ZeroMQ's reconnect back-off towards a kernel."
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        #: Every socket connected towards the kernel, with its endpoint (see _kernel_moved).
+        self._elastic_endpoints: weakref.WeakKeyDictionary[zmq.Socket, str] = \
+            weakref.WeakKeyDictionary()
+        super().__init__(**kwargs)
+
     def write_connection_file(self, **kwargs: Any) -> None:
         """The key lives in the kernel's Secret and in memory; nothing is written to disk."""
         self._connection_file_written = True
@@ -55,13 +64,44 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_interval_max_ms)
         if identity:
             sock.identity = identity
-        sock.connect(self._make_url(channel))
+        url = self._make_url(channel)
+        sock.connect(url)
+        self._elastic_endpoints[sock] = url
         return sock
 
     @property
     def elastic_provisioner(self) -> ElasticKernelProvisioner | None:
         p = self.provisioner
         return p if isinstance(p, ElasticKernelProvisioner) else None
+
+    # -- following the kernel from pod to pod (hydration, replicas, restarts) -------------------
+
+    @default("restarter_class")
+    def _restarter_class_default(self) -> type:
+        # Decides on watch events and the kernelspec's restartPolicy (gateway/liveness.py).
+        from .liveness import ElasticKernelRestarter
+        return ElasticKernelRestarter
+
+    @observe("ip")
+    def _kernel_moved(self, change: Any) -> None:
+        """A restarted kernel is a new pod with a new IP (the ports are fixed). Re-point every
+        open socket (websocket channels, the activity watcher, the control socket) so clients
+        keep their connections across restarts, including those another replica made."""
+        old, new = change["old"], change["new"]
+        if not old or not new or old == new:
+            return
+        for sock, url in list(self._elastic_endpoints.items()):
+            transport, _, rest = url.partition("://")
+            host, _, port = rest.rpartition(":")
+            if sock.closed or host != old:
+                continue
+            moved = f"{transport}://{new}:{port}"
+            try:
+                sock.disconnect(url)
+            except zmq.ZMQError:
+                pass  # already disconnected
+            sock.connect(moved)
+            self._elastic_endpoints[sock] = moved
 
 
 _SOCKET_TYPES = {
@@ -107,6 +147,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         conn = ClusterConnection.instance()
         self._kernel_records = await conn.informer(R.JUPYTERKERNELS)
         await conn.informer(PODS, label_selector=R.KERNEL_POD_SELECTOR)
+        await self.adopt_existing()
 
     async def start_kernel(  # type: ignore[override]
         self,
@@ -183,6 +224,29 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
     async def stop_watching(self) -> None:
         """Nothing to stop yet beyond the shared informers, which ClusterConnection owns."""
         self._kernel_records = None
+
+    # -- hydration and kernel death (gateway/hydration.py, gateway/liveness.py) -----------------
+
+    @property
+    def hydrator(self) -> KernelHydrator:
+        """Re-attaches kernels this gateway did not start (created on first use)."""
+        hydrator: KernelHydrator | None = getattr(self, "_elastic_hydrator", None)
+        if hydrator is None:
+            hydrator = self._elastic_hydrator = KernelHydrator(self)
+        return hydrator
+
+    async def hydrate_kernel(self, kernel_id: str) -> bool:
+        """Hold ``kernel_id`` if the cluster has it running (another replica started it, or a
+        previous gateway did); False when there is no such kernel. The handlers call this before
+        answering 404."""
+        return await self.hydrator.hydrate(kernel_id)
+
+    async def adopt_existing(self) -> list[str]:
+        """Re-attach every running kernel of the namespace (at startup); returns their ids."""
+        return await self.hydrator.adopt_existing()
+
+    def _handle_kernel_died(self, kernel_id: str) -> None:
+        kernel_died(self, kernel_id)
 
 
 def _validated_kernel_id(kernel_id: Any) -> str:

@@ -140,6 +140,24 @@ class LocalCluster:
         path.chmod(0o600)
         return path
 
+    async def stop_apiserver(self) -> None:
+        """Take the API server down, as in a control-plane outage: connections to its port are
+        refused (open watches end) while the scheduler, the kubelet and every pod keep running
+        on the same store. ``start_apiserver`` brings it back."""
+        assert self.apiserver is not None, "the cluster is not running"
+        await self.apiserver.stop()
+
+    async def start_apiserver(self) -> None:
+        """End an outage begun by ``stop_apiserver``: the same port, the same store (so the same
+        objects and resourceVersions; watches resume or get 410 Gone like after a real one)."""
+        old = self.apiserver
+        assert old is not None, "the cluster is not running"
+        server = APIServer(self.store, host=self.host, port=old.port)
+        server.request_counter = old.request_counter
+        server.log_provider = old.log_provider
+        await server.start()
+        self.apiserver = server
+
     async def stop(self) -> None:
         """Stop in reverse order; the kubelet last stops every pod process it started."""
         for component in (self.scheduler, self.kubelet, self.apiserver):

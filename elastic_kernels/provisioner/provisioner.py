@@ -28,6 +28,7 @@ import logging
 import secrets
 import signal
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -49,6 +50,24 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: The ``start_kernel`` keyword that makes the provisioner re-attach instead of launching.
+ATTACH_KWARG = "elastic_attach"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What re-attaching to a kernel that already runs needs (see ``attachment()``).
+
+    It travels through ``start_kernel``'s keyword arguments, which jupyter_server logs at DEBUG;
+    the repr therefore names the kernel and its pod and never shows the key.
+    """
+
+    kernel_id: str
+    pod_name: str
+    provisioner_info: dict[str, Any] = field(repr=False)
+    spec: R.KernelSpecView | None = field(default=None, repr=False)
 
 
 class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -83,6 +102,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _restart_count: int = -1
     _rendered: Any = None
     _exit_code: int | None = None
+    _attaching: bool = False
+    #: Why the running pod died, when the restarter restarts the kernel (for its status).
+    restart_cause: PodAssessment | None = None
 
     @property
     def connection(self) -> ClusterConnection:
@@ -106,6 +128,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Render the kernel's objects from cached CRs; nothing is written yet."""
+        attachment = kwargs.pop(ATTACH_KWARG, None)
+        if attachment is not None and self._restart_count < 0:
+            return await self._pre_attach(attachment, kwargs)
         user = kwargs.pop("elastic_user", None)
         client_env = kwargs.pop("elastic_client_env", None)
         kwargs = await super().pre_launch(**kwargs)
@@ -151,7 +176,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._key = secrets.token_hex(32)
             self._restart_count = 0
         else:
-            self._restart_count += 1
+            # Another replica may have restarted the kernel since we last looked: the record
+            # knows, and the next pod name must be past every one already used.
+            self._restart_count = max(self._restart_count, await self._recorded_restarts()) + 1
         source_env = client_env if client_env is not None else env
         try:
             allowed_env = filter_client_env(source_env, spec)
@@ -182,6 +209,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Create the objects and wait, on the shared pod watch, until the kernel's pod runs."""
+        if self._attaching:  # re-attaching: the kernel runs already (see pre_launch)
+            self._attaching = False
+            return self.connection_info
         assert self._spec is not None and self._rendered is not None, "pre_launch first"
         client = self.connection.client
         rendered = self._rendered
@@ -197,7 +227,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             pod = with_owner(rendered.pod, owner)
             self._pod_name = pod["metadata"]["name"]
             self._exit_code = None
-            await client.create(PODS, pod, self._ns)
+            await self._create_pod(client, pod)
         except KubeError as e:
             await self._abandon(f"creating the kernel's objects failed: {e.message}")
             if e.unreachable:
@@ -219,8 +249,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
         await self._patch_status({
             "phase": "Running",
-            "reason": "Started",
-            "message": "",
+            **self._started_status(),
             "podName": self._pod_name,
             "podIP": self._pod_ip,
             "node": (running.get("spec") or {}).get("nodeName", ""),
@@ -460,6 +489,122 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._user = provisioner_info.get("user", "")
         key = (self.connection_info or {}).get("key", b"")
         self._key = key.decode() if isinstance(key, bytes) else str(key)
+
+    @classmethod
+    def attachment(cls, record: JSON, pod: JSON | None, key: str,
+                   spec: R.KernelSpecView | None = None) -> Attachment:
+        """Re-attach information for a kernel that runs already, built from the cluster alone:
+        its JupyterKernel, its pod from the watch cache (None: gone, the restarter then applies
+        the restart policy) and the key read from its Secret. Raises ValueError for a record
+        that cannot be used."""
+        view = R.KernelView.from_object(record)
+        pod_name = view.pod_name or R.kernel_pod_name(view.kernel_id, view.restart_count)
+        ip = str(((pod or {}).get("status") or {}).get("podIP") or view.pod_ip or "")
+        if not ip:
+            raise ValueError(f"JupyterKernel {view.name} has no pod IP to connect to")
+        info = {
+            "kernel_id": view.kernel_id,
+            "connection_info": connection_info(ip, key.encode(), view.kernel_spec),
+            "namespace": view.namespace,
+            "kernel_uid": view.uid,
+            "pod_name": pod_name,
+            "pod_ip": ip,
+            "restart_count": view.restart_count,
+            "user": view.user,
+        }
+        return Attachment(view.kernel_id, pod_name, info, spec)
+
+    async def _pre_attach(self, attachment: Attachment, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """pre_launch of a re-attach: load what ``attachment()`` read; ``launch_kernel`` then
+        returns the connection info without creating anything."""
+        kwargs.pop("elastic_user", None)
+        kwargs.pop("elastic_client_env", None)
+        kwargs = await super().pre_launch(**kwargs)
+        await self.load_provisioner_info(attachment.provisioner_info)
+        self._spec = attachment.spec
+        self._attaching = True
+        kwargs["cmd"] = list(self._spec.argv) if self._spec is not None else []
+        return kwargs
+
+    async def _recorded_restarts(self) -> int:
+        record = (await self._kernels()).get(self.kernel_cr_name, self._ns)
+        try:
+            return int(((record or {}).get("status") or {}).get("restartCount") or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    async def _create_pod(self, client: Any, pod: JSON) -> None:
+        """Create the kernel's pod. On a restart, the pod of this restart count existing already
+        means another replica restarted the kernel at the same moment: pod names are the
+        compare-and-swap, so both follow the one pod instead of restarting twice."""
+        try:
+            await client.create(PODS, pod, self._ns)
+        except KubeError as e:
+            if not (e.already_exists and self._restart_count > 0):
+                raise
+            self.log.info("Kernel %s: pod %s exists already (another gateway restarted the "
+                          "kernel); following it", self.kernel_id, self._pod_name)
+
+    def _started_status(self) -> JSON:
+        cause, self.restart_cause = self.restart_cause, None
+        if self._restart_count <= 0:
+            return {"reason": "Started", "message": ""}
+        if cause is None:
+            return {"reason": "Restarted", "message": "restarted on request"}
+        return {"reason": "Restarted",
+                "message": f"restarted after {cause.reason}: {cause.message}"[:1024]}
+
+    @property
+    def attached(self) -> bool:
+        """Whether this provisioner still stands for a kernel (not shut down, not released)."""
+        return bool(self._kernel_uid) or self._pod_name is not None
+
+    @property
+    def restart_policy(self) -> str:
+        return self._spec.restart_policy if self._spec is not None else "Restart"
+
+    @property
+    def restart_count(self) -> int:
+        return self._restart_count
+
+    @property
+    def namespace_name(self) -> str:
+        return self._ns
+
+    def follow(self, pod: JSON) -> None:
+        """Another replica restarted the kernel: its newer pod is the kernel from now on.
+
+        The kernel manager's ``ip`` changes with the connection info, which re-points every
+        ZeroMQ socket already open towards the kernel (websockets keep working).
+        """
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        try:
+            count = int(annotations.get(R.ANNOTATION_RESTART_COUNT, self._restart_count))
+        except (TypeError, ValueError):
+            count = self._restart_count
+        self._pod_name = str(meta.get("name"))
+        self._pod_ip = str((pod.get("status") or {}).get("podIP") or "")
+        self._restart_count = max(count, self._restart_count)
+        self._exit_code = None
+        self.connection_info = connection_info(self._pod_ip, self._key.encode(),
+                                               self.kernel_spec.name)
+        km = self.parent
+        if km is not None and hasattr(km, "load_connection_info"):
+            km.load_connection_info(self.connection_info)
+
+    def release(self) -> None:
+        """The kernel's JupyterKernel was deleted elsewhere (another replica shut it down, or
+        it was culled): forget it without touching the cluster, so nothing restarts it and
+        shutting its manager down makes no API call."""
+        self._kernel_uid = ""
+        self._pod_name = None
+        self._pod_ip = ""
+
+    async def record_failure(self, cause: PodAssessment) -> None:
+        """The kernel died and its restart policy (or the restart limit) says it stays dead."""
+        await self._patch_status({"phase": "Failed", "reason": cause.reason or "KernelDied",
+                                  "message": cause.message[:1024]})
 
     # -- what the gateway shows -----------------------------------------------------------------
 

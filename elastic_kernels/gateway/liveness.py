@@ -1,0 +1,328 @@
+"""Following a kernel's pod: death seen from the watch, restarts by other replicas, deletion.
+
+jupyter_client's restarter polls ``is_alive`` every few seconds and restarts a dead kernel up to
+``restart_limit`` times. For kernels in pods that is both too slow and too naive:
+
+* **Too slow.** A pod that is deleted, evicted or crashes is one watch event away. The
+  :class:`ElasticKernelRestarter` subscribes to the shared pod and JupyterKernel watches and
+  decides on the event itself; the periodic poll stays only as a safety net.
+* **Several gateways hold one kernel.** With replicas (or after hydration), another gateway may
+  restart the kernel: its old pod dies, a pod with the next restart count appears and the
+  JupyterKernel's ``status.restartCount``/``podName`` move on. That is not a death to restart
+  from: this gateway *follows* the new pod (its sockets are re-pointed, its websocket clients
+  see ``restarting``). If both gateways do restart at the same moment, the pod name, which
+  carries the restart count, makes exactly one create succeed and the other gateway follows
+  (``ElasticKernelProvisioner._create_pod``).
+* **Deletion is final.** When the JupyterKernel disappears (another replica shut the kernel
+  down, the cull job or an admin deleted it) the kernel is over: jupyter_client would otherwise
+  "auto-restart" a kernel someone deleted on purpose. The provisioner is released (no API call
+  touches the cluster for it again), clients get ``dead``, and the kernel manager drops it.
+* **The kernelspec's ``restartPolicy`` decides.** ``Restart``: a new pod, ``restartCount`` + 1,
+  the cause recorded in ``status.reason``/``message``. ``Fail``: no restart; the kernel is
+  reported dead with the reason (``status.phase: Failed``, the kernel model's
+  ``execution_state: dead``), which jupyter_client expresses as a restart limit of zero.
+
+Everything is decided from the watch caches; the only API calls are the restart itself and one
+status write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
+from tornado import web
+
+from ..kube import resources as R
+from ..kube.client import JSON
+from ..kube.informer import Informer
+from ..provisioner.podstate import PodAssessment, Progress, assess_pod
+from ..provisioner.provisioner import ElasticKernelProvisioner
+
+__all__ = ["ElasticKernelRestarter", "Fate", "KernelFate", "kernel_died", "kernel_fate"]
+
+
+class Fate(enum.Enum):
+    ALIVE = "alive"
+    WAIT = "wait"  # something is in progress elsewhere (a restart, a shutdown): do nothing yet
+    FOLLOW = "follow"  # a newer pod of this kernel runs: switch to it
+    DEAD = "dead"  # the pod died and nobody is replacing it: apply the restart policy
+    DELETED = "deleted"  # the JupyterKernel is gone: the kernel is over
+
+
+@dataclass(frozen=True)
+class KernelFate:
+    fate: Fate
+    pod: JSON | None = None
+    cause: PodAssessment | None = None
+
+
+_LIVE = (Progress.RUNNING, Progress.PENDING, Progress.WAITING_FOR_CAPACITY)
+
+
+def _restart_count_of(pod: JSON) -> int:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(annotations.get(R.ANNOTATION_RESTART_COUNT, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def newest_pod(pods: Informer, kernel_id: str, namespace: str) -> JSON | None:
+    """The kernel's pod with the highest restart count that is not being deleted."""
+    best: JSON | None = None
+    for pod in pods.items():
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get(R.LABEL_KERNEL_ID) != kernel_id:
+            continue
+        if (meta.get("namespace") or "") != namespace or meta.get("deletionTimestamp"):
+            continue
+        if best is None or _restart_count_of(pod) > _restart_count_of(best):
+            best = pod
+    return best
+
+
+def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informer,
+                record_seen: bool) -> KernelFate:
+    """What the watch caches say should happen to the kernel ``prov`` stands for.
+
+    ``record_seen``: whether its JupyterKernel has been in the cache before, so that a record the
+    watch has not delivered yet (a kernel just started) is not taken for a deleted one.
+    """
+    ns = prov.namespace_name
+    record = records.get(R.kernel_object_name(prov.kernel_id), ns)
+    if record is None:
+        return KernelFate(Fate.DELETED if record_seen else Fate.WAIT)
+    meta = record.get("metadata") or {}
+    if meta.get("deletionTimestamp") or (
+            prov._kernel_uid and meta.get("uid") and meta.get("uid") != prov._kernel_uid):
+        return KernelFate(Fate.DELETED)
+    status = record.get("status") or {}
+
+    newest = newest_pod(pods, prov.kernel_id, ns)
+    newer = newest if newest is not None and _restart_count_of(newest) > prov.restart_count \
+        else None
+    if newer is not None and assess_pod(newer).progress is Progress.RUNNING:
+        return KernelFate(Fate.FOLLOW, newer)
+
+    own = pods.get(prov.pod_name, ns) if prov.pod_name else None
+    assessment = assess_pod(own)
+    if assessment.progress in _LIVE:
+        return KernelFate(Fate.ALIVE)
+    if status.get("phase") == R.PHASE_TERMINATING:
+        return KernelFate(Fate.WAIT)  # being shut down elsewhere; its deletion follows
+    if newer is not None and assess_pod(newer).progress in _LIVE:
+        return KernelFate(Fate.WAIT)  # another replica's restart is under way
+    return KernelFate(Fate.DEAD, cause=assessment)
+
+
+class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
+    """jupyter_client's restarter, driven by watch events and the kernelspec's restartPolicy."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._configured_limit = self.restart_limit
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._subscribing: asyncio.Task[None] | None = None
+        self._records: Informer | None = None
+        self._pods: Informer | None = None
+        self._record_seen = False
+        self._polling = False
+        self._again = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._pcallback is not None
+
+    def start(self) -> None:
+        super().start()
+        self._closed = False
+        if not self._unsubscribe and self._subscribing is None:
+            self._subscribing = asyncio.ensure_future(self._subscribe())
+        else:
+            self.kick()
+
+    def close(self) -> None:
+        """Stop for good: the kernel was shut down, released or detached."""
+        self._closed = True
+        self.stop()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self._subscribing is not None:
+            self._subscribing.cancel()
+            self._subscribing = None
+
+    def _provisioner(self) -> ElasticKernelProvisioner | None:
+        prov = getattr(self.kernel_manager, "provisioner", None)
+        return prov if isinstance(prov, ElasticKernelProvisioner) else None
+
+    async def _subscribe(self) -> None:
+        prov = self._provisioner()
+        try:
+            if prov is None:
+                return
+            pods = await prov._pods()
+            records = await prov._kernels()
+        except Exception as e:  # noqa: BLE001 - the periodic poll still covers the kernel
+            self.log.warning("Kernel %s: cannot watch its pod (%s); polling only",
+                             self.kernel_manager.kernel_id, e)
+            return
+        finally:
+            self._subscribing = None
+        if self._closed:
+            return
+        kernel_id = prov.kernel_id
+        record_name = R.kernel_object_name(kernel_id)
+
+        def on_pod(_event: str, obj: JSON, _old: JSON | None) -> None:
+            if ((obj.get("metadata") or {}).get("labels") or {}).get(R.LABEL_KERNEL_ID) == kernel_id:
+                self.kick()
+
+        def on_record(_event: str, obj: JSON, _old: JSON | None) -> None:
+            if (obj.get("metadata") or {}).get("name") == record_name:
+                self.kick()
+
+        self._pods, self._records = pods, records
+        self._unsubscribe = [pods.add_listener(on_pod), records.add_listener(on_record)]
+        self.kick()
+
+    def kick(self) -> None:
+        """Decide now (on the event loop, after the current callback)."""
+        if self._polling:
+            self._again = True
+        elif not self._closed:
+            asyncio.ensure_future(self.poll())
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    async def poll(self) -> None:  # type: ignore[override]
+        """One decision at a time: the periodic callback and watch events share this path."""
+        if self._polling:
+            self._again = True
+            return
+        self._polling = True
+        try:
+            while True:
+                self._again = False
+                try:
+                    await self._decide()
+                except Exception:  # never let a bug end the kernel's supervision silently
+                    self.log.exception("Kernel %s: restarter failed", self.kernel_manager.kernel_id)
+                if not self._again or self._closed:
+                    break
+        finally:
+            self._polling = False
+
+    async def _decide(self) -> None:
+        km = self.kernel_manager
+        prov = self._provisioner()
+        if prov is None:
+            if getattr(km, "provisioner", None) is None:
+                self.close()  # detached (the gateway stops and leaves the kernel running)
+            elif self.running:
+                await super().poll()  # not a pod kernel: jupyter_client's behaviour
+            return
+        if not prov.attached:
+            self.close()
+            return
+        if km.shutting_down or not km.ready.done():
+            return  # our own start, restart or shutdown is in progress
+        if self._records is None or self._pods is None:
+            return  # not subscribed yet; the subscription kicks once it is
+        fate = kernel_fate(prov, self._records, self._pods, self._record_seen)
+        if self._records.get(R.kernel_object_name(prov.kernel_id), prov.namespace_name):
+            self._record_seen = True
+
+        if fate.fate is Fate.DELETED:
+            self.log.info("Kernel %s: its JupyterKernel was deleted (shut down elsewhere, culled "
+                          "or removed); letting it go without restarting it", prov.kernel_id)
+            prov.release()
+            km.reason = "the kernel's JupyterKernel was deleted"
+            self.stop()
+            self._fire_callbacks("dead")
+            self.close()
+        elif fate.fate is Fate.FOLLOW:
+            assert fate.pod is not None
+            self.log.info("Kernel %s was restarted elsewhere; following its pod %s",
+                          prov.kernel_id, (fate.pod.get("metadata") or {}).get("name"))
+            prov.follow(fate.pod)
+            self._restarting = False
+            self._restart_count = 0
+            km.reason = ""
+            if getattr(km, "execution_state", None) == "dead":
+                km.execution_state = "starting"
+            self._fire_callbacks("restart")
+            if not self.running:
+                self.start()  # it had been reported dead; it lives again
+        elif fate.fate is Fate.DEAD and self.running:
+            assert fate.cause is not None
+            await self._died(prov, fate.cause)
+        elif fate.fate is Fate.ALIVE and self.running:
+            await super().poll()  # jupyter_client's stable-start bookkeeping
+
+    async def _died(self, prov: ElasticKernelProvisioner, cause: PodAssessment) -> None:
+        km = self.kernel_manager
+        self.restart_limit = 0 if prov.restart_policy == "Fail" else self._configured_limit
+        attempt = self._restart_count + 1 if self._restarting else 1
+        km.reason = cause.message
+        if attempt > self.restart_limit:
+            why = ("its restartPolicy is Fail" if prov.restart_policy == "Fail"
+                   else f"it died {attempt} times in a row")
+            self.log.warning("Kernel %s died (%s: %s); not restarting it: %s", prov.kernel_id,
+                             cause.reason, cause.message, why)
+            await prov.record_failure(cause)
+        else:
+            self.log.warning("Kernel %s died (%s: %s); restarting it (%d/%d)", prov.kernel_id,
+                             cause.reason, cause.message, attempt, self.restart_limit)
+            prov.restart_cause = cause
+        try:
+            await super().poll()  # restarts, or fires "dead" past the limit
+        except Exception as e:  # noqa: BLE001 - a failed restart leaves the kernel dead
+            self.log.error("Kernel %s: restart failed: %s", prov.kernel_id, e)
+            km.reason = f"restart failed: {e}"
+            self._restarting = False
+            self._restart_count = 0
+            self.stop()
+            self._fire_callbacks("dead")
+
+
+def kernel_died(manager: Any, kernel_id: str) -> None:
+    """The mapping manager's "dead" callback for kernels in pods.
+
+    jupyter_server forgets a dead kernel at once. Here a kernel whose record is gone (shut down
+    elsewhere, culled, or a restart that failed and removed it) is shut down locally, which
+    releases its sockets and bookkeeping without any API call, and its websockets are closed
+    saying why. A kernel that died under a ``Fail`` restart policy (or past the restart limit)
+    stays listed as ``dead`` with the reason, so its user sees what happened; deleting it, or
+    restarting it, works as for any kernel.
+    """
+    km = manager._kernels.get(kernel_id)
+    if km is None:
+        return
+    prov = getattr(km, "provisioner", None)
+    reason = getattr(km, "reason", "") or "the kernel died"
+    if isinstance(prov, ElasticKernelProvisioner) and prov.attached:
+        km.execution_state = "dead"
+        manager.log.warning("Kernel %s is dead: %s", kernel_id, reason)
+        return
+    manager.log.info("Kernel %s is gone: %s", kernel_id, reason)
+    close = getattr(manager.parent, "close_kernel_websockets", None)
+    if close is not None:
+        close(kernel_id, f"KernelGone: {reason}")
+
+    async def drop() -> None:
+        try:
+            await manager.shutdown_kernel(kernel_id, now=True)
+        except (KeyError, web.HTTPError):
+            pass  # already gone
+        except Exception:  # noqa: BLE001 - nothing is left in the cluster to clean up
+            manager.log.exception("Dropping kernel %s failed", kernel_id)
+
+    asyncio.ensure_future(drop())
