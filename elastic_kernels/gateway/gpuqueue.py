@@ -1,0 +1,243 @@
+"""The fair GPU queue: who gets the next free GPU, and whose idle GPU is reclaimed for them.
+
+Kubernetes serves pending pods first come, first served, so one user who asks for ten GPU kernels
+would starve everyone behind them. The gateway keeps its own queue instead:
+
+* A GPU kernel that arrives while others already wait gets its pod created with a *scheduling
+  gate* (``spec.schedulingGates``, Pod scheduling readiness): the scheduler ignores it until the
+  gateway removes the gate. Only the head of the queue is ungated, so the order is ours.
+* The order is round-robin across users: a waiting kernel's rank is the number of the same
+  user's kernels already waiting when it arrived; ties go by arrival. User A's five starts and user B's one, queued in that
+  order, are served A, B, A, A, A, A.
+* While the head waits for capacity, the gateway reclaims one idle GPU kernel for it: the one
+  idle longest among those past their kernelspec's ``reclaimAfter``, never a busy one (see
+  :func:`elastic_kernels.culling.reclaim_candidates`). The scheduler then binds the head into the
+  freed capacity, which is seen on the pod watch; the next waiter becomes the head.
+* Each waiting kernel's JupyterKernel status says where it stands ("waiting for 1 nvidia.com/gpu:
+  2nd in queue"); it is rewritten only when that text changes.
+
+Everything here is driven by events (a start joining, a scheduler verdict, a pod binding); nothing
+polls. The queue lives in this gateway's memory: with several replicas each orders its own
+starts (see the issue note).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..kube import resources as R
+from ..kube.client import PODS, KubeError
+from ..kube.connection import ClusterConnection
+
+if TYPE_CHECKING:
+    from .kernelmanager import ElasticMappingKernelManager
+
+log = logging.getLogger(__name__)
+
+from ..provisioner.gates import GPU_QUEUE_GATE  # noqa: E402,F401 (the gate this queue lifts)
+
+
+def ordinal(n: int) -> str:
+    if 10 <= n % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass
+class Waiter:
+    kernel_id: str
+    user: str
+    gpus: int
+    namespace: str
+    pod_name: str
+    seq: int
+    rank: int
+    since: datetime
+    gated: bool
+    unschedulable: str = ""
+    reclaimed: str = ""
+    reported: str = field(default="", repr=False)
+
+    def model(self, position: int) -> dict[str, Any]:
+        return {
+            "kernel_id": self.kernel_id,
+            "user": self.user,
+            "gpus": self.gpus,
+            "position": position,
+            "waiting_since": R.format_timestamp(self.since),
+            "gated": self.gated,
+            "scheduler": self.unschedulable,
+            "reclaimed": self.reclaimed or None,
+        }
+
+
+class GpuQueue:
+    """One gateway's queue of kernel starts waiting for GPUs."""
+
+    def __init__(self, manager: "ElasticMappingKernelManager") -> None:
+        self.manager = manager
+        self._waiters: dict[str, Waiter] = {}
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._claimed: set[str] = set()  # kernels already chosen for reclaim
+
+    # -- membership (called by the provisioner on the event loop) ----------------------------
+
+    def has_waiting(self) -> bool:
+        """Whether a new GPU kernel must queue behind others (then its pod starts gated)."""
+        return any(w.gated or w.unschedulable for w in self._waiters.values())
+
+    def enqueue(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
+                *, gated: bool) -> Waiter:
+        waiter = self._waiters.get(kernel_id)
+        if waiter is None:
+            # The rank is fixed on arrival: how many of this user's starts are already waiting.
+            rank = sum(1 for w in self._waiters.values() if w.user == user)
+            waiter = Waiter(kernel_id, user, gpus, namespace, pod_name, next(self._seq), rank,
+                            datetime.now(timezone.utc), gated)
+            self._waiters[kernel_id] = waiter
+        waiter.pod_name = pod_name
+        self._changed()
+        return waiter
+
+    def unschedulable(self, kernel_id: str, user: str, gpus: int, namespace: str,
+                      pod_name: str, message: str) -> None:
+        """The scheduler found no room: the kernel waits (joining the queue if it had not)."""
+        waiter = self.enqueue(kernel_id, user, gpus, namespace, pod_name, gated=False)
+        waiter.unschedulable = message
+
+    def leave(self, kernel_id: str) -> None:
+        """The kernel's pod was bound, or its start ended: the next one may go."""
+        if self._waiters.pop(kernel_id, None) is not None:
+            self._changed()
+
+    def is_waiting(self, kernel_id: str) -> bool:
+        return kernel_id in self._waiters
+
+    # -- order --------------------------------------------------------------------------------
+
+    def ordered(self) -> list[Waiter]:
+        """Round-robin across users, arrival order within a round.
+
+        A start's round is fixed when it arrives (its user's starts already waiting), so a user
+        who was just served does not jump back ahead of one who was not.
+        """
+        return sorted(self._waiters.values(), key=lambda w: (w.rank, w.seq))
+
+    def position(self, kernel_id: str) -> int | None:
+        for i, waiter in enumerate(self.ordered(), 1):
+            if waiter.kernel_id == kernel_id:
+                return i
+        return None
+
+    def describe(self, kernel_id: str) -> str:
+        waiter = self._waiters.get(kernel_id)
+        position = self.position(kernel_id)
+        if waiter is None or position is None:
+            return ""
+        what = f"{waiter.gpus} {R.GPU_RESOURCE}"
+        text = f"waiting for {what}: {ordinal(position)} in queue"
+        if waiter.reclaimed:
+            text += " (an idle GPU kernel was reclaimed for it)"
+        return text
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [w.model(i) for i, w in enumerate(self.ordered(), 1)]
+
+    def poke(self) -> None:
+        """Look again (the culler's timer calls this: idle kernels become reclaimable)."""
+        if any(w.unschedulable and not w.reclaimed for w in self._waiters.values()):
+            self._changed()
+
+    # -- the reconciler -------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self._waiters or self._wake.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("GPU queue: reconcile failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def reconcile(self) -> None:
+        order = self.ordered()
+        await asyncio.gather(*(self._report(w) for w in order))
+        if not order:
+            return
+        head = order[0]
+        if head.gated:
+            await self._ungate(head)
+        await self._reclaim_for_waiters(order)
+
+    async def _report(self, waiter: Waiter) -> None:
+        text = self.describe(waiter.kernel_id)
+        if not text or text == waiter.reported:
+            return
+        waiter.reported = text
+        position = self.position(waiter.kernel_id)
+        status = {"phase": R.PHASE_PENDING, "reason": "QueuedForGPU", "message": text,
+                  "queuePosition": position, "podName": waiter.pod_name}
+        try:
+            await ClusterConnection.instance().client.patch(
+                R.JUPYTERKERNELS, R.kernel_object_name(waiter.kernel_id), {"status": status},
+                waiter.namespace, subresource="status")
+        except KubeError as e:
+            log.info("GPU queue: could not record the position of %s: %s", waiter.kernel_id, e)
+
+    async def _ungate(self, waiter: Waiter) -> None:
+        try:
+            await ClusterConnection.instance().client.patch(
+                PODS, waiter.pod_name, {"spec": {"schedulingGates": None}}, waiter.namespace)
+            waiter.gated = False
+            log.info("GPU queue: %s (%s) is next; its pod may now be scheduled",
+                     waiter.kernel_id, waiter.user)
+        except KubeError as e:
+            if e.not_found:
+                self.leave(waiter.kernel_id)
+            else:
+                log.warning("GPU queue: could not ungate %s: %s", waiter.pod_name, e)
+
+    async def _reclaim_for_waiters(self, order: list[Waiter]) -> None:
+        """One reclaim per waiting start whose pod the scheduler could not place."""
+        needy = [w for w in order if not w.gated and w.unschedulable and not w.reclaimed]
+        if not needy:
+            return
+        culler = self.manager.culler
+        candidates = [d for d in culler.reclaim_candidates()
+                      if d.kernel.kernel_id not in self._claimed]
+        for waiter, decision in zip(needy, candidates):
+            victim = decision.kernel.kernel_id
+            self._claimed.add(victim)
+            waiter.reclaimed = victim
+            log.warning("GPU queue: reclaiming kernel %s of %s for %s of %s: %s", victim,
+                        decision.kernel.user, waiter.kernel_id, waiter.user, decision.message)
+            try:
+                culled = await culler.cull(decision)
+            finally:
+                self._claimed.discard(victim)
+            if not culled:
+                waiter.reclaimed = ""  # someone else got there first; try another next time
+            waiter.reported = ""  # the message mentions the reclaim
