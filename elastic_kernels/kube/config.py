@@ -8,6 +8,7 @@ and the gateway agree without flags.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,13 @@ from pathlib import Path
 from kubernetes import config as kconfig
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
-IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+IN_CLUSTER_NAMESPACE_FILE = f"{SERVICE_ACCOUNT_DIR}/namespace"
+#: Set by the local cluster's kubelet: mount path -> host directory (it rewrites paths instead
+#: of mounting), so the service-account directory is found where it really is.
+MOUNTS_ENV = "LOCALCLUSTER_MOUNTS"
 
 
 class KubeConfigError(Exception):
@@ -68,17 +74,33 @@ def load_cluster_config(
         source = f"kubeconfig {resolved} (context {(active or {}).get('name', '?')})"
         ns = namespace or ctx_ns or "default"
     else:
+        sa_dir = service_account_dir()
         try:
-            kconfig.load_incluster_config(client_configuration=configuration)
+            InClusterConfigLoader(token_filename=str(sa_dir / "token"),
+                                  cert_filename=str(sa_dir / "ca.crt")).load_and_set(configuration)
         except ConfigException as e:
             raise KubeConfigError(f"in-cluster configuration failed: {e}") from None
         source = "in-cluster service account"
-        ns = namespace or _in_cluster_namespace() or "default"
+        ns = namespace or _in_cluster_namespace(sa_dir) or "default"
     return ClusterConfig(ApiClient(configuration), ns, source)
 
 
-def _in_cluster_namespace() -> str | None:
+def service_account_dir() -> Path:
+    """Where the pod's service-account token, CA and namespace are.
+
+    The standard path, unless the process runs on the local cluster, whose kubelet maps mount
+    paths to host directories and says so in ``$LOCALCLUSTER_MOUNTS``.
+    """
     try:
-        return Path(IN_CLUSTER_NAMESPACE_FILE).read_text().strip() or None
+        mounts = json.loads(os.environ.get(MOUNTS_ENV) or "{}")
+    except ValueError:
+        mounts = {}
+    mapped = mounts.get(SERVICE_ACCOUNT_DIR) if isinstance(mounts, dict) else None
+    return Path(mapped) if isinstance(mapped, str) and mapped else Path(SERVICE_ACCOUNT_DIR)
+
+
+def _in_cluster_namespace(sa_dir: Path | None = None) -> str | None:
+    try:
+        return ((sa_dir or service_account_dir()) / "namespace").read_text().strip() or None
     except OSError:
         return None

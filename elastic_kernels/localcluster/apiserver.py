@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -1305,13 +1306,15 @@ class APIServer:
 
     ``log_provider(namespace, pod, container) -> str`` (or an awaitable of str) answers
     ``pods/log``; the kubelet plugs in its own.  ``tokens`` maps bearer tokens to user names;
-    without it any token (or none) is accepted.
+    without it any token (or none) is accepted.  With ``tls`` (a server SSL context) the same API
+    is also served over HTTPS on a second port (``tls_url``): in-cluster clients only speak HTTPS.
     """
 
     def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, *,
                  tokens: dict[str, str] | None = None,
                  log_provider: LogProvider | None = None,
-                 bookmark_interval: float = 60.0, watch_timeout: int = 1800) -> None:
+                 bookmark_interval: float = 60.0, watch_timeout: int = 1800,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.host = host
         self._requested_port = port
@@ -1324,10 +1327,18 @@ class APIServer:
         self.openapi = openapi.OpenAPIDocuments(store.registry)
         self._server: tornado.httpserver.HTTPServer | None = None
         self._watchers: set[Watch] = set()
+        self.tls = tls
+        self.tls_port = 0
+        self._tls_server: tornado.httpserver.HTTPServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        """The HTTPS endpoint (``https://host:port``), when serving TLS."""
+        return f"https://{self.host}:{self.tls_port}" if self._tls_server is not None else None
 
     def _log_request(self, handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()
@@ -1348,17 +1359,31 @@ class APIServer:
         server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._server = server
+        if self.tls is not None:
+            tls_sockets = tornado.netutil.bind_sockets(0, address=self.host,
+                                                       family=socket.AF_INET)
+            tls_server = tornado.httpserver.HTTPServer(
+                app, ssl_options=self.tls, max_body_size=64 * 1024 * 1024,
+                idle_connection_timeout=3600)
+            tls_server.add_sockets(tls_sockets)
+            self.tls_port = tls_sockets[0].getsockname()[1]
+            self._tls_server = tls_server
 
     async def stop(self) -> None:
         server, self._server = self._server, None
+        tls_server, self._tls_server = self._tls_server, None
         if server is None:
             return
         server.stop()
+        if tls_server is not None:
+            tls_server.stop()
         for watch in list(self._watchers):
             watch.close()
         # Let watch handlers see their streams end, then drop idle keep-alive connections.
         await asyncio.sleep(0)
         try:
             await asyncio.wait_for(server.close_all_connections(), 5)
+            if tls_server is not None:
+                await asyncio.wait_for(tls_server.close_all_connections(), 5)
         except asyncio.TimeoutError:
             log.warning("some API connections did not close within 5 s")

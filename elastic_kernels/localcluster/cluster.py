@@ -26,6 +26,7 @@ from .images import ImagePolicy
 from .kubelet import Kubelet
 from .nodes import default_nodes, node_object
 from .scheduler import Scheduler
+from .tls import generate_serving_cert
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,13 @@ class LocalCluster:
             for cfg in default_nodes(self.node_count, self.gpus_per_node, self.cpu_per_node,
                                      self.memory_per_node):
                 self.store.create(("", "nodes"), None, node_object(cfg))
-            self.apiserver = APIServer(self.store, host=self.host, port=self.port)
+            cert = await asyncio.to_thread(generate_serving_cert, self.workdir / "pki")
+            self.apiserver = APIServer(self.store, host=self.host, port=self.port,
+                                       tls=cert.server_context())
             await self.apiserver.start()
             kubelet_kwargs: dict[str, Any] = {"api_url": self.apiserver.url,
+                                              "service_url": self.apiserver.tls_url,
+                                              "ca_pem": cert.ca_pem,
                                               "image_policy": self.image_policy}
             if self.crash_backoff_seconds is not None:
                 kubelet_kwargs["crash_backoff_seconds"] = self.crash_backoff_seconds

@@ -353,7 +353,8 @@ class PodWorker:
         if automounts_token(self.pod):
             token = f"localcluster.{self.spec.get('serviceAccountName') or 'default'}." \
                     f"{secrets.token_hex(16)}"
-            self.sa_dir = write_service_account(self.pod_dir, self.namespace, token)
+            self.sa_dir = write_service_account(self.pod_dir, self.namespace, token,
+                                                self.k.ca_pem)
 
     async def _setup_volumes(self) -> None:
         while True:
@@ -681,6 +682,7 @@ class Kubelet:
     """
 
     def __init__(self, store: Any, workdir: Path, *, api_url: str,
+                 service_url: str | None = None, ca_pem: bytes = b"",
                  image_policy: ImagePolicy | None = None, crash_backoff_seconds: float = 10.0,
                  max_backoff_seconds: float = 300.0, stop_grace_seconds: float = 2.0,
                  log_limit: int = DEFAULT_LOG_LIMIT, ip_seed: int | None = None) -> None:
@@ -695,7 +697,10 @@ class Kubelet:
         self.events = EventRecorder(store, "kubelet")
         self.ips = IPAllocator(ip_seed)
         self.gpus = DeviceAllocator(GPU_RESOURCE)
-        self.service_env = _service_env(api_url)
+        # Pods reach the API as a real pod does: KUBERNETES_SERVICE_* name the HTTPS listener
+        # (service_url) and ca.crt is its CA; LOCALCLUSTER_API_URL stays the plain-HTTP one.
+        self.service_env = _service_env(service_url or api_url)
+        self.ca_pem = ca_pem
         self._nodes: dict[str, JSON] = {}
         self._workers: dict[str, PodWorker] = {}
         self._by_name: dict[tuple[str, str], PodWorker] = {}

@@ -210,15 +210,15 @@ def materialise_volumes(pod: JSON, pod_dir: Path, lookup: ObjectLookup, *,
     return result
 
 
-def write_service_account(pod_dir: Path, namespace: str, token: str) -> Path:
+def write_service_account(pod_dir: Path, namespace: str, token: str, ca_pem: bytes = b"") -> Path:
     """The in-cluster credentials directory (token, ca.crt, namespace)."""
     sa_dir = pod_dir / "serviceaccount"
     sa_dir.mkdir(parents=True, exist_ok=True)
     _write(sa_dir / "token", token.encode(), 0o600)
     _write(sa_dir / "namespace", namespace.encode(), DEFAULT_MODE)
-    # The local API server speaks plain HTTP on loopback; the file exists because clients
-    # expect it, and is empty because there is no CA.
-    _write(sa_dir / "ca.crt", b"", DEFAULT_MODE)
+    # The CA of the API server's TLS listener (localcluster/tls.py); in-cluster clients refuse
+    # an empty one.
+    _write(sa_dir / "ca.crt", ca_pem, DEFAULT_MODE)
     return sa_dir
 
 
