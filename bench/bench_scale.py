@@ -70,8 +70,9 @@ def gateway_sample(pid: int) -> C.JSON:
 async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
     levels = args.levels
     nodes = max(2, -(-max(levels) // 100) + 1)  # 110 pods per node, like a kubelet's default
-    out: C.JSON = {"config": {"levels": levels, "nodes": nodes, "kernel": "tinykernel "
-                              "(protocol stand-in for ipykernel)"}, "levels": []}
+    out: C.JSON = {"config": {"levels": levels, "nodes": nodes, "attach": args.attach,
+                              "kernel": "tinykernel (protocol stand-in for ipykernel)"},
+                   "levels": []}
     async with C.local_cluster(workdir, nodes=nodes) as cluster:
         await C.create_kernelspec(cluster, tiny_kernelspec())
         async with C.gateway(cluster, workdir) as gw:
@@ -84,11 +85,23 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
 
             async def start() -> None:
                 async with sem:
+                    if errors:  # past the first failure only the limit matters
+                        return
                     try:
-                        kid, _, _ = await C.start_via_http(gw.url, gw.token, TINY)
+                        if args.attach == "websocket":
+                            kid, _, _ = await C.start_via_http(gw.url, gw.token, TINY)
+                        else:
+                            response = await C.api(gw.url, "POST", "/api/kernels",
+                                                   {"name": TINY}, token=gw.token, timeout=300)
+                            if response.code != 201:
+                                raise RuntimeError(f"POST /api/kernels -> {response.code}: "
+                                                   f"{(response.body or b'')[:300]!r}")
+                            kid = C.json_of(response)["id"]
                         kids.append(kid)
                     except Exception as e:  # noqa: BLE001 - limits are what we look for
                         errors.append(f"{type(e).__name__}: {e}"[:400])
+                        out.setdefault("first_error_at", len(kids))
+                        out.setdefault("first_error_fds", C.proc_fds(gw.pid))
 
             for level in levels:
                 need = level - len(kids)
@@ -104,8 +117,12 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                 idle1 = gateway_sample(gw.pid)
                 window = time.monotonic() - w0
                 rt: list[float] = []
+                rt_error = ""
                 if kids:
-                    rt = await C.ws_round_trips(gw.url, gw.token, random.choice(kids), 50, 5)
+                    try:
+                        rt = await C.ws_round_trips(gw.url, gw.token, random.choice(kids), 50, 5)
+                    except Exception as e:  # noqa: BLE001 - reported with the level
+                        rt_error = f"{type(e).__name__}: {e}"[:300]
                 status = C.json_of(await C.api(gw.url, "GET", "/api/elastic/status",
                                                token=gw.token))
                 entry = {
@@ -119,7 +136,7 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                     "threads": idle1["threads"],
                     "rss_mib_per_kernel": (idle1["rss_mib"] - base["rss_mib"]) / max(1, len(kids)),
                     "idle_cpu_percent": 100.0 * (idle1["cpu_s"] - idle0["cpu_s"]) / window,
-                    "roundtrip": C.summary(rt),
+                    "roundtrip": C.summary(rt), "roundtrip_error": rt_error,
                 }
                 out["levels"].append(entry)
                 print(f"  {len(kids)} kernels attached ({len(errors)} start errors): gateway "
@@ -197,8 +214,14 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
 
 
 def report(result: C.JSON) -> list[str]:
-    lines = [f"kernels: {result['config']['kernel']}; gateway empty: RSS "
+    lines = [f"kernels: {result['config']['kernel']}; a start = "
+             + ("POST + websocket kernel_info" if result["config"]["attach"] == "websocket"
+                else "POST only") + f"; gateway empty: RSS "
              f"{result['empty']['rss_mib']:.0f} MiB, {result['empty']['fds']} fds"]
+    if "first_error_at" in result:
+        lines.append(f"LIMIT: the first start failed with {result['first_error_at']} kernels "
+                     f"attached, gateway fds {result['first_error_fds']}: "
+                     f"{(result.get('errors') or ['?'])[0]}")
     for e in result["levels"]:
         rt = e["roundtrip"]
         lines.append(
@@ -208,7 +231,7 @@ def report(result: C.JSON) -> list[str]:
             f"{e['gateway_cpu_s_per_start'] * 1000:.0f} ms gateway CPU per start, "
             f"{e['starts_per_s']:.1f} starts/s, round trip p50 {C.ms(rt.get('p50', float('nan')))}"
             f" p99 {C.ms(rt.get('p99', float('nan')))}; start errors {e['start_errors']}"
-            + (f" (first: {e['first_errors'][0]})" if e["first_errors"] else ""))
+            + (f"; round trip failed: {e['roundtrip_error']}" if e["roundtrip_error"] else ""))
     c = result["cull"]
     lines.append(f"cull: {c['deleted']}/{c['records']} idle kernels deleted in {c['wall_s']:.1f} s"
                  f" (exit {c['exit_code']}), {c['requests_total']} API requests: "
@@ -223,6 +246,10 @@ def main(argv: list[str] | None = None) -> C.JSON:
     parser.add_argument("--cull", type=int)
     parser.add_argument("--parallel", type=int, default=20, help="starts in flight at once")
     parser.add_argument("--idle-window", type=float)
+    parser.add_argument("--attach", choices=("websocket", "post"), default="websocket",
+                        help="a start is POST + websocket kernel_info (default, as a notebook "
+                        "does), or the POST alone (the gateway's own readiness check)")
+    parser.add_argument("--name", default="scale", help="results file name")
     args = parser.parse_args(argv)
     args.levels = args.levels or ([20, 50] if args.quick else [200, 500, 1000])
     args.cull = args.cull or (50 if args.quick else 500)
@@ -230,7 +257,7 @@ def main(argv: list[str] | None = None) -> C.JSON:
     workdir = C.temp_workdir("scale")
     result = asyncio.run(measure(args, workdir))
     result["lines"] = report(result)
-    C.save_results("scale", result)
+    C.save_results(args.name, result)
     print("\n".join(result["lines"]))
     return result
 
