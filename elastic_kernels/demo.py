@@ -197,4 +197,8 @@ def gateway_client_flags() -> list[str]:
 
     See :mod:`elastic_kernels.gateway.client`.
     """
-    return ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"]
+    return [
+        "--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True",
+        # Wait as long as a GPU kernel may queue (the gateway gives up first, saying why).
+        "--GatewayClient.request_timeout=660",
+    ]

@@ -213,7 +213,7 @@ async def test_start_failures_name_their_cause(
         gateway: ElasticGatewayApp, kube: KubeClient) -> None:
     await kube.create(R.KERNELSPECS, derived_kernelspec(
         "python-cpu", "broken-image", image="example.org/does-not-exist:1", launchTimeout="10m"))
-    gpu_hog = derived_kernelspec("python-gpu", "gpu-hog", launchTimeout="1s")
+    gpu_hog = derived_kernelspec("python-gpu", "gpu-hog", launchTimeout="10m")
     gpu_hog["spec"]["resources"]["limits"]["nvidia.com/gpu"] = 8
     await kube.create(R.KERNELSPECS, gpu_hog)
 
@@ -229,7 +229,10 @@ async def test_start_failures_name_their_cause(
     assert body["reason"] in ("ErrImagePull", "ImagePullBackOff")
     assert "does-not-exist" in body["message"]
 
-    waited = await api(gateway.url, "POST", "/api/kernels", {"name": "gpu-hog"})
+    # The client says it waits 3 s (GatewayClient sends KERNEL_LAUNCH_TIMEOUT): the gateway
+    # gives up first and says why, rather than starting a kernel nobody waits for.
+    waited = await api(gateway.url, "POST", "/api/kernels",
+                       {"name": "gpu-hog", "env": {"KERNEL_LAUNCH_TIMEOUT": "3"}})
     assert waited.code == 504, waited.body
     body = json_of(waited)
     assert "Insufficient nvidia.com/gpu" in body["message"]
