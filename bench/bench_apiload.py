@@ -35,7 +35,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
         counter = cluster.request_counter
         boot = counter.snapshot()
         async with C.gateway(cluster, workdir) as gw:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, args.seconds))
             result["gateway_startup"] = C.counts_detail(counter.since(boot))
             per_start = []
             kids = []
@@ -67,7 +67,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
             try:
                 for ws in sockets:
                     await ws.kernel_info()
-                await asyncio.sleep(2.0)  # let the starts' own writes finish
+                await asyncio.sleep(min(2.0, args.seconds))  # let the starts' writes finish
                 before = counter.snapshot()
                 t0 = time.monotonic()
                 await asyncio.sleep(args.seconds)

@@ -75,8 +75,9 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                    "levels": []}
     async with C.local_cluster(workdir, nodes=nodes) as cluster:
         await C.create_kernelspec(cluster, tiny_kernelspec())
+        settle = min(3.0, args.idle_window)
         async with C.gateway(cluster, workdir) as gw:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(settle)
             base = gateway_sample(gw.pid)
             out["empty"] = base
             kids: list[str] = []
@@ -110,7 +111,7 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                 await asyncio.gather(*(start() for _ in range(need)))
                 start_wall = time.perf_counter() - t0
                 after_start = gateway_sample(gw.pid)
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(settle)
                 idle0 = gateway_sample(gw.pid)
                 w0 = time.monotonic()
                 await asyncio.sleep(args.idle_window)

@@ -61,7 +61,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
         result["writes_per_start"] = {"max": max(writes), "min": min(writes)}
         result["get_list_per_start"] = {"max": max(reads), "min": min(reads)}
         result["p50_minus_floor_s"] = result["sequential"]["p50"] - result["floor"]["p50"]
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
         # Concurrent starts.
         async def one() -> tuple[str | None, float, str]:

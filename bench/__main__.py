@@ -1,0 +1,75 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run every benchmark, then write the report.
+
+Each benchmark runs in its own process (a fresh cluster, gateway and Python state; one that
+fails or hangs does not take the others down), one after another so they never compete for the
+two cores.  Then ``bench/REPORT.md`` and ``bench/REPORT.png`` are written from the results.
+The full run takes about 20 minutes; ``--quick`` a few.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from . import common as C
+from . import report
+
+#: (name, module, extra arguments, timeout in seconds for the full run)
+BENCHMARKS: list[tuple[str, str, list[str], int]] = [
+    ("start", "bench.bench_start", [], 600),
+    ("roundtrip", "bench.bench_roundtrip", [], 600),
+    ("apiload", "bench.bench_apiload", [], 600),
+    ("scale", "bench.bench_scale", [], 1200),
+    ("scale-post", "bench.bench_scale", ["--attach", "post", "--name", "scale-post"], 1200),
+    ("eg", "bench.bench_eg", [], 1500),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small configurations")
+    parser.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS],
+                        help="run only these (the report uses the others' last results)")
+    args = parser.parse_args(argv)
+    C.RESULTS.mkdir(parents=True, exist_ok=True)
+    failures: dict[str, str] = {}
+    started = time.monotonic()
+    for name, module, extra, timeout in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
+        if args.quick and name == "scale-post":
+            continue  # the quick run stays far below the limits this variant looks for
+        cmd = [sys.executable, "-m", module, *extra, *(["--quick"] if args.quick else [])]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        if not args.only:
+            (C.RESULTS / f"{name}.json").unlink(missing_ok=True)
+        t0 = time.monotonic()
+        log = C.RESULTS / f"{name}.log"
+        try:
+            with log.open("w") as fh:
+                proc = subprocess.run(cmd, cwd=C.REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                      timeout=timeout // (3 if args.quick else 1))
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        text = log.read_text(errors="replace")
+        result_file = C.RESULTS / f"{name}.json"
+        if code == 0 and result_file.exists():
+            print("\n".join(json.loads(result_file.read_text()).get("lines", [])), flush=True)
+        else:
+            why = "timed out" if code is None else f"exit {code}"
+            tail = text.strip().splitlines()[-1:] or [""]
+            failures[name] = f"{why}: {tail[0][:300]} (log: bench/results/{name}.log)"
+            print(f"   FAILED ({failures[name]})", flush=True)
+        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+    path = report.write(mode="quick" if args.quick else "full", failures=failures,
+                        elapsed=time.monotonic() - started)
+    print(f"wrote {path} and {report.CHART}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""``bench/REPORT.md`` and ``bench/REPORT.png`` from the JSON results in ``bench/results/``.
+
+Run on its own (``python -m bench.report``) to rebuild the report from the last results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import common as C
+from .png import bar_chart
+
+REPORT = C.BENCH / "REPORT.md"
+CHART = C.BENCH / "REPORT.png"
+NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg")
+
+
+def load(results: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in NAMES:
+        path = results / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    s = r.get("start")
+    if s:
+        d = s["p50_minus_floor_s"]
+        rows.append(("Kernel start p50 − floor p50 (sequential, "
+                     f"n={s['sequential']['n']})",
+                     f"{d * 1000:.0f} ms (ours {C.ms(s['sequential']['p50'])}, floor "
+                     f"{C.ms(s['floor']['p50'])}; p50 ratio "
+                     f"{C.ratio(s['sequential']['p50'], s['floor']['p50']):.2f}x)",
+                     "≤ 150 ms", _met(d <= 0.150)))
+        c = s["concurrent"]
+        rows.append((f"{c['requested']} concurrent starts",
+                     f"{c['succeeded']}/{c['requested']} succeeded, all done in "
+                     f"{c['wall_s']:.1f} s (p50 {C.ms(c.get('p50', float('nan')))})",
+                     "all succeed", _met(c["succeeded"] == c["requested"])))
+    rt = r.get("roundtrip")
+    if rt:
+        ra = rt["ratios"]
+        rows.append(("Round trip (a) gateway / (c) direct ZeroMQ, p50",
+                     f"{ra['gateway_p50']:.2f}x ({C.ms(rt['gateway']['p50'])} vs "
+                     f"{C.ms(rt['direct']['p50'])}; p99 {ra['gateway_p99']:.2f}x)", "≤ 1.3x",
+                     _met(ra["gateway_p50"] <= 1.3)))
+        rows.append(("Round trip (b) notebook server → gateway / (c), p50",
+                     f"{ra['notebook_p50']:.2f}x ({C.ms(rt['notebook']['p50'])}; p99 "
+                     f"{ra['notebook_p99']:.2f}x)", "≤ 2x", _met(ra["notebook_p50"] <= 2.0)))
+        if "stream" in rt:
+            st = rt["stream"]
+            rows.append((f"Streaming {rt['config']['lines']} lines, messages/s",
+                         f"gateway {st['gateway']['messages_per_s']:.0f} "
+                         f"({rt['stream_ratios']['gateway']:.2f}x direct), notebook "
+                         f"{st['notebook']['messages_per_s']:.0f} "
+                         f"({rt['stream_ratios']['notebook']:.2f}x), direct "
+                         f"{st['direct']['messages_per_s']:.0f}", "—", "—"))
+    a = r.get("apiload")
+    if a:
+        rows.append(("API requests per start",
+                     f"{a['per_start_writes']:g} writes, {a['per_start_polling_reads']:g} "
+                     "polling reads", "≤ 4 writes, 0 polling reads",
+                     _met(a["per_start_writes"] <= 4 and a["per_start_polling_reads"] == 0)))
+        st = a["steady"]
+        p = a["periodic_not_in_window"]
+        total = st["per_kernel_hour"] + p["per_kernel_hour_at_this_size"]
+        rows.append((f"API requests per kernel-hour ({st['kernels']} idle kernels, "
+                     f"{st['seconds']:.0f} s)",
+                     f"{st['per_kernel_hour']:.1f} measured + "
+                     f"{p['per_kernel_hour_at_this_size']:.1f} watch re-opens = {total:.1f}",
+                     "≤ 60", _met(total <= 60)))
+    for name in ("scale", "scale-post"):
+        sc = r.get(name)
+        if not sc:
+            continue
+        levels = sc.get("levels") or []
+        best = max((e["attached"] for e in levels), default=0)
+        mode = "POST + websocket" if sc["config"].get("attach") == "websocket" else "POST only"
+        limit = (f"; first failure at {sc['first_error_at']} kernels: "
+                 f"{_short_error(sc.get('errors'))}" if "first_error_at" in sc else "")
+        rows.append((f"Kernels on one gateway (stand-in kernels, start = {mode})",
+                     f"{best} attached{limit}", "1,000", _met(best >= 1000)))
+    sc = r.get("scale") or r.get("scale-post")
+    if sc and sc.get("cull"):
+        c = sc["cull"]
+        rows.append((f"Cull {c['records']} idle kernels (elastic-kernels cull)",
+                     f"{c['deleted']} deleted in {c['wall_s']:.1f} s, {c['requests_total']} "
+                     f"API requests ({c['requests_total'] / max(1, c['records']):.1f}/kernel)",
+                     "—", "—"))
+    eg = r.get("eg")
+    if eg and "ratios" in eg:
+        q = eg["ratios"]
+        rows.append(("Enterprise Gateway / elastic-kernels: start p50",
+                     f"{q['start_p50_eg_over_ours']:.2f}x ({C.ms(eg['eg']['start']['p50'])} vs "
+                     f"{C.ms(eg['ours']['start']['p50'])})", "—", "—"))
+        rows.append(("Enterprise Gateway / elastic-kernels: round trip p50",
+                     f"{q['roundtrip_p50_eg_over_ours']:.2f}x ({C.ms(eg['eg']['roundtrip']['p50'])}"
+                     f" vs {C.ms(eg['ours']['roundtrip']['p50'])})", "—", "—"))
+        rows.append(("Enterprise Gateway / elastic-kernels: API requests per start",
+                     f"{q['requests_per_start_eg_over_ours']:.2f}x "
+                     f"({sum(eg['eg']['per_start'].values()):g} vs "
+                     f"{sum(eg['ours']['per_start'].values()):g}; polling reads "
+                     f"{eg['eg']['per_start_polling_reads']:g} vs "
+                     f"{eg['ours']['per_start_polling_reads']:g})", "—", "—"))
+        rows.append(("Enterprise Gateway / elastic-kernels: requests per kernel-hour",
+                     f"{q['kernel_hour_eg_over_ours']:.1f}x "
+                     f"({eg['eg']['steady']['per_kernel_hour']:.0f} vs "
+                     f"{eg['ours']['steady']['per_kernel_hour']:.0f}, "
+                     f"{eg['ours']['steady']['kernels']} idle kernels)", "—", "—"))
+    elif eg and eg.get("eg_error"):
+        rows.append(("Enterprise Gateway", "not measured: "
+                     + eg["eg_error"].splitlines()[0][:200], "—", "—"))
+    return rows
+
+
+def _short_error(errors: Any) -> str:
+    if not errors:
+        return "?"
+    text = str(errors[0])
+    for needle in ("ZMQError: Too many open files", "Too many open files"):
+        if needle in text:
+            return needle
+    return text[:160]
+
+
+def chart(r: dict[str, Any], path: Path) -> Path | None:
+    start: list[tuple[str, float, str]] = []
+    trip: list[tuple[str, float, str]] = []
+    s = r.get("start")
+    eg = r.get("eg")
+    if s:
+        start.append(("Floor: local ipykernel", s["floor"]["p50"] * 1000, "floor"))
+        start.append(("elastic-kernels", s["sequential"]["p50"] * 1000, "ours"))
+    if eg and "eg" in eg:
+        if not s:
+            start.append(("elastic-kernels", eg["ours"]["start"]["p50"] * 1000, "ours"))
+        start.append(("Enterprise Gateway 3.3", eg["eg"]["start"]["p50"] * 1000, "eg"))
+    rt = r.get("roundtrip")
+    if rt:
+        trip.append(("Direct ZeroMQ", rt["direct"]["p50"] * 1000, "direct"))
+        trip.append(("elastic-kernels gateway", rt["gateway"]["p50"] * 1000, "ours"))
+        trip.append(("Notebook server > gateway", rt["notebook"]["p50"] * 1000, "notebook"))
+    if eg and "eg" in eg:
+        if not rt:
+            trip.append(("elastic-kernels gateway", eg["ours"]["roundtrip"]["p50"] * 1000,
+                         "ours"))
+        trip.append(("Enterprise Gateway 3.3", eg["eg"]["roundtrip"]["p50"] * 1000, "eg"))
+    panels = [(t, rows) for t, rows in (("Kernel start p50 (ms)", start),
+                                        ("Execute round trip p50 (ms)", trip)) if rows]
+    if not panels:
+        return None
+    return bar_chart(path, panels)
+
+
+def _versions_line(v: dict[str, str]) -> str:
+    return ", ".join(f"{k} {val}" for k, val in v.items())
+
+
+def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = CHART,
+          mode: str = "", failures: dict[str, str] | None = None, elapsed: float | None = None
+          ) -> Path:
+    r = load(results)
+    any_result = next(iter(r.values()), None)
+    machine = any_result["machine"] if any_result else C.machine_info()
+    versions = any_result["versions"] if any_result else C.versions()
+    eg_versions = _get(r.get("eg"), "eg_versions")
+    out = ["# elastic-kernels benchmarks", ""]
+    out.append(f"Generated by `python -m bench{' --quick' if mode == 'quick' else ''}` on "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, revision "
+               f"`{C.git_revision() or '?'}`"
+               + (f", in {elapsed / 60:.1f} min" if elapsed else "") + ". "
+               "Absolute times on a shared 2-core machine are noisy; compare the ratios, "
+               "which were measured in the same run.")
+    out += ["", f"**Machine**: {machine['nproc']} CPUs ({machine['cpu']}), "
+            f"{machine['memory_gib']} GiB RAM, Linux {machine['kernel']}, Python "
+            f"{machine['python']}; ulimit -n {machine['ulimit_nofile'][0]}, ulimit -u "
+            f"{machine['ulimit_nproc'][0]}, pid_max {machine['pid_max']}.",
+            "", f"**Versions (elastic-kernels side)**: {_versions_line(versions)}."]
+    if eg_versions:
+        out.append(f"**Versions (Enterprise Gateway side, bench/.venv-eg)**: "
+                   f"{_versions_line(eg_versions)}.")
+    out += ["", "## Summary", "", "| measure | result | goal | met |", "|---|---|---|---|"]
+    for row in summary_rows(r):
+        out.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    if failures:
+        out += ["", "Benchmarks that did not finish:", ""]
+        for name, why in failures.items():
+            out.append(f"- `{name}`: {why}")
+    png = chart(r, chart_path)
+    if png:
+        out += ["", f"![start latency and round trip per system]({png.name})"]
+    out += ["", "## Details", ""]
+    titles = {"start": "1. Kernel start (`bench.bench_start`)",
+              "roundtrip": "2–3. Execute round trip and output streaming "
+                           "(`bench.bench_roundtrip`)",
+              "apiload": "4. Kubernetes API load (`bench.bench_apiload`)",
+              "scale": "5. Scale, a start = POST + websocket kernel_info (`bench.bench_scale`)",
+              "scale-post": "5. Scale, a start = POST only "
+                            "(`bench.bench_scale --attach post --name scale-post`)",
+              "eg": "6. Enterprise Gateway on the same cluster (`bench.bench_eg`)"}
+    for name in NAMES:
+        if name not in r:
+            continue
+        out += [f"### {titles[name]}", "", "```", *r[name].get("lines", []), "```", ""]
+        cfg = r[name].get("config")
+        if cfg:
+            out += [f"Configuration: `{json.dumps(cfg)}`", ""]
+        if name == "eg" and r[name].get("eg_error"):
+            out += ["Error text:", "", "```", r[name]["eg_error"][:3000], "```", ""]
+    out += NOTES
+    report.write_text("\n".join(out) + "\n")
+    return report
+
+
+NOTES = """## How to read and rerun this
+
+- `make bench` (= `.venv/bin/python -m bench`) runs everything and rewrites this file and
+  `REPORT.png`; `--quick` runs small configurations (a few minutes). Each benchmark runs alone:
+  `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
+  `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`; `--help` lists the knobs.
+  Raw figures are in `bench/results/*.json` (not committed).
+- Everything runs on loopback: the local cluster in the benchmark process, each server under
+  test (our gateway, the notebook server, Enterprise Gateway) as its own process.
+- **Start** is `POST /api/kernels` until the first `kernel_info_reply` over the websocket. The
+  floor is a local ipykernel started with jupyter_client (`AsyncKernelManager`, 10 ms ZeroMQ
+  reconnect like the gateway's) and interleaved with the gateway's starts.
+- **Round trip** is `execute_request` of `pass` until both the reply and the idle status
+  arrived; the client sets TCP_NODELAY as browsers do. Direct ZeroMQ is a blocking pyzmq client
+  given the connection info a re-attaching replica builds (pod IP + the key in the Secret).
+- **API load** is counted by the local API server (`LocalCluster.request_counter`) for the
+  window of each operation; "polling reads" are `get`/`list` (watches are not polling).
+- **Scale** uses `bench/tinykernel.py`, a *stand-in* for ipykernel that speaks the real Jupyter
+  protocol over ZeroMQ (signed messages, busy/idle status, heartbeat) at ~8 MB each, launched by
+  the real launcher in real pods. A limit hit is reported with the gateway's own error.
+- **Enterprise Gateway** 3.3 comes from PyPI into `bench/.venv-eg` (server) and its sdist
+  (kernelspec, `launch_kubernetes.py`, `kernel-pod.yaml.j2`, `bootstrap-kernel.sh`,
+  `launch_ipykernel.py`), unchanged. Adaptations, all in `bench/eg.py` and
+  `bench/eg_site/sitecustomize.py`: the server runs as a host process with in-cluster
+  configuration over HTTPS (token and CA from a directory substituted for
+  `/var/run/secrets/kubernetes.io/serviceaccount`); `EG_INHERITED_ENVS` passes the venv's PATH
+  and that hook on; the pod template gains a downward-API `POD_IP` so that EG's `0.0.0.0` binds
+  stay on the pod's loopback address; the kubelet maps image `elyra/kernel-py:<version>` to the
+  image's CMD (`bootstrap-kernel.sh`) with EG's virtualenv Python. All EG settings are its
+  defaults (namespace + RoleBinding per kernel, 0.5 s pod polling, 30 s launch timeout).
+"""
+
+
+if __name__ == "__main__":
+    print(write())
