@@ -78,7 +78,9 @@ from elastic_kernels import __version__
 
 from ..kube.connection import ClusterConnection
 from . import handlers as gateway_handlers
+from . import redact
 from .auth import TOKEN_ENV, ElasticIdentityProvider
+from .bodylimit import limit_body
 from .connection import ElasticChannelsConnection
 from .ownership import KernelOwnership
 from .metrics import Metric
@@ -124,6 +126,11 @@ class NoDelayHTTPServer(httpserver.HTTPServer):
     def handle_stream(self, stream: IOStream, address: tuple[t.Any, ...]) -> None:
         stream.set_nodelay(True)
         super().handle_stream(stream, address)
+
+    def start_request(self, server_conn: object, request_conn: t.Any) -> t.Any:
+        # A body over max_body_size gets a JSON 413 instead of tornado's bare 400 (bodylimit.py).
+        return limit_body(super().start_request(server_conn, request_conn), request_conn,
+                          self.conn_params.max_body_size)
 
 
 class ElasticGatewayApp(ServerApp):
@@ -278,6 +285,8 @@ class ElasticGatewayApp(ServerApp):
         self._listen_sockets: list[socket.socket] = []
         self._accepting = False
         self._zmq_guard = ZMQWakeupGuard(self._kernel_streams, 0.0)
+        # Every log record of the process is scrubbed of our tokens and kernel keys (redact.py).
+        self._stop_redacting = redact.install(redact.gateway_secrets(self))
 
     # ---- initialisation ------------------------------------------------------------------
 
@@ -429,6 +438,7 @@ class ElasticGatewayApp(ServerApp):
             for sock in self._listen_sockets:
                 sock.close()
             self._listen_sockets = []
+            self._stop_redacting()
 
     async def cleanup_kernels(self) -> None:
         # jupyter_server's shutdown_all raises (and the server then never stops) when an earlier

@@ -66,6 +66,8 @@ class JSONErrorsMixin:
         exc_info = kwargs.get("exc_info")
         exc = exc_info[1] if exc_info else None
         body = error_body(exc, status_code, responses.get(status_code, "Unknown HTTP Error"))
+        if isinstance(body["message"], str):  # never echo a huge request back, nor log it
+            body["message"] = _short(body["message"])
         handler.log.warning("wrote error: %r", body["message"])  # type: ignore[attr-defined]
         handler.set_header("Content-Type", "application/json")
         handler.finish(json.dumps(body))
@@ -97,6 +99,10 @@ class GatewayAPIHandler(JSONErrorsMixin, APIHandler):
             raise GatewayHTTPError(
                 400, f"Request body is not valid JSON: {e}", "BadRequest"
             ) from e
+        except RecursionError:
+            raise GatewayHTTPError(
+                400, "Request body is not valid JSON: nested too deeply", "BadRequest"
+            ) from None
         if not isinstance(value, dict):
             raise GatewayHTTPError(
                 400,
@@ -314,7 +320,7 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
     def _dropped(self, why: str) -> None:
         """Log a dropped client frame: the reason only, and not every one of a flood."""
         self._drops += 1
-        if self._drops <= 10 or self._drops % 1000 == 0:
+        if self._drops <= 50 or self._drops % 1000 == 0:
             self.log.warning("Dropped websocket message %d for kernel %s: %s", self._drops,
                              self.kernel_id, why)
 
