@@ -158,3 +158,25 @@ class GatewayProcess:
             return await ws.execute(code, timeout=60)
         finally:
             ws.close()
+
+
+class Gateways:
+    """Every gateway process a test starts, stopped at the end whatever happened; their logs
+    are kept in the test's directory for reading after a failure."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path, *args: str) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.args = args
+        self.started: list[GatewayProcess] = []
+
+    async def start(self, name: str, *args: str) -> GatewayProcess:
+        gateway = await GatewayProcess.start(self.cluster, self.workdir, name,
+                                             "--log-level=INFO", *self.args, *args)
+        self.started.append(gateway)
+        return gateway
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(g.stop() for g in self.started), return_exceptions=True)
+        for gateway in self.started:
+            (self.workdir / f"gateway-{gateway.name}.log").write_text(gateway.log)

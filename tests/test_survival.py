@@ -22,7 +22,7 @@ from elastic_kernels.kube.client import PODS, KubeClient
 from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .gatewayproc import GatewayProcess
+from .gatewayproc import GatewayProcess, Gateways
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -40,31 +40,11 @@ async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
         await client.close()
 
 
-class Gateways:
-    """Every gateway process a test starts, stopped at the end whatever happened."""
-
-    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.started: list[GatewayProcess] = []
-
-    async def start(self, name: str, *args: str) -> GatewayProcess:
-        gateway = await GatewayProcess.start(
-            self.cluster, self.workdir, name, "--log-level=INFO",
-            # A short lease, so a successor claims a dead gateway's kernels within seconds.
-            f"--ElasticMappingKernelManager.lease_duration={LEASE_SECONDS}", *args)
-        self.started.append(gateway)
-        return gateway
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(g.stop() for g in self.started), return_exceptions=True)
-        for gateway in self.started:  # kept for reading after a failure
-            (self.workdir / f"gateway-{gateway.name}.log").write_text(gateway.log)
-
-
 @pytest_asyncio.fixture
 async def gateways(cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Gateways]:
-    found = Gateways(cluster, tmp_path)
+    # A short lease, so a successor claims a dead gateway's kernels within seconds.
+    found = Gateways(cluster, tmp_path,
+                     f"--ElasticMappingKernelManager.lease_duration={LEASE_SECONDS}")
     try:
         yield found
     finally:

@@ -164,6 +164,17 @@ class KernelHydrator(LoggingConfigurable):
             # Not in the cache, or not running there: another replica may have written it a
             # moment ago. Ask once rather than answer 404 for a kernel that exists.
             record = await self._get(R.JUPYTERKERNELS, name, f"look up kernel {kernel_id}")
+            if record is None or not _coming(record):
+                return False
+        # The restarter and the kernel model read the record from the watch: wait until it is
+        # there, and running (a start or restart by another gateway may be under way).
+        if not _running(records.get(name)):
+            try:
+                record = await records.wait_for(_settled, name, timeout=self.cache_timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("Kernel %s: not running after %.0fs; not re-attaching",
+                                 kernel_id, self.cache_timeout)
+                return False
             if not _running(record):
                 return False
         assert record is not None
@@ -176,16 +187,6 @@ class KernelHydrator(LoggingConfigurable):
             self.log.warning("JupyterKernel %s names kernel %s; not re-attaching", name,
                              view.kernel_id)
             return False
-        # The restarter and the kernel model read the record from the watch: wait for it there.
-        if not _running(records.get(name)):
-            try:
-                await records.wait_for(_running, name, timeout=self.cache_timeout)
-            except asyncio.TimeoutError:
-                self.log.warning("Kernel %s: the JupyterKernel watch did not deliver its record",
-                                 kernel_id)
-                return False
-            record = records.get(name) or record
-            view = R.KernelView.from_object(record)
         pod = await self._pod(view, pods)
         key = await self._key(view)
         if key is None:
@@ -399,6 +400,19 @@ class KernelHydrator(LoggingConfigurable):
         finally:
             if self._watchers.get(holder) is asyncio.current_task():
                 self._watchers.pop(holder, None)
+
+
+def _coming(record: Mapping[str, Any]) -> bool:
+    """Running, or being started or restarted (so worth waiting for)."""
+    if (record.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return (record.get("status") or {}).get("phase", R.PHASE_PENDING) in (
+        R.PHASE_RUNNING, R.PHASE_STARTING, R.PHASE_PENDING)
+
+
+def _settled(record: Mapping[str, Any] | None) -> bool:
+    """In the cache and done starting, one way or the other."""
+    return record is not None and not _coming(record) or _running(record)
 
 
 def _running(record: Mapping[str, Any] | None) -> bool:

@@ -11,6 +11,7 @@ connection file, and its sockets reconnect quickly to a pod whose kernel is stil
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 import weakref
@@ -28,7 +29,7 @@ from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
 from ..provisioner.provisioner import ElasticKernelProvisioner
 from .hydration import KernelHydrator
-from .liveness import kernel_died
+from .liveness import kernel_died, renudge_connections
 
 
 class ElasticKernelManager(AsyncIOLoopKernelManager):
@@ -102,6 +103,8 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
                 pass  # already disconnected
             sock.connect(moved)
             self._elastic_endpoints[sock] = moved
+        # Once the new connection info is complete, wake the open websockets as on open.
+        asyncio.get_running_loop().call_soon(renudge_connections, self.kernel_id)
 
 
 _SOCKET_TYPES = {

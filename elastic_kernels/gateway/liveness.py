@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado import web
 
 from ..kube import resources as R
@@ -42,7 +43,7 @@ from ..kube.informer import Informer
 from ..provisioner.podstate import PodAssessment, Progress, assess_pod
 from ..provisioner.provisioner import ElasticKernelProvisioner
 
-__all__ = ["ElasticKernelRestarter", "Fate", "KernelFate", "kernel_died", "kernel_fate"]
+__all__ = ["ElasticKernelRestarter", "Fate", "KernelFate", "kernel_died", "kernel_fate", "renudge_connections"]
 
 
 class Fate(enum.Enum):
@@ -57,7 +58,11 @@ class Fate(enum.Enum):
 class KernelFate:
     fate: Fate
     pod: JSON | None = None
+    #: Why the kernel's pod is not alive (DEAD, and WAIT on another gateway's restart).
     cause: PodAssessment | None = None
+    #: WAIT because another gateway announced it restarts the kernel: bounded by the launch
+    #: timeout, in case that gateway died half-way.
+    restarting_elsewhere: bool = False
 
 
 _LIVE = (Progress.RUNNING, Progress.PENDING, Progress.WAITING_FOR_CAPACITY)
@@ -112,10 +117,19 @@ def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informe
     assessment = assess_pod(own)
     if assessment.progress in _LIVE:
         return KernelFate(Fate.ALIVE)
-    if status.get("phase") == R.PHASE_TERMINATING:
-        return KernelFate(Fate.WAIT)  # being shut down elsewhere; its deletion follows
+    phase = status.get("phase")
+    if phase == R.PHASE_TERMINATING:
+        return KernelFate(Fate.WAIT, cause=assessment)  # shut down elsewhere; deletion follows
     if newer is not None and assess_pod(newer).progress in _LIVE:
-        return KernelFate(Fate.WAIT)  # another replica's restart is under way
+        return KernelFate(Fate.WAIT, cause=assessment)  # another replica's new pod is coming
+    try:
+        recorded = int(status.get("restartCount") or 0)
+    except (TypeError, ValueError):
+        recorded = 0
+    if phase in (R.PHASE_STARTING, R.PHASE_PENDING) and recorded == prov.restart_count:
+        # Another gateway announced a restart of this very incarnation (or waits for capacity
+        # for its new pod): its old pod's death is expected.
+        return KernelFate(Fate.WAIT, cause=assessment, restarting_elsewhere=True)
     return KernelFate(Fate.DEAD, cause=assessment)
 
 
@@ -133,6 +147,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
         self._polling = False
         self._again = False
         self._closed = False
+        self._waiting_since: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -232,13 +247,29 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
         if not prov.attached:
             self.close()
             return
-        if km.shutting_down or not km.ready.done():
-            return  # our own start, restart or shutdown is in progress
         if self._records is None or self._pods is None:
             return  # not subscribed yet; the subscription kicks once it is
-        fate = kernel_fate(prov, self._records, self._pods, self._record_seen)
+        record_seen = self._record_seen
         if self._records.get(R.kernel_object_name(prov.kernel_id), prov.namespace_name):
             self._record_seen = True
+        if km.shutting_down:
+            return  # our own restart or shutdown is in progress
+        if not km.ready.done():
+            # Our own start or restart is in progress: look again once it is done.
+            km.ready.add_done_callback(lambda _: self.kick())
+            return
+        fate = kernel_fate(prov, self._records, self._pods, record_seen)
+        if fate.restarting_elsewhere:
+            loop = asyncio.get_running_loop()
+            if self._waiting_since is None:
+                self._waiting_since = loop.time()
+            elif loop.time() - self._waiting_since > prov.launch_timeout_seconds:
+                self.log.warning("Kernel %s: the restart another gateway announced did not "
+                                 "finish within %.0fs", prov.kernel_id,
+                                 prov.launch_timeout_seconds)
+                fate = KernelFate(Fate.DEAD, cause=fate.cause)
+        else:
+            self._waiting_since = None
 
         if fate.fate is Fate.DELETED:
             self.log.info("Kernel %s: its JupyterKernel was deleted (shut down elsewhere, culled "
@@ -282,6 +313,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
             self.log.warning("Kernel %s died (%s: %s); restarting it (%d/%d)", prov.kernel_id,
                              cause.reason, cause.message, attempt, self.restart_limit)
             prov.restart_cause = cause
+            await prov.announce_restart(f"restarting after {cause.reason}: {cause.message}")
         try:
             await super().poll()  # restarts, or fires "dead" past the limit
         except Exception as e:  # noqa: BLE001 - a failed restart leaves the kernel dead
@@ -313,11 +345,12 @@ def kernel_died(manager: Any, kernel_id: str) -> None:
         manager.log.warning("Kernel %s is dead: %s", kernel_id, reason)
         return
     manager.log.info("Kernel %s is gone: %s", kernel_id, reason)
-    close = getattr(manager.parent, "close_kernel_websockets", None)
-    if close is not None:
-        close(kernel_id, f"KernelGone: {reason}")
 
     async def drop() -> None:
+        # After the other "dead" callbacks (they tell each websocket client first).
+        close = getattr(manager.parent, "close_kernel_websockets", None)
+        if close is not None:
+            close(kernel_id, f"KernelGone: {reason}")
         try:
             await manager.shutdown_kernel(kernel_id, now=True)
         except (KeyError, web.HTTPError):
@@ -326,3 +359,29 @@ def kernel_died(manager: Any, kernel_id: str) -> None:
             manager.log.exception("Dropping kernel %s failed", kernel_id)
 
     asyncio.ensure_future(drop())
+
+
+def renudge_connections(kernel_id: str) -> None:
+    """The kernel moved to a new pod (a restart, here or by another gateway): its open
+    websockets' sockets were re-pointed, so wake each connection the way opening it does.
+
+    The nudge sends ``kernel_info`` until the connection's own iopub socket has seen a message,
+    so the client gets the new kernel's ``idle`` status and no output of its next request is
+    lost to a subscription still on its way. Afterwards the connection forwards every channel
+    again (the nudge pauses iopub while it runs).
+    """
+    for connection in list(ZMQChannelsWebsocketConnection._open_sockets):
+        if getattr(connection, "kernel_id", None) != kernel_id or not connection.channels:
+            continue
+        try:
+            nudged = connection.nudge()
+        except Exception:  # noqa: BLE001 - the client can still reconnect
+            connection.log.debug("Nudge after move failed", exc_info=True)
+            continue
+
+        def forward(_done: Any, connection: Any = connection) -> None:
+            for stream in connection.channels.values():
+                if not stream.closed():
+                    stream.on_recv_stream(connection.handle_outgoing_message)
+
+        nudged.add_done_callback(forward)

@@ -455,9 +455,23 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pod_ip = ""
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        if not restart:
+        if restart:
+            await self.announce_restart("restart requested")
+        else:
             await self._patch_status({"phase": "Terminating", "reason": "ShutdownRequested",
                                       "message": ""})
+
+    async def announce_restart(self, why: str) -> None:
+        """Say on the record that this kernel is being restarted (phase Starting), before its
+        pod goes: other gateways holding the kernel then wait for the new pod instead of
+        taking the old one's death for a crash and restarting it as well."""
+        await self._patch_status({"phase": R.PHASE_STARTING, "reason": "Restarting",
+                                  "message": why[:1024]})
+
+    @property
+    def launch_timeout_seconds(self) -> float:
+        return (self._spec.launch_timeout if self._spec is not None else None) \
+            or self.launch_timeout
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return min(recommended, self.shutdown_wait_time)

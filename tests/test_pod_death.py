@@ -1,0 +1,165 @@
+"""A kernel pod deleted or killed underneath the gateway: seen from the watch, handled per policy.
+
+* ``restartPolicy: Restart`` (python-cpu): the client's websocket gets ``restarting``, a new pod
+  runs the kernel (``restartCount`` 1, the cause in ``status.message``) and the same websocket
+  keeps working.
+* ``restartPolicy: Fail``: the client gets ``dead``; the kernel model says ``execution_state:
+  dead`` with the reason, and so does the JupyterKernel (phase Failed); shutting it down works.
+* The JupyterKernel deleted (an admin, the cull job): final, the kernel is not restarted.
+
+No timing thresholds: the tests wait for the events (within the test timeout). The time from
+the delete call to the client's status message is printed (``-s``) as a measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import PODS, KubeClient, KubeError
+from elastic_kernels.kube.config import load_cluster_config
+from elastic_kernels.localcluster.cluster import LocalCluster
+
+from .conftest import derived_kernelspec
+from .gateway.support import TOKEN, KernelWS, api, json_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def jupyter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "jupyter"
+    for name in ("config", "data", "runtime", "root"):
+        (home / name).mkdir(parents=True)
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
+    for name in ("JUPYTER_TOKEN", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest_asyncio.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    cfg = load_cluster_config(cluster.kubeconfig_path)
+    client = KubeClient(cfg.api_client, cfg.namespace)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def gateway(cluster: LocalCluster, kube: KubeClient,
+                  jupyter_home: Path) -> AsyncIterator[ElasticGatewayApp]:
+    await kube.create(R.KERNELSPECS, derived_kernelspec("python-cpu", "python-cpu-fail",
+                                                        restartPolicy="Fail"))
+    app = ElasticGatewayApp()
+    app.initialize(argv=[
+        "--ip=127.0.0.1", "--port=0", f"--token={TOKEN}",
+        f"--kubeconfig={cluster.kubeconfig_path}",
+        f"--ServerApp.root_dir={jupyter_home / 'root'}",
+        "--ElasticGatewayApp.install_signal_handlers=False",
+        "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
+    ])
+    await app.start_serving()
+    try:
+        yield app
+    finally:
+        await app.stop_serving()
+
+
+def status_is(state: str) -> Any:
+    return lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == state
+
+
+async def start(gateway: ElasticGatewayApp, name: str) -> str:
+    response = await api(gateway.url, "POST", "/api/kernels", {"name": name})
+    assert response.code == 201, response.body
+    return str(json_of(response)["id"])
+
+
+async def model(gateway: ElasticGatewayApp, kernel_id: str) -> dict[str, Any]:
+    response = await api(gateway.url, "GET", f"/api/kernels/{kernel_id}")
+    assert response.code == 200, response.body
+    return dict(json_of(response))
+
+
+async def test_deleted_pod_restarts_the_kernel_and_the_websocket_carries_on(
+        gateway: ElasticGatewayApp, kube: KubeClient) -> None:
+    kernel_id = await start(gateway, "python-cpu")
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        assert (await ws.execute("before = 1"))["reply"]["status"] == "ok"
+        loop = asyncio.get_running_loop()
+        deleted_at = loop.time()
+        await kube.delete(PODS, R.kernel_pod_name(kernel_id))
+        await ws.wait_for(status_is("restarting"))
+        print(f"\nclient saw 'restarting' {1000 * (loop.time() - deleted_at):.0f} ms after "
+              "the pod was deleted")
+
+        # The same websocket reaches the kernel in its new pod, which starts afresh; the client
+        # is told when it is back (the gateway wakes the websocket as on open).
+        await ws.wait_for(status_is("idle"), timeout=40)
+        result = await ws.execute("print('before' in globals())", timeout=40)
+        assert result["stdout"] == "False\n", result
+        elastic = (await model(gateway, kernel_id))["elastic"]
+        assert elastic["restart_count"] == 1
+        assert elastic["pod"] == R.kernel_pod_name(kernel_id, 1)
+        record = await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))
+        assert record["status"]["phase"] == "Running"
+        assert record["status"]["reason"] == "Restarted"
+        assert "Pod" in record["status"]["message"], record["status"]
+    finally:
+        ws.close()
+
+
+async def test_killed_kernel_with_fail_policy_is_reported_dead_with_the_reason(
+        gateway: ElasticGatewayApp, kube: KubeClient) -> None:
+    kernel_id = await start(gateway, "python-cpu-fail")
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        ws.send("execute_request", {"code": "import os; os._exit(3)", "silent": False})
+        await ws.wait_for(status_is("dead"))
+    finally:
+        ws.close()
+    found = await model(gateway, kernel_id)
+    assert found["execution_state"] == "dead"
+    assert "exited with code 3" in found["reason"], found
+    assert found["elastic"]["phase"] == "Failed"
+    assert found["elastic"]["reason"] == "ContainerExited"
+    assert R.kernel_pod_name(kernel_id, 1) not in {
+        p["metadata"]["name"] for p in (await kube.list(PODS))["items"]}
+
+    # A dead kernel is still the user's to shut down (or restart).
+    assert (await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")).code == 204
+    with pytest.raises(KubeError) as gone:
+        await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))
+    assert gone.value.not_found
+
+
+async def test_deleting_the_jupyterkernel_is_final(
+        gateway: ElasticGatewayApp, kube: KubeClient) -> None:
+    kernel_id = await start(gateway, "python-cpu")
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        await kube.delete(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))
+        await ws.wait_for(status_is("dead"))
+    finally:
+        ws.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while kernel_id in gateway.kernel_manager:
+        assert loop.time() < deadline, "the gateway still holds the deleted kernel"
+        await asyncio.sleep(0.05)
+    assert (await api(gateway.url, "GET", f"/api/kernels/{kernel_id}")).code == 404
+    pods = await kube.list(PODS, label_selector=f"{R.LABEL_KERNEL_ID}={kernel_id}")
+    assert [p["metadata"]["name"] for p in pods["items"]
+            if not p["metadata"].get("deletionTimestamp")] == []
