@@ -17,7 +17,6 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeClient
 
@@ -285,7 +284,8 @@ async def test_hostile_websocket_frames(
     finally:
         v1.close()
 
-    dropped = [r.getMessage() for r in caplog.records if "Dropped websocket message" in r.getMessage()]
+    dropped = [r.getMessage() for r in caplog.records
+               if "Dropped websocket message" in r.getMessage()]
     # Every malformed frame was dropped, each with its reason; the two well-formed ones (an
     # unknown message type, a message without a channel) went to the kernel.
     assert len(dropped) == len(text_junk) - 2 + 4 + len(frames), dropped

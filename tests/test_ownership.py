@@ -18,14 +18,18 @@ from tornado.httpclient import HTTPClientError
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.auth import (
     ElasticIdentityProvider,
+    ElasticUser,
     UsersFileError,
     hash_token,
     parse_users,
 )
+from elastic_kernels.gateway.ownership import KernelOwnership
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, SECRETS, KubeClient
+from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .gateway.support import KernelWS, api, json_of
+from .gateway.support import TOKEN, KernelWS, api, json_of
+from .gatewayproc import GatewayProcess
 from .gatewayfixtures import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
     ALICE_TOKEN,
@@ -235,7 +239,8 @@ def test_provider_compares_every_entry_in_constant_time(
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "users.json"
     tokens = {f"user{i}": f"token-of-user-{i}-0123456789" for i in range(5)}
-    path.write_text(json.dumps({"tokens": [{"user": u, "token": tok} for u, tok in tokens.items()]}))
+    path.write_text(json.dumps(
+        {"tokens": [{"user": u, "token": tok} for u, tok in tokens.items()]}))
     provider = ElasticIdentityProvider(users_file=str(path), users_file_check_interval=0.0)
     # With users configured and no token given, nobody is an admin by a generated token.
     assert provider.token == "" and not provider.token_generated
@@ -287,3 +292,54 @@ async def test_users_file_changes_apply_without_restart(
     users_file.write_text("tokens: [")
     await asyncio.sleep(0.2)
     assert await erin_in()
+
+
+async def test_ownership_holds_across_replicas(
+        cluster: LocalCluster, tmp_path: Path, users_file: Path) -> None:
+    """Two gateway processes on one cluster: the owner comes from the JupyterKernel record."""
+    args = (f"--users-file={users_file}", "--KernelOwnership.max_kernels_per_user=1")
+    a = await GatewayProcess.start(cluster, tmp_path, "a", *args)
+    try:
+        b = await GatewayProcess.start(cluster, tmp_path, "b", *args)
+        try:
+            kernel_id = (await start(a.url, ALICE_TOKEN))["id"]
+            # Through the replica that does not hold it: bob learns nothing (nor makes B
+            # re-attach someone else's kernel), alice finds it and uses it.
+            await not_found_everywhere(b.url, BOB_TOKEN, kernel_id)
+            assert "Re-attached kernel" not in b.log
+            got = await api(b.url, "GET", f"/api/kernels/{kernel_id}", token=ALICE_TOKEN)
+            assert got.code == 200, got.body
+            assert json_of(got)["elastic"]["user"] == "alice"
+            await b.wait_for_log(f"Re-attached kernel {kernel_id}", timeout=5)
+            ws = await KernelWS.open(b.url, kernel_id, token=ALICE_TOKEN)
+            try:
+                assert (await ws.execute("print('via b')"))["stdout"] == "via b\n"
+            finally:
+                ws.close()
+            # The limit counts the kernel records, so alice's kernel on A counts on B.
+            refused = await api(b.url, "POST", "/api/kernels", {"name": KERNELSPEC},
+                                token=ALICE_TOKEN)
+            assert refused.code == 403, refused.body
+            assert "has 1 kernel and may have at most 1" in json_of(refused)["message"]
+            listed = await api(b.url, "GET", "/api/kernels", token=TOKEN)  # the admin token
+            assert kernel_id in {k["id"] for k in json_of(listed)}
+            deleted = await api(b.url, "DELETE", f"/api/kernels/{kernel_id}", token=ALICE_TOKEN)
+            assert deleted.code == 204, deleted.body
+        finally:
+            await b.stop()
+    finally:
+        await a.stop()
+
+
+def test_status_shows_others_queued_kernels_anonymously() -> None:
+    status = {"kernels": 3, "gpu_queue": [
+        {"kernel_id": "k1", "user": "alice", "gpus": 1, "position": 1},
+        {"kernel_id": "k2", "user": "bob", "gpus": 2, "position": 2},
+    ], "lease": "gw"}
+    policy = KernelOwnership()
+    bob = policy.status_for(ElasticUser("bob"), status)
+    assert bob["gpu_queue"] == [{"gpus": 1, "position": 1},
+                                {"kernel_id": "k2", "user": "bob", "gpus": 2, "position": 2}]
+    assert bob["kernels"] == 3 and bob["lease"] == "gw"
+    assert policy.status_for(ElasticUser("ops", admin=True), status) == status
+    assert status["gpu_queue"][0]["user"] == "alice"  # the gateway's own copy is untouched

@@ -343,7 +343,9 @@ class StatusHandler(GatewayAPIHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        self.finish(json.dumps(await self.gateway_app.elastic_status(), default=json_default))
+        status = ownership(self).status_for(self.current_user,
+                                            await self.gateway_app.elastic_status())
+        self.finish(json.dumps(status, default=json_default))
 
 
 class MetricsHandler(JSONErrorsMixin, JupyterHandler):

@@ -114,6 +114,23 @@ class KernelOwnership(LoggingConfigurable):
     def forget(self, kernel_id: str) -> None:
         self._owners.pop(kernel_id, None)
 
+    def status_for(self, user: User | None, status: dict[str, t.Any]) -> dict[str, t.Any]:
+        """``/api/elastic/status`` as ``user`` may see it: others' queued kernels are anonymous.
+
+        The GPU queue shows everyone where they stand; only admins see whose the other
+        entries are and their kernel ids.
+        """
+        if is_admin(user):
+            return status
+        me = user.username if user is not None else None
+        result = dict(status)
+        for key, value in status.items():
+            if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+                result[key] = [v if v.get("user", me) == me else
+                               {k: x for k, x in v.items() if k not in ("user", "kernel_id")}
+                               for v in value]
+        return result
+
     # -- limits -------------------------------------------------------------------------------
 
     def kernels_of(self, username: str, km: t.Any) -> set[str]:
