@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import random
 import struct
 import typing as t
 import uuid
+from urllib.parse import quote
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -173,8 +177,8 @@ def v1_frame(channel: str, header: t.Any, content: t.Any = None, *,
              parent: bytes = b"{}", metadata: bytes = b"{}",
              buffers: t.Sequence[bytes] = ()) -> bytes:
     """A frame of the v1 kernel websocket protocol (as JupyterLab sends)."""
-    parts = [channel.encode(), json.dumps(header).encode(), parent, metadata,
-             json.dumps(content if content is not None else {}).encode(), *buffers]
+    parts = [channel.encode("utf-8", "surrogatepass"), json.dumps(header).encode(), parent,
+             metadata, json.dumps(content if content is not None else {}).encode(), *buffers]
     count = len(parts) + 1
     offsets, position = [], 8 * (count + 1)
     for part in parts:
@@ -312,3 +316,148 @@ async def test_hostile_websocket_frames(
         again.close()
     assert (await api(url, "GET", "/api/kernels", token=ADMIN_TOKEN)).code == 200
     gateway.log.removeHandler(caplog.handler)
+
+
+# -- fuzzing (seeded, so a failure replays) ---------------------------------------------------
+
+SCALAR_TEXTS = ["", "x", "python-cpu", "\x00", "\ud800", "é✓漢", "$(HOME)", "../..", "%s%n",
+                "a" * 5000, "{", "null", "\n\r\t", "KERNEL_USERNAME"]
+MSG_TYPES = ["kernel_info_request", "execute_request", "complete_request", "inspect_request",
+             "history_request", "comm_info_request", "is_complete_request", "input_reply",
+             "comm_open", "comm_msg", "comm_close", "no_such_request", ""]
+SAFE_CODE = ["", "1", "x = 1", "import sys", "print('fuzz')", "raise ValueError('fuzz')",
+             "# comment", "1/0"]
+
+
+def random_json(rng: random.Random, depth: int = 0) -> t.Any:
+    kind = rng.choice(["null", "bool", "int", "float", "str", "list", "dict"]
+                      if depth < 3 else ["null", "bool", "int", "str"])
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**31, 2**63, -(2**70), rng.randint(-1000, 1000)])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e-300, float(rng.randint(0, 9))])
+    if kind == "str":
+        return rng.choice(SCALAR_TEXTS + [rng.choice(SCALAR_TEXTS) * rng.randint(1, 3)])
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["name", "env", "kernel_id", "path", "KERNEL_X", *SCALAR_TEXTS[:8]]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(4)
+        at = rng.randint(0, len(data))
+        if op == 0:
+            del data[at:]
+        elif op == 1 and data:
+            data[min(at, len(data) - 1)] = rng.randrange(256)
+        elif op == 2:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        else:
+            data[at:at] = data[: rng.randint(0, 32)]
+    return bytes(data)
+
+
+def random_message(rng: random.Random) -> dict[str, t.Any]:
+    msg_type = rng.choice(MSG_TYPES)
+    content: dict[str, t.Any] = {"code": rng.choice(SAFE_CODE), "silent": rng.random() < 0.5}
+    head = header(msg_type)
+    msg: dict[str, t.Any] = {"header": head, "parent_header": {}, "metadata": {},
+                             "content": content,
+                             "channel": rng.choice(["shell", "shell", "control", "stdin",
+                                                    "iopub", "hb", rng.choice(SCALAR_TEXTS)])}
+    for _ in range(rng.randint(0, 3)):  # break something
+        where = rng.choice([msg, head, content])
+        key = rng.choice(list(where) + ["extra"])
+        if key == "code" or (where is head and key == "msg_type" and rng.random() < .5):
+            continue  # the kernel runs only code from SAFE_CODE, and never a shutdown
+        if rng.random() < 0.3:
+            where.pop(key, None)
+        else:
+            where[key] = random_json(rng)
+    return msg
+
+
+@pytest.mark.timeout(120)
+async def test_fuzzed_requests_frames_and_messages(
+        make_users_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # Seeded so that a failure replays; EK_FUZZ_SEED explores further.
+    rng = random.Random(int(os.environ.get("EK_FUZZ_SEED", "20240531")))
+    gateway = await make_users_gateway("--KernelOwnership.max_kernels_per_user=3")
+    url = gateway.url
+    gateway.log.addHandler(caplog.handler)
+    try:
+        bob_id, bob_ws = await bystander(url)
+        target = json_of(await api(url, "POST", "/api/kernels", {"name": SPEC},
+                                   token=ALICE_TOKEN))["id"]
+        ids = [target, bob_id, str(uuid.uuid4()), "x", "%00", "a" * 300, target.upper()]
+        codes: dict[int, int] = {}
+        for _ in range(300):
+            body = json.dumps(random_json(rng)).encode()
+            if rng.random() < 0.4:
+                body = mutate(rng, body)
+            method, path = rng.choice([
+                ("POST", "/api/kernels"), ("POST", "/api/kernels"),
+                ("GET", f"/api/kernels/{rng.choice(ids)}"),
+                ("DELETE", f"/api/kernels/{rng.choice(ids[1:])}"),
+                ("POST", f"/api/kernels/{rng.choice(ids[1:])}/"
+                         + rng.choice(["restart", "interrupt", "x"])),
+                ("GET", "/api/kernelspecs/" + quote(
+                    rng.choice(SCALAR_TEXTS[:9]).encode("utf-8", "surrogatepass"), safe="")),
+            ])
+            response = await api(url, method, path, raw_body=body, token=ALICE_TOKEN)
+            codes[response.code] = codes.get(response.code, 0) + 1
+            assert response.code < 500, (method, path, body[:200], response.body[:300])
+            if response.code == 201:  # a random body that happened to start a kernel
+                new_id = json_of(response)["id"]
+                assert (await api(url, "DELETE", f"/api/kernels/{new_id}",
+                                  token=ALICE_TOKEN)).code == 204
+        assert codes.get(400, 0) > 50 and codes.get(404, 0) > 50, codes
+
+        legacy = await KernelWS.open(url, target, token=ALICE_TOKEN)
+        v1 = await v1_open(url, target)
+        try:
+            for i in range(400):
+                msg = random_message(rng)
+                if rng.random() < 0.5:
+                    frame: str | bytes = json.dumps(msg, default=str)
+                    if rng.random() < 0.3:
+                        frame = mutate(rng, frame.encode()).decode("utf-8", "replace")
+                    legacy.ws.write_message(frame)
+                else:
+                    channel = msg.pop("channel", "shell")
+                    raw = v1_frame(channel if isinstance(channel, str) else "shell",
+                                   msg.get("header"), msg.get("content"))
+                    v1.write_message(mutate(rng, raw) if rng.random() < 0.5 else raw,
+                                     binary=True)
+                if i % 100 == 99:  # the connections stay usable throughout
+                    for _ in range(20):
+                        # ipykernel aborts requests queued behind a failed execute ("1/0")
+                        alive = await legacy.execute("print('alive')")
+                        if alive["reply"]["status"] != "aborted":
+                            break
+                        await asyncio.sleep(0.1)
+                    assert alive["stdout"] == "alive\n", alive
+            for _ in range(20):
+                out = await v1_execute(v1, "print('v1 alive')")
+                if out:
+                    break
+                await asyncio.sleep(0.1)  # aborted behind a failed execute, as above
+            assert out == "v1 alive\n"
+        finally:
+            legacy.close()
+            v1.close()
+        await still_serving(url, bob_ws)
+        bob_ws.close()
+    finally:
+        gateway.log.removeHandler(caplog.handler)
+    crashes = [r for r in caplog.records
+               if r.levelno >= logging.ERROR and ("Uncaught exception" in r.getMessage()
+                                                  or r.name.startswith("tornado"))]
+    assert crashes == []
