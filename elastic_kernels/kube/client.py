@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -141,6 +142,39 @@ class KubeClient:
         api_client.configuration.retries = urllib3.Retry(
             total=1, connect=1, read=0, status=0, backoff_factor=0.1
         )
+        self._reachability = threading.Lock()
+        self._unreachable = False
+        self._recovery_listeners: list[Callable[[], None]] = []
+
+    # -- reachability ----------------------------------------------------------------------
+
+    def add_recovery_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (from any thread) when the API server answers again after being
+        unreachable; returns the unsubscribe function.
+
+        Informers back off while the API server is down, up to several seconds between
+        attempts; this lets the first request that gets through wake them all at once instead
+        of each waiting out its back-off.
+        """
+        self._recovery_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._recovery_listeners:
+                self._recovery_listeners.remove(listener)
+
+        return remove
+
+    def _reached(self, reached: bool) -> None:
+        with self._reachability:
+            recovered = reached and self._unreachable
+            self._unreachable = not reached
+        if recovered:
+            log.info("The Kubernetes API server is reachable again")
+            for listener in list(self._recovery_listeners):
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - one listener must not starve the others
+                    log.exception("recovery listener failed")
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -185,10 +219,14 @@ class KubeClient:
             )
             raw = resp.read()
         except ApiException as e:  # raised by the client for TLS problems and the like
+            if not e.status:
+                self._reached(False)
             raise KubeError(e.status or 0, "Unreachable", str(e.reason or e)) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            self._reached(False)
             raise KubeError(0, "Unreachable",
                             f"cannot reach the Kubernetes API server: {_short(e)}") from None
+        self._reached(True)
         if not 200 <= resp.status < 300:
             raise KubeError.from_body(resp.status, raw)
         if not raw:
@@ -305,8 +343,10 @@ class KubeClient:
                 retries=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            self._reached(False)
             raise KubeError(0, "Unreachable",
                             f"cannot reach the Kubernetes API server: {_short(e)}") from None
+        self._reached(True)
         if resp.status != 200:
             raw = resp.read()
             resp.release_conn()

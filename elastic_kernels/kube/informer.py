@@ -11,7 +11,9 @@ thread only hands decoded events over with ``call_soon_threadsafe``.
 Failure handling follows client-go's reflector:
 
 * a broken stream is re-opened from the last seen ``resourceVersion``, with jittered exponential
-  back-off while the API server is unreachable;
+  back-off while the API server is unreachable, cut short as soon as any request through the
+  same client reaches it again (so the caches catch up right after an outage, not one back-off
+  later);
 * ``410 Gone`` (the version fell out of the server's window) triggers a fresh list, and the
   difference against the cache is delivered as synthetic events, so a pod that vanished during an
   outage is still reported as DELETED;
@@ -92,6 +94,9 @@ class Informer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Set to end a back-off early: on stop, and when the API server is reachable again.
+        self._wake = threading.Event()
+        self._unsubscribe_recovery: Callable[[], None] | None = None
         self._stream_lock = threading.Lock()
         self._stream: Any = None
         self._synced = asyncio.Event()
@@ -115,6 +120,7 @@ class Informer:
             return
         self._loop = asyncio.get_running_loop()
         self._first_error = self._loop.create_future()
+        self._unsubscribe_recovery = self.client.add_recovery_listener(self._wake.set)
         self._thread = threading.Thread(
             target=self._run, name=f"informer-{self.resource.plural}", daemon=True
         )
@@ -144,6 +150,10 @@ class Informer:
 
     async def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._unsubscribe_recovery is not None:
+            self._unsubscribe_recovery()
+            self._unsubscribe_recovery = None
         with self._stream_lock:
             if self._stream is not None:
                 self._stream.close()
@@ -312,7 +322,9 @@ class Informer:
                 err = KubeError(0, "Error", f"{type(e).__name__}: {e}")
                 self._post(self._set_error, str(err), err)
                 log.exception("%r: unexpected error; retrying in %.1fs", self, backoff)
-            self._stop.wait(backoff * (0.5 + random.random()))
+            # Jittered back-off, cut short when another request finds the API server back.
+            self._wake.wait(backoff * (0.5 + random.random()))
+            self._wake.clear()
             backoff = min(backoff * 2, self.max_backoff_seconds)
 
     def _watch(self, rv: str) -> str:
