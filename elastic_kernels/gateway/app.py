@@ -76,7 +76,10 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from elastic_kernels import __version__
 
+from ..culling import CullingDefaults
 from ..kube.connection import ClusterConnection
+from ..provisioner.provisioner import ElasticKernelProvisioner
+from .lease import GatewayLease
 from . import handlers as gateway_handlers
 from . import redact
 from .auth import TOKEN_ENV, ElasticIdentityProvider
@@ -154,8 +157,9 @@ class ElasticGatewayApp(ServerApp):
     default_services = ("api", "kernelspecs")
 
     subcommands: dict[str, t.Any] = {}
-    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider, ElasticChannelsConnection,
-               KernelOwnership]
+    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider,
+               ElasticChannelsConnection, ClusterConnection, CullingDefaults, GatewayLease,
+               ElasticKernelProvisioner, KernelOwnership]
     aliases = Dict(gateway_aliases)
     flags = Dict(gateway_flags)
 
@@ -463,6 +467,20 @@ class ElasticGatewayApp(ServerApp):
                 if stop is not None:
                     await stop()
             await ClusterConnection.reset()
+
+    def close_kernel_websockets(self, kernel_id: str, reason: str) -> None:
+        """Close a kernel's websockets saying why (e.g. it was reclaimed for a waiting kernel).
+
+        The close reason is all a browser sees before the kernel disappears; websocket close
+        reasons are limited to 123 bytes.
+        """
+        text = reason.encode()[:123].decode(errors="ignore")
+        for handler in list(self.open_websockets):
+            if getattr(handler, "kernel_id", None) == kernel_id:
+                try:
+                    handler.close(4000, text)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    self.log.debug("closing websocket failed", exc_info=True)
 
     def forget_failed_starts(self) -> None:
         """Drop start attempts that failed from the kernel manager's pending table."""

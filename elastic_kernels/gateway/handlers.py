@@ -123,6 +123,11 @@ async def require_kernel(handler: JupyterHandler, kernel_id: str) -> None:
     hydrate = getattr(km, "hydrate_kernel", None)
     if hydrate is not None and await ensure_async(hydrate(kernel_id)) and kernel_id in km:
         return
+    culled = getattr(km, "cull_reason", lambda _: None)(kernel_id)
+    if culled is not None:  # the user is told why their kernel went away
+        reason, message = culled
+        raise GatewayHTTPError(404, _short(f"Kernel {kernel_id} was shut down: {message}"),
+                               reason)
     raise no_such_kernel(kernel_id)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import socket
 import uuid
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -27,8 +28,13 @@ from ..kube import resources as R
 from ..kube.client import PODS
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
-from ..provisioner.provisioner import ElasticKernelProvisioner
+from ..culling import CullingDefaults
+from ..provisioner.errors import KernelLaunchError
+from ..provisioner.provisioner import ElasticKernelProvisioner, start_kernel_watches
+from .culler import GatewayCuller
+from .gpuqueue import GpuQueue
 from .hydration import KernelHydrator
+from .lease import GatewayLease
 from .liveness import kernel_died, renudge_connections
 
 
@@ -134,6 +140,17 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         "pods and the next gateway, or another replica, re-attaches them.",
     )
 
+    gpu_quota_per_user = Integer(
+        0, config=True,
+        help="Most nvidia.com/gpu one user's kernels may hold or wait for (0: no quota). "
+        "A start beyond it is refused at once, saying the quota and the current use.",
+    )
+    lease_duration = Integer(
+        30, config=True,
+        help="Seconds of this gateway's Lease; the cull cron treats kernels of a gateway whose "
+        "lease expired (plus its grace) as orphans.",
+    )
+
     #: The gateway passes the authenticated user to start_kernel.
     tracks_users = True
 
@@ -141,16 +158,110 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
     def _gateway_id_default(self) -> str:
         return socket.gethostname()
 
+    zmq_max_sockets = Integer(
+        65536, config=True,
+        help="ZeroMQ sockets the gateway may open (libzmq's default of 1,024 is ~300 kernels: "
+        "each attached kernel holds a control and an activity socket, plus 3 per websocket).",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Set before any socket exists: libzmq reads it when the context starts its I/O.
+        self.context.set(zmq.MAX_SOCKETS, self.zmq_max_sockets)
+        _raise_open_files_limit()
         self._kernel_records: Informer | None = None
+        self._kernelspecs: Informer | None = None
+        self._starting_gpus: dict[str, tuple[str, int]] = {}
+        self._culls: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.gpu_queue = GpuQueue(self)
+        self.culler = GatewayCuller(self, CullingDefaults(parent=self))
+        self.lease: GatewayLease | None = None
 
     async def start_watching(self) -> None:
-        """Start the shared watches this manager answers from (kernel records and pods)."""
+        """Start the shared watches this manager answers from, the lease and the culler."""
         conn = ClusterConnection.instance()
-        self._kernel_records = await conn.informer(R.JUPYTERKERNELS)
-        await conn.informer(PODS, label_selector=R.KERNEL_POD_SELECTOR)
+        informers = await start_kernel_watches()
+        self._kernelspecs, _, self._kernel_records, _ = informers
+        if self.lease is None:
+            self.lease = GatewayLease(conn.client, self.gateway_id, conn.default_namespace,
+                                      duration=self.lease_duration, parent=self)
+            await self.lease.start()
+        self.culler.start()
         await self.adopt_existing()
+
+    async def stop_watching(self) -> None:
+        await self.culler.stop()
+        await self.gpu_queue.stop()
+        if self.lease is not None:
+            await self.lease.stop()
+            self.lease = None
+        self._kernel_records = None
+
+    # -- what the managers answer from ------------------------------------------------------
+
+    def kernel_record(self, kernel_id: str) -> dict[str, Any] | None:
+        if self._kernel_records is None:
+            return None
+        return self._kernel_records.get(R.kernel_object_name(kernel_id))
+
+    def kernelspec_records(self) -> list[dict[str, Any]]:
+        return self._kernelspecs.items() if self._kernelspecs is not None else []
+
+    def remember_cull(self, kernel_id: str, reason: str, message: str) -> None:
+        """Keep why a kernel was culled, and tell its open websockets before it goes."""
+        self._culls[kernel_id] = (reason, message)
+        while len(self._culls) > 1000:
+            self._culls.popitem(last=False)
+        close = getattr(self.parent, "close_kernel_websockets", None)
+        if close is not None:
+            close(kernel_id, f"{reason}: {message}")
+
+    def cull_reason(self, kernel_id: str) -> tuple[str, str] | None:
+        """(reason, message) of a kernel this gateway culled, for the 404 that follows."""
+        return self._culls.get(kernel_id)
+
+    def _gpu_use(self, user: str) -> int:
+        """GPUs the user's kernels hold or wait for, from the kernel records and our starts."""
+        use: dict[str, int] = {kid: gpus for kid, (u, gpus) in self._starting_gpus.items()
+                               if u == user}
+        specs = {(o.get("metadata") or {}).get("name"): o for o in self.kernelspec_records()}
+        for record in (self._kernel_records.items() if self._kernel_records else []):
+            spec = record.get("spec") or {}
+            if spec.get("user") != user or (record.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            gpus = (record.get("status") or {}).get("gpus")
+            if gpus is None:
+                try:
+                    gpus = R.KernelSpecView.from_object(specs[spec.get("kernelSpec")]).gpus
+                except (KeyError, ValueError):
+                    gpus = 0
+            use[str(spec.get("kernelId"))] = int(gpus or 0)
+        return sum(use.values())
+
+    def _check_gpu_quota(self, user: str, kernel_name: str | None) -> int:
+        """The GPUs the kernel needs; raises 403 if they would take the user past the quota."""
+        view = getattr(self.kernel_spec_manager, "view", None)
+        try:
+            gpus = view(kernel_name).gpus if view and kernel_name else 0
+        except Exception:
+            return 0  # an unknown kernelspec fails later, with its own clear error
+        quota = self.gpu_quota_per_user
+        if gpus and quota:
+            used = self._gpu_use(user)
+            if used + gpus > quota:
+                raise KernelLaunchError(
+                    "GPUQuotaExceeded",
+                    f"GPU quota exceeded: {user} may use {quota} {R.GPU_RESOURCE} and already "
+                    f"uses or waits for {used}; this kernel needs {gpus}. Shut down a GPU kernel "
+                    "first.", 403)
+        return gpus
+
+    def elastic_status(self) -> dict[str, Any]:
+        return {
+            "gpu_queue": self.gpu_queue.snapshot(),
+            "gpu_quota_per_user": self.gpu_quota_per_user,
+            "lease": self.lease.name if self.lease is not None else None,
+        }
 
     async def start_kernel(  # type: ignore[override]
         self,
@@ -166,12 +277,23 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             kernel_id = _validated_kernel_id(kernel_id)
         if env is not None and not isinstance(env, dict):
             raise web.HTTPError(400, "env must be an object of string values")
-        kwargs["elastic_client_env"] = {str(k): v for k, v in (env or {}).items()}
+        kwargs["elastic_client_env"] = _EnvValuesHidden(
+            {str(k): v for k, v in (env or {}).items()})
         if user:
             kwargs["elastic_user"] = user
-        return await super().start_kernel(
-            kernel_name=kernel_name, kernel_id=kernel_id, **kwargs
-        )
+        if kernel_id is not None and kernel_id in self:
+            return await super().start_kernel(kernel_name=kernel_name, kernel_id=kernel_id,
+                                              **kwargs)
+        kernel_id = kernel_id or self.new_kernel_id()
+        gpus = self._check_gpu_quota(user or "", kernel_name)
+        if gpus:
+            self._starting_gpus[kernel_id] = (user or "", gpus)
+        try:
+            return await super().start_kernel(
+                kernel_name=kernel_name, kernel_id=kernel_id, **kwargs
+            )
+        finally:
+            self._starting_gpus.pop(kernel_id, None)
 
     def cwd_for_path(self, path: str, **kwargs: Any) -> str:
         """Notebook paths mean nothing inside a kernel pod; the image decides the cwd."""
@@ -202,6 +324,9 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
                 "user": spec.get("user") or model.get("user"),
                 "kernelspec": spec.get("kernelSpec"),
             })
+        if self.gpu_queue.is_waiting(kernel_id):
+            model["queue_position"] = self.gpu_queue.position(kernel_id)
+            model["message"] = self.gpu_queue.describe(kernel_id)
         return model
 
     async def detach_all(self) -> None:
@@ -250,6 +375,32 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
 
     def _handle_kernel_died(self, kernel_id: str) -> None:
         kernel_died(self, kernel_id)
+
+
+class _EnvValuesHidden(dict):  # type: ignore[type-arg]
+    """A client's env whose repr names the variables only.
+
+    jupyter_server logs a kernel's start arguments at DEBUG; the values are the user's business.
+    """
+
+    def __repr__(self) -> str:
+        return f"<env: {', '.join(sorted(self))}>"
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one: every kernel costs the gateway file
+    descriptors (ZeroMQ sockets and their TCP connections), and distributions default the soft
+    limit to 1,024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not permitted or not POSIX: keep what we have
 
 
 def _validated_kernel_id(kernel_id: Any) -> str:

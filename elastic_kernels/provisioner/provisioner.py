@@ -42,6 +42,7 @@ from ..kube import resources as R
 from .envpolicy import filter_client_env
 from .errors import KernelLaunchError
 from .podstate import PodAssessment, Progress, assess_pod, waiting_resources
+from .gates import GPU_QUEUE_GATE
 from .readiness import KernelNotReady, wait_kernel_info
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
 
@@ -102,6 +103,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _restart_count: int = -1
     _rendered: Any = None
     _exit_code: int | None = None
+    _client_patience: float | None = None
     _attaching: bool = False
     #: Why the running pod died, when the restarter restarts the kernel (for its status).
     restart_cause: PodAssessment | None = None
@@ -180,6 +182,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             # knows, and the next pod name must be past every one already used.
             self._restart_count = max(self._restart_count, await self._recorded_restarts()) + 1
         source_env = client_env if client_env is not None else env
+        self._client_patience = _client_launch_timeout(source_env)
         try:
             allowed_env = filter_client_env(source_env, spec)
         except ValueError as e:
@@ -227,6 +230,13 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             pod = with_owner(rendered.pod, owner)
             self._pod_name = pod["metadata"]["name"]
             self._exit_code = None
+            queue = self._gpu_queue()
+            if queue is not None and queue.has_waiting():
+                # Others wait for GPUs already: queue behind them; the gateway ungates our pod
+                # when it is our turn (fair across users, see gateway/gpuqueue.py).
+                pod["spec"]["schedulingGates"] = [{"name": GPU_QUEUE_GATE}]
+                queue.enqueue(self.kernel_id, self._user, self._spec.gpus, self._ns,
+                              self._pod_name, gated=True)
             await self._create_pod(client, pod)
         except KubeError as e:
             await self._abandon(f"creating the kernel's objects failed: {e.message}")
@@ -246,6 +256,10 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         except asyncio.CancelledError:
             await self._abandon("the start was cancelled")
             raise
+        finally:
+            queue = self._gpu_queue()
+            if queue is not None:
+                queue.leave(self.kernel_id)
 
         await self._patch_status({
             "phase": "Running",
@@ -263,11 +277,12 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def _wait_running(self, pods: Informer, started: float) -> JSON:
         """Follow the pod's events until it runs, fails, or the launch timeout passes."""
         assert self._spec is not None
-        timeout = self._spec.launch_timeout or self.launch_timeout
+        timeout = self.launch_timeout_seconds
         deadline = started + timeout
         seen = False
         last = PodAssessment(Progress.PENDING, "Pending")
         reported_wait = ""
+        queue = self._gpu_queue() if self._spec.gpus else None
 
         def changed(pod: JSON | None) -> bool:
             nonlocal seen
@@ -283,6 +298,14 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                                           timeout=max(remaining, 0.0))
             except asyncio.TimeoutError:
                 waited = time.monotonic() - started
+                queued = queue.describe(self.kernel_id) if queue is not None else ""
+                if queued:
+                    raise KernelLaunchError(
+                        "LaunchTimeout",
+                        f"gave up after {waited:.0f}s {queued}"
+                        + (f"; the scheduler said: {last.message}" if last.message else ""),
+                        504,
+                    ) from None
                 if last.progress is Progress.WAITING_FOR_CAPACITY:
                     short = ", ".join(waiting_resources(last.message)) or "capacity"
                     raise KernelLaunchError(
@@ -296,13 +319,18 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     f"(last state: {last.reason})", 504,
                 ) from None
             last = assess_pod(pod)
+            if queue is not None and pod is not None and (pod.get("spec") or {}).get("nodeName"):
+                queue.leave(self.kernel_id)  # bound: the capacity is ours, the next may go
             if last.progress is Progress.RUNNING:
                 assert pod is not None
                 return pod
             if last.progress in (Progress.FAILED, Progress.GONE):
                 raise KernelLaunchError(last.reason, f"kernel failed to start: {last.message}",
                                         500)
-            if last.progress is Progress.WAITING_FOR_CAPACITY and last.message != reported_wait:
+            if last.progress is Progress.WAITING_FOR_CAPACITY and queue is not None:
+                queue.unschedulable(self.kernel_id, self._user, self._spec.gpus, self._ns,
+                                    str(self._pod_name), last.message)
+            elif last.progress is Progress.WAITING_FOR_CAPACITY and last.message != reported_wait:
                 reported_wait = last.message
                 short = ", ".join(waiting_resources(last.message)) or "capacity"
                 await self._patch_status({
@@ -333,6 +361,13 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise KernelLaunchError(
                 "KernelNotAnswering",
                 f"the kernel's pod runs but the kernel did not answer: {e}", 504) from None
+
+    def _gpu_queue(self) -> Any:
+        """The gateway's fair GPU queue, if this kernel has GPUs and runs under our gateway."""
+        if not (self._spec and self._spec.gpus):
+            return None
+        mapping_manager = getattr(self.parent, "parent", None)
+        return getattr(mapping_manager, "gpu_queue", None)
 
     async def _patch_status(self, status: JSON) -> None:
         """Best effort: a failed status write must not fail the kernel itself."""
@@ -470,8 +505,17 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @property
     def launch_timeout_seconds(self) -> float:
-        return (self._spec.launch_timeout if self._spec is not None else None) \
+        """The kernelspec's launchTimeout, cut to what the client said it will wait.
+
+        jupyter_server's GatewayClient sends ``KERNEL_LAUNCH_TIMEOUT`` and abandons the request
+        after it; giving up first means the user reads why (e.g. still 3rd in the GPU queue)
+        instead of a bare client timeout, and no kernel starts that nobody waits for.
+        """
+        timeout = (self._spec.launch_timeout if self._spec is not None else None) \
             or self.launch_timeout
+        if self._client_patience:
+            timeout = min(timeout, self._client_patience)
+        return timeout
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return min(recommended, self.shutdown_wait_time)
@@ -644,6 +688,18 @@ async def start_kernel_watches(namespace: str | None = None) -> list[Informer]:
         conn.informer(R.JUPYTERKERNELS, ns),
         conn.informer(PODS, ns, label_selector=R.KERNEL_POD_SELECTOR),
     ))
+
+
+def _client_launch_timeout(env: Any) -> float | None:
+    """The client's ``KERNEL_LAUNCH_TIMEOUT`` minus a margin for the reply, if it sent one."""
+    raw = (env or {}).get("KERNEL_LAUNCH_TIMEOUT") if hasattr(env, "get") else None
+    try:
+        value = float(str(raw))
+    except (TypeError, ValueError):
+        return None
+    if not 1.0 <= value <= 86400.0:
+        return None
+    return max(1.0, value - 2.0)
 
 
 def _gateway_id(parent: Any) -> str:
