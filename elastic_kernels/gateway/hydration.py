@@ -371,6 +371,8 @@ class KernelHydrator(LoggingConfigurable):
         """Wake when ``holder``'s Lease runs out; then claim its kernels this gateway holds."""
         try:
             while True:
+                if not any(k in self.manager for k in self._foreign.get(holder, ())):
+                    return  # none of its kernels is held here any more
                 try:
                     lease = await self.connection.client.get(LEASES, lease_name(holder))
                 except KubeError as e:

@@ -95,7 +95,9 @@ def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informe
     """What the watch caches say should happen to the kernel ``prov`` stands for.
 
     ``record_seen``: whether its JupyterKernel has been in the cache before, so that a record the
-    watch has not delivered yet (a kernel just started) is not taken for a deleted one.
+    watch has not delivered yet (a kernel just started) is not taken for a deleted one. The
+    common case (record unchanged, own pod alive) costs two cache lookups; only a dead pod
+    makes it look through the kernel's other pods.
     """
     ns = prov.namespace_name
     record = records.get(R.kernel_object_name(prov.kernel_id), ns)
@@ -106,26 +108,31 @@ def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informe
             prov._kernel_uid and meta.get("uid") and meta.get("uid") != prov._kernel_uid):
         return KernelFate(Fate.DELETED)
     status = record.get("status") or {}
+    try:
+        recorded = int(status.get("restartCount") or 0)
+    except (TypeError, ValueError):
+        recorded = 0
+    if recorded > prov.restart_count and status.get("podName"):
+        # Another gateway finished a restart: its pod is the kernel now.
+        pod = pods.get(str(status["podName"]), ns)
+        if pod is not None and assess_pod(pod).progress is Progress.RUNNING:
+            return KernelFate(Fate.FOLLOW, pod)
+
+    own = pods.get(prov.pod_name, ns) if prov.pod_name else None
+    assessment = assess_pod(own)
+    if assessment.progress in _LIVE:
+        return KernelFate(Fate.ALIVE)
 
     newest = newest_pod(pods, prov.kernel_id, ns)
     newer = newest if newest is not None and _restart_count_of(newest) > prov.restart_count \
         else None
     if newer is not None and assess_pod(newer).progress is Progress.RUNNING:
         return KernelFate(Fate.FOLLOW, newer)
-
-    own = pods.get(prov.pod_name, ns) if prov.pod_name else None
-    assessment = assess_pod(own)
-    if assessment.progress in _LIVE:
-        return KernelFate(Fate.ALIVE)
     phase = status.get("phase")
     if phase == R.PHASE_TERMINATING:
         return KernelFate(Fate.WAIT, cause=assessment)  # shut down elsewhere; deletion follows
     if newer is not None and assess_pod(newer).progress in _LIVE:
         return KernelFate(Fate.WAIT, cause=assessment)  # another replica's new pod is coming
-    try:
-        recorded = int(status.get("restartCount") or 0)
-    except (TypeError, ValueError):
-        recorded = 0
     if phase in (R.PHASE_STARTING, R.PHASE_PENDING) and recorded == prov.restart_count:
         # Another gateway announced a restart of this very incarnation (or waits for capacity
         # for its new pod): its old pod's death is expected.
