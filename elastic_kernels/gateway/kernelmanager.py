@@ -192,6 +192,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
     async def stop_watching(self) -> None:
         await self.culler.stop()
         await self.gpu_queue.stop()
+        await self.hydrator.close()
         if self.lease is not None:
             await self.lease.stop()
             self.lease = None
@@ -348,10 +349,6 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             activity = getattr(km, "_activity_stream", None)
             if activity is not None:
                 activity.close()
-
-    async def stop_watching(self) -> None:
-        """Nothing to stop yet beyond the shared informers, which ClusterConnection owns."""
-        self._kernel_records = None
 
     # -- hydration and kernel death (gateway/hydration.py, gateway/liveness.py) -----------------
 
