@@ -118,3 +118,16 @@ async def test_kernels_survive_sigterm_and_sigkill_of_their_gateway(
     pods = await kube.list(PODS, label_selector=R.KERNEL_POD_SELECTOR)
     names = sorted(p["metadata"]["name"] for p in pods["items"])
     assert names == sorted(pods_before.values())
+
+
+async def test_shutdown_kernels_on_exit_stops_them_with_the_gateway(
+        kube: KubeClient, gateways: Gateways) -> None:
+    gateway = await gateways.start(
+        "tidy", "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True")
+    ids = await asyncio.gather(*(gateway.start_kernel("python-cpu") for _ in range(2)))
+    assert await gateway.kill(signal.SIGTERM) == 0, gateway.log[-4000:]
+    assert (await kube.list(R.JUPYTERKERNELS))["items"] == []
+    pods = await kube.list(PODS, label_selector=R.KERNEL_POD_SELECTOR)
+    # Garbage collection removes the pods with their records (they may still be terminating).
+    assert all(p["metadata"].get("deletionTimestamp") for p in pods["items"]), pods["items"]
+    assert {p["metadata"]["labels"][R.LABEL_KERNEL_ID] for p in pods["items"]} <= set(ids)
