@@ -126,6 +126,10 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                         rt_error = f"{type(e).__name__}: {e}"[:300]
                 status = C.json_of(await C.api(gw.url, "GET", "/api/elastic/status",
                                                token=gw.token))
+                metrics = (await C.api(gw.url, "GET", "/metrics", token=gw.token)).body or b""
+                recovered = sum(float(line.rsplit(" ", 1)[1]) for line in
+                                metrics.decode(errors="replace").splitlines()
+                                if line.startswith("elastic_kernels_zmq_recheck_deliveries_total"))
                 entry = {
                     "target": level, "attached": len(kids), "gateway_reports": status.get(
                         "kernels"), "start_errors": len(errors),
@@ -138,6 +142,7 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                     "rss_mib_per_kernel": (idle1["rss_mib"] - base["rss_mib"]) / max(1, len(kids)),
                     "idle_cpu_percent": 100.0 * (idle1["cpu_s"] - idle0["cpu_s"]) / window,
                     "roundtrip": C.summary(rt), "roundtrip_error": rt_error,
+                    "lost_wakeups_recovered": recovered,
                 }
                 out["levels"].append(entry)
                 print(f"  {len(kids)} kernels attached ({len(errors)} start errors): gateway "
@@ -232,6 +237,8 @@ def report(result: C.JSON) -> list[str]:
             f"{e['gateway_cpu_s_per_start'] * 1000:.0f} ms gateway CPU per start, "
             f"{e['starts_per_s']:.1f} starts/s, round trip p50 {C.ms(rt.get('p50', float('nan')))}"
             f" p99 {C.ms(rt.get('p99', float('nan')))}; start errors {e['start_errors']}"
+            + (f"; ZeroMQ messages delivered by the lost-wakeup guard so far: "
+               f"{e['lost_wakeups_recovered']:.0f}" if "lost_wakeups_recovered" in e else "")
             + (f"; round trip failed: {e['roundtrip_error']}" if e["roundtrip_error"] else ""))
     c = result["cull"]
     lines.append(f"cull: {c['deleted']}/{c['records']} idle kernels deleted in {c['wall_s']:.1f} s"
@@ -242,7 +249,7 @@ def report(result: C.JSON) -> list[str]:
 
 def main(argv: list[str] | None = None) -> C.JSON:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 and 50 kernels; cull 50")
+    parser.add_argument("--quick", action="store_true", help="10 and 30 kernels; cull 30")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--cull", type=int)
     parser.add_argument("--parallel", type=int, default=20, help="starts in flight at once")
@@ -252,11 +259,11 @@ def main(argv: list[str] | None = None) -> C.JSON:
                         "does), or the POST alone (the gateway's own readiness check)")
     parser.add_argument("--name", default="scale", help="results file name")
     args = parser.parse_args(argv)
-    args.levels = args.levels or ([20, 50] if args.quick else [200, 500, 1000])
-    args.cull = args.cull or (50 if args.quick else 500)
+    args.levels = args.levels or ([10, 30] if args.quick else [200, 500, 1000])
+    args.cull = args.cull or (30 if args.quick else 500)
     args.idle_window = args.idle_window or (5.0 if args.quick else 15.0)
     workdir = C.temp_workdir("scale")
-    result = asyncio.run(measure(args, workdir))
+    result = C.run(measure(args, workdir))
     result["lines"] = report(result)
     C.save_results(args.name, result)
     print("\n".join(result["lines"]))

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -124,7 +125,9 @@ def save_results(name: str, data: JSON) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"benchmark": name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": machine_info(), "versions": versions(), **data}
+            "loadavg_at_end": os.getloadavg(), "revision": git_revision(),
+            "machine": machine_info(),
+            "versions": versions(), **data}
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
 
@@ -144,6 +147,16 @@ def counts_detail(counts: Counter) -> dict[str, int]:
         name = f"{resource}.{group}" if group else resource
         out[f"{verb} {name}{'/' + sub if sub else ''}"] += n
     return dict(sorted(out.items()))
+
+
+#: Gateway-wide periodic traffic that lands in an operation's window by chance (the gateway
+#: renews its Lease every 10 s whatever it does); reported with the steady state instead.
+PERIODIC_RESOURCES = {"leases"}
+
+
+def without_periodic(counts: Counter) -> Counter:
+    """``counts`` less the gateway-wide periodic requests (see PERIODIC_RESOURCES)."""
+    return Counter({k: n for k, n in counts.items() if k[2] not in PERIODIC_RESOURCES})
 
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
@@ -689,18 +702,32 @@ def temp_workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
 
 
-def fmt_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+def run(coro: Any) -> Any:
+    """``asyncio.run(coro)``, where SIGTERM cancels it, so that clusters, servers and pod
+    processes are stopped by the ``async with`` blocks instead of being orphaned."""
+    async def main() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
 
-
-def run_main(coro_factory: Callable[[], Any]) -> Any:
-    """asyncio.run with a clear one-line error for the report instead of a bare traceback."""
-    return asyncio.run(coro_factory())
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        print("stopped by SIGTERM; cluster, servers and pods were stopped", file=sys.stderr)
+        raise SystemExit(143) from None
 
 
 def git_revision() -> str:
+    """HEAD, with "+uncommitted" when the code under test differs from it (the tree is shared)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "elastic_kernels",
+                                "launchers"], cwd=REPO, timeout=10).returncode != 0
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard",
+                                    "elastic_kernels", "launchers"], cwd=REPO,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+uncommitted" if dirty or untracked else "")
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -67,26 +67,37 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{ra['notebook_p99']:.2f}x)", "≤ 2x", _met(ra["notebook_p50"] <= 2.0)))
         if "stream" in rt:
             st = rt["stream"]
-            rows.append((f"Streaming {rt['config']['lines']} lines, messages/s",
+            lr = rt.get("stream_line_ratios") or {}
+            rows.append((f"Streaming {rt['config']['lines']} printed lines: messages/s "
+                         "(lines/s)",
                          f"gateway {st['gateway']['messages_per_s']:.0f} "
-                         f"({rt['stream_ratios']['gateway']:.2f}x direct), notebook "
+                         f"({rt['stream_ratios']['gateway']:.2f}x direct; lines/s "
+                         f"{lr.get('gateway', float('nan')):.2f}x), notebook "
                          f"{st['notebook']['messages_per_s']:.0f} "
-                         f"({rt['stream_ratios']['notebook']:.2f}x), direct "
-                         f"{st['direct']['messages_per_s']:.0f}", "—", "—"))
+                         f"({rt['stream_ratios']['notebook']:.2f}x; lines/s "
+                         f"{lr.get('notebook', float('nan')):.2f}x), direct "
+                         f"{st['direct']['messages_per_s']:.0f} "
+                         f"({st['direct']['lines_per_s']:.0f} lines/s)", "—", "—"))
     a = r.get("apiload")
     if a:
         rows.append(("API requests per start",
                      f"{a['per_start_writes']:g} writes, {a['per_start_polling_reads']:g} "
                      "polling reads", "≤ 4 writes, 0 polling reads",
                      _met(a["per_start_writes"] <= 4 and a["per_start_polling_reads"] == 0)))
-        st = a["steady"]
         p = a["periodic_not_in_window"]
-        total = st["per_kernel_hour"] + p["per_kernel_hour_at_this_size"]
-        rows.append((f"API requests per kernel-hour ({st['kernels']} idle kernels, "
-                     f"{st['seconds']:.0f} s)",
-                     f"{st['per_kernel_hour']:.1f} measured + "
-                     f"{p['per_kernel_hour_at_this_size']:.1f} watch re-opens = {total:.1f}",
-                     "≤ 60", _met(total <= 60)))
+        for key, who in (("steady", "a client connected to each"),
+                         ("steady_disconnected", "no client connected")):
+            st = a.get(key)
+            if not st:
+                continue
+            total = st["per_kernel_hour"] + p["per_kernel_hour_at_this_size"]
+            rows.append((f"API requests per kernel-hour, {st['kernels']} idle kernels, {who} "
+                         f"({st['seconds']:.0f} s)",
+                         f"{total:.1f} = {st['per_kernel_hour']:.1f} measured + "
+                         f"{p['per_kernel_hour_at_this_size']:.1f} watch re-opens; without the "
+                         f"gateway's one Lease: {st.get('per_kernel_hour_without_lease', total):.1f}"
+                         f" + {p['per_kernel_hour_at_this_size']:.1f}",
+                         "≤ 60", _met(total <= 60)))
     for name in ("scale", "scale-post"):
         sc = r.get(name)
         if not sc:
@@ -120,11 +131,21 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{sum(eg['ours']['per_start'].values()):g}; polling reads "
                      f"{eg['eg']['per_start_polling_reads']:g} vs "
                      f"{eg['ours']['per_start_polling_reads']:g})", "—", "—"))
+        ours_steady = eg["ours"]["steady"]
+        lease = sum(v for k, v in ours_steady["by_request"].items() if "leases" in k)
+        ours_per_kernel = ((ours_steady["requests"] - lease) * 3600.0
+                           / ours_steady["seconds"] / ours_steady["kernels"])
         rows.append(("Enterprise Gateway / elastic-kernels: requests per kernel-hour",
                      f"{q['kernel_hour_eg_over_ours']:.1f}x "
                      f"({eg['eg']['steady']['per_kernel_hour']:.0f} vs "
-                     f"{eg['ours']['steady']['per_kernel_hour']:.0f}, "
-                     f"{eg['ours']['steady']['kernels']} idle kernels)", "—", "—"))
+                     f"{ours_steady['per_kernel_hour']:.0f} with "
+                     f"{ours_steady['kernels']} idle kernels; ours without its one Lease: "
+                     f"{ours_per_kernel:.0f})", "—", "—"))
+        c = eg["eg"]["concurrent"]
+        rows.append((f"Enterprise Gateway: {c['requested']} concurrent starts",
+                     f"{c['succeeded']}/{c['requested']} succeeded in {c['wall_s']:.1f} s"
+                     + (f"; first error: {c['errors'][0][:160]}" if c.get("errors") else ""),
+                     "—", "—"))
     elif eg and eg.get("eg_error"):
         rows.append(("Enterprise Gateway", "not measured: "
                      + eg["eg_error"].splitlines()[0][:200], "—", "—"))
@@ -142,26 +163,25 @@ def _short_error(errors: Any) -> str:
 
 
 def chart(r: dict[str, Any], path: Path) -> Path | None:
+    """Start and round-trip medians per system; bars marked "EG bench" come from bench_eg, where
+    our gateway and Enterprise Gateway ran one after the other on the same cluster."""
     start: list[tuple[str, float, str]] = []
     trip: list[tuple[str, float, str]] = []
-    s = r.get("start")
-    eg = r.get("eg")
+    s, rt, eg = r.get("start"), r.get("roundtrip"), r.get("eg")
     if s:
         start.append(("Floor: local ipykernel", s["floor"]["p50"] * 1000, "floor"))
         start.append(("elastic-kernels", s["sequential"]["p50"] * 1000, "ours"))
-    if eg and "eg" in eg:
-        if not s:
-            start.append(("elastic-kernels", eg["ours"]["start"]["p50"] * 1000, "ours"))
-        start.append(("Enterprise Gateway 3.3", eg["eg"]["start"]["p50"] * 1000, "eg"))
-    rt = r.get("roundtrip")
     if rt:
         trip.append(("Direct ZeroMQ", rt["direct"]["p50"] * 1000, "direct"))
         trip.append(("elastic-kernels gateway", rt["gateway"]["p50"] * 1000, "ours"))
         trip.append(("Notebook server > gateway", rt["notebook"]["p50"] * 1000, "notebook"))
     if eg and "eg" in eg:
-        if not rt:
-            trip.append(("elastic-kernels gateway", eg["ours"]["roundtrip"]["p50"] * 1000,
-                         "ours"))
+        start.append(("elastic-kernels (EG bench)", eg["ours"]["start"]["p50"] * 1000, "ours"))
+        start.append(("Enterprise Gateway 3.3", eg["eg"]["start"]["p50"] * 1000, "eg"))
+        trip.append(("elastic-kernels (EG bench)", eg["ours"]["roundtrip"]["p50"] * 1000,
+                     "ours"))
+        trip.append(("Direct ZeroMQ to EG kernel", eg["eg"]["roundtrip_direct"]["p50"] * 1000,
+                     "direct"))
         trip.append(("Enterprise Gateway 3.3", eg["eg"]["roundtrip"]["p50"] * 1000, "eg"))
     panels = [(t, rows) for t, rows in (("Kernel start p50 (ms)", start),
                                         ("Execute round trip p50 (ms)", trip)) if rows]
@@ -185,7 +205,7 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
     out = ["# elastic-kernels benchmarks", ""]
     out.append(f"Generated by `python -m bench{' --quick' if mode == 'quick' else ''}` on "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, revision "
-               f"`{C.git_revision() or '?'}`"
+               f"`{(any_result or {}).get('revision') or C.git_revision() or '?'}`"
                + (f", in {elapsed / 60:.1f} min" if elapsed else "") + ". "
                "Absolute times on a shared 2-core machine are noisy; compare the ratios, "
                "which were measured in the same run.")
@@ -222,9 +242,17 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
         out += [f"### {titles[name]}", "", "```", *r[name].get("lines", []), "```", ""]
         cfg = r[name].get("config")
         if cfg:
-            out += [f"Configuration: `{json.dumps(cfg)}`", ""]
+            out += [f"Configuration: `{json.dumps(cfg)}`"
+                    + (f"; load average when it finished: "
+                       f"{', '.join(f'{x:.1f}' for x in r[name]['loadavg_at_end'])}"
+                       if r[name].get("loadavg_at_end") else ""), ""]
         if name == "eg" and r[name].get("eg_error"):
             out += ["Error text:", "", "```", r[name]["eg_error"][:3000], "```", ""]
+    apiserver_log = results / "apiserver.log"
+    if apiserver_log.exists():
+        out += ["### The local API server itself (`bench.bench_apiserver`)", "", "```",
+                *apiserver_log.read_text(errors="replace").strip().splitlines()[-12:], "```",
+                ""]
     out += NOTES
     report.write_text("\n".join(out) + "\n")
     return report
@@ -263,5 +291,12 @@ NOTES = """## How to read and rerun this
 """
 
 
+def rewrite() -> Path:
+    """Rebuild the report from the last results, with the last run's mode and failures."""
+    run_file = C.RESULTS / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    return write(C.RESULTS, REPORT, CHART, **run)
+
+
 if __name__ == "__main__":
-    print(write())
+    print(rewrite())
