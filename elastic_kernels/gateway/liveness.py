@@ -38,7 +38,7 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from tornado import web
 
 from ..kube import resources as R
-from ..kube.client import JSON
+from ..kube.client import JSON, KubeError
 from ..kube.informer import Informer
 from ..provisioner.podstate import PodAssessment, Progress, assess_pod
 from ..provisioner.provisioner import ElasticKernelProvisioner
@@ -91,21 +91,24 @@ def newest_pod(pods: Informer, kernel_id: str, namespace: str) -> JSON | None:
 
 
 def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informer,
-                record_seen: bool) -> KernelFate:
+                record_seen: bool, record_deleted: bool = False) -> KernelFate:
     """What the watch caches say should happen to the kernel ``prov`` stands for.
 
     ``record_seen``: whether its JupyterKernel has been in the cache before, so that a record the
-    watch has not delivered yet (a kernel just started) is not taken for a deleted one. The
+    watch has not delivered yet (a kernel just started) is not taken for a deleted one;
+    ``record_deleted``: whether the watch has reported it deleted (it may have been added and
+    deleted before anyone looked at the cache). The
     common case (record unchanged, own pod alive) costs two cache lookups; only a dead pod
     makes it look through the kernel's other pods.
     """
     ns = prov.namespace_name
     record = records.get(R.kernel_object_name(prov.kernel_id), ns)
+    if record_deleted and (record is None or not _same_uid(record, prov)):
+        return KernelFate(Fate.DELETED)
     if record is None:
         return KernelFate(Fate.DELETED if record_seen else Fate.WAIT)
     meta = record.get("metadata") or {}
-    if meta.get("deletionTimestamp") or (
-            prov._kernel_uid and meta.get("uid") and meta.get("uid") != prov._kernel_uid):
+    if meta.get("deletionTimestamp") or not _same_uid(record, prov):
         return KernelFate(Fate.DELETED)
     status = record.get("status") or {}
     try:
@@ -140,6 +143,12 @@ def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informe
     return KernelFate(Fate.DEAD, cause=assessment)
 
 
+def _same_uid(record: JSON, prov: ElasticKernelProvisioner) -> bool:
+    """Whether ``record`` is the JupyterKernel ``prov`` knows (not a re-creation under its name)."""
+    uid = (record.get("metadata") or {}).get("uid")
+    return not (prov._kernel_uid and uid and uid != prov._kernel_uid)
+
+
 class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
     """jupyter_client's restarter, driven by watch events and the kernelspec's restartPolicy."""
 
@@ -151,6 +160,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
         self._records: Informer | None = None
         self._pods: Informer | None = None
         self._record_seen = False
+        self._record_deleted = False
         self._polling = False
         self._again = False
         self._closed = False
@@ -207,12 +217,28 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
             if ((obj.get("metadata") or {}).get("labels") or {}).get(R.LABEL_KERNEL_ID) == kernel_id:
                 self.kick()
 
-        def on_record(_event: str, obj: JSON, _old: JSON | None) -> None:
-            if (obj.get("metadata") or {}).get("name") == record_name:
-                self.kick()
+        def on_record(event: str, obj: JSON, _old: JSON | None) -> None:
+            if (obj.get("metadata") or {}).get("name") != record_name:
+                return
+            # Noted per event: a record added and deleted between two looks at the cache must
+            # not pass for one the watch has not delivered yet.
+            if event == "DELETED":
+                self._record_deleted = self._record_deleted or _same_uid(obj, prov)
+            else:
+                self._record_seen = True
+            self.kick()
 
         self._pods, self._records = pods, records
         self._unsubscribe = [pods.add_listener(on_pod), records.add_listener(on_record)]
+        if records.get(record_name, prov.namespace_name) is None:
+            # Not delivered yet, or already deleted before we listened: one read tells.
+            try:
+                await prov.connection.client.get(R.JUPYTERKERNELS, record_name,
+                                                 prov.namespace_name)
+                self._record_seen = True
+            except KubeError as e:
+                if e.not_found:
+                    self._record_deleted = True
         self.kick()
 
     def kick(self) -> None:
@@ -265,7 +291,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
             # Our own start or restart is in progress: look again once it is done.
             km.ready.add_done_callback(lambda _: self.kick())
             return
-        fate = kernel_fate(prov, self._records, self._pods, record_seen)
+        fate = kernel_fate(prov, self._records, self._pods, record_seen, self._record_deleted)
         if fate.restarting_elsewhere:
             loop = asyncio.get_running_loop()
             if self._waiting_since is None:
