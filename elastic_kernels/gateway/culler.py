@@ -58,6 +58,9 @@ class GatewayCuller:
             kernel = self.manager._kernels.get(kernel_id)
             if record is None or kernel is None:
                 continue
+            claimant = (record.get("spec") or {}).get("gateway") or ""
+            if claimant and claimant != self.manager.gateway_id:
+                continue  # another live replica claims it and culls it; don't race it
             try:
                 found.append(KernelFacts.from_object(
                     record,
@@ -117,6 +120,10 @@ class GatewayCuller:
     async def _shutdown_dead(self, kernel_id: str) -> None:
         async with self._limit:
             log.warning("Culling dead kernel %s", kernel_id)
+            # Keep why it died for the user's next request (its record says, until deleted).
+            status = (self.manager.kernel_record(kernel_id) or {}).get("status") or {}
+            self.manager.remember_cull(kernel_id, str(status.get("reason") or "KernelDied"),
+                                       str(status.get("message") or "the kernel died"))
             try:
                 await self.manager.shutdown_kernel(kernel_id, now=True)
             except Exception:

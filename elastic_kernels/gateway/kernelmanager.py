@@ -183,8 +183,11 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         informers = await start_kernel_watches()
         self._kernelspecs, _, self._kernel_records, _ = informers
         if self.lease is None:
+            # Released on a clean stop, so a successor adopts our kernels at once instead of
+            # after the lease expires (the cron's orphan grace still protects them meanwhile).
             self.lease = GatewayLease(conn.client, self.gateway_id, conn.default_namespace,
-                                      duration=self.lease_duration, parent=self)
+                                      duration=self.lease_duration, release_on_stop=True,
+                                      parent=self)
             await self.lease.start()
         self.culler.start()
         await self.adopt_existing()
