@@ -1,4 +1,5 @@
-"""Shared fixtures: a running local cluster with our CRDs and kernelspecs, and a connection to it.
+"""Shared fixtures: a running local cluster with our CRDs and kernelspecs, a connection and a
+client for it, private Jupyter paths, and gateways on the cluster (in-process and as processes).
 
 Every fixture that starts something stops it in ``finally``, so a failing test leaves no process
 behind.
@@ -6,32 +7,58 @@ behind.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 import yaml
 
+from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.kube.client import KubeClient
+from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.localcluster.cluster import LocalCluster
+from elastic_kernels.localcluster.store import Store
+
+from .gateway.support import TOKEN
+from .gatewayproc import LEAKY_ENV, Gateways, private_jupyter_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "deploy" / "crds"
 KERNELSPECS = REPO / "kernelspecs"
 
 
-@pytest_asyncio.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """A local cluster (2 nodes x 2 GPUs) with the CRDs and the example kernelspecs applied."""
-    c = LocalCluster(nodes=2, gpus_per_node=2, workdir=tmp_path / "cluster",
-                     manifests=[CRDS, KERNELSPECS], crash_backoff_seconds=0.2)
+GatewayFactory = Callable[..., Awaitable[ElasticGatewayApp]]
+
+
+@asynccontextmanager
+async def running_cluster(tmp_path: Path, *, store: Store | None = None,
+                          **options: Any) -> AsyncIterator[LocalCluster]:
+    """A started local cluster with the CRDs and the example kernelspecs applied, stopped on
+    exit. A module that needs another shape overrides ``cluster`` with this and ``options``
+    (LocalCluster's arguments; ``store`` replaces its store, e.g. for a smaller watch window)."""
+    settings: dict[str, Any] = {"nodes": 2, "gpus_per_node": 2, "crash_backoff_seconds": 0.2,
+                                "workdir": tmp_path / "cluster", "manifests": [CRDS, KERNELSPECS]}
+    c = LocalCluster(**{**settings, **options})
+    if store is not None:
+        c.store = store
     await c.start()
     try:
         yield c
     finally:
         await c.stop()
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A local cluster (2 nodes x 2 GPUs) with the CRDs and the example kernelspecs applied."""
+    async with running_cluster(tmp_path) as c:
+        yield c
 
 
 @pytest_asyncio.fixture
@@ -43,6 +70,88 @@ async def conn(cluster: LocalCluster) -> AsyncIterator[ClusterConnection]:
         yield connection
     finally:
         await ClusterConnection.reset()
+
+
+@pytest_asyncio.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    """A client of the test cluster, from its kubeconfig (independent of the gateway's)."""
+    cfg = load_cluster_config(cluster.kubeconfig_path)
+    client = KubeClient(cfg.api_client, cfg.namespace)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def jupyter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Private Jupyter paths, so nothing installed on the machine leaks into the gateway."""
+    home = tmp_path / "jupyter"
+    for name, value in private_jupyter_dirs(home).items():
+        monkeypatch.setenv(name, value)
+    for name in LEAKY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+GatewayServer = Callable[[ElasticGatewayApp, list[str]], Awaitable[ElasticGatewayApp]]
+
+
+@asynccontextmanager
+async def serving_gateways(stop_timeout: float) -> AsyncIterator[GatewayServer]:
+    """Yields ``serve(app, argv)``, which initialises an in-process gateway and starts serving
+    it; on exit every gateway served is stopped (newest first), whatever happened."""
+    apps: list[ElasticGatewayApp] = []
+
+    async def serve(app: ElasticGatewayApp, argv: list[str]) -> ElasticGatewayApp:
+        app.initialize(argv=argv)
+        apps.append(app)
+        await app.start_serving()
+        return app
+
+    try:
+        yield serve
+    finally:
+        for app in reversed(apps):
+            await asyncio.wait_for(app.stop_serving(), stop_timeout)
+
+
+@pytest_asyncio.fixture
+async def make_cluster_gateway(cluster: LocalCluster,
+                               jupyter_home: Path) -> AsyncIterator[GatewayFactory]:
+    """Start in-process gateways on the local cluster (extra argv appended; ``token=None`` for
+    none); every one is stopped, with its kernels, when the test ends."""
+    async with serving_gateways(stop_timeout=60) as serve:
+        async def make(*argv: str, token: str | None = TOKEN) -> ElasticGatewayApp:
+            return await serve(ElasticGatewayApp(), [
+                "--ip=127.0.0.1", "--port=0",
+                *([f"--token={token}"] if token else []),
+                f"--kubeconfig={cluster.kubeconfig_path}",
+                f"--ServerApp.root_dir={jupyter_home / 'root'}",
+                "--ElasticGatewayApp.install_signal_handlers=False",
+                # Tests stop the gateway with kernels in it; don't leave their pods to the cluster.
+                "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
+                *argv,
+            ])
+
+        yield make
+
+
+@pytest.fixture
+def gateway_process_args() -> tuple[str, ...]:
+    """Extra argv for every gateway process of ``gateways``; a module overrides it."""
+    return ()
+
+
+@pytest_asyncio.fixture
+async def gateways(cluster: LocalCluster, tmp_path: Path,
+                   gateway_process_args: tuple[str, ...]) -> AsyncIterator[Gateways]:
+    """Gateway processes on the local cluster, all stopped when the test ends."""
+    found = Gateways(cluster, tmp_path, *gateway_process_args)
+    try:
+        yield found
+    finally:
+        await found.stop_all()
 
 
 def example_kernelspec(name: str = "python-cpu") -> dict[str, Any]:

@@ -19,6 +19,49 @@ from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .gateway.support import TOKEN, KernelWS, api, json_of
 
+#: Variables through which the machine's own Jupyter setup or a token would reach a test gateway.
+LEAKY_ENV = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH")
+
+
+def private_jupyter_dirs(home: Path) -> dict[str, str]:
+    """Create config/data/runtime/root under ``home`` and return the environment that points
+    Jupyter at them, so nothing installed on the machine leaks into a test gateway."""
+    for sub in ("config", "data", "runtime", "root"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_NO_CONFIG": "1",
+    }
+
+
+async def wait_until(predicate: t.Callable[[], t.Any], what: t.Any = "condition",
+                     timeout: float = 60.0, interval: float = 0.05) -> None:
+    """Wait (bounded) for in-process state that changes with no event to wait on.
+    ``what`` (a string, or a callable for a message computed at the time) names it on failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what() if callable(what) else what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually(check: t.Callable[[], t.Awaitable[t.Any]], timeout: float = 20.0,
+                     interval: float = 0.05) -> t.Any:
+    """Retry an async check until it returns something truthy (bounded, for HTTP views)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
 _SERVING = re.compile(r"serving (http://127\.0\.0\.1:\d+/)")
 #: Logged once the gateway watches the cluster and has re-attached the kernels it found.
 READY = re.compile(r"Re-attached (\d+) of (\d+) running kernel")
@@ -41,15 +84,10 @@ class GatewayProcess:
     async def start(cls, cluster: LocalCluster, workdir: Path, name: str,
                     *args: str) -> GatewayProcess:
         home = workdir / f"gateway-{name}"
-        for sub in ("config", "data", "runtime", "root"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("JUPYTER", "KUBECONFIG", "ELASTIC_KERNELS"))}
+        env.update(private_jupyter_dirs(home))
         env.update({
-            "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_DATA_DIR": str(home / "data"),
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-            "JUPYTER_NO_CONFIG": "1",
             "ELASTIC_KERNELS_TOKEN": TOKEN,
             "ELASTIC_KERNELS_GATEWAY_ID": f"test-gateway-{name}",
         })

@@ -36,14 +36,14 @@ from elastic_kernels import culling as C
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient
-from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels.localcluster.cluster import LocalCluster
 from elastic_kernels.localcluster.store import Store
 
-from .conftest import CRDS, KERNELSPECS, derived_kernelspec
-from .gateway.support import TOKEN, KernelWS, api, json_of
+from .conftest import GatewayFactory, derived_kernelspec, running_cluster
+from .gateway.support import KernelWS, api, json_of
+from .gatewayproc import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,75 +56,28 @@ WINDOW = 20
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """The shared cluster fixture, with a small watch window, so that an outage can outlast it."""
-    c = LocalCluster(nodes=2, gpus_per_node=2, workdir=tmp_path / "cluster",
-                     manifests=[CRDS, KERNELSPECS], crash_backoff_seconds=0.2)
-    c.store = Store(watch_window=WINDOW)
-    await c.start()
-    try:
+    async with running_cluster(tmp_path, store=Store(watch_window=WINDOW)) as c:
         yield c
-    finally:
-        await c.stop()
-
-
-@pytest.fixture
-def jupyter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "jupyter"
-    for name in ("config", "data", "runtime", "root"):
-        (home / name).mkdir(parents=True)
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(home / "config"))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(home / "data"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
-    for name in ("JUPYTER_TOKEN", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    return home
-
-
-@pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest_asyncio.fixture
 async def gateway(cluster: LocalCluster, kube: KubeClient,
-                  jupyter_home: Path) -> AsyncIterator[ElasticGatewayApp]:
+                  make_cluster_gateway: GatewayFactory) -> AsyncIterator[ElasticGatewayApp]:
     await kube.create(R.KERNELSPECS, derived_kernelspec(
         "python-cpu", "python-cpu-short", culling={"idleTimeout": "10m"}))
-    app = ElasticGatewayApp()
-    app.initialize(argv=[
-        "--ip=127.0.0.1", "--port=0", f"--token={TOKEN}",
-        f"--kubeconfig={cluster.kubeconfig_path}",
-        f"--ServerApp.root_dir={jupyter_home / 'root'}",
-        "--ElasticGatewayApp.install_signal_handlers=False",
-        "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
-    ])
-    await app.start_serving()
+    app = await make_cluster_gateway()
     try:
         yield app
     finally:
+        # Before make_cluster_gateway stops the gateway: a failed test must not leave the API down.
         if cluster.apiserver is not None and cluster.apiserver._server is None:
-            await cluster.start_apiserver()  # a failed test must not leave the API down
-        await app.stop_serving()
+            await cluster.start_apiserver()
 
 
 async def start(gateway: ElasticGatewayApp, name: str = "python-cpu") -> str:
     response = await api(gateway.url, "POST", "/api/kernels", {"name": name})
     assert response.code == 201, response.body
     return str(json_of(response)["id"])
-
-
-async def until(check: Any, what: str, timeout: float = 30.0) -> None:
-    """Wait (bounded) for a condition on in-process state that has no event to wait on."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting until {what() if callable(what) else what}"
-        await asyncio.sleep(0.02)
 
 
 async def listed(gateway: ElasticGatewayApp) -> dict[str, dict[str, Any]]:
@@ -178,8 +131,8 @@ async def test_kernels_outlive_an_api_server_outage(
                                     "merge")
 
         # Every watch keeps trying, backing off.
-        await until(lambda: all(i.stats.errors >= failures[id(i)] + 3 for i in informers),
-                    "every watch failed three times")
+        await wait_until(lambda: all(i.stats.errors >= failures[id(i)] + 3 for i in informers),
+                         "every watch failed three times", timeout=30, interval=0.02)
         assert gateway.kernel_manager.list_kernel_ids()  # nothing forgotten meanwhile
         assert (await ws.execute("print(counter)"))["stdout"] == "3\n"
 
@@ -187,9 +140,10 @@ async def test_kernels_outlive_an_api_server_outage(
         back = loop.time()
 
         # The watches resume, find their resume point gone (410) and relist.
-        await until(lambda: all(i.stats.lists > lists[id(i)] and i.stats.connected
+        await wait_until(lambda: all(i.stats.lists > lists[id(i)] and i.stats.connected
                                 for i in informers),
-                    lambda: f"every watch relisted: {[(i, i.stats) for i in informers]}")
+                         lambda: f"every watch relisted: {[(i, i.stats) for i in informers]}",
+                         timeout=30, interval=0.02)
         print(f"every watch relisted {1000 * (loop.time() - back):.0f} ms after the API "
               "server came back")
         # The relist reported the pod deleted during the outage: that kernel was restarted.
@@ -218,7 +172,8 @@ async def test_kernels_outlive_an_api_server_outage(
     culled = {r.decision.kernel.kernel_id for r in report.results
               if r.outcome is C.CullOutcome.DELETED}
     assert culled == {idle}, report.results
-    await until(lambda: idle not in gateway.kernel_manager, "the gateway dropped the culled kernel")
+    await wait_until(lambda: idle not in gateway.kernel_manager,
+                     "the gateway dropped the culled kernel", timeout=30, interval=0.02)
     assert set(await listed(gateway)) == {kept, doomed, fresh}
 
     # Nothing duplicated: one record and one pod per kernel (the restarted one on its second).

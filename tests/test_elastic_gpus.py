@@ -18,86 +18,30 @@ from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.kernelmanager import ElasticMappingKernelManager
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, KubeClient, KubeError
-from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.localcluster.cluster import LocalCluster
 from elastic_kernels.provisioner import KernelLaunchError
 
-from .conftest import CRDS, KERNELSPECS, derived_kernelspec
-from .gateway.support import TOKEN, KernelWS, api, json_of
+from .conftest import GatewayFactory, derived_kernelspec, running_cluster
+from .gateway.support import KernelWS, api, json_of
+from .gatewayproc import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest_asyncio.fixture
-async def small_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """One node with two simulated GPUs."""
-    c = LocalCluster(nodes=1, gpus_per_node=2, workdir=tmp_path / "cluster",
-                     manifests=[CRDS, KERNELSPECS])
-    await c.start()
-    try:
+    async with running_cluster(tmp_path, nodes=1, crash_backoff_seconds=None) as c:
         yield c
-    finally:
-        await c.stop()
-
-
-@pytest_asyncio.fixture
-async def kube(small_cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(small_cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def start_gateway(cluster: LocalCluster, home: Path, *extra: str) -> ElasticGatewayApp:
-    for name in ("config", "data", "runtime", "root"):
-        (home / name).mkdir(parents=True, exist_ok=True)
-    app = ElasticGatewayApp()
-    app.initialize(argv=[
-        "--ip=127.0.0.1", "--port=0", f"--token={TOKEN}",
-        f"--kubeconfig={cluster.kubeconfig_path}",
-        f"--ServerApp.root_dir={home / 'root'}",
-        "--ElasticGatewayApp.install_signal_handlers=False",
-        "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
-        "--CullingDefaults.interval=0.3",
-        *extra,
-    ])
-    await app.start_serving()
-    return app
 
 
 @pytest.fixture
-def jupyter_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "jupyter"
-    for name, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                      ("JUPYTER_RUNTIME_DIR", "runtime")):
-        monkeypatch.setenv(name, str(home / sub))
-    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
-    return home
+def start_gateway(make_cluster_gateway: GatewayFactory) -> GatewayFactory:
+    """Start a gateway (extra argv appended) that culls every 0.3 s."""
+    async def start(*extra: str) -> ElasticGatewayApp:
+        return await make_cluster_gateway("--CullingDefaults.interval=0.3", *extra)
 
-
-class Gateways:
-    def __init__(self, cluster: LocalCluster, home: Path) -> None:
-        self.cluster, self.home, self.apps = cluster, home, []
-
-    async def start(self, *extra: str) -> ElasticGatewayApp:
-        app = await start_gateway(self.cluster, self.home, *extra)
-        self.apps.append(app)
-        return app
-
-    async def close(self) -> None:
-        for app in self.apps:
-            await app.stop_serving()
-
-
-@pytest_asyncio.fixture
-async def gateways(small_cluster: LocalCluster, jupyter_env: Path) -> AsyncIterator[Gateways]:
-    g = Gateways(small_cluster, jupyter_env)
-    try:
-        yield g
-    finally:
-        await g.close()
+    return start
 
 
 async def apply(kube: KubeClient, km: ElasticMappingKernelManager, doc: dict[str, Any]) -> None:
@@ -113,23 +57,13 @@ def gpu_spec(name: str, **culling: str) -> dict[str, Any]:
     return doc
 
 
-async def wait_until(predicate: Any, timeout: float = 60.0) -> None:
-    """Wait for in-process state the gateway changes on its own (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def record_message(kube: KubeClient, kernel_id: str) -> str:
     record = await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))
     return str((record.get("status") or {}).get("message") or "")
 
 
-async def test_per_kernelspec_idle_timeouts(gateways: Gateways, kube: KubeClient) -> None:
-    gw = await gateways.start()
+async def test_per_kernelspec_idle_timeouts(start_gateway: GatewayFactory, kube: KubeClient) -> None:
+    gw = await start_gateway()
     km: ElasticMappingKernelManager = gw.kernel_manager
     await apply(kube, km, gpu_spec("gpu-brief", idleTimeout="2s"))
     cpu = derived_kernelspec("python-cpu", "cpu-patient")
@@ -152,8 +86,8 @@ async def test_per_kernelspec_idle_timeouts(gateways: Gateways, kube: KubeClient
         await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(gpu_id))
 
 
-async def test_gpu_quota_refuses_at_once(gateways: Gateways) -> None:
-    gw = await gateways.start("--ElasticMappingKernelManager.gpu_quota_per_user=1")
+async def test_gpu_quota_refuses_at_once(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway("--ElasticMappingKernelManager.gpu_quota_per_user=1")
     km: ElasticMappingKernelManager = gw.kernel_manager
     await km.start_kernel(kernel_name="python-gpu", user="alice")
     with pytest.raises(KernelLaunchError) as err:
@@ -166,8 +100,8 @@ async def test_gpu_quota_refuses_at_once(gateways: Gateways) -> None:
 
 
 async def test_waiting_kernel_is_served_by_reclaiming_an_idle_one(
-        gateways: Gateways, kube: KubeClient) -> None:
-    gw = await gateways.start()
+        start_gateway: GatewayFactory, kube: KubeClient) -> None:
+    gw = await start_gateway()
     km: ElasticMappingKernelManager = gw.kernel_manager
     await apply(kube, km, gpu_spec("gpu-shared", reclaimAfter="1s"))
 
@@ -208,8 +142,8 @@ async def test_waiting_kernel_is_served_by_reclaiming_an_idle_one(
         idle_ws.close()
 
 
-async def test_queue_is_fair_across_users(gateways: Gateways, kube: KubeClient) -> None:
-    gw = await gateways.start()
+async def test_queue_is_fair_across_users(start_gateway: GatewayFactory, kube: KubeClient) -> None:
+    gw = await start_gateway()
     km: ElasticMappingKernelManager = gw.kernel_manager
     await apply(kube, km, gpu_spec("gpu-fair"))  # reclaim off: only shutdowns free GPUs
     holders = [await km.start_kernel(kernel_name="gpu-fair", user="holder") for _ in range(2)]

@@ -7,11 +7,9 @@ processes of pods that the local cluster's kubelet started; the gateway reaches 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from pathlib import Path
-from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -19,70 +17,19 @@ import pytest_asyncio
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, SECRETS, KubeClient, KubeError
-from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .conftest import derived_kernelspec
-from .gateway.support import TOKEN, KernelWS, api, json_of
+from .conftest import GatewayFactory, derived_kernelspec
+from .gateway.support import KernelWS, api, json_of
 from .gateway.test_notebook_server import run_notebook_server
+from .gatewayproc import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def jupyter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Private Jupyter paths, so nothing installed on the machine leaks into the gateway."""
-    home = tmp_path / "jupyter"
-    for name in ("config", "data", "runtime", "root"):
-        (home / name).mkdir(parents=True)
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(home / "config"))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(home / "data"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
-    for name in ("JUPYTER_TOKEN", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    return home
-
-
 @pytest_asyncio.fixture
-async def gateway(cluster: LocalCluster, jupyter_home: Path) -> AsyncIterator[ElasticGatewayApp]:
-    app = ElasticGatewayApp()
-    app.initialize(argv=[
-        "--ip=127.0.0.1", "--port=0", f"--token={TOKEN}",
-        f"--kubeconfig={cluster.kubeconfig_path}",
-        f"--ServerApp.root_dir={jupyter_home / 'root'}",
-        "--ElasticGatewayApp.install_signal_handlers=False",
-        # Tests stop the gateway with kernels in it; don't leave their pods to the cluster.
-        "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
-    ])
-    await app.start_serving()
-    try:
-        yield app
-    finally:
-        await app.stop_serving()
-
-
-@pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Retry an async check until it returns something truthy (bounded, for HTTP views)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+async def gateway(make_cluster_gateway: GatewayFactory) -> ElasticGatewayApp:
+    return await make_cluster_gateway()
 
 
 async def test_notebook_server_runs_a_gpu_kernel_in_a_pod(
@@ -194,7 +141,7 @@ async def test_kernelspecs_appear_and_disappear_without_restart(
         specs = json_of(await api(gateway.url, "GET", "/api/kernelspecs"))["kernelspecs"]
         return "late" in specs
 
-    await eventually(listed)
+    await eventually(listed, timeout=30)
     started = await api(gateway.url, "POST", "/api/kernels", {"name": "late"})
     assert started.code == 201, started.body
     await api(gateway.url, "DELETE", f"/api/kernels/{json_of(started)['id']}")
@@ -204,7 +151,7 @@ async def test_kernelspecs_appear_and_disappear_without_restart(
     async def gone() -> bool:
         return not await listed()
 
-    await eventually(gone)
+    await eventually(gone, timeout=30)
     refused = await api(gateway.url, "POST", "/api/kernels", {"name": "late"})
     assert refused.code == 404
 
@@ -221,7 +168,7 @@ async def test_start_failures_name_their_cause(
         specs = json_of(await api(gateway.url, "GET", "/api/kernelspecs"))["kernelspecs"]
         return {"broken-image", "gpu-hog"} <= set(specs)
 
-    await eventually(both_listed)
+    await eventually(both_listed, timeout=30)
 
     failed = await api(gateway.url, "POST", "/api/kernels", {"name": "broken-image"})
     assert failed.code == 500, failed.body

@@ -32,8 +32,6 @@ from .gatewayfixtures import (  # noqa: F401 - fixtures
     BOB_TOKEN,
     GatewayFactory,
     eventually,
-    jupyter_home,
-    kube,
     make_users_gateway,
     users_file,
 )

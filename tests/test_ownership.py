@@ -37,8 +37,6 @@ from .gatewayfixtures import (  # noqa: F401 - fixtures
     OPS_TOKEN,
     GatewayFactory,
     eventually,
-    jupyter_home,
-    kube,
     make_users_gateway,
     users_file,
     users_gateway,

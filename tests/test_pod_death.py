@@ -14,8 +14,7 @@ the delete call to the client's status message is printed (``-s``) as a measurem
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -23,57 +22,18 @@ import pytest_asyncio
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient, KubeError
-from elastic_kernels.kube.config import load_cluster_config
-from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .conftest import derived_kernelspec
-from .gateway.support import TOKEN, KernelWS, api, json_of
+from .conftest import GatewayFactory, derived_kernelspec
+from .gateway.support import KernelWS, api, json_of
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def jupyter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "jupyter"
-    for name in ("config", "data", "runtime", "root"):
-        (home / name).mkdir(parents=True)
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(home / "config"))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(home / "data"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
-    for name in ("JUPYTER_TOKEN", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    return home
-
-
 @pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest_asyncio.fixture
-async def gateway(cluster: LocalCluster, kube: KubeClient,
-                  jupyter_home: Path) -> AsyncIterator[ElasticGatewayApp]:
+async def gateway(kube: KubeClient, make_cluster_gateway: GatewayFactory) -> ElasticGatewayApp:
     await kube.create(R.KERNELSPECS, derived_kernelspec("python-cpu", "python-cpu-fail",
                                                         restartPolicy="Fail"))
-    app = ElasticGatewayApp()
-    app.initialize(argv=[
-        "--ip=127.0.0.1", "--port=0", f"--token={TOKEN}",
-        f"--kubeconfig={cluster.kubeconfig_path}",
-        f"--ServerApp.root_dir={jupyter_home / 'root'}",
-        "--ElasticGatewayApp.install_signal_handlers=False",
-        "--ElasticMappingKernelManager.shutdown_kernels_on_exit=True",
-    ])
-    await app.start_serving()
-    try:
-        yield app
-    finally:
-        await app.stop_serving()
+    return await make_cluster_gateway()
 
 
 def status_is(state: str) -> Any:

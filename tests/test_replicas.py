@@ -11,41 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from elastic_kernels.kube import resources as R
 from elastic_kernels.gateway.lease import lease_name
 from elastic_kernels.kube.client import LEASES, PODS, KubeClient, KubeError
-from elastic_kernels.kube.config import load_cluster_config
-from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .gateway.support import KernelWS, api, json_of
 from .gatewayproc import Gateways
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest_asyncio.fixture
-async def gateways(cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Gateways]:
-    found = Gateways(cluster, tmp_path)
-    try:
-        yield found
-    finally:
-        await found.stop_all()
 
 
 def status_is(state: str) -> Any:

@@ -37,8 +37,6 @@ from .gatewayfixtures import (  # noqa: F401 - fixtures
     BOB_TOKEN,
     OPS_TOKEN,
     eventually,
-    jupyter_home,
-    kube,
     users_file,
 )
 

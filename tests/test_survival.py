@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient
-from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .gatewayproc import GatewayProcess, Gateways
@@ -30,25 +26,10 @@ KERNELS = 20
 LEASE_SECONDS = 3
 
 
-@pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest_asyncio.fixture
-async def gateways(cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Gateways]:
+@pytest.fixture
+def gateway_process_args() -> tuple[str, ...]:
     # A short lease, so a successor claims a dead gateway's kernels within seconds.
-    found = Gateways(cluster, tmp_path,
-                     f"--ElasticMappingKernelManager.lease_duration={LEASE_SECONDS}")
-    try:
-        yield found
-    finally:
-        await found.stop_all()
+    return (f"--ElasticMappingKernelManager.lease_duration={LEASE_SECONDS}",)
 
 
 async def check_variables(gateway: GatewayProcess, values: dict[str, int]) -> None:

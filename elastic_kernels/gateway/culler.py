@@ -24,6 +24,7 @@ from ..culling import (CullConflict, CullDecision, CullingDefaults, KernelFacts,
 from ..kube import resources as R
 from ..kube.client import KubeError
 from ..kube.connection import ClusterConnection
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager
@@ -82,13 +83,8 @@ class GatewayCuller:
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

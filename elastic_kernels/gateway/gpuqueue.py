@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..kube import resources as R
 from ..kube.client import PODS, KubeError
 from ..kube.connection import ClusterConnection
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager
@@ -174,13 +175,8 @@ class GpuQueue:
                 log.exception("GPU queue: reconcile failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def reconcile(self) -> None:
         order = self.ordered()

@@ -7,7 +7,6 @@ temporary directories and ``JUPYTER_NO_CONFIG`` is set, so nothing from the mach
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import typing as t
@@ -18,15 +17,15 @@ import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 
+from ..conftest import serving_gateways
 from .support import KERNEL_NAME, LOGO, TOKEN
 
 
 @pytest.fixture
-def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Private Jupyter paths with one local ipykernel spec named ``ek-test-python``."""
-    dirs = {name: tmp_path / name for name in ("config", "data", "runtime", "root")}
-    for path in dirs.values():
-        path.mkdir()
+def jupyter_dirs(jupyter_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Private Jupyter paths (conftest's ``jupyter_home``) with one local ipykernel spec named
+    ``ek-test-python``."""
+    dirs = {name: jupyter_home / name for name in ("config", "data", "runtime", "root")}
     spec_dir = dirs["data"] / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(
@@ -40,12 +39,6 @@ def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
         )
     )
     (spec_dir / "logo-64x64.png").write_bytes(LOGO)
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(dirs["config"]))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(dirs["data"]))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(dirs["runtime"]))
-    monkeypatch.setenv("JUPYTER_NO_CONFIG", "1")
-    for name in ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "ELASTIC_KERNELS_TOKEN", "JUPYTER_PATH"):
-        monkeypatch.delenv(name, raising=False)
     # GatewayClient.init_connection_args writes this into os.environ; keep that test-local.
     monkeypatch.setenv("KERNEL_LAUNCH_TIMEOUT", "40")
     return dirs
@@ -57,21 +50,18 @@ GatewayFactory = Callable[..., Awaitable[ElasticGatewayApp]]
 @pytest.fixture
 async def make_gateway(jupyter_dirs: dict[str, Path]) -> AsyncIterator[GatewayFactory]:
     """Start gateways with extra argv/traits; every one is stopped when the test ends."""
-    apps: list[ElasticGatewayApp] = []
-
-    async def make(*argv: str, **traits: t.Any) -> ElasticGatewayApp:
-        app = ElasticGatewayApp(**traits)
-        # The serving layer alone, with local kernels (unless a test brings its own manager);
-        # tests/test_end_to_end.py runs the same gateway against the local cluster.
-        local_kernels = []
-        if "kernel_manager_class" not in traits:
-            local_kernels.append("--kernel-manager-class=jupyter_server.services.kernels."
-                                 "kernelmanager.AsyncMappingKernelManager")
-        if "kernel_spec_manager_class" not in traits:
-            local_kernels.append(
-                "--kernel-spec-manager-class=jupyter_client.kernelspec.KernelSpecManager")
-        app.initialize(
-            argv=[
+    async with serving_gateways(stop_timeout=30) as serve:
+        async def make(*argv: str, **traits: t.Any) -> ElasticGatewayApp:
+            # The serving layer alone, with local kernels (unless a test brings its own
+            # manager); tests/test_end_to_end.py runs the same gateway on the local cluster.
+            local_kernels = []
+            if "kernel_manager_class" not in traits:
+                local_kernels.append("--kernel-manager-class=jupyter_server.services.kernels."
+                                     "kernelmanager.AsyncMappingKernelManager")
+            if "kernel_spec_manager_class" not in traits:
+                local_kernels.append(
+                    "--kernel-spec-manager-class=jupyter_client.kernelspec.KernelSpecManager")
+            return await serve(ElasticGatewayApp(**traits), [
                 "--ip=127.0.0.1",
                 "--port=0",
                 f"--token={TOKEN}",
@@ -80,17 +70,9 @@ async def make_gateway(jupyter_dirs: dict[str, Path]) -> AsyncIterator[GatewayFa
                 "--ElasticGatewayApp.zmq_recheck_interval=0.2",
                 *local_kernels,
                 *argv,
-            ]
-        )
-        apps.append(app)
-        await app.start_serving()
-        return app
+            ])
 
-    try:
         yield make
-    finally:
-        for app in reversed(apps):
-            await asyncio.wait_for(app.stop_serving(), 30)
 
 
 @pytest.fixture

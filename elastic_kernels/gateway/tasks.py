@@ -1,0 +1,21 @@
+"""Stopping the gateway's background tasks (the culler's pass, the GPU queue's reconciler)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has finished, so nothing it does outlives the stop.
+
+    Its cancellation or a failure it ended with is swallowed: the task is being discarded, and
+    the loops that run as tasks log their own failures as they happen.
+    """
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
