@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these (the report uses the others' last results)")
     args = parser.parse_args(argv)
     C.RESULTS.mkdir(parents=True, exist_ok=True)
-    failures: dict[str, str] = {}
-    started = time.monotonic()
+    run_file = C.RESULTS / "run.json"
+    previous = json.loads(run_file.read_text()) if args.only and run_file.exists() else {}
+    failures: dict[str, str] = {k: v for k, v in previous.get("failures", {}).items()
+                                if k not in (args.only or [])}
+    seconds: dict[str, float] = dict(previous.get("seconds", {}))
     for name, module, extra, timeout in BENCHMARKS:
         if args.only and name not in args.only:
             continue
@@ -83,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             tail = text.strip().splitlines()[-1:] or [""]
             failures[name] = f"{why}: {tail[0][:300]} (log: bench/results/{name}.log)"
             print(f"   FAILED ({failures[name]})", flush=True)
-        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+        seconds[name] = time.monotonic() - t0
+        print(f"   ({seconds[name]:.0f} s)", flush=True)
     run = {"mode": "quick" if args.quick else "full", "failures": failures,
-           "elapsed": time.monotonic() - started}
-    (C.RESULTS / "run.json").write_text(json.dumps(run, indent=2))
-    path = report.write(**run)
-    print(f"wrote {path} and {report.CHART}")
+           "seconds": seconds}
+    run_file.write_text(json.dumps(run, indent=2))
+    # With ELASTIC_BENCH_RESULTS set (a trial run), the report goes there too, not into bench/.
+    elsewhere = C.RESULTS != C.BENCH / "results"
+    out, chart = ((C.RESULTS / "REPORT.md", C.RESULTS / "REPORT.png") if elsewhere
+                  else (report.REPORT, report.CHART))
+    path = report.write(C.RESULTS, out, chart, **run)
+    print(f"wrote {path} and {chart}")
     return 1 if failures else 0
 
 

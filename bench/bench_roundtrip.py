@@ -12,7 +12,9 @@ in the same run, alternating in rounds so that drift hits all alike:
     (the JupyterKernel's pod IP and the key from its Secret) and a blocking pyzmq client.
 
 Round trip: ``execute_request`` of ``pass`` until both the reply and the idle status arrived.
-Streaming: a cell printing N lines, each flushed; stream messages per second received.
+Streaming: a cell printing N lines, each flushed; stream messages and lines per second
+received, and lines not delivered (jupyter_server's IOPub rate limit drops output above
+1,000 messages/s averaged over 3 s, and says so in a stream message).
 Goals: (a) ≤ 1.3× (c), (b) ≤ 2× (c).
 """
 
@@ -83,13 +85,15 @@ def report(result: C.JSON) -> list[str]:
                  f"{r['notebook_p50']:.2f}x, p99 {r['notebook_p99']:.2f}x (goal ≤ 2x)")
     if "stream" in result:
         st = result["stream"]
-        lines.append(
-            f"streaming {result['config']['lines']} lines: direct "
-            f"{st['direct']['messages_per_s']:.0f} msg/s ({st['direct']['stream_messages']} msgs"
-            f", {st['direct']['seconds']:.2f} s), gateway {st['gateway']['messages_per_s']:.0f} "
-            f"msg/s ({st['gateway']['stream_messages']} msgs, {st['gateway']['seconds']:.2f} s), "
-            f"notebook {st['notebook']['messages_per_s']:.0f} msg/s "
-            f"({st['notebook']['stream_messages']} msgs, {st['notebook']['seconds']:.2f} s)")
+        lines.append(f"streaming a cell that prints {result['config']['lines']} lines (flushed):")
+        for name in ("direct", "gateway", "notebook"):
+            x = st[name]
+            lost = x.get("lines_lost", 0)
+            lines.append(
+                f"  {name}: {x['messages_per_s']:.0f} msg/s, {x['lines_per_s']:.0f} lines/s "
+                f"({x['stream_messages']} messages, {x['lines']} lines in {x['seconds']:.2f} s)"
+                + (f"; {lost} lines NOT delivered, {x.get('rate_limit_notices', 0)} rate-limit "
+                   f"notice(s): {x.get('first_notice', '')[:120]}" if lost else ""))
         sr = result["stream_ratios"]
         lr = result["stream_line_ratios"]
         lines.append(f"  relative to direct (1.0 = as fast as a direct ZeroMQ reader): messages/s "

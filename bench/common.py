@@ -616,49 +616,57 @@ def stream_code(lines: int) -> str:
     return f"for i in range({lines}):\n    print(i, flush=True)\n"
 
 
+class StreamTally:
+    """What a reader of a printing cell got: stream messages, lines, and rate-limit notices."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.lines = 0
+        self.notices: list[str] = []
+
+    def __call__(self, msg: JSON) -> None:
+        if msg.get("msg_type") != "stream":
+            return
+        text = msg["content"].get("text", "")
+        if "rate exceeded" in text:  # jupyter_server's IOPub rate limit dropped output
+            self.notices.append(" ".join(text.split())[:200])
+            return
+        self.messages += 1
+        self.lines += text.count("\n")
+
+    def result(self, elapsed: float, expected: int) -> JSON:
+        return {"seconds": elapsed, "stream_messages": self.messages, "lines": self.lines,
+                "lines_expected": expected, "lines_lost": expected - self.lines,
+                "rate_limit_notices": len(self.notices),
+                "first_notice": self.notices[0] if self.notices else "",
+                "messages_per_s": self.messages / elapsed, "lines_per_s": self.lines / elapsed}
+
+
 async def ws_stream(url: str, token: str, kernel_id: str, lines: int) -> JSON:
     """Messages per second for a cell that prints ``lines`` lines (each flushed)."""
     ws = await KernelWS.open(url, kernel_id, token)
-    count = 0
-    text = 0
-
-    def on_output(msg: JSON) -> None:
-        nonlocal count, text
-        if msg.get("msg_type") == "stream":
-            count += 1
-            text += msg["content"]["text"].count("\n")
-
+    tally = StreamTally()
     try:
         await ws.kernel_info()
         t0 = time.perf_counter()
-        await ws.execute(stream_code(lines), timeout=300, on_output=on_output)
+        await ws.execute(stream_code(lines), timeout=300, on_output=tally)
         elapsed = time.perf_counter() - t0
     finally:
         ws.close()
-    return {"seconds": elapsed, "stream_messages": count, "lines": text,
-            "messages_per_s": count / elapsed, "lines_per_s": text / elapsed}
+    return tally.result(elapsed, lines)
 
 
 def direct_stream(info: JSON, lines: int) -> JSON:
     client = DirectClient(info)
-    count = 0
-    text = 0
-
-    def on_output(msg: JSON) -> None:
-        nonlocal count, text
-        if msg.get("msg_type") == "stream":
-            count += 1
-            text += msg["content"]["text"].count("\n")
-
+    tally = StreamTally()
     try:
         client.wait_iopub_ready()
         t0 = time.perf_counter()
-        client.execute(stream_code(lines), timeout=300, on_output=on_output)
+        client.execute(stream_code(lines), timeout=300, on_output=tally)
         elapsed = time.perf_counter() - t0
     finally:
         client.close()
-    return {"seconds": elapsed, "stream_messages": count, "lines": text,
-            "messages_per_s": count / elapsed, "lines_per_s": text / elapsed}
+    return tally.result(elapsed, lines)
 
 
 # --- the floor: a local ipykernel started with jupyter_client ----------------------------------

@@ -34,7 +34,8 @@ def test_start_and_api_load(results_dir: Path) -> None:
     start = bench_start.main(["--sequential", "1", "--concurrent", "2"])
     assert start["concurrent"]["succeeded"] == 2, start["concurrent"]
     assert start["floor"]["n"] == start["sequential"]["n"] == 1
-    load = bench_apiload.main(["--starts", "1", "--kernels", "2", "--seconds", "1"])
+    load = bench_apiload.main(["--starts", "1", "--kernels", "2", "--seconds", "1",
+                               "--disconnected-seconds", "1"])
     assert load["per_start_writes"] > 0
     assert load["steady"]["kernels"] == 2
     assert (results_dir / "start.json").exists() and (results_dir / "apiload.json").exists()
