@@ -194,7 +194,8 @@ def describe(name: str, r: C.JSON) -> list[str]:
     return [
         f"{name}: start p50 {C.ms(s['p50'])}, p90 {C.ms(s['p90'])}, max {C.ms(s['max'])}; "
         f"{c['succeeded']}/{c['requested']} concurrent in {c['wall_s']:.1f} s (p50 "
-        f"{C.ms(c.get('p50', float('nan')))})" + (f" errors: {c['errors']}" if c["errors"] else ""),
+        f"{C.ms(c.get('p50', float('nan')))})"
+        + (f"; first error: {C.short_error(c['errors'][0])}" if c["errors"] else ""),
         f"  round trip p50 {C.ms(r['roundtrip']['p50'])}, p99 {C.ms(r['roundtrip']['p99'])}; "
         f"direct ZeroMQ to the same kernel p50 {C.ms(r['roundtrip_direct']['p50'])}",
         f"  API per start: " + ", ".join(f"{k} {v:g}" for k, v in r["per_start"].items())

@@ -710,6 +710,18 @@ def temp_workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
 
 
+def short_error(text: Any, limit: int = 160) -> str:
+    """The server's own reason from an error text (JSON "reason"/"message"), shortened."""
+    import re
+    text = str(text)
+    if "Too many open files" in text:
+        return "ZMQError: Too many open files" if "ZMQError" in text else "Too many open files"
+    found = re.search(r'"(?:reason|message)": "((?:[^"\\]|\\.){8,})"', text)
+    if found:
+        text = found.group(1).replace("\\'", "'")
+    return text[:limit]
+
+
 def run(coro: Any) -> Any:
     """``asyncio.run(coro)``, where SIGTERM cancels it, so that clusters, servers and pod
     processes are stopped by the ``async with`` blocks instead of being orphaned."""
