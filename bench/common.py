@@ -270,16 +270,30 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 20.0) ->
 
 
 @contextlib.asynccontextmanager
-async def run_server(name: str, argv: list[str], env: dict[str, str], url: str, token: str,
-                     log: Path, ready_path: str = "/api", timeout: float = 60.0,
-                     stop_grace: float = 20.0) -> AsyncIterator[Server]:
+async def run_server(name: str, make_argv: Callable[[int], list[str]], env: dict[str, str],
+                     token: str, log: Path, ready_path: str = "/api", timeout: float = 60.0,
+                     stop_grace: float = 20.0, attempts: int = 3) -> AsyncIterator[Server]:
+    """Start a server on a free loopback port; another port if that one was taken meanwhile."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as fh:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=fh, env=env, cwd=str(REPO))
-    server = Server(name, url, token, proc, log)
+    for attempt in range(attempts):
+        port = free_port()
+        with log.open("wb") as fh:
+            proc = await asyncio.create_subprocess_exec(
+                *make_argv(port), stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=fh,
+                env=env, cwd=str(REPO))
+        server = Server(name, f"http://{HOST}:{port}", token, proc, log)
+        try:
+            await wait_http(server, ready_path, timeout)
+        except RuntimeError:
+            await stop_process(proc, stop_grace)
+            if "in use" in server.log_tail() and attempt + 1 < attempts:
+                continue  # lost the race for the port: another process bound it first
+            raise
+        except BaseException:
+            await stop_process(proc, stop_grace)
+            raise
+        break
     try:
-        await wait_http(server, ready_path, timeout)
         yield server
     finally:
         await stop_process(proc, stop_grace)
@@ -289,37 +303,42 @@ async def run_server(name: str, argv: list[str], env: dict[str, str], url: str, 
 async def gateway(cluster: Any, workdir: Path, *, extra_args: Iterable[str] = (),
                   name: str = "gateway") -> AsyncIterator[Server]:
     """``elastic-kernels gateway`` as a process, pointed at the local cluster."""
-    port = free_port()
     token = "bench-" + uuid.uuid4().hex
     home = workdir / name
     env = private_jupyter_env(home)
     env["ELASTIC_KERNELS_TOKEN"] = token
-    argv = [sys.executable, "-m", "elastic_kernels", "gateway", f"--ip={HOST}", f"--port={port}",
-            f"--kubeconfig={cluster.kubeconfig_path}", f"--ServerApp.root_dir={home / 'root'}",
-            "--log-level=WARN", *extra_args]
-    async with run_server(name, argv, env, f"http://{HOST}:{port}", token,
-                          home / "gateway.log") as server:
+    extra = list(extra_args)
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "elastic_kernels", "gateway", f"--ip={HOST}",
+                f"--port={port}", f"--kubeconfig={cluster.kubeconfig_path}",
+                f"--ServerApp.root_dir={home / 'root'}", "--log-level=WARN", *extra]
+
+    async with run_server(name, argv, env, token, home / "gateway.log") as server:
         yield server
 
 
 @contextlib.asynccontextmanager
 async def notebook_server(gateway_server: Server, workdir: Path) -> AsyncIterator[Server]:
     """A plain jupyter_server with ``--gateway-url`` and our client extension (TCP_NODELAY)."""
-    port = free_port()
     token = "nb-" + uuid.uuid4().hex
-    home = workdir / f"notebook-{port}"
+    home = workdir / f"notebook-{uuid.uuid4().hex[:8]}"
     env = private_jupyter_env(home)
-    argv = [sys.executable, "-m", "jupyter_server", f"--ServerApp.ip={HOST}",
-            f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            "--ServerApp.open_browser=False", f"--ServerApp.root_dir={home / 'root'}",
-            f"--IdentityProvider.token={token}", f"--gateway-url={gateway_server.url}",
-            f"--GatewayClient.auth_token={gateway_server.token}",
-            "--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True",
-            "--ServerApp.log_level=WARN"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        argv.append("--ServerApp.allow_root=True")
-    async with run_server("notebook server", argv, env, f"http://{HOST}:{port}", token,
-                          home / "server.log", ready_path="/api/status") as server:
+
+    def argv(port: int) -> list[str]:
+        args = [sys.executable, "-m", "jupyter_server", f"--ServerApp.ip={HOST}",
+                f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                "--ServerApp.open_browser=False", f"--ServerApp.root_dir={home / 'root'}",
+                f"--IdentityProvider.token={token}", f"--gateway-url={gateway_server.url}",
+                f"--GatewayClient.auth_token={gateway_server.token}",
+                "--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True",
+                "--ServerApp.log_level=WARN"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    async with run_server("notebook server", argv, env, token, home / "server.log",
+                          ready_path="/api/status") as server:
         yield server
 
 

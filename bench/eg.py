@@ -216,7 +216,6 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
         (sa_dir / "token").write_text(SA_TOKEN)
         (sa_dir / "ca.crt").write_bytes(ca_pem)
         (sa_dir / "namespace").write_text(cluster.namespace)
-        port = C.free_port()
         token = "eg-" + uuid.uuid4().hex
         env.update({
             "PATH": os.pathsep.join([str(VENV / "bin"), env.get("PATH", "/usr/bin:/bin")]),
@@ -231,13 +230,15 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
             "EG_INHERITED_ENVS": "PATH,PYTHONPATH,BENCH_EG_SERVICEACCOUNT,LANG",
         })
         env.pop("VIRTUAL_ENV", None)
-        argv = [str(VENV / "bin" / "jupyter"), "enterprisegateway", f"--ip={C.HOST}",
-                f"--port={port}", "--port_retries=0",
-                f"--EnterpriseGatewayApp.auth_token={token}",
-                f"--EnterpriseGatewayApp.default_kernel_name={KERNEL_NAME}",
-                "--log-level=WARN"]
-        async with C.run_server("enterprise gateway", argv, env, f"http://{C.HOST}:{port}",
-                                token, home / "eg.log", ready_path="/api") as server:
+        def argv(port: int) -> list[str]:
+            return [str(VENV / "bin" / "jupyter"), "enterprisegateway", f"--ip={C.HOST}",
+                    f"--port={port}", "--port_retries=0",
+                    f"--EnterpriseGatewayApp.auth_token={token}",
+                    f"--EnterpriseGatewayApp.default_kernel_name={KERNEL_NAME}",
+                    "--log-level=WARN"]
+
+        async with C.run_server("enterprise gateway", argv, env, token, home / "eg.log",
+                                ready_path="/api") as server:
             server.extra["tls_port"] = tls_port
             yield server
 
