@@ -162,7 +162,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
                     cluster, workdir, eg_versions["jupyter-enterprise-gateway"]) as egs:
                 theirs = System("enterprise-gateway", egs, EG.KERNEL_NAME,
                                 {"KERNEL_USERNAME": "bench"},
-                                lambda kid: EG.eg_connection_info(cluster, kid))
+                                lambda kid: EG.eg_connection_info(
+                                    cluster, egs.extra["tmpdir"], kid))
                 try:
                     result["eg"] = await measure_system(theirs, cluster, args)
                 except Exception as e:  # noqa: BLE001 - keep ours, report EG's failure exactly
@@ -242,8 +243,7 @@ def main(argv: list[str] | None = None) -> C.JSON:
     args.executes = args.executes or (60 if args.quick else 500)
     args.kernels = args.kernels or (3 if args.quick else 10)
     args.seconds = args.seconds or (8.0 if args.quick else 45.0)
-    workdir = C.temp_workdir("eg")
-    result = C.run(measure(args, workdir))
+    result = C.run_in_workdir("eg", lambda workdir: measure(args, workdir))
     result["lines"] = report(result)
     C.save_results("eg", result)
     print("\n".join(result["lines"]))

@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> C.JSON:
     args.executes = args.executes or (60 if args.quick else 500)
     if args.lines is None:
         args.lines = 1000 if args.quick else 20000
-    workdir = C.temp_workdir("roundtrip")
-    result = C.run(measure(args, workdir))
+    result = C.run_in_workdir("roundtrip", lambda workdir: measure(args, workdir))
     result["lines"] = report(result)
     C.save_results("roundtrip", result)
     print("\n".join(result["lines"]))

@@ -71,12 +71,13 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
     levels = args.levels
     nodes = max(2, -(-max(levels) // 100) + 1)  # 110 pods per node, like a kubelet's default
     out: C.JSON = {"config": {"levels": levels, "nodes": nodes, "attach": args.attach,
+                              "gateway_args": args.gateway_arg,
                               "kernel": "tinykernel (protocol stand-in for ipykernel)"},
                    "levels": []}
     async with C.local_cluster(workdir, nodes=nodes) as cluster:
         await C.create_kernelspec(cluster, tiny_kernelspec())
         settle = min(3.0, args.idle_window)
-        async with C.gateway(cluster, workdir) as gw:
+        async with C.gateway(cluster, workdir, extra_args=args.gateway_arg) as gw:
             await asyncio.sleep(settle)
             base = gateway_sample(gw.pid)
             out["empty"] = base
@@ -258,12 +259,14 @@ def main(argv: list[str] | None = None) -> C.JSON:
                         help="a start is POST + websocket kernel_info (default, as a notebook "
                         "does), or the POST alone (the gateway's own readiness check)")
     parser.add_argument("--name", default="scale", help="results file name")
+    parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
+                        help="extra gateway command-line argument (repeatable), e.g. "
+                        "--gateway-arg=--ElasticGatewayApp.zmq_recheck_interval=0")
     args = parser.parse_args(argv)
     args.levels = args.levels or ([10, 30] if args.quick else [200, 500, 1000])
     args.cull = args.cull or (30 if args.quick else 500)
     args.idle_window = args.idle_window or (5.0 if args.quick else 15.0)
-    workdir = C.temp_workdir("scale")
-    result = C.run(measure(args, workdir))
+    result = C.run_in_workdir("scale", lambda workdir: measure(args, workdir))
     result["lines"] = report(result)
     C.save_results(args.name, result)
     print("\n".join(result["lines"]))

@@ -741,6 +741,20 @@ def short_error(text: Any, limit: int = 160) -> str:
     return text[:limit]
 
 
+def run_in_workdir(prefix: str, measure: Callable[[Path], Any]) -> Any:
+    """:func:`run` ``measure(workdir)`` in a fresh temporary directory, removed after success
+    and kept (its path printed: server logs are there) after a failure."""
+    import shutil
+    workdir = temp_workdir(prefix)
+    try:
+        result = run(measure(workdir))
+    except BaseException:
+        print(f"logs kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
 def run(coro: Any) -> Any:
     """``asyncio.run(coro)``, where SIGTERM cancels it, so that clusters, servers and pod
     processes are stopped by the ``async with`` blocks instead of being orphaned."""

@@ -212,6 +212,10 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
     install_kernelspec(home / "data", version)
     sa_dir = home / "serviceaccount"
     sa_dir.mkdir(parents=True, exist_ok=True)
+    # The kernel pods' temp dir (EG's launcher writes each kernel's connection file there), so
+    # those files, keys included, go away with the benchmark's directory.
+    tmpdir = home / "tmp"
+    tmpdir.mkdir(mode=0o700, exist_ok=True)
     async with https_endpoint(cluster, workdir) as (tls_port, ca_pem):
         (sa_dir / "token").write_text(SA_TOKEN)
         (sa_dir / "ca.crt").write_bytes(ca_pem)
@@ -227,7 +231,8 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
             "EG_PROHIBITED_LOCAL_IPS": "",
             # What EG passes from its own environment to launch_kubernetes.py (and so, by
             # extend_pod_env, into the kernel pod): the venv's PATH and the site hook.
-            "EG_INHERITED_ENVS": "PATH,PYTHONPATH,BENCH_EG_SERVICEACCOUNT,LANG",
+            "EG_INHERITED_ENVS": "PATH,PYTHONPATH,BENCH_EG_SERVICEACCOUNT,LANG,TMPDIR",
+            "TMPDIR": str(tmpdir),
         })
         env.pop("VIRTUAL_ENV", None)
         def argv(port: int) -> list[str]:
@@ -240,21 +245,21 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
         async with C.run_server("enterprise gateway", argv, env, token, home / "eg.log",
                                 ready_path="/api") as server:
             server.extra["tls_port"] = tls_port
+            server.extra["tmpdir"] = tmpdir
             yield server
 
 
-def kernel_connection_file(kernel_id: str) -> Path | None:
-    """EG's launcher writes the kernel's connection file to the pod's temp dir (here: /tmp)."""
-    import tempfile
-    found = sorted(Path(tempfile.gettempdir()).glob(f"kernel-{kernel_id}_*.json"))
+def kernel_connection_file(tmpdir: Path, kernel_id: str) -> Path | None:
+    """EG's launcher writes the kernel's connection file to the pod's temp dir."""
+    found = sorted(tmpdir.glob(f"kernel-{kernel_id}_*.json"))
     return found[-1] if found else None
 
 
-async def eg_connection_info(cluster: Any, kernel_id: str) -> C.JSON:
+async def eg_connection_info(cluster: Any, tmpdir: Path, kernel_id: str) -> C.JSON:
     """The EG kernel's connection info: its own file, with its pod's IP (as EG itself uses)."""
-    path = kernel_connection_file(kernel_id)
+    path = kernel_connection_file(tmpdir, kernel_id)
     if path is None:
-        raise RuntimeError(f"no connection file for EG kernel {kernel_id} in the temp dir")
+        raise RuntimeError(f"no connection file for EG kernel {kernel_id} in {tmpdir}")
     info = json.loads(path.read_text())
     client = await C.kube_client(cluster)
     try:
