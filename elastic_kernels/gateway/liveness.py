@@ -22,8 +22,9 @@ jupyter_client's restarter polls ``is_alive`` every few seconds and restarts a d
   reported dead with the reason (``status.phase: Failed``, the kernel model's
   ``execution_state: dead``), which jupyter_client expresses as a restart limit of zero.
 
-Everything is decided from the watch caches; the only API calls are the restart itself and one
-status write.
+Everything is decided from the watch caches; the only API calls are, on a pod's death, one read
+of the JupyterKernel (the two watches are not ordered: a record's deletion can reach us after its
+pod's), the restart itself and one status write.
 """
 
 from __future__ import annotations
@@ -303,6 +304,8 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
                 fate = KernelFate(Fate.DEAD, cause=fate.cause)
         else:
             self._waiting_since = None
+        if fate.fate is Fate.DEAD and self.running and not await self._record_stands(prov):
+            fate = KernelFate(Fate.DELETED)
 
         if fate.fate is Fate.DELETED:
             self.log.info("Kernel %s: its JupyterKernel was deleted (shut down elsewhere, culled "
@@ -330,6 +333,28 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
             await self._died(prov, fate.cause)
         elif fate.fate is Fate.ALIVE and self.running:
             await super().poll()  # jupyter_client's stable-start bookkeeping
+
+    async def _record_stands(self, prov: ElasticKernelProvisioner) -> bool:
+        """Whether the kernel's JupyterKernel still exists, read from the API server.
+
+        The pod and JupyterKernel caches are fed by two watches with no order between them.
+        Deleting the record (the cull job, another replica's shutdown, an admin) makes the
+        garbage collector delete its pod right away, and the pod watch may deliver that before
+        the record watch delivers the deletion: the pod then looks dead under a record that
+        looks alive, and restarting would resurrect a kernel someone ended on purpose (with a
+        new pod owned by a deleted record). A pod death is rare and acting on it writes to the
+        cluster anyway, so it is worth one read to tell the two apart.
+        """
+        try:
+            record = await prov.connection.client.get(
+                R.JUPYTERKERNELS, R.kernel_object_name(prov.kernel_id), prov.namespace_name)
+        except KubeError as e:
+            if e.not_found:
+                self._record_deleted = True
+                return False
+            return True  # cannot tell (e.g. the API server is unreachable): the death stands
+        meta = record.get("metadata") or {}
+        return not meta.get("deletionTimestamp") and _same_uid(record, prov)
 
     async def _died(self, prov: ElasticKernelProvisioner, cause: PodAssessment) -> None:
         km = self.kernel_manager
