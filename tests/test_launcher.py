@@ -112,6 +112,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
                                         base.get("PATH", "")])
         base["IPYTHONDIR"] = str(tmp_path / "ipython")
         base["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "jupyter-runtime")
+        base["TMPDIR"] = str(tmp_path)  # connection files (with keys) stay in the test's dir
         n = len(started)
         out, err = tmp_path / f"stdout-{n}", tmp_path / f"stderr-{n}"
         with out.open("wb") as out_file, err.open("wb") as err_file:

@@ -350,6 +350,7 @@ class PodWorker:
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.pod_dir, 0o700)
         (self.pod_dir / "home").mkdir(exist_ok=True)
+        (self.pod_dir / "tmp").mkdir(exist_ok=True)
         if automounts_token(self.pod):
             token = f"localcluster.{self.spec.get('serviceAccountName') or 'default'}." \
                     f"{secrets.token_hex(16)}"
@@ -462,6 +463,9 @@ class PodWorker:
                                  node_allocatable=self.k.node_allocatable(self.node))
         env: dict[str, str] = self.k.images.base_env()
         env["HOME"] = str(self.pod_dir / "home")
+        # A container's /tmp dies with it; here the pod directory does (connection files with
+        # kernel keys included), so temporary files go there and not to the host's /tmp.
+        env["TMPDIR"] = str(self.pod_dir / "tmp")
         env["HOSTNAME"] = self.spec.get("hostname") or self.name
         if c.gpus:
             devices = ",".join(str(i) for i in c.gpus)
