@@ -24,7 +24,7 @@ from ..culling import (CullConflict, CullDecision, CullingDefaults, KernelFacts,
 from ..kube import resources as R
 from ..kube.client import KubeError
 from ..kube.connection import ClusterConnection
-from .tasks import cancel_and_wait
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..kube import resources as R
 from ..kube.client import PODS, KubeError
 from ..kube.connection import ClusterConnection
-from .tasks import cancel_and_wait
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
+from ..tasks import cancel_all
 from .allocators import DeviceAllocator, DeviceExhausted, IPAllocator
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
@@ -737,11 +738,7 @@ class Kubelet:
     async def stop(self) -> None:
         """Stop watching, then end every pod process (SIGTERM, short grace, SIGKILL)."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         workers = list(self._workers.values())
         await asyncio.gather(*(w.shutdown(self.stop_grace_seconds) for w in workers),

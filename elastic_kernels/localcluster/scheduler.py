@@ -16,12 +16,12 @@ only rewritten when the message changes, so waiting pods cause no write storms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from ..tasks import cancel_all
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import (add_resources, allocated_by_node, choose_node, is_terminal, needs_scheduling,
@@ -148,11 +148,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def _informer(self, key: tuple[str, str], on_list: Callable[[list[JSON]], None],

@@ -1,4 +1,4 @@
-"""Stopping the gateway's background tasks (the culler's pass, the GPU queue's reconciler)."""
+"""Stopping background tasks: the gateway's culler and GPU queue, the local scheduler and kubelet."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
         await task
     except (asyncio.CancelledError, Exception):
         pass
+
+
+async def cancel_all(tasks: list[asyncio.Future[Any]]) -> None:
+    """Cancel every task first, then wait for each (so none waits on another being stopped)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        await cancel_and_wait(task)
