@@ -25,6 +25,13 @@ through the ``execution_state`` trait instead of being polled every 50 ms.
 While waiting, any input pending on the nudge's sockets is re-checked at every retry, so a lost
 ZeroMQ wakeup (see :mod:`elastic_kernels.gateway.zmqguard`) cannot stall an open either.
 
+**JSON clients get the kernel's own JSON.**  For clients of the JSON protocol (no websocket
+subprotocol, e.g. a notebook server with ``--gateway-url``), upstream deserializes each kernel
+message and dumps it again; :mod:`elastic_kernels.gateway.wsjson` splices the verified parts into
+the frame instead, about three times cheaper per message, and hands anything unusual back to
+upstream's path.  Clients of ``v1.kernel.websocket.jupyter.org`` (JupyterLab 4) already get the
+raw parts from upstream.
+
 **A malformed client frame is dropped, not fatal.**  Upstream lets a JSON or framing error
 escape ``on_message``, and tornado then aborts the websocket.  We log the error type (never the
 payload, which may hold user data) and keep the connection.
@@ -36,9 +43,12 @@ import asyncio
 import typing as t
 
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+from tornado.websocket import WebSocketClosedError
 from traitlets import Float, HasTraits, default
 from zmq.eventloop.zmqstream import ZMQStream
 
+from .wsframes import V1_PROTOCOL
+from .wsjson import json_frame
 from .zmqguard import recheck_stream
 
 __all__ = ["ElasticChannelsConnection"]
@@ -169,6 +179,34 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
         if shell.closed() or control.closed() or iopub is None or iopub.closed():
             return "sockets closed"
         return ""
+
+    def handle_outgoing_message(  # type: ignore[override]
+        self, stream: str | ZMQStream, outgoing_msg: list[t.Any]
+    ) -> None:
+        if self.subprotocol == V1_PROTOCOL or self.limit_rate:
+            # v1 passes the raw parts already; the rate limit needs upstream's parsed message.
+            super().handle_outgoing_message(stream, outgoing_msg)  # type: ignore[arg-type]
+            return
+        zmq_stream = self.channels[stream] if isinstance(stream, str) else stream
+        channel = getattr(zmq_stream, "channel", None)
+        built = json_frame(self.session, outgoing_msg, channel)
+        if built is None or (
+            channel == "iopub"
+            and built[1].get("msg_type") == "error"
+            and not self.multi_kernel_manager.allow_tracebacks
+        ):
+            # Upstream's path: unusual messages, and tracebacks it must replace.
+            super().handle_outgoing_message(stream, outgoing_msg)  # type: ignore[arg-type]
+            return
+        if zmq_stream.closed():
+            # As upstream's _on_zmq_reply: the close is scheduled but has not run yet.
+            self.log.warning("zmq message arrived on closed channel")
+            self.disconnect()
+            return
+        try:
+            self.write_message(built[0], binary=False)
+        except WebSocketClosedError as e:
+            self.log.warning(str(e))
 
     def handle_incoming_message(self, incoming_msg: str) -> None:  # type: ignore[override]
         try:

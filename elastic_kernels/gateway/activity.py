@@ -1,0 +1,87 @@
+"""The kernel activity watcher, reading only the message parts it needs.
+
+jupyter_server keeps each kernel's ``last_activity`` and ``execution_state`` (the culler, the
+GPU reclaim and ``GET /api/kernels`` depend on them) with one extra IOPub subscriber per kernel.
+Its callback (``MappingKernelManager.start_watching_activity``) deserializes every message with
+a full ``Session.deserialize`` (ISO dates parsed into ``datetime`` objects, metadata unpacked),
+and status messages twice. It runs on the gateway's one event loop for every IOPub message of
+every kernel, in line with the client's own copy of the same message, so it adds to every round
+trip: measured here at about as much as relaying the message to the client.
+
+This watcher keeps upstream's rules exactly (which message types count as activity, when the
+execution state is taken from a status message, the "starting" normalisation) and its signature
+check, but parses only the header, the parent header's type and, for status messages, the
+content. A message it cannot read is ignored, as upstream's callback would fail on it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import typing as t
+
+from jupyter_client.session import Session
+from jupyter_server._tz import utcnow
+
+if t.TYPE_CHECKING:
+    from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
+
+__all__ = ["watch_activity"]
+
+
+def _parts(session: Session, msg_list: list[bytes]) -> list[bytes] | None:
+    """The signed parts (header, parent, metadata, content), or None if not a valid message."""
+    try:
+        _idents, fed = session.feed_identities(msg_list)
+    except ValueError:
+        return None
+    if len(fed) < 5:
+        return None
+    parts = [p if isinstance(p, bytes) else bytes(p) for p in fed[:5]]
+    if session.auth is not None and not hmac.compare_digest(parts[0], session.sign(parts[1:5])):
+        return None
+    return parts[1:5]
+
+
+def _object(part: bytes) -> dict[str, t.Any]:
+    try:
+        value = json.loads(part)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def watch_activity(manager: "MappingKernelManager", kernel_id: str) -> None:
+    """Subscribe to ``kernel_id``'s IOPub and keep its activity markers (upstream's contract)."""
+    manager.log.debug("Watching kernel activity: %s", kernel_id)
+    kernel = manager._kernels[kernel_id]
+    kernel.reason = ""
+    kernel.last_activity = utcnow()
+    kernel._activity_stream = kernel.connect_iopub()
+    # Its own Session, as upstream: the kernel's session keeps a replay history of its own.
+    session = Session(config=kernel.session.config, key=kernel.session.key)
+    tracked = manager.track_message_type
+
+    def record_activity(msg_list: list[bytes]) -> None:
+        parts = _parts(session, msg_list)
+        if parts is None:
+            return
+        msg_type = _object(parts[0]).get("msg_type")
+        parent_msg_type = _object(parts[1]).get("msg_type")
+        if tracked(msg_type) or tracked(parent_msg_type) or kernel.execution_state == "busy":
+            manager.last_kernel_activity = kernel.last_activity = utcnow()
+        if msg_type != "status":
+            manager.log.debug("activity on %s: %s", kernel_id, msg_type)
+            return
+        execution_state = _object(parts[3]).get("execution_state")
+        if not isinstance(execution_state, str):
+            return
+        if tracked(parent_msg_type):
+            kernel.execution_state = execution_state
+        elif kernel.execution_state == "starting" and execution_state != "starting":
+            # As upstream: after "starting", the state is "idle" unless a tracked request
+            # of ours caused the status.
+            kernel.execution_state = "idle"
+        manager.log.debug("activity on %s: %s (%s)", kernel_id, msg_type, kernel.execution_state)
+
+    kernel._activity_stream.on_recv(record_activity)
