@@ -292,6 +292,18 @@ class ElasticGatewayApp(ServerApp):
         # Every log record of the process is scrubbed of our tokens and kernel keys (redact.py).
         self._stop_redacting = redact.install(redact.gateway_secrets(self))
 
+    def _configure_logging(self) -> None:
+        super()._configure_logging()
+        # traitlets leaves the app's logger at DEBUG and filters in its handlers, so every
+        # debug call in jupyter_server's hot paths (one per kernel message in its activity
+        # watcher) builds a LogRecord, formats it and has redact.py scrub it, only for the
+        # handler to drop it. The scrub checks every kernel's key, so that cost per message grows
+        # with the kernels held. The logger now lets through what at least one of its handlers
+        # would emit, and nothing less.
+        levels = [h.level for h in self.log.handlers]  # type: ignore[union-attr]
+        if levels and all(levels):
+            self.log.setLevel(min(levels))
+
     # ---- initialisation ------------------------------------------------------------------
 
     def init_configurables(self) -> None:
