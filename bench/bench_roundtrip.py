@@ -5,7 +5,10 @@ Run ``.venv/bin/python -m bench.bench_roundtrip [--quick]``.
 One kernel (``python-cpu``, an ipykernel in a pod of the local cluster) is reached three ways,
 in the same run, alternating in rounds so that drift hits all alike:
 
-(a) the gateway's websocket (``/api/kernels/{id}/channels``);
+(a) the gateway's websocket (``/api/kernels/{id}/channels``) with the JSON protocol, which is
+    what a notebook server or JupyterLab with ``--gateway-url`` speaks to the gateway (jupyter_server's
+    gateway client enforces it); also, as (a'), with ``v1.kernel.websocket.jupyter.org``, which
+    JupyterLab 4 speaks to a server that holds kernels itself;
 (b) a notebook server (``python -m jupyter_server --gateway-url=...`` with the
     ``elastic_kernels.gateway.client`` extension) in front of the gateway;
 (c) direct ZeroMQ to the same kernel, with the connection info a re-attaching replica builds
@@ -37,10 +40,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
         kid, _, _ = await C.start_via_http(nb.url, nb.token, args.kernelspec)
         info = await C.pod_connection_info(cluster, kid)
         per_round = max(1, args.executes // args.rounds)
-        times: dict[str, list[float]] = {"gateway": [], "notebook": [], "direct": []}
+        times: dict[str, list[float]] = {"gateway": [], "gateway_v1": [], "notebook": [],
+                                         "direct": []}
         for _ in range(args.rounds):
             times["direct"] += await asyncio.to_thread(C.direct_round_trips, info, per_round)
             times["gateway"] += await C.ws_round_trips(gw.url, gw.token, kid, per_round)
+            times["gateway_v1"] += await C.ws_round_trips(gw.url, gw.token, kid, per_round,
+                                                          protocol="v1")
             times["notebook"] += await C.ws_round_trips(nb.url, nb.token, kid, per_round)
         for name, values in times.items():
             result[name] = C.summary(values)
@@ -48,6 +54,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
         result["ratios"] = {
             "gateway_p50": C.ratio(result["gateway"]["p50"], d["p50"]),
             "gateway_p99": C.ratio(result["gateway"]["p99"], d["p99"]),
+            "gateway_v1_p50": C.ratio(result["gateway_v1"]["p50"], d["p50"]),
+            "gateway_v1_p99": C.ratio(result["gateway_v1"]["p99"], d["p99"]),
             "notebook_p50": C.ratio(result["notebook"]["p50"], d["p50"]),
             "notebook_p99": C.ratio(result["notebook"]["p99"], d["p99"]),
         }
@@ -75,14 +83,20 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
 
 def report(result: C.JSON) -> list[str]:
     lines = []
-    for name, label in (("direct", "(c) direct ZeroMQ"), ("gateway", "(a) gateway websocket"),
+    for name, label in (("direct", "(c) direct ZeroMQ"),
+                        ("gateway", "(a) gateway websocket, JSON protocol"),
+                        ("gateway_v1", "(a') gateway websocket, v1 protocol"),
                         ("notebook", "(b) notebook server → gateway")):
+        if name not in result:
+            continue  # results from before (a') was measured
         s = result[name]
         lines.append(f"{label} (n={s['n']}): p50 {C.ms(s['p50'])}, p99 {C.ms(s['p99'])}")
     r = result["ratios"]
     lines.append(f"  ratios: gateway/direct p50 {r['gateway_p50']:.2f}x, p99 "
                  f"{r['gateway_p99']:.2f}x (goal ≤ 1.3x); notebook/direct p50 "
-                 f"{r['notebook_p50']:.2f}x, p99 {r['notebook_p99']:.2f}x (goal ≤ 2x)")
+                 f"{r['notebook_p50']:.2f}x, p99 {r['notebook_p99']:.2f}x (goal ≤ 2x)"
+                 + (f"; gateway v1/direct p50 {r['gateway_v1_p50']:.2f}x, p99 "
+                    f"{r['gateway_v1_p99']:.2f}x" if "gateway_v1_p50" in r else ""))
     if "stream" in result:
         st = result["stream"]
         lines.append(f"streaming a cell that prints {result['config']['lines']} lines (flushed):")

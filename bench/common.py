@@ -391,38 +391,86 @@ def json_of(response: HTTPResponse) -> Any:
     return json.loads(response.body or b"null")
 
 
-class KernelWS:
-    """A kernel websocket client speaking the JSON protocol, as JupyterLab does."""
+#: The websocket subprotocol JupyterLab 4 asks for: raw message parts in one binary frame.
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 
-    def __init__(self, ws: WebSocketClientConnection) -> None:
+
+def encode_v1(channel: str, parts: list[bytes]) -> bytes:
+    """One ``v1.kernel.websocket.jupyter.org`` frame: part count, offsets, channel, parts."""
+    chunks = [channel.encode(), *parts]
+    offsets = [8 * (len(chunks) + 2)]
+    for chunk in chunks:
+        offsets.append(offsets[-1] + len(chunk))
+    head = b"".join(n.to_bytes(8, "little") for n in [len(offsets), *offsets])
+    return head + b"".join(chunks)
+
+
+def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
+    count = int.from_bytes(frame[:8], "little")
+    offsets = [int.from_bytes(frame[8 * i:8 * i + 8], "little") for i in range(1, count + 1)]
+    chunks = [frame[a:b] for a, b in zip(offsets, offsets[1:])] + [frame[offsets[-1]:]]
+    return chunks[0].decode(), chunks[1:]
+
+
+class KernelWS:
+    """A kernel websocket client, as JupyterLab's: the v1 binary protocol, or the JSON one.
+
+    JupyterLab 4 offers ``v1.kernel.websocket.jupyter.org`` and uses it when the server agrees
+    (jupyter_server 2 and our gateway do); older clients, and jupyter_server's own gateway client
+    in a notebook server, speak JSON text frames. ``protocol`` picks one.
+    """
+
+    def __init__(self, ws: WebSocketClientConnection, protocol: str = "json") -> None:
         self.ws = ws
+        self.protocol = protocol
         self.session = Session(username="bench")
 
     @classmethod
     async def open(cls, base_url: str, kernel_id: str, token: str | None,
-                   timeout: float = 120) -> "KernelWS":
+                   timeout: float = 120, protocol: str = "json") -> "KernelWS":
+        if protocol not in ("json", "v1"):
+            raise ValueError(f"protocol must be 'json' or 'v1', not {protocol!r}")
         session_id = uuid.uuid4().hex
         ws_url = base_url.replace("http://", "ws://").rstrip("/")
         url = f"{ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}"
         headers = {"Authorization": f"token {token}"} if token else {}
         ws = await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=timeout,
                                                  connect_timeout=timeout),
-                                     max_message_size=64 * 1024 * 1024)
+                                     max_message_size=64 * 1024 * 1024,
+                                     subprotocols=[V1_PROTOCOL] if protocol == "v1" else None)
+        if protocol == "v1" and ws.selected_subprotocol != V1_PROTOCOL:
+            ws.close()
+            raise ConnectionError(f"the server did not accept {V1_PROTOCOL}")
         ws.protocol.set_nodelay(True)  # type: ignore[union-attr]
-        return cls(ws)
+        return cls(ws, protocol)
 
     def send(self, msg_type: str, content: JSON, channel: str = "shell") -> str:
         msg = self.session.msg(msg_type, content)
         msg_id = uuid.uuid4().hex
         msg["header"]["msg_id"] = msg["msg_id"] = msg_id
-        msg["channel"] = channel
-        self.ws.write_message(json.dumps(msg, default=json_default))
+        if self.protocol == "v1":
+            pack = self.session.pack
+            parts = [pack(msg["header"]), pack(msg["parent_header"]), pack(msg["metadata"]),
+                     pack(msg["content"])]
+            self.ws.write_message(encode_v1(channel, parts), binary=True)
+        else:
+            msg["channel"] = channel
+            self.ws.write_message(json.dumps(msg, default=json_default))
         return msg_id
 
     async def recv(self, timeout: float = 60) -> JSON:
         raw = await asyncio.wait_for(self.ws.read_message(), timeout)
         if raw is None:
             raise ConnectionError(f"websocket closed ({self.ws.close_code} {self.ws.close_reason})")
+        if self.protocol == "v1":
+            if not isinstance(raw, bytes):
+                raise ConnectionError("unexpected text frame on a v1 websocket")
+            channel, parts = decode_v1(raw)
+            unpack = self.session.unpack
+            header = unpack(parts[0])
+            return {"channel": channel, "header": header, "msg_type": header.get("msg_type"),
+                    "parent_header": unpack(parts[1]), "metadata": unpack(parts[2]),
+                    "content": unpack(parts[3]), "buffers": parts[4:]}
         if isinstance(raw, bytes):  # a binary-protocol frame; not expected with JSON clients
             raise ConnectionError("unexpected binary websocket frame")
         return json.loads(raw)
@@ -598,9 +646,9 @@ async def pod_connection_info(cluster: Any, kernel_id: str) -> JSON:
 
 # --- timing loops shared by several benchmarks -------------------------------------------------
 
-async def ws_round_trips(url: str, token: str, kernel_id: str, n: int, warmup: int = 20
-                         ) -> list[float]:
-    ws = await KernelWS.open(url, kernel_id, token)
+async def ws_round_trips(url: str, token: str, kernel_id: str, n: int, warmup: int = 20,
+                         protocol: str = "json") -> list[float]:
+    ws = await KernelWS.open(url, kernel_id, token, protocol=protocol)
     try:
         await ws.kernel_info()
         for _ in range(warmup):
@@ -661,9 +709,10 @@ class StreamTally:
                 "messages_per_s": self.messages / elapsed, "lines_per_s": self.lines / elapsed}
 
 
-async def ws_stream(url: str, token: str, kernel_id: str, lines: int) -> JSON:
+async def ws_stream(url: str, token: str, kernel_id: str, lines: int,
+                    protocol: str = "json") -> JSON:
     """Messages per second for a cell that prints ``lines`` lines (each flushed)."""
-    ws = await KernelWS.open(url, kernel_id, token)
+    ws = await KernelWS.open(url, kernel_id, token, protocol=protocol)
     tally = StreamTally()
     try:
         await ws.kernel_info()

@@ -58,10 +58,14 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rt = r.get("roundtrip")
     if rt:
         ra = rt["ratios"]
-        rows.append(("Round trip (a) gateway / (c) direct ZeroMQ, p50",
+        rows.append(("Round trip (a) gateway, JSON protocol / (c) direct ZeroMQ, p50",
                      f"{ra['gateway_p50']:.2f}x ({C.ms(rt['gateway']['p50'])} vs "
                      f"{C.ms(rt['direct']['p50'])}; p99 {ra['gateway_p99']:.2f}x)", "≤ 1.3x",
                      _met(ra["gateway_p50"] <= 1.3)))
+        if "gateway_v1_p50" in ra:
+            rows.append(("Round trip (a') gateway, v1 protocol (JupyterLab 4's) / (c), p50",
+                         f"{ra['gateway_v1_p50']:.2f}x ({C.ms(rt['gateway_v1']['p50'])}; p99 "
+                         f"{ra['gateway_v1_p99']:.2f}x)", "—", "—"))
         rows.append(("Round trip (b) notebook server → gateway / (c), p50",
                      f"{ra['notebook_p50']:.2f}x ({C.ms(rt['notebook']['p50'])}; p99 "
                      f"{ra['notebook_p99']:.2f}x)", "≤ 2x", _met(ra["notebook_p50"] <= 2.0)))
