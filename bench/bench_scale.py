@@ -150,6 +150,10 @@ async def scale(args: argparse.Namespace, workdir: Path) -> C.JSON:
                       f"RSS {entry['rss_mib']:.0f} MiB, idle CPU {entry['idle_cpu_percent']:.1f}"
                       f" %, fds {entry['fds']}, round trip p50 "
                       f"{C.ms(entry['roundtrip'].get('p50', float('nan')))}", flush=True)
+                if args.hold:
+                    # Time to attach a profiler (e.g. py-spy) to the loaded gateway.
+                    print(f"  holding {args.hold:.0f} s: gateway pid {gw.pid}", flush=True)
+                    await asyncio.sleep(args.hold)
                 if errors:
                     break
             out["errors"] = errors[:10]
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> C.JSON:
     parser.add_argument("--attach", choices=("websocket", "post"), default="websocket",
                         help="a start is POST + websocket kernel_info (default, as a notebook "
                         "does), or the POST alone (the gateway's own readiness check)")
+    parser.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
+                        help="after measuring each level, keep the gateway loaded this long "
+                        "(its pid is printed) to profile it")
     parser.add_argument("--name", default="scale", help="results file name")
     parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
                         help="extra gateway command-line argument (repeatable), e.g. "

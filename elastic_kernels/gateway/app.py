@@ -46,8 +46,10 @@ Speed and robustness choices (see DESIGN §7):
   connections;
 * the kernel websocket connection class is :class:`ElasticChannelsConnection`, whose readiness
   nudge retries after 10 ms instead of 0.5 s;
-* a :class:`ZMQWakeupGuard` re-checks the kernel streams every ``zmq_recheck_interval`` (0.25 s)
-  so a lost ZeroMQ wakeup cannot leave kernel output queued for ever;
+* a :class:`ZMQWakeupGuard` re-checks the streams of active kernels (activity within
+  ``zmq_recheck_active_window``, or busy) every ``zmq_recheck_interval`` (0.25 s), and every
+  kernel stream once per ``zmq_recheck_idle_interval`` (5 s) a slice per sweep, so a lost ZeroMQ
+  wakeup cannot leave kernel output queued for ever and idle kernels cost the guard little;
 * websocket frames above ``websocket_max_message_size`` (32 MiB) close that one connection with
   1009; HTTP bodies are capped at ``max_body_size`` (1 MiB; the API only takes small JSON).
 """
@@ -55,16 +57,18 @@ Speed and robustness choices (see DESIGN §7):
 from __future__ import annotations
 
 import errno
+import math
 import os
 import secrets
 import signal
 import socket
 import sys
 import typing as t
+from datetime import timedelta
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.utils import ensure_async
-from jupyter_server._tz import isoformat
+from jupyter_server._tz import isoformat, utcnow
 from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.base.handlers import Template404
 from jupyter_server.serverapp import ServerApp
@@ -208,8 +212,23 @@ class ElasticGatewayApp(ServerApp):
     zmq_recheck_interval = Float(
         0.25,
         config=True,
-        help="Seconds between re-checks of kernel ZeroMQ streams for input whose wakeup "
-        "was lost; such input waits at most two intervals (0 disables).",
+        help="Seconds between re-checks of active kernels' ZeroMQ streams for input whose "
+        "wakeup was lost; such input waits at most one interval (0 disables the guard).",
+    )
+
+    zmq_recheck_active_window = Float(
+        60.0,
+        config=True,
+        help="A kernel counts as active for the ZeroMQ re-check (every zmq_recheck_interval) "
+        "while busy and for this many seconds after its last activity.",
+    )
+
+    zmq_recheck_idle_interval = Float(
+        5.0,
+        config=True,
+        help="Seconds over which the streams of every kernel, active or not, are re-checked "
+        "once, a slice per zmq_recheck_interval; a lost wakeup on a kernel not counted as "
+        "active waits about this long, at most twice this when kernels come and go.",
     )
 
     client_env_allowlist = List(
@@ -288,7 +307,12 @@ class ElasticGatewayApp(ServerApp):
         self.kernel_start_failures = 0
         self._listen_sockets: list[socket.socket] = []
         self._accepting = False
-        self._zmq_guard = ZMQWakeupGuard(self._kernel_streams, 0.0)
+        self._zmq_guard = ZMQWakeupGuard(self._kernel_streams, 0.0,
+                                         active=self._active_kernel_streams)
+        #: Kernels the guard treats as active (see _active_kernel_streams), and the manager's
+        #: last_kernel_activity when kernels were last scanned for activity.
+        self._active_kernels: dict[str, t.Any] = {}
+        self._activity_mark: t.Any = None
         # Every log record of the process is scrubbed of our tokens and kernel keys (redact.py).
         self._stop_redacting = redact.install(redact.gateway_secrets(self))
 
@@ -387,6 +411,9 @@ class ElasticGatewayApp(ServerApp):
         if self._listen_sockets:
             self.http_server.add_sockets(self._listen_sockets)
         self._zmq_guard.interval = self.zmq_recheck_interval
+        if self.zmq_recheck_interval > 0:
+            self._zmq_guard.idle_sweeps = max(
+                1, math.ceil(self.zmq_recheck_idle_interval / self.zmq_recheck_interval))
         self._zmq_guard.log = self.log
         self._zmq_guard.start()
 
@@ -539,6 +566,50 @@ class ElasticGatewayApp(ServerApp):
         for buffer in list(getattr(km, "_kernel_buffers", {}).values()):
             yield from (buffer.get("channels") or {}).values()
 
+    def _active_kernel_streams(self) -> list[ZMQStream]:
+        """The streams of kernels active lately or busy: the guard re-checks these every sweep.
+
+        Activity is jupyter_server's: every iopub message a kernel sends updates its
+        ``last_activity`` and the manager's ``last_kernel_activity``.  Kernels are only scanned
+        when the latter moved since the previous sweep (attribute reads, no ZeroMQ calls), so
+        with every kernel idle a sweep costs nothing per kernel held; open websockets are
+        walked to find the active kernels' channels.
+        """
+        km = getattr(self, "kernel_manager", None)
+        kernels: dict[str, t.Any] = getattr(km, "_kernels", None) or {}
+        active = self._active_kernels
+        cutoff = utcnow() - timedelta(seconds=self.zmq_recheck_active_window)
+        mark = getattr(km, "last_kernel_activity", None)
+        if mark != self._activity_mark:
+            self._activity_mark = mark
+            for kernel_id, kernel in list(kernels.items()):
+                last = getattr(kernel, "last_activity", None)
+                if last is not None and last >= cutoff:
+                    active[kernel_id] = kernel
+        for kernel_id, kernel in list(active.items()):
+            last = getattr(kernel, "last_activity", None)
+            if kernels.get(kernel_id) is not kernel or (
+                (last is None or last < cutoff)
+                and getattr(kernel, "execution_state", None) != "busy"
+            ):
+                del active[kernel_id]
+        if not active:
+            return []
+        streams: list[ZMQStream] = []
+        for handler in list(self.open_websockets):
+            if getattr(handler, "kernel_id", None) in active:
+                connection = getattr(handler, "connection", None)
+                streams.extend((getattr(connection, "channels", None) or {}).values())
+        buffers = getattr(km, "_kernel_buffers", {})
+        for kernel_id, kernel in active.items():
+            activity = getattr(kernel, "_activity_stream", None)
+            if activity is not None:
+                streams.append(activity)
+            buffer = buffers.get(kernel_id)  # a defaultdict: .get adds nothing
+            if buffer:
+                streams.extend((buffer.get("channels") or {}).values())
+        return streams
+
     async def elastic_status(self) -> dict[str, t.Any]:
         """``/api/elastic/status``; a kernel manager's ``elastic_status()`` adds its own keys."""
         km = self.kernel_manager
@@ -591,6 +662,13 @@ class ElasticGatewayApp(ServerApp):
                 "Kernel messages delivered by the periodic ZeroMQ re-check instead of a wakeup.",
                 "counter",
                 self._zmq_guard.recovered,
+                labels,
+            ),
+            Metric(
+                "elastic_kernels_zmq_recheck_streams_total",
+                "Kernel ZeroMQ streams the lost-wakeup re-check has looked at (its cost).",
+                "counter",
+                self._zmq_guard.checked,
                 labels,
             ),
         ]
