@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 # which was a fifth of the guard's cost in a profile.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_FD = int(zmq.FD)
 
 
 def _pending(stream: ZMQStream) -> bool:
@@ -83,7 +84,7 @@ def _stranded(stream: ZMQStream) -> bool:
     try:
         if stream.closed() or not stream.receiving():
             return False
-        fd = stream.socket.getsockopt(zmq.FD)  # no ZeroMQ command processing: no wakeup used
+        fd = stream.socket.getsockopt(_FD)  # no ZeroMQ command processing: no wakeup used
         if select.select([fd], [], [], 0)[0]:
             return False  # the loop will be woken and run the stream's handler
         return bool(t.cast(int, stream.socket.getsockopt(_EVENTS)) & _POLLIN)
