@@ -22,7 +22,7 @@ import zmq
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Bool, Integer, Unicode, default, observe
+from traitlets import Bool, Float, Integer, Unicode, default, observe
 
 from ..kube import resources as R
 from ..kube.client import PODS
@@ -34,6 +34,7 @@ from ..provisioner.provisioner import ElasticKernelProvisioner, start_kernel_wat
 from .activity import watch_activity
 from .culler import GatewayCuller
 from .gpuqueue import GpuQueue
+from .offlinebuffer import bound_buffering
 from .hydration import KernelHydrator
 from .lease import GatewayLease
 from .liveness import kernel_died, renudge_connections
@@ -163,6 +164,17 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         65536, config=True,
         help="ZeroMQ sockets the gateway may open (libzmq's default of 1,024 is ~300 kernels: "
         "each attached kernel holds a control and an activity socket, plus 3 per websocket).",
+    )
+
+    offline_buffer_max_bytes = Integer(
+        8 * 1024 * 1024, config=True,
+        help="Bytes of output kept per kernel for a client that disconnected, replayed if it "
+        "reconnects; beyond it the oldest messages are dropped (upstream keeps all of it).",
+    )
+    offline_buffer_max_seconds = Float(
+        3600.0, config=True,
+        help="Seconds a disconnected client's output is kept waiting for it to reconnect; "
+        "then buffering stops and its sockets close (0: until the kernel stops).",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -299,6 +311,13 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             )
         finally:
             self._starting_gpus.pop(kernel_id, None)
+
+    def start_buffering(self, kernel_id: str, session_key: str, channels: dict[str, Any]
+                        ) -> None:
+        super().start_buffering(kernel_id, session_key, channels)
+        # Bounded in bytes and time (upstream's is not): offlinebuffer.py.
+        bound_buffering(self, kernel_id, self.offline_buffer_max_bytes,
+                        self.offline_buffer_max_seconds)
 
     def start_watching_activity(self, kernel_id: str) -> None:
         # Upstream's rules, with a cheaper parse of each IOPub message (activity.py).

@@ -66,10 +66,14 @@ class KernelWS:
 
     @classmethod
     async def open(
-        cls, base_url: str, kernel_id: str, token: str | None = TOKEN, *, in_query: bool = False
+        cls, base_url: str, kernel_id: str, token: str | None = TOKEN, *, in_query: bool = False,
+        session_id: str | None = None,
     ) -> KernelWS:
-        """Connect; the token goes in the Authorization header, or the URL as browsers do."""
-        session_id = uuid.uuid4().hex
+        """Connect; the token goes in the Authorization header, or the URL as browsers do.
+
+        Reusing a ``session_id`` reconnects as the same client (the gateway replays what it
+        buffered for it)."""
+        session_id = session_id or uuid.uuid4().hex
         ws_url = base_url.replace("http://", "ws://").rstrip("/")
         url = f"{ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}"
         headers = {"Authorization": f"token {token}"} if token and not in_query else {}
