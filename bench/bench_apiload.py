@@ -16,6 +16,13 @@ Periodic traffic that a short window can miss is listed with its period so the r
 it: watches the gateway re-opens every ``watch_timeout_seconds`` (300 s), gateway Lease
 renewals, activity mirroring (at most once a minute per kernel with activity — idle kernels
 have none).  The watches open in the window are counted as they are re-opened.
+
+What the cull cron must see of a kernel is written to its JupyterKernel on change only, so it
+is a cost per connection, not per hour: ``status.connections`` when a client connects to a kernel
+shown unconnected and when the last one leaves (at the gateway's next culling pass, within a
+minute; a connection to a kernel that could be culled before then at once).  Each window starts once the records show those transitions (read from the
+cluster's store, not through the API), and their writes are reported per connect and per
+disconnect.
 """
 
 from __future__ import annotations
@@ -23,11 +30,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import common as C
 
 SETTLE_S = 0.5
+#: The gateway's culling pass (CullingDefaults.interval) records (dis)connections: one pass plus
+#: margin. Short runs wait at most three of their windows, and say so when that was not enough.
+PASS_WAIT_S = 75.0
+
+
+async def recorded(cluster: Any, kids: list[str], connected: Callable[[int], bool],
+                   timeout: float) -> int:
+    """Wait (bounded) until every kernel's record shows its connections as ``connected`` says;
+    returns how many do. Reads the local cluster's store: no API requests."""
+    from elastic_kernels.kube import resources as R
+    names = {R.kernel_object_name(k) for k in kids}
+    deadline = time.monotonic() + timeout
+    while True:
+        items, _ = cluster.store.list((R.GROUP, R.KERNEL_PLURAL), "default")
+        done = sum(1 for o in items if o["metadata"]["name"] in names
+                   and connected(int((o.get("status") or {}).get("connections") or 0)))
+        if done == len(names) or time.monotonic() >= deadline:
+            return done
+        await asyncio.sleep(0.2)
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
@@ -80,17 +108,34 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
                         "per_kernel_hour_without_lease":
                             (n - periodic) * 3600.0 / elapsed / len(kids)}
 
-            # (i) every kernel has a client connected, as open notebooks do.
+            def transition(before: Any, shown: int, t0: float) -> C.JSON:
+                used = C.without_periodic(counter.since(before))
+                return {"kernels": len(kids), "recorded": shown,
+                        "seconds": time.monotonic() - t0,
+                        "per_kernel": {k: v / len(kids)
+                                       for k, v in C.counts_detail(used).items()}}
+
+            # (i) every kernel has a client connected, as open notebooks do; the window opens
+            # once the gateway recorded them (its next culling pass), bounded.
+            before, t0 = counter.snapshot(), time.monotonic()
             sockets = [await C.KernelWS.open(gw.url, kid, gw.token) for kid in kids]
             try:
                 for ws in sockets:
                     await ws.kernel_info()
+                shown = await recorded(cluster, kids, lambda n: n > 0,
+                                       min(PASS_WAIT_S, 3 * args.seconds))
+                result["connect"] = transition(before, shown, t0)
                 await asyncio.sleep(min(2.0, args.seconds))  # let the starts' writes finish
                 result["steady"] = await window(args.seconds)
             finally:
                 for ws in sockets:
                     ws.close()
-            # (ii) no client connected (closed notebook tabs): after one settle, nothing to say.
+            # (ii) no client connected (closed notebook tabs): once the gateway's next culling
+            # pass has recorded it (bounded, so short runs stay short), nothing to say.
+            before, t0 = counter.snapshot(), time.monotonic()
+            shown = await recorded(cluster, kids, lambda n: n == 0,
+                                   min(PASS_WAIT_S, 3 * args.disconnected_seconds))
+            result["disconnect"] = transition(before, shown, t0)
             await asyncio.sleep(min(2.0, args.seconds))
             result["steady_disconnected"] = await window(args.disconnected_seconds)
             watches = sum(n for k, n in result["gateway_startup"].items()
@@ -124,11 +169,24 @@ def report(result: C.JSON) -> list[str]:
     d = result["steady_disconnected"]
     steady_d = ", ".join(f"{k} {v}" for k, v in d["by_request"].items()) or "none"
     shutdown = ", ".join(f"{k} {v:g}" for k, v in result["per_shutdown"].items())
+
+    def moves(key: str, what: str) -> str:
+        m = result.get(key)
+        if m is None:
+            return f"{what}: not measured"
+        costs = ", ".join(f"{k} {v:g}" for k, v in m["per_kernel"].items()) or "none"
+        shown = "" if m["recorded"] == m["kernels"] else \
+            f" (only {m['recorded']} of {m['kernels']} recorded when the window opened)"
+        return f"{what} (mean of {m['kernels']}, recorded within {m['seconds']:.0f} s): " \
+            f"{costs}{shown}"
+
     return [
         f"per start (mean of {result['config']['starts']}): {per_start}",
         f"  writes {result['per_start_writes']:g}, polling reads (get/list) "
         f"{result['per_start_polling_reads']:g} (goal ≤ 4 writes, 0 polling reads)",
         f"per shutdown (mean of {s['kernels']}): {shutdown}",
+        moves("connect", "per client connecting to an unconnected kernel"),
+        moves("disconnect", "per kernel whose last client left"),
         f"steady state, a client connected to each: {s['kernels']} idle kernels for "
         f"{s['seconds']:.0f} s: {s['requests']} requests ({steady}) → "
         f"{s['per_kernel_hour']:.2f} per kernel-hour (goal ≤ 60); without the gateway's Lease "

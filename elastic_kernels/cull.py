@@ -1,7 +1,9 @@
 """``elastic-kernels cull``: the cron safety net that deletes idle, over-age and orphaned kernels.
 
 It works from the API alone (JupyterKernel records, gateway Leases, kernelspecs), so it runs
-when no gateway is up. One list of each, a decision per kernel with :mod:`elastic_kernels.culling`
+when no gateway is up. What it cannot see (open connections, busy kernels) it reads from the
+records, where the claiming gateway writes it when it changes (``status.connections``,
+``status.executionState``); an orphan's records are not trusted for that. One list of each, a decision per kernel with :mod:`elastic_kernels.culling`
 (the same rules the gateway applies), concurrent conditional deletions, and a report of what it
 deleted (or, with ``--dry-run``, would delete) and why. Garbage collection then removes each
 kernel's pod and Secret.
@@ -92,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"kernels are orphans (default: {R.format_duration(defaults.orphan_grace)})")
     p.add_argument("--activity-slack", type=duration_arg, default=C.MIRROR_INTERVAL,
                    metavar="DURATION",
-                   help="added to idle timeouts, because the gateway mirrors activity to the "
-                   "records only about once a minute (default: "
+                   help="added to idle timeouts, because the gateway writes a kernel's activity "
+                   "to its record at most about once a minute, and whether it is busy or was "
+                   "disconnected at its next culling pass; should cover the gateway's "
+                   "CullingDefaults.interval (default: "
                    f"{R.format_duration(C.MIRROR_INTERVAL)})")
     p.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
                    help="deletions in flight at once (default: 8)")

@@ -8,17 +8,37 @@ Two deciders look at the same kernels with different knowledge:
   fields filled in and calls :func:`decide` (idle culling) and :func:`reclaim_candidates` (GPU
   pressure) with ``activity_slack=0``.
 * **The cron** (``elastic-kernels cull``) sees only the JupyterKernel records, the Leases and the
-  kernelspecs. Its activity is ``status.lastActivity``, which the gateway mirrors at most once per
-  :data:`MIRROR_INTERVAL`; execution state and connections are unknown. Consequences, by design:
+  kernelspecs. The gateway therefore mirrors onto each record it holds what the policy needs and
+  the cron cannot see, each written only when it changes (:func:`status_to_mirror`), never
+  periodically for a kernel whose state stays the same:
 
-  - the cron adds the mirror interval as slack (``activity_slack``), so it never culls a kernel
-    the gateway would still keep because of activity the mirror has not written yet; it may cull
-    up to that slack plus its own schedule *later* than the gateway would. It is a safety net
-    (for kernels whose gateway is gone, or a gateway whose culler is off), not the primary culler;
-  - it cannot see "busy" or "connected". The gateway therefore mirrors, for a kernel the policy
-    protects (busy while ``cullBusy`` is false, connected while ``cullConnected`` is false), the
-    time of the mirror itself as its activity (:func:`activity_to_mirror`): what the cron reads
-    as "idle" is then only what the policy would cull anyway;
+  - ``status.connections``: the gateway's open client websockets to the kernel, written at the
+    next culler pass when the count changed. The 0 -> n transition is written as the websocket
+    opens when a cron run before that pass could cull the kernel (someone reopened a long-idle
+    kernel; see ``GatewayCuller.connected``); a fresh kernel's first client waits for the pass;
+  - ``status.executionState``: ``busy`` or ``idle`` as sampled at each culler pass. A kernel
+    flips on every execution, so flips between two passes are not written; a busy spell that
+    spans a pass is, so a long silent computation is protected;
+  - ``status.lastActivity``: the real last activity, at most once per :data:`MIRROR_INTERVAL`
+    when it moved on (and along with any other write). An idle kernel with a client connected
+    therefore costs no write at all in steady state.
+
+  The cron applies the same :func:`decide` to the record's values. Consequences, by design:
+
+  - what reaches the record at a culler pass may be up to one pass old (and lastActivity up to
+    :data:`MIRROR_INTERVAL` behind), so the cron adds that as slack (``activity_slack``): it
+    never culls a kernel the gateway would still keep, and may cull up to that slack plus its
+    own schedule *later* than the gateway would. It is a safety net (for kernels whose gateway
+    is gone, or a gateway whose culler is off), not the primary culler;
+  - the recorded connections and execution state are only the view of the gateway that claims
+    the kernel (``spec.gateway``), and only as good as that gateway is alive: a record that
+    names no gateway has them ignored (:meth:`KernelFacts.from_view`), and an orphan (its
+    gateway's Lease expired past the grace) is culled whatever they say (rule 2 of
+    :func:`decide`). A gateway that holds the kernel afterwards (restart, adoption) writes its
+    own view at its next pass, so a stale count protects the kernel for at most one pass;
+  - only the claiming gateway writes them (another replica that merely serves the kernel does
+    not), so connections through another replica are not counted, as in the claimant's own
+    culler;
   - only the cron judges orphans (:attr:`CullReason.ORPHANED`): a gateway does not ask whether
     its own lease is live.
 
@@ -57,7 +77,7 @@ log = logging.getLogger(__name__)
 #: The gateway writes ``status.lastActivity`` at most this often per kernel (DESIGN §4).
 MIRROR_INTERVAL = 60.0
 
-EXECUTION_BUSY = "busy"
+EXECUTION_BUSY = R.EXECUTION_BUSY
 
 #: Phases in which a kernel is still starting: its launch timeout governs it, not idleness.
 STARTING_PHASES = frozenset({R.PHASE_PENDING, R.PHASE_STARTING})
@@ -247,9 +267,10 @@ class LeaseFacts:
 class KernelFacts:
     """Everything either decider knows about one kernel; ``None`` means "not known here".
 
-    The gateway fills ``last_activity`` with its live value and sets ``execution_state`` and
-    ``connections``; the cron takes them from the record (unknown) and sets ``lease_checked``
-    with the kernel's gateway's lease in ``gateway_lease`` (``None``: no such lease).
+    The gateway fills ``last_activity``, ``execution_state`` and ``connections`` with its live
+    values; the cron takes them from the record (as the claiming gateway last mirrored them)
+    and sets ``lease_checked`` with the kernel's gateway's lease in ``gateway_lease``
+    (``None``: no such lease).
     """
 
     name: str
@@ -276,7 +297,13 @@ class KernelFacts:
 
     @classmethod
     def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
-        """Facts from a JupyterKernel record; ``known`` overrides it with live knowledge."""
+        """Facts from a JupyterKernel record; ``known`` overrides it with live knowledge.
+
+        The recorded connections and execution state count only when the record names the
+        gateway whose view they are: nothing else writes them, and with no claimant there is no
+        Lease to tell whether that view is still alive.
+        """
+        claimed = bool(view.gateway)
         facts = cls(
             name=view.name,
             namespace=view.namespace,
@@ -292,6 +319,8 @@ class KernelFacts:
             created_at=view.created_at,
             started_at=view.started_at,
             last_activity=view.last_activity,
+            execution_state=view.execution_state if claimed else None,
+            connections=view.connections if claimed else None,
             gateway=view.gateway,
             lease_renewed_at=view.lease_renewed_at,
             deleting=view.deleting,
@@ -400,8 +429,9 @@ def decide(
        messages, so no one can be using it.
     3. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
        starting (Pending/Starting: its launch timeout governs it), busy while ``cull_busy`` is
-       false, or connected while ``cull_connected`` is false. Unknown busy/connected state (the
-       cron) does not protect: the gateway's mirror already did (see the module docstring).
+       false, or connected while ``cull_connected`` is false. For the cron these are the
+       record's ``status.executionState`` and ``status.connections`` (see the module
+       docstring); unknown busy/connected state does not protect.
 
     A kernel already being deleted is never chosen again.
     """
@@ -471,17 +501,46 @@ def reclaim_candidates(
     return found
 
 
-def activity_to_mirror(kernel: KernelFacts, policy: Policy, now: datetime) -> datetime | None:
-    """The ``status.lastActivity`` the gateway should write for ``kernel`` (its live facts).
+def recorded_execution_state(state: str | None) -> str | None:
+    """What the record says for a live execution state: busy, or idle for any other known state
+    (starting, restarting, dead: none of them protects). None: unknown, nothing to write."""
+    if state is None:
+        return None
+    return R.EXECUTION_BUSY if state == EXECUTION_BUSY else R.EXECUTION_IDLE
 
-    A kernel the policy protects from idle culling (busy without ``cull_busy``, connected
-    without ``cull_connected``) is mirrored as active *now*, so that the cron, which cannot see
-    either state, does not cull it on a stale activity time. Everything else is mirrored as is.
+
+def status_to_mirror(live: KernelFacts, recorded: R.KernelView, written: datetime | None = None,
+                     interval: float = MIRROR_INTERVAL) -> JSON:
+    """The ``status`` fields the gateway should write for a kernel; empty: nothing to write.
+
+    ``live`` is the gateway's view, ``recorded`` the record as it is, ``written`` the
+    lastActivity this gateway last wrote (None: none, or forgotten).
+
+    Connections and execution state are written when they differ from the record (a missing
+    field reads as 0 and idle, so a fresh kernel costs nothing). Comparing with the record
+    rather than with what this gateway last wrote makes the mirror correct itself: a stale
+    value (a previous holder's, a write that lost a race) is overwritten at the next pass.
+
+    Activity is written when :func:`mirror_due` against what the cron already counts idleness
+    from: the newer of ``written`` and the recorded lastActivity, else the pod's start, else
+    the record's creation (:meth:`KernelFacts.activity_reference`). A kernel nobody used since
+    it started therefore costs no activity write at all. Along with another write, any newer
+    activity is included (it is free).
     """
-    if (kernel.busy and not policy.cull_busy) or (
-            (kernel.connections or 0) > 0 and not policy.cull_connected):
-        return now
-    return kernel.last_activity
+    body: JSON = {}
+    if live.connections is not None and live.connections != (recorded.connections or 0):
+        body["connections"] = live.connections
+    state = recorded_execution_state(live.execution_state)
+    if state is not None and state != (recorded.execution_state or R.EXECUTION_IDLE):
+        body["executionState"] = state
+    activity = live.last_activity
+    known = [t for t in (written, recorded.last_activity) if t is not None]
+    reference = max(known) if known else (recorded.started_at or recorded.created_at)
+    if activity is not None and (
+            mirror_due(reference, activity, interval)
+            or (body and (reference is None or activity > reference))):
+        body["lastActivity"] = R.format_timestamp(activity)
+    return body
 
 
 def mirror_due(mirrored: datetime | None, activity: datetime | None,

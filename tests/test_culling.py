@@ -191,10 +191,6 @@ def test_cull_busy_false_never_culls_a_busy_kernel() -> None:
     assert C.decide(busy, C.Policy(idle_timeout=60, cull_busy=False), NOW) is None
     culled = C.decide(busy, C.Policy(idle_timeout=60, cull_busy=True), NOW)
     assert culled is not None and culled.reason is C.CullReason.IDLE_TIMEOUT
-    # The cron cannot see "busy"; the gateway's mirror makes a protected busy kernel look active.
-    protected = C.Policy(idle_timeout=60, cull_busy=False)
-    assert C.activity_to_mirror(busy, protected, NOW) == NOW
-    assert C.activity_to_mirror(busy, replace(protected, cull_busy=True), NOW) == ago(10**5)
 
 
 def test_cull_connected_false_never_culls_a_connected_kernel() -> None:
@@ -202,7 +198,127 @@ def test_cull_connected_false_never_culls_a_connected_kernel() -> None:
     assert C.decide(connected, C.Policy(idle_timeout=60, cull_connected=False), NOW) is None
     assert C.decide(connected, C.Policy(idle_timeout=60, cull_connected=True), NOW) is not None
     assert C.decide(replace(connected, connections=0), C.Policy(idle_timeout=60), NOW) is not None
-    assert C.activity_to_mirror(connected, C.Policy(idle_timeout=60), NOW) == NOW
+
+
+# --- the cron judges from the record what the gateway mirrored -----------------------------------
+
+
+def record(gateway: str = "gw-1", **status: Any) -> dict[str, Any]:
+    """A JupyterKernel as the claiming gateway leaves it: Running, idle for a day."""
+    kernel_id = str(uuid.uuid4())
+    return {
+        "apiVersion": R.API_VERSION, "kind": R.KERNEL_KIND,
+        "metadata": {"name": R.kernel_object_name(kernel_id), "namespace": "default",
+                     "creationTimestamp": R.format_timestamp(ago(2 * 86400))},
+        "spec": {"kernelId": kernel_id, "user": "alice", "kernelSpec": "python-cpu",
+                 **({"gateway": gateway} if gateway else {})},
+        "status": {"phase": "Running", "lastActivity": R.format_timestamp(ago(86400)),
+                   **status},
+    }
+
+
+def cron_decides(obj: dict[str, Any], policy: C.Policy, lease_renewed: datetime = NOW,
+                 ) -> C.CullDecision | None:
+    """As the cron does: facts from the record alone, the gateway's lease checked."""
+    view = R.KernelView.from_object(obj)
+    live = lease(view.gateway, lease_renewed) if view.gateway else None
+    kernel = C.KernelFacts.from_view(view, lease_checked=True, gateway_lease=live)
+    return C.decide(kernel, policy, NOW, orphan_grace=300, activity_slack=C.MIRROR_INTERVAL)
+
+
+def test_the_cron_keeps_what_the_record_shows_connected_or_busy() -> None:
+    policy = C.Policy(idle_timeout=3600)
+    assert cron_decides(record(), policy) is not None  # a day idle, nobody there
+    assert cron_decides(record(connections=0, executionState="idle"), policy) is not None
+    assert cron_decides(record(connections=2), policy) is None
+    assert cron_decides(record(executionState="busy"), policy) is None
+    # The kernelspec's cullConnected / cullBusy make them irrelevant, as in the gateway.
+    assert cron_decides(record(connections=2), replace(policy, cull_connected=True)) is not None
+    assert cron_decides(record(executionState="busy"), replace(policy, cull_busy=True)) \
+        is not None
+    # maxAge is not protected against (rule 1), whatever the record says.
+    old = cron_decides(record(connections=1, executionState="busy"), C.Policy(max_age=86400))
+    assert old is not None and old.reason is C.CullReason.MAX_AGE
+
+
+def test_recorded_state_is_trusted_only_while_its_gateway_lives() -> None:
+    policy = C.Policy(idle_timeout=3600)
+    connected = record(connections=1, executionState="busy")
+    # The gateway's lease ran out an hour ago: its view is stale, the kernel an orphan.
+    orphan = cron_decides(connected, policy, lease_renewed=ago(3600))
+    assert orphan is not None and orphan.reason is C.CullReason.ORPHANED
+    # A record naming no gateway has no lease to vouch for the view: it does not protect.
+    facts_of = C.KernelFacts.from_object(record(gateway="", connections=1, executionState="busy"))
+    assert facts_of.connections is None and facts_of.execution_state is None
+    unclaimed = cron_decides(record(gateway="", connections=1, executionState="busy"), policy)
+    assert unclaimed is not None and unclaimed.reason is C.CullReason.IDLE_TIMEOUT
+    # The gateway's own live values override the record's.
+    live = C.KernelFacts.from_object(connected, connections=0, execution_state="idle")
+    assert C.decide(live, policy, NOW) is not None
+
+
+def test_the_record_rejects_malformed_connections_and_states() -> None:
+    for bad in ({"connections": -1}, {"connections": "2"}, {"connections": True},
+                {"executionState": "starting"}, {"executionState": 1}):
+        with pytest.raises(ValueError):
+            R.KernelView.from_object(record(**bad))
+    view = R.KernelView.from_object(record(connections=3, executionState="busy"))
+    assert (view.connections, view.execution_state) == (3, "busy")
+    bare = R.KernelView.from_object(record())
+    assert (bare.connections, bare.execution_state) == (None, None)
+
+
+def test_the_mirror_writes_changes_only() -> None:
+    def view(**status: Any) -> R.KernelView:
+        return R.KernelView.from_object(record(**status))
+
+    mirrored = ago(600)
+    at_rest = view(connections=1, executionState="idle", lastActivity=R.format_timestamp(mirrored))
+    connected_idle = facts(connections=1, execution_state="idle", last_activity=mirrored)
+    # An idle kernel with a client connected: nothing to write, pass after pass.
+    assert C.status_to_mirror(connected_idle, at_rest, mirrored) == {}
+    # A fresh record (no field yet) reads as 0 connections and idle: a new kernel costs nothing.
+    fresh = facts(connections=0, execution_state="starting", last_activity=None)
+    assert C.status_to_mirror(fresh, view(), None) == {}
+    # Each change is written once.
+    assert C.status_to_mirror(replace(connected_idle, connections=0), at_rest, mirrored) == {
+        "connections": 0}
+    assert C.status_to_mirror(replace(connected_idle, connections=2), at_rest, mirrored) == {
+        "connections": 2}
+    # Busy is what is sampled at the pass; every other state is idle to the policy.
+    assert C.status_to_mirror(replace(connected_idle, execution_state="busy"), at_rest,
+                              mirrored) == {"executionState": "busy"}
+    busy_record = view(connections=1, executionState="busy",
+                       lastActivity=R.format_timestamp(mirrored))
+    for state in ("idle", "starting", "restarting", "dead"):
+        assert C.status_to_mirror(replace(connected_idle, execution_state=state), busy_record,
+                                  mirrored) == {"executionState": "idle"}
+    assert C.status_to_mirror(replace(connected_idle, execution_state=None), busy_record,
+                              mirrored) == {}  # unknown: leave the record alone
+    # Real activity: at most once per MIRROR_INTERVAL...
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(590)), at_rest,
+                              mirrored) == {}
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(500)), at_rest,
+                              mirrored) == {"lastActivity": R.format_timestamp(ago(500))}
+    # Due against what the cron counts from: the newer of this gateway's last write and the
+    # record's, else the pod's start. A kernel unused since it started costs no write at all.
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(500)), at_rest,
+                              ago(550)) == {}
+    started = view(connections=1, lastActivity=None, startedAt=R.format_timestamp(ago(100)))
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(101)), started,
+                              None) == {}
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(70)), started, None) == {}
+    assert C.status_to_mirror(replace(connected_idle, last_activity=ago(39)), started, None) == {
+        "lastActivity": R.format_timestamp(ago(39))}
+    # ... but free along with another write.
+    assert C.status_to_mirror(replace(connected_idle, connections=0, last_activity=ago(590)),
+                              at_rest, mirrored) == {
+        "connections": 0, "lastActivity": R.format_timestamp(ago(590))}
+    # A stale record (another gateway's count, a lost race) is corrected to this gateway's view.
+    assert C.status_to_mirror(facts(connections=0, execution_state="idle", last_activity=mirrored),
+                              view(connections=4, executionState="busy",
+                                   lastActivity=R.format_timestamp(mirrored)), mirrored) == {
+        "connections": 0, "executionState": "idle"}
 
 
 def test_mirror_is_due_at_most_once_per_interval() -> None:

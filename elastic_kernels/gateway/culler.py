@@ -6,9 +6,11 @@ policy comes from the kernel's ``JupyterKernelSpec`` (GPU kernels culled sooner)
 every cull leaves its reason on the JupyterKernel and in an Event; and the user whose kernel went
 away is told why (the websocket's close reason and the 404 that follows).
 
-The same pass mirrors each kernel's last activity into ``JupyterKernel.status.lastActivity``, at
-most once a minute per kernel, so the ``elastic-kernels cull`` cron judges idleness on nearly live
-data while writes stay cheap.
+The same pass mirrors onto each kernel's JupyterKernel what the ``elastic-kernels cull`` cron
+needs and cannot see (``status.connections``, ``status.executionState``, ``status.lastActivity``;
+see :mod:`elastic_kernels.culling`), each only when it changed: a kernel that stays as it was
+costs no write, however long it stays. The one write not left to the pass is a client connecting
+to a kernel the record shows unconnected (:meth:`GatewayCuller.connected`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..culling import (CullConflict, CullDecision, CullingDefaults, KernelFacts, PolicyBook,
-                       activity_to_mirror, decide, mark_culled, mirror_due, reclaim_candidates,
-                       record_cull_event)
+from ..culling import (MIRROR_INTERVAL, CullConflict, CullDecision, CullingDefaults, KernelFacts,
+                       PolicyBook, decide, mark_culled, reclaim_candidates, record_cull_event,
+                       status_to_mirror)
 from ..kube import resources as R
 from ..kube.client import KubeError
 from ..kube.connection import ClusterConnection
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_all, cancel_and_wait
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager
@@ -43,6 +45,9 @@ class GatewayCuller:
         self.defaults = defaults
         self._limit = asyncio.Semaphore(concurrency)
         self._mirrored: dict[str, datetime] = {}
+        #: Least time between two activity writes for one kernel (tests shorten it).
+        self.mirror_interval = MIRROR_INTERVAL
+        self._connecting: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # -- facts ----------------------------------------------------------------------------------
@@ -53,6 +58,10 @@ class GatewayCuller:
 
     def facts(self) -> list[KernelFacts]:
         """What this gateway knows of each kernel it holds: its record plus live state."""
+        return [live for live, _ in self._held()]
+
+    def _held(self) -> list[tuple[KernelFacts, R.KernelView]]:
+        """Each kernel this gateway holds and claims (or nobody claims): live facts, record."""
         found = []
         for kernel_id in list(self.manager.list_kernel_ids()):
             record = self.manager.kernel_record(kernel_id)
@@ -63,14 +72,16 @@ class GatewayCuller:
             if claimant and claimant != self.manager.gateway_id:
                 continue  # another live replica claims it and culls it; don't race it
             try:
-                found.append(KernelFacts.from_object(
-                    record,
-                    last_activity=getattr(kernel, "last_activity", None),
-                    execution_state=getattr(kernel, "execution_state", None),
-                    connections=self.manager._kernel_connections.get(kernel_id, 0),
-                ))
+                view = R.KernelView.from_object(record)
             except ValueError as e:
                 log.warning("Kernel %s: its record is not usable for culling: %s", kernel_id, e)
+                continue
+            found.append((KernelFacts.from_view(
+                view,
+                last_activity=getattr(kernel, "last_activity", None),
+                execution_state=getattr(kernel, "execution_state", None),
+                connections=self.manager._kernel_connections.get(kernel_id, 0),
+            ), view))
         return found
 
     def reclaim_candidates(self) -> list[CullDecision]:
@@ -85,6 +96,8 @@ class GatewayCuller:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await cancel_all(list(self._connecting.values()))
+        self._connecting.clear()
 
     async def _run(self) -> None:
         while True:
@@ -95,21 +108,23 @@ class GatewayCuller:
                 log.exception("culling pass failed")
 
     async def run_once(self) -> list[CullDecision]:
-        """One pass: cull what policy says, concurrently; mirror activity. Returns the culls."""
+        """One pass: cull what policy says, concurrently; mirror what changed. Returns the culls."""
         now = _now()
         book = self.policies()
-        facts = self.facts()
-        decisions = [d for d in (decide(f, book(f), now) for f in facts) if d is not None]
+        held = self._held()
+        decisions = [d for d in (decide(f, book(f), now) for f, _ in held) if d is not None]
+        culled = {d.kernel.kernel_id for d in decisions}
         # Kernels cross their reclaimAfter as time passes, with no event to say so: let the GPU
         # queue look again for anyone still waiting.
         self.manager.gpu_queue.poke()
         dead = [kid for kid in self.manager.list_kernel_ids()
                 if getattr(self.manager._kernels.get(kid), "execution_state", "") == "dead"]
+        for gone in set(self._mirrored) - {f.kernel_id for f, _ in held}:
+            del self._mirrored[gone]
         await asyncio.gather(
             *(self.cull(d) for d in decisions),
             *(self._shutdown_dead(kid) for kid in dead),
-            *(self._mirror(f, book(f), now) for f in facts
-              if f.kernel_id not in {d.kernel.kernel_id for d in decisions}),
+            *(self._mirror(f, view) for f, view in held if f.kernel_id not in culled),
         )
         return decisions
 
@@ -125,31 +140,92 @@ class GatewayCuller:
             except Exception:
                 log.exception("Kernel %s: shutting down a dead kernel failed", kernel_id)
 
-    async def _mirror(self, facts: KernelFacts, policy: Any, now: datetime) -> None:
-        activity = activity_to_mirror(facts, policy, now)
-        if activity is None:
-            return
-        mirrored = self._mirrored.get(facts.kernel_id) or self._recorded(facts.kernel_id)
-        if not mirror_due(mirrored, activity):
+    async def _mirror(self, live: KernelFacts, recorded: R.KernelView) -> None:
+        """Write what changed since the record was written (nothing, for a kernel at rest)."""
+        body = status_to_mirror(live, recorded, self._mirrored.get(live.kernel_id),
+                                self.mirror_interval)
+        if not body:
             return
         async with self._limit:
             try:
                 await ClusterConnection.instance().client.patch(
-                    R.JUPYTERKERNELS, facts.name,
-                    {"status": {"lastActivity": R.format_timestamp(activity)}},
-                    facts.namespace, subresource="status")
-                self._mirrored[facts.kernel_id] = activity
+                    R.JUPYTERKERNELS, live.name, {"status": body}, live.namespace,
+                    subresource="status")
             except KubeError as e:
-                log.info("Kernel %s: could not mirror its activity: %s", facts.kernel_id, e)
+                log.info("Kernel %s: could not mirror its state: %s", live.kernel_id, e)
+                return
+        if "lastActivity" in body and live.last_activity is not None:
+            self._mirrored[live.kernel_id] = live.last_activity
 
-    def _recorded(self, kernel_id: str) -> datetime | None:
-        """The lastActivity already on the record (e.g. written by a previous gateway)."""
-        record = self.manager.kernel_record(kernel_id) or {}
-        stamp = (record.get("status") or {}).get("lastActivity")
+    # -- a client connects -------------------------------------------------------------------------
+
+    def connected(self, kernel_id: str) -> None:
+        """A client websocket to ``kernel_id`` opened (jupyter_server has counted it).
+
+        When the record shows nobody connected and a cron run before the next pass could cull
+        the kernel as idle (:meth:`_cullable_before_next_pass`), say so now: otherwise the cron
+        would take the kernel someone has just opened. Everything else (a fresh kernel, a
+        second tab, a reload that finds the record still connected, disconnections) waits for
+        the pass, so a start storm does not cost a write per kernel. The write runs as its own
+        task: the websocket's open never waits for the API server.
+        """
+        if self._task is None or kernel_id in self._connecting:
+            return
+        if self.manager._kernel_connections.get(kernel_id, 0) <= 0:
+            return
+        record = self.manager.kernel_record(kernel_id)
+        if record is None:
+            return
+        spec = record.get("spec") or {}
+        status = record.get("status") or {}
+        if spec.get("gateway") and spec.get("gateway") != self.manager.gateway_id:
+            return  # the claimant's view, not ours, is what its record carries
+        if (record.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        recorded = status.get("connections")
+        if isinstance(recorded, int) and recorded > 0:
+            return
+        if not self._cullable_before_next_pass(record):
+            return
+        task = asyncio.ensure_future(self._write_connected(kernel_id, record))
+        self._connecting[kernel_id] = task
+        task.add_done_callback(lambda _: self._connecting.pop(kernel_id, None))
+
+    def _cullable_before_next_pass(self, record: dict[str, Any]) -> bool:
+        """Whether a cron run before this gateway's next pass could cull the kernel as idle,
+        judging from its record. Only the kernelspec's own rules are known here: an idle timeout
+        it leaves unset is the cron's ``--idle-timeout``, which may be anything, so then yes."""
         try:
-            return R.parse_timestamp(stamp) if stamp else None
+            view = R.KernelView.from_object(record)
         except ValueError:
-            return None
+            return True
+        spec = next((o for o in self.manager.kernelspec_records()
+                     if (o.get("metadata") or {}).get("name") == view.kernel_spec), None)
+        try:
+            culling = R.KernelSpecView.from_object(spec).culling if spec is not None else None
+        except ValueError:
+            culling = None
+        if culling is None or culling.idle_timeout is None:
+            return True
+        if culling.cull_connected or culling.idle_timeout <= 0:
+            return False  # connections do not protect it, or idleness never culls it
+        idle = KernelFacts.from_view(view).idle_seconds(_now())
+        return idle is None or idle + self.defaults.interval >= culling.idle_timeout
+
+    async def _write_connected(self, kernel_id: str, record: dict[str, Any]) -> None:
+        meta = record.get("metadata") or {}
+        count = self.manager._kernel_connections.get(kernel_id, 0)
+        if count <= 0:
+            return  # closed again already: the record's 0 is right
+        try:
+            await ClusterConnection.instance().client.patch(
+                R.JUPYTERKERNELS, str(meta.get("name")), {"status": {"connections": count}},
+                meta.get("namespace"), subresource="status")
+        except KubeError as e:
+            log.info("Kernel %s: could not record its new connection (the next culling pass "
+                     "will): %s", kernel_id, e)
+        except Exception:
+            log.exception("Kernel %s: recording its new connection failed", kernel_id)
 
     # -- one cull ---------------------------------------------------------------------------------
 

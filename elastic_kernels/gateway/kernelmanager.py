@@ -400,6 +400,12 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
     def _handle_kernel_died(self, kernel_id: str) -> None:
         kernel_died(self, kernel_id)
 
+    def notify_connect(self, kernel_id: str) -> None:
+        """jupyter_server counts a websocket that opened; the culler may record the kernel as
+        connected at once, so the cull cron does not take a kernel someone just opened."""
+        super().notify_connect(kernel_id)
+        self.culler.connected(kernel_id)
+
 
 class _EnvValuesHidden(dict):  # type: ignore[type-arg]
     """A client's env whose repr names the variables only.

@@ -77,6 +77,12 @@ PHASE_TERMINATING = "Terminating"
 PHASE_FAILED = "Failed"
 PHASES = (PHASE_PENDING, PHASE_STARTING, PHASE_RUNNING, PHASE_TERMINATING, PHASE_FAILED)
 
+#: ``JupyterKernel.status.executionState``: the holding gateway's view, sampled at its culler
+#: passes (see elastic_kernels/culling.py); only "busy" matters to the policy.
+EXECUTION_BUSY = "busy"
+EXECUTION_IDLE = "idle"
+EXECUTION_STATES = (EXECUTION_BUSY, EXECUTION_IDLE)
+
 INTERRUPT_MODES = ("message", "signal")
 RESTART_POLICIES = ("Restart", "Fail")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -784,6 +790,10 @@ class KernelView:
     restart_count: int = 0
     queue_position: int | None = None
     lease_renewed_at: datetime | None = None
+    #: The holding gateway's open client websockets and busy/idle, as it last wrote them;
+    #: None when never written.
+    connections: int | None = None
+    execution_state: str | None = None
     uid: str = ""
     resource_version: str = ""
     created_at: datetime | None = None
@@ -835,6 +845,9 @@ class KernelView:
             restart_count=r.integer("status.restartCount", 0, minimum=0) or 0,
             queue_position=r.integer("status.queuePosition", None, minimum=0),
             lease_renewed_at=timestamp("status.leaseRenewedAt"),
+            connections=r.integer("status.connections", None, minimum=0),
+            execution_state=r.string("status.executionState", default=None,
+                                     choices=EXECUTION_STATES),
             uid=str(r.meta.get("uid") or ""),
             resource_version=str(r.meta.get("resourceVersion") or ""),
             created_at=timestamp("metadata.creationTimestamp"),
