@@ -122,6 +122,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
             try:
                 for ws in sockets:
                     await ws.kernel_info()
+                    ws.keep_reading()
                 shown = await recorded(cluster, kids, lambda n: n > 0,
                                        min(PASS_WAIT_S, 3 * args.seconds))
                 result["connect"] = transition(before, shown, t0)

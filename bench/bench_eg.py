@@ -121,6 +121,7 @@ async def measure_system(system: System, cluster: Any, args: argparse.Namespace)
     try:
         for ws in sockets:
             await ws.kernel_info()
+            ws.keep_reading()
         await asyncio.sleep(2.0)
         before = counter.snapshot()
         w0 = time.monotonic()

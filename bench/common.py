@@ -510,7 +510,23 @@ class KernelWS:
                 on_output(msg)
         return reply
 
+    def keep_reading(self) -> None:
+        """Read and drop messages in the background from now on, as an open notebook tab does.
+
+        An idle client must still read: tornado's client holds one unread message at most and
+        stops reading frames behind it, pongs included, so a client that never reads is
+        dropped by the server's websocket ping timeout (jupyter_server's: 90 s) as a dead one.
+        """
+        async def drain() -> None:
+            while await self.ws.read_message() is not None:
+                pass
+
+        self._reader = asyncio.ensure_future(drain())
+
     def close(self) -> None:
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.cancel()
         self.ws.close()
 
 
