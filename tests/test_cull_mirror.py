@@ -221,11 +221,7 @@ async def test_the_cron_spares_a_busy_kernel_the_gateway_sampled_busy(
     gw, km, kernel_id = await start(make_cluster_gateway, kube, FAST)
     ws = await connect(gw, kernel_id)
     try:
-        msg_id = ws.send("execute_request", {"code": "import time; time.sleep(300)",
-                                             "silent": False})
-        await ws.wait_for(lambda m: m["msg_type"] == "status"
-                          and m["parent_header"].get("msg_id") == msg_id
-                          and m["content"]["execution_state"] == "busy")
+        await ws.start_busy("import time; time.sleep(300)")
     finally:
         ws.close()  # nobody connected: only "busy" protects it now
     await recorded(km, kernel_id, connections=0, executionState="busy")

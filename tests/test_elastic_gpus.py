@@ -110,11 +110,7 @@ async def test_waiting_kernel_is_served_by_reclaiming_an_idle_one(
     busy_ws = await KernelWS.open(gw.url, busy_id)
     idle_ws = await KernelWS.open(gw.url, idle_id)
     try:
-        busy_msg = busy_ws.send("execute_request", {"code": "import time; time.sleep(120)",
-                                                    "silent": False})
-        await busy_ws.wait_for(lambda m: m["msg_type"] == "status"
-                               and m["parent_header"].get("msg_id") == busy_msg
-                               and m["content"]["execution_state"] == "busy")
+        await busy_ws.start_busy("import time; time.sleep(120)")
 
         carol = asyncio.ensure_future(km.start_kernel(kernel_name="gpu-shared", user="carol"))
         try:

@@ -120,10 +120,7 @@ async def test_interrupt_through_the_gateway(gateway: ElasticGatewayApp) -> None
     kernel_id = json_of(started)["id"]
     ws = await KernelWS.open(gateway.url, kernel_id)
     try:
-        msg_id = ws.send("execute_request", {"code": "while True: pass", "silent": False})
-        await ws.wait_for(lambda m: m["msg_type"] == "status"
-                          and m["parent_header"].get("msg_id") == msg_id
-                          and m["content"]["execution_state"] == "busy")
+        msg_id = await ws.start_busy("while True: pass")
         interrupted = await api(gateway.url, "POST", f"/api/kernels/{kernel_id}/interrupt")
         assert interrupted.code == 204
         reply = await ws.wait_for(lambda m: m["msg_type"] == "execute_reply"

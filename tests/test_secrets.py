@@ -113,10 +113,7 @@ async def session(app: ElasticGatewayApp, captured: Captured, kube: KubeClient) 
         ws.ws.write_message('{"header": {"msg_type": "execute_request"}, "content": []}')
         ws.ws.write_message('{"no": "channel", "junk": "' + "j" * 1000 + '"}')
         ws.send("no_such_request", {})
-        msg_id = ws.send("execute_request", {"code": "while True: pass", "silent": False})
-        await ws.wait_for(lambda m: m["msg_type"] == "status"
-                          and m["parent_header"].get("msg_id") == msg_id
-                          and m["content"]["execution_state"] == "busy")
+        msg_id = await ws.start_busy("while True: pass")
         assert (await api(url, "POST", f"/api/kernels/{kernel_id}/interrupt")).code == 204
         await ws.wait_for(lambda m: m["msg_type"] == "execute_reply"
                           and m["parent_header"].get("msg_id") == msg_id)

@@ -121,6 +121,17 @@ class KernelWS:
                 result["idle"] = True
         return result
 
+    async def start_busy(self, code: str, timeout: float = 20) -> str:
+        """Send ``code`` and return its msg_id once the kernel reports itself busy with it."""
+        msg_id = self.send("execute_request", {"code": code, "silent": False})
+        await self.wait_for(
+            lambda m: m["msg_type"] == "status"
+            and m["parent_header"].get("msg_id") == msg_id
+            and m["content"]["execution_state"] == "busy",
+            timeout,
+        )
+        return msg_id
+
     async def wait_for(
         self, predicate: Callable[[dict[str, t.Any]], bool], timeout: float = 20
     ) -> dict[str, t.Any]:

@@ -96,12 +96,7 @@ async def test_kernel_lifecycle(
         assert env["stdout"] == "bar None None\n"
 
         # Interrupt a busy loop through the REST API.
-        msg_id = ws.send("execute_request", {"code": "while True: pass", "silent": False})
-        await ws.wait_for(
-            lambda m: m["msg_type"] == "status"
-            and m["parent_header"].get("msg_id") == msg_id
-            and m["content"]["execution_state"] == "busy"
-        )
+        msg_id = await ws.start_busy("while True: pass")
         interrupted = await api(gateway.url, "POST", f"/api/kernels/{kernel_id}/interrupt")
         assert interrupted.code == 204
         error = await ws.wait_for(
