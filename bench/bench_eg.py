@@ -11,7 +11,9 @@ once, so every API request counted belongs to the system being measured):
 2. round trip: executes of ``pass`` (reply + idle) through the system's websocket, and by direct
    ZeroMQ to the same kernel;
 4. API load: requests per start by verb (less our gateway's Lease renewals, which happen every
-   10 s whatever it does; EG has none), and per kernel-hour with K idle kernels for S seconds.
+   10 s whatever it does; EG has none), and per kernel-hour with K idle kernels for S seconds,
+   each with a client connected (ours: once its records show the clients, a write per kernel
+   made at its next culling pass, as ``bench_apiload`` reports separately).
 
 Both systems run a Python kernel (ipykernel) in a pod: ours ``python-cpu`` (ipykernel from this
 virtualenv), EG its ``python_kubernetes`` kernelspec (image ``elyra/kernel-py``: ipykernel < 7
@@ -30,6 +32,7 @@ from typing import Any
 
 from . import common as C
 from . import eg as EG
+from .bench_apiload import PASS_WAIT_S, recorded
 
 SETTLE_S = 0.5
 
@@ -41,6 +44,10 @@ class System:
     kernel_name: str
     env: C.JSON
     connection_info: Callable[[str], Awaitable[C.JSON]]
+    #: Until what the system records once about newly connected clients is written, so that
+    #: the steady-state window holds steady state only (ours: ``status.connections``, at its
+    #: next culling pass; EG records nothing).
+    settle_connected: Callable[[list[str]], Awaitable[Any]] | None = None
 
 
 async def measure_system(system: System, cluster: Any, args: argparse.Namespace) -> C.JSON:
@@ -122,6 +129,8 @@ async def measure_system(system: System, cluster: Any, args: argparse.Namespace)
         for ws in sockets:
             await ws.kernel_info()
             ws.keep_reading()
+        if system.settle_connected is not None:
+            await system.settle_connected(kids)
         await asyncio.sleep(2.0)
         before = counter.snapshot()
         w0 = time.monotonic()
@@ -154,7 +163,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
                                image_policy=policy) as cluster:
         async with C.gateway(cluster, workdir) as gw:
             ours = System("elastic-kernels", gw, "python-cpu", {},
-                          lambda kid: C.pod_connection_info(cluster, kid))
+                          lambda kid: C.pod_connection_info(cluster, kid),
+                          lambda kids: recorded(cluster, kids, lambda n: n > 0, PASS_WAIT_S))
             result["ours"] = await measure_system(ours, cluster, args)
         if eg_versions is None:
             return result
