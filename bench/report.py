@@ -304,6 +304,13 @@ NOTES = """## How to read and rerun this
 - **Round trip** is `execute_request` of `pass` until both the reply and the idle status
   arrived; the client sets TCP_NODELAY as browsers do. Direct ZeroMQ is a blocking pyzmq client
   given the connection info a re-attaching replica builds (pod IP + the key in the Secret).
+  (a) speaks the JSON websocket protocol, as a notebook server with `--gateway-url` does to the
+  gateway; (a') the `v1.kernel.websocket.jupyter.org` protocol JupyterLab 4 uses with a server
+  that holds its kernels.
+- **Streaming** counts the stream messages and lines each reader received. The direct reader
+  parses every message with jupyter_client's Session (signature, dates), as a jupyter_client
+  program does; the websocket readers parse JSON only. A ratio above 1 therefore says that the
+  gateway is not what limits output, not that it outruns the kernel.
 - **API load** is counted by the local API server (`LocalCluster.request_counter`) for the
   window of each operation; "polling reads" are `get`/`list` (watches are not polling).
 - **Scale** uses `bench/tinykernel.py`, a *stand-in* for ipykernel that speaks the real Jupyter
