@@ -123,3 +123,27 @@ async def test_deleting_the_jupyterkernel_is_final(
     pods = await kube.list(PODS, label_selector=f"{R.LABEL_KERNEL_ID}={kernel_id}")
     assert [p["metadata"]["name"] for p in pods["items"]
             if not p["metadata"].get("deletionTimestamp")] == []
+
+
+async def test_a_live_decision_never_restarts_on_a_second_look(
+        gateway: ElasticGatewayApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch caches say the pod runs, so the kernel is alive; jupyter_client's own poll
+    would ask the provisioner again and restart the kernel on a "dead" answer. That second
+    look is what a pod deleted with its JupyterKernel (a cull) answers while the record's
+    deletion is still on its way, and restarting then resurrects a deleted kernel."""
+    kernel_id = await start(gateway, "python-cpu")
+    km = gateway.kernel_manager.get_kernel(kernel_id)
+    restarter = km._restarter
+    restarts: list[Any] = []
+
+    async def dead() -> int:
+        return 1
+
+    async def restart_kernel(**kwargs: Any) -> None:
+        restarts.append(kwargs)
+
+    monkeypatch.setattr(km.provisioner, "poll", dead)
+    monkeypatch.setattr(km, "restart_kernel", restart_kernel)
+    await restarter.poll()  # decides from the caches: the pod runs
+    assert restarts == []
+    assert restarter.running

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -408,7 +409,26 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
             assert fate.cause is not None
             await self._died(prov, fate.cause)
         elif fate.fate is Fate.ALIVE and self.running:
-            await super().poll()  # jupyter_client's stable-start bookkeeping
+            self._note_alive()
+
+    def _note_alive(self) -> None:
+        """jupyter_client's bookkeeping for a live kernel (a restart counts as done once the
+        kernel has lived ``stable_start_time``), without its poll.
+
+        Its poll would ask the provisioner again and, on a "dead" answer, restart the kernel
+        on its own. Between the caches read for this decision and that second look, the pod's
+        deletion may arrive (the cull job or another replica deleted the JupyterKernel, whose
+        deletion reaches us after its pod's): the kernel would then be restarted under a
+        deleted record, bypassing every check above. Deaths are decided here only.
+        """
+        now = time.time()
+        stable = self.stable_start_time
+        prov = getattr(self.kernel_manager, "provisioner", None)
+        if prov is not None:
+            stable = prov.get_stable_start_time(recommended=stable)
+        if now - self._last_dead >= stable:
+            self._initial_startup = False
+            self._restarting = False
 
     async def _record_stands(self, prov: ElasticKernelProvisioner) -> bool:
         """Whether the kernel's JupyterKernel still exists, read from the API server.
