@@ -49,31 +49,47 @@ def lose_wakeup(sender: zmq.Socket[t.Any], receiver: zmq.Socket[t.Any], payload:
     assert not fd_readable(receiver), "the wakeup should be gone"
 
 
+class Listening:
+    """A ZMQStream on ``receiver`` that keeps what it receives and signals each arrival."""
+
+    def __init__(self, receiver: zmq.Socket[t.Any]) -> None:
+        self.stream = ZMQStream(receiver)
+        self.received: list[list[bytes]] = []
+        self.arrived = asyncio.Event()
+        self.stream.on_recv(self._on_recv)
+
+    def _on_recv(self, msg: list[bytes]) -> None:
+        self.received.append(msg)
+        self.arrived.set()
+
+    def payloads(self) -> list[list[bytes]]:
+        return [[bytes(frame) for frame in msg] for msg in self.received]
+
+
 @pytest.mark.timeout(20)
 async def test_guard_delivers_a_message_whose_wakeup_was_lost(
     pair: tuple[zmq.Socket[t.Any], zmq.Socket[t.Any]],
 ) -> None:
     sender, receiver = pair
-    stream = ZMQStream(receiver)
-    received: list[list[bytes]] = []
-    stream.on_recv(received.append)
+    listening = Listening(receiver)
+    stream = listening.stream
     await asyncio.sleep(0)
     try:
         lose_wakeup(sender, receiver, b"stuck")
         # Several loop iterations pass without the stream hearing about its message.
         for _ in range(20):
             await asyncio.sleep(0)
-        assert received == []
+        assert listening.received == []
 
         guard = ZMQWakeupGuard(lambda: [stream], interval=0)
         assert guard.sweep() == 1
-        assert [bytes(frame) for frame in received[0]] == [b"stuck"]
+        assert listening.payloads() == [[b"stuck"]]
         assert guard.recovered == 1
         # Ordinary traffic afterwards is delivered by the stream itself.
-        arrived = asyncio.Event()
-        stream.on_recv(lambda msg: (received.append(msg), arrived.set()))
+        listening.arrived.clear()
         sender.send(b"normal")
-        await asyncio.wait_for(arrived.wait(), 10)
+        await asyncio.wait_for(listening.arrived.wait(), 10)
+        assert listening.payloads() == [[b"stuck"], [b"normal"]]
         assert guard.sweep() == 0
         assert guard.recovered == 1
     finally:
@@ -86,10 +102,8 @@ async def test_guard_leaves_a_pending_wakeup_to_the_loop(
 ) -> None:
     """Reading EVENTS would consume the wakeup: the guard must not cause what it recovers."""
     sender, receiver = pair
-    stream = ZMQStream(receiver)
-    arrived = asyncio.Event()
-    received: list[list[bytes]] = []
-    stream.on_recv(lambda msg: (received.append(msg), arrived.set()))
+    listening = Listening(receiver)
+    stream = listening.stream
     await asyncio.sleep(0)
     try:
         sender.send(b"normal")
@@ -98,8 +112,8 @@ async def test_guard_leaves_a_pending_wakeup_to_the_loop(
         assert guard.sweep() == 0
         assert guard.checked == 1
         assert fd_readable(receiver), "the guard consumed the wakeup"
-        await asyncio.wait_for(arrived.wait(), 10)
-        assert [bytes(frame) for frame in received[0]] == [b"normal"]
+        await asyncio.wait_for(listening.arrived.wait(), 10)
+        assert listening.payloads() == [[b"normal"]]
         assert guard.recovered == 0
     finally:
         stream.close(linger=0)
@@ -110,15 +124,14 @@ async def test_periodic_guard_recovers_on_its_own(
     pair: tuple[zmq.Socket[t.Any], zmq.Socket[t.Any]],
 ) -> None:
     sender, receiver = pair
-    stream = ZMQStream(receiver)
-    arrived = asyncio.Event()
-    stream.on_recv(lambda _msg: arrived.set())
+    listening = Listening(receiver)
+    stream = listening.stream
     await asyncio.sleep(0)
     guard = ZMQWakeupGuard(lambda: [stream], interval=0.02)
     guard.start()
     try:
         lose_wakeup(sender, receiver, b"stuck")
-        await asyncio.wait_for(arrived.wait(), 10)
+        await asyncio.wait_for(listening.arrived.wait(), 10)
         assert guard.recovered == 1
     finally:
         guard.stop()
