@@ -30,7 +30,7 @@ the wakeup.  A guard that read ``EVENTS`` on a stream whose wakeup was still on 
 loop, and then left the input for the loop to deliver, *caused* the lost wakeup it recovered an
 interval later; at 1,000 kernels that was thousands of messages (most of the "recovered" count)
 each delayed by a whole interval, during kernel starts above all.  Polling the descriptor
-(``select`` with no timeout; reading ``ZMQ_FD`` does not touch the mailbox) costs no wakeup: when
+(``poll`` with no timeout; reading ``ZMQ_FD`` does not touch the mailbox) costs no wakeup: when
 it is readable the loop will run the stream's handler, and only otherwise is ``EVENTS`` read, and
 any input found then is delivered at once.
 
@@ -85,7 +85,11 @@ def _stranded(stream: ZMQStream) -> bool:
         if stream.closed() or not stream.receiving():
             return False
         fd = stream.socket.getsockopt(_FD)  # no ZeroMQ command processing: no wakeup used
-        if select.select([fd], [], [], 0)[0]:
+        # poll, not select: a gateway holding many kernels has descriptors far above select's
+        # FD_SETSIZE (1,024), where select raises and the guard would skip the stream.
+        readable = select.poll()
+        readable.register(fd, select.POLLIN)
+        if readable.poll(0):
             return False  # the loop will be woken and run the stream's handler
         return bool(t.cast(int, stream.socket.getsockopt(_EVENTS)) & _POLLIN)
     except (zmq.ZMQError, OSError, ValueError):

@@ -9,6 +9,8 @@ will not become readable again until another message changes the pipe state.
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import select
 import typing as t
 import uuid
@@ -22,8 +24,9 @@ from elastic_kernels.gateway.zmqguard import ZMQWakeupGuard, recv_multipart_chec
 
 
 def fd_readable(sock: zmq.Socket[t.Any]) -> bool:
-    readable, _, _ = select.select([sock.FD], [], [], 0)
-    return bool(readable)
+    poller = select.poll()  # not select(): it cannot take descriptors above 1,023
+    poller.register(sock.FD, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @pytest.fixture
@@ -335,3 +338,41 @@ async def test_gateway_counts_a_kernel_active_from_its_iopub_traffic(gateway: t.
     finally:
         client.stop_channels()
         await km.shutdown_kernel(kernel_id, now=True)
+
+
+@pytest.mark.timeout(20)
+async def test_guard_recovers_on_descriptors_above_select_range() -> None:
+    """A gateway with many kernels has socket descriptors above 1,023 (select's limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1300
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    fillers: list[int] = []
+    ctx = zmq.Context()
+    try:
+        while True:  # occupy the low descriptors, so the sockets' come above 1,023
+            fd = os.open(os.devnull, os.O_RDONLY)
+            fillers.append(fd)
+            if fd >= 1100:
+                break
+        address = f"inproc://guard-high-{uuid.uuid4().hex}"
+        sender = ctx.socket(zmq.PAIR)
+        sender.bind(address)
+        receiver = ctx.socket(zmq.PAIR)
+        receiver.connect(address)
+        assert receiver.FD > 1023
+        listening = Listening(receiver)
+        await asyncio.sleep(0)
+        try:
+            lose_wakeup(sender, receiver, b"stuck")
+            guard = ZMQWakeupGuard(lambda: [listening.stream], interval=0)
+            assert guard.sweep() == 1
+            assert listening.payloads() == [[b"stuck"]]
+        finally:
+            listening.stream.close(linger=0)
+            sender.close(linger=0)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        ctx.term()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
