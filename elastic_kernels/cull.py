@@ -3,10 +3,10 @@
 It works from the API alone (JupyterKernel records, gateway Leases, kernelspecs), so it runs
 when no gateway is up. What it cannot see (open connections, busy kernels) it reads from the
 records, where the claiming gateway writes it when it changes (``status.connections``,
-``status.executionState``); an orphan's records are not trusted for that. One list of each, a decision per kernel with :mod:`elastic_kernels.culling`
-(the same rules the gateway applies), concurrent conditional deletions, and a report of what it
-deleted (or, with ``--dry-run``, would delete) and why. Garbage collection then removes each
-kernel's pod and Secret.
+``status.executionState``); an orphan's records are not trusted for that. One list of each, a
+decision per kernel with :mod:`elastic_kernels.culling` (the same rules the gateway applies),
+concurrent conditional deletions, and a report of what it deleted (or, with ``--dry-run``,
+would delete) and why. Garbage collection then removes each kernel's pod and Secret.
 
 Overlapping runs are safe: every deletion is conditional on the record's uid and
 resourceVersion, so a kernel is deleted once and the other run reports it "already gone".
