@@ -16,31 +16,18 @@ content. A message it cannot read is ignored, as upstream's callback would fail 
 
 from __future__ import annotations
 
-import hmac
 import json
 import typing as t
 
 from jupyter_client.session import Session
 from jupyter_server._tz import utcnow
 
+from .wsjson import signed_parts
+
 if t.TYPE_CHECKING:
     from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
 
 __all__ = ["watch_activity"]
-
-
-def _parts(session: Session, msg_list: list[bytes]) -> list[bytes] | None:
-    """The signed parts (header, parent, metadata, content), or None if not a valid message."""
-    try:
-        _idents, fed = session.feed_identities(msg_list)
-    except ValueError:
-        return None
-    if len(fed) < 5:
-        return None
-    parts = [p if isinstance(p, bytes) else bytes(p) for p in fed[:5]]
-    if session.auth is not None and not hmac.compare_digest(parts[0], session.sign(parts[1:5])):
-        return None
-    return parts[1:5]
 
 
 def _object(part: bytes) -> dict[str, t.Any]:
@@ -63,9 +50,10 @@ def watch_activity(manager: "MappingKernelManager", kernel_id: str) -> None:
     tracked = manager.track_message_type
 
     def record_activity(msg_list: list[bytes]) -> None:
-        parts = _parts(session, msg_list)
-        if parts is None:
+        signed = signed_parts(session, msg_list)
+        if signed is None:
             return
+        parts = signed[1]
         msg_type = _object(parts[0]).get("msg_type")
         parent_msg_type = _object(parts[1]).get("msg_type")
         if tracked(msg_type) or tracked(parent_msg_type) or kernel.execution_state == "busy":

@@ -34,10 +34,10 @@ from ..provisioner.provisioner import ElasticKernelProvisioner, start_kernel_wat
 from .activity import watch_activity
 from .culler import GatewayCuller
 from .gpuqueue import GpuQueue
-from .offlinebuffer import bound_buffering
 from .hydration import KernelHydrator
 from .lease import GatewayLease
 from .liveness import kernel_died, renudge_connections
+from .offlinebuffer import bound_buffering
 
 
 class ElasticKernelManager(AsyncIOLoopKernelManager):

@@ -29,7 +29,7 @@ import typing as t
 
 from jupyter_client.session import Session
 
-__all__ = ["json_frame"]
+__all__ = ["json_frame", "signed_parts"]
 
 _PROTOCOL_MAJOR = "5"
 
@@ -48,6 +48,23 @@ def _object(part: bytes) -> tuple[str, dict[str, t.Any]] | None:
     return (text, value) if isinstance(value, dict) else None
 
 
+def signed_parts(session: Session, msg_list: list[t.Any]
+                 ) -> tuple[bytes, list[bytes]] | None:
+    """A message's signature and its parts after it (header, parent, metadata, content, then
+    any buffers), or None when it is malformed or its signature does not check out."""
+    try:
+        _idents, fed = session.feed_identities(msg_list)
+    except ValueError:
+        return None
+    if len(fed) < 5:
+        return None
+    signature, *parts = [p if isinstance(p, bytes) else bytes(p) for p in fed]
+    if session.auth is not None and not (
+            signature and hmac.compare_digest(signature, session.sign(parts[:4]))):
+        return None
+    return signature, parts
+
+
 def json_frame(
     session: Session, msg_list: list[bytes], channel: str | None
 ) -> tuple[bytes, dict[str, t.Any]] | None:
@@ -56,19 +73,12 @@ def json_frame(
     None means: use upstream's path for this message. The header comes back for the caller's
     decisions by message type.
     """
-    try:
-        _idents, parts = session.feed_identities(msg_list)
-    except ValueError:
-        return None
-    if len(parts) != 5:
-        return None  # no parts, too few, or binary buffers: upstream's path
-    parts = [p if isinstance(p, bytes) else bytes(p) for p in parts]
-    signature, header_b, parent_b, metadata_b, content_b = parts
-    if session.auth is not None:
-        if not signature or signature in session.digest_history:
-            return None
-        if not hmac.compare_digest(signature, session.sign(parts[1:5])):
-            return None
+    signed = signed_parts(session, msg_list)
+    if signed is None or len(signed[1]) != 4:
+        return None  # not a valid message, or one with binary buffers: upstream's path
+    signature, (header_b, parent_b, metadata_b, content_b) = signed
+    if session.auth is not None and signature in session.digest_history:
+        return None  # replayed: upstream refuses it
     decoded = [_object(p) for p in (header_b, parent_b, metadata_b, content_b)]
     if any(d is None for d in decoded):
         return None
