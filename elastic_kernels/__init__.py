@@ -8,13 +8,24 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: object) -> None:
-    """In a plain jupyter_server: start the kernelspec watch as soon as the server runs.
+    """In a plain jupyter_server: start the kernelspec watch as soon as the server runs, and
+    serve CR-backed kernelspecs' models and logos without reading the server's disk.
 
-    Without it the first ``/api/kernelspecs`` request starts the watch, and a kernel started
-    before that finds no kernelspecs.
+    Without the watch the first ``/api/kernelspecs`` request starts it, and a kernel started
+    before that finds no kernelspecs. Without the handlers jupyter_server would list and serve
+    files of its working directory as a CR-backed spec's resources (see kernelspec_handlers).
     """
     import asyncio
 
+    from jupyter_server.utils import url_path_join
+
+    from .kernelspec_handlers import kernelspec_handlers
+
+    web_app = getattr(serverapp, "web_app", None)
+    if web_app is not None:
+        base_url = web_app.settings.get("base_url", "/")
+        web_app.add_handlers(".*$", [(url_path_join(base_url, pattern), handler)
+                                     for pattern, handler in kernelspec_handlers()])
     ksm = getattr(serverapp, "kernel_spec_manager", None)
     start = getattr(ksm, "start_watching", None)
     if start is not None:

@@ -9,6 +9,12 @@ Works in any jupyter_server, not only in our gateway::
     c.ServerApp.jpserver_extensions = {"elastic_kernels": True}   # starts the watches at startup
     c.ClusterConnection.kubeconfig = "/path/to/kubeconfig"         # optional, see ClusterConnection
 
+Kernelspec resources (the logos JupyterLab's launcher shows) come from the CR's ``spec.logos``
+and nothing else: a kernelspec from a CR has no resource directory, and jupyter_server's own
+handlers, given an empty one, would list and serve files from the server's working directory.
+:meth:`ElasticKernelSpecManager.kernelspec_model` and ``get_kernel_spec_resource`` never touch the
+disk for a CR-backed spec, and :mod:`elastic_kernels.kernelspec_handlers` serves them.
+
 A CR that does not describe a usable kernel (for instance, one written for a newer version of
 this project) is left out of the list with a warning naming the CR and the problem, rather than
 breaking the list for everyone.
@@ -21,6 +27,8 @@ import logging
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from jupyter_server.utils import url_path_join
+from tornado import web
 from traitlets import Bool
 
 from .kube.client import JSON
@@ -115,14 +123,53 @@ class ElasticKernelSpecManager(KernelSpecManager):
         return KernelSpec(resource_dir="", name=view.name, **spec)
 
     async def get_all_specs(self) -> dict[str, Any]:  # type: ignore[override]
+        """Local specs as jupyter_client gives them; CR specs as finished REST models.
+
+        A finished model (``name``, ``spec``, ``resources``) is served as it is by
+        jupyter_server's ``/api/kernelspecs``; given ``resource_dir`` instead, it would list the
+        ``logo-*`` files of the server's working directory as the spec's resources.
+        """
         await self.start_watching()
         specs: dict[str, Any] = {}
         if self.include_local:
             specs.update(await asyncio.to_thread(super().get_all_specs))
+        base_url = getattr(self.parent, "base_url", None) or "/"
         for name, view in sorted(self._views().items()):
-            specs[name] = {"resource_dir": "", "spec": view.to_jupyter_kernelspec()}
+            specs[name] = _model(view, base_url)
         return specs
+
+    def kernelspec_model(self, kernel_name: str, base_url: str) -> dict[str, Any] | None:
+        """The REST model of a CR-backed spec, or None when ``kernel_name`` is not one."""
+        try:
+            view = self.view(kernel_name)
+        except NoSuchKernel:
+            return None
+        return _model(view, base_url)
+
+    async def get_kernel_spec_resource(self, kernel_name: str, path: str) -> bytes | None:
+        """A CR-backed spec's logo; 404 for any other path of such a spec.
+
+        jupyter_server's resource handler calls this first and reads the disk only when it
+        returns None, so for a CR-backed spec it never returns None. None is left for local
+        specs (``include_local``), which have a real resource directory.
+        """
+        try:
+            view = self.view(kernel_name)
+        except NoSuchKernel:
+            return None
+        data = view.logos.get(path)
+        if data is None:
+            raise web.HTTPError(404, f"Kernel spec {kernel_name} has no resource {path[:100]!r}")
+        return data
 
     def remove_kernel_spec(self, name: str) -> str:
         raise NoSuchKernel(f"{name}: kernelspecs are JupyterKernelSpec resources; "
                            "remove them with kubectl delete jupyterkernelspec")
+
+
+def _model(view: KernelSpecView, base_url: str) -> dict[str, Any]:
+    resources = {
+        name.rsplit(".", 1)[0]: url_path_join(base_url, "kernelspecs", view.name, name)
+        for name in sorted(view.logos)
+    }
+    return {"name": view.name, "spec": view.to_jupyter_kernelspec(), "resources": resources}

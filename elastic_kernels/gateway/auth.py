@@ -14,7 +14,8 @@ Tokens come from three places, merged into one table:
   nor a users Secret is configured and no token is given, one is generated and printed once, as
   before. With users configured, no token is generated: admins are whoever the users list says.
 * ``users_file``: a YAML or JSON file (e.g. a mounted Secret or ConfigMap); re-read when it
-  changes (checked at most every ``users_file_check_interval`` seconds, on requests).
+  changes (checked at most every ``users_file_check_interval`` seconds, on requests). Removing
+  it revokes its tokens (at the second check that finds it missing).
 * ``users_secret``: a Kubernetes Secret in the gateway's namespace whose ``users_secret_key``
   item (``users.yaml``) holds the same document. It is watched (``metadata.name`` field
   selector, so RBAC can restrict the gateway to that one Secret with ``resourceNames``):
@@ -229,6 +230,7 @@ class ElasticIdentityProvider(IdentityProvider):
         self._seen_tokens: set[str] = set()
         self._file_stamp: tuple[int, int, int] | None = None
         self._file_checked = 0.0
+        self._file_missing = False
         self._secret_informer: Informer | None = None
         self._secret_version: str | None = None
         self._set_admin_token()
@@ -307,10 +309,14 @@ class ElasticIdentityProvider(IdentityProvider):
         self._file_checked = now
         try:
             st = os.stat(self.users_file)
+        except FileNotFoundError:
+            self._file_gone()
+            return
         except OSError as e:
             self.log.error("Users file %s: %s; keeping the tokens read before",
                            self.users_file, e.strerror)
             return
+        self._file_missing = False
         if (st.st_mtime_ns, st.st_size, st.st_ino) == self._file_stamp:
             return
         try:
@@ -319,6 +325,24 @@ class ElasticIdentityProvider(IdentityProvider):
             self.log.error("Users file changed but cannot be used (%s); keeping the tokens read "
                            "before", _file_problem(e))
             self._file_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _file_gone(self) -> None:
+        """A removed users file revokes its tokens, at the second check that finds it missing.
+
+        Removing the file is how an admin revokes everyone in it; keeping its tokens would
+        leave them working until the next restart. One check interval of grace covers an
+        editor or a tool that replaces the file by removing it first.
+        """
+        if not self._file_missing:
+            self._file_missing = True
+            self.log.warning("Users file %s is missing; its tokens stop working if it is still "
+                             "missing at the next check", self.users_file)
+            return
+        if self._sources.get("file") or self._file_stamp is not None:
+            self.log.warning("Users file %s was removed; its tokens no longer work",
+                             self.users_file)
+            self._file_stamp = None
+            self._set_source("file", [], set())
 
     def _load_secret(self, secret: JSON | None) -> None:
         name = f"Secret {self._secret_where()}"

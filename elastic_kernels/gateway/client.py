@@ -43,13 +43,18 @@ class that someone else customised (it logs a warning then).
 from __future__ import annotations
 
 import functools
+import mimetypes
 import typing as t
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.gateway import managers as gateway_managers
 from jupyter_server.gateway.connections import GatewayWebSocketConnection
+from jupyter_server.services.kernelspecs.handlers import kernel_name_regex
+from jupyter_server.utils import url_path_join
 from tornado import web
 from traitlets import TraitError
 
+from ..kernelspec_handlers import InMemoryResourceHandler
 from .errors import http_error_text
 
 __all__ = [
@@ -103,14 +108,43 @@ def _with_readable_errors(request: t.Callable[..., t.Any]) -> t.Callable[..., t.
     return gateway_request
 
 
+class GatewayKernelSpecResourceHandler(InMemoryResourceHandler):
+    """Kernelspec resources from the gateway only; 404 when it has none.
+
+    Upstream asks the gateway first and, when the gateway says 404, falls back to reading the
+    notebook server's own disk with the gateway's kernelspec as if it were a local one, which
+    fails with a 500 (a gateway kernelspec is a dict, without ``resource_dir``).
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_name: str, path: str, include_body: bool = True) -> None:
+        data = await self.kernel_spec_manager.get_kernel_spec_resource(kernel_name, path)
+        if data is None:
+            raise web.HTTPError(404, "Kernel spec %s has no resource %r", kernel_name, path[:100])
+        self.serve_bytes(data, mimetypes.guess_type(path)[0] or "application/octet-stream",
+                         include_body)
+
+
 def _load_jupyter_server_extension(serverapp: t.Any) -> None:
-    """Use :class:`NoDelayGatewayWebSocketConnection` and readable errors with a gateway."""
+    """Use :class:`NoDelayGatewayWebSocketConnection`, readable errors, resources only from
+    the gateway, and pass the notebook's path (``JPY_SESSION_NAME``) to the kernel."""
     gateway = getattr(serverapp, "gateway_config", None)
     if not getattr(gateway, "gateway_enabled", False):
         serverapp.log.info("%s: no gateway configured; nothing to do", __name__)
         return
     if not getattr(gateway_managers.gateway_request, "_elastic_readable_errors", False):
         gateway_managers.gateway_request = _with_readable_errors(gateway_managers.gateway_request)
+    # GatewayKernelManager sends only KERNEL_* and allowed_envs; the gateway passes the
+    # notebook's path on to the kernel (jupyter_server sets it for local kernels).
+    allowed = [name for name in gateway.allowed_envs.split(",") if name]
+    if "JPY_SESSION_NAME" not in allowed:
+        gateway.allowed_envs = ",".join([*allowed, "JPY_SESSION_NAME"])
+    base_url = serverapp.web_app.settings.get("base_url", "/")
+    serverapp.web_app.add_handlers(".*$", [(
+        url_path_join(base_url, rf"/kernelspecs/{kernel_name_regex}/(?P<path>.*)"),
+        GatewayKernelSpecResourceHandler,
+    )])
     current = serverapp.kernel_websocket_connection_class
     if isinstance(current, type) and issubclass(current, NoDelayGatewayWebSocketConnection):
         return

@@ -75,7 +75,10 @@ class Waiter:
             "waiting_since": R.format_timestamp(self.since),
             "gated": self.gated,
             "scheduler": self.unschedulable,
-            "reclaimed": self.reclaimed or None,
+            # Whether an idle kernel was reclaimed for this one; whose it was is for admins only
+            # (KernelOwnership.status_for removes reclaimed_kernel for everyone else).
+            "reclaimed": bool(self.reclaimed),
+            "reclaimed_kernel": self.reclaimed or None,
         }
 
 

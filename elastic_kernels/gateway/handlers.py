@@ -39,6 +39,8 @@ try:
 except ImportError:  # pragma: no cover - older jupyter_client
     from jupyter_client.jsonutil import date_default as json_default
 
+from ..kernelspec_handlers import kernelspec_handlers
+from ..provisioner.envpolicy import ALWAYS_ALLOWED
 from ..provisioner.errors import KernelLaunchError
 from .errors import GatewayHTTPError, KernelStartError, error_body
 from .metrics import CONTENT_TYPE, render
@@ -375,12 +377,15 @@ def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"/api/kernels/(?P<kernel_id>[^/]+)(?P<rest>/.*)?", InvalidKernelIdHandler),
         (r"/api/elastic/status", StatusHandler),
         (r"/metrics", MetricsHandler),
+        *kernelspec_handlers(),
     ]
 
 
 def filter_env(
     client_env: Mapping[str, str], allowed: t.Iterable[str], prefix: str = "KERNEL_"
 ) -> dict[str, str]:
-    """The part of a client's env a kernel may see: ``KERNEL_*`` and explicitly allowed names."""
-    allowed_set = set(allowed)
+    """The part of a client's env a kernel may see: ``KERNEL_*``, explicitly allowed names, and
+    the names every kernel gets (``JPY_SESSION_NAME``, the notebook's path); the kernelspec's
+    policy (:mod:`elastic_kernels.provisioner.envpolicy`) then decides what reaches the pod."""
+    allowed_set = set(allowed) | ALWAYS_ALLOWED
     return {k: v for k, v in client_env.items() if k.startswith(prefix) or k in allowed_set}

@@ -118,7 +118,8 @@ class KernelOwnership(LoggingConfigurable):
         """``/api/elastic/status`` as ``user`` may see it: others' queued kernels are anonymous.
 
         The GPU queue shows everyone where they stand; only admins see whose the other
-        entries are and their kernel ids.
+        entries are and their kernel ids, and which kernel was reclaimed for whom (even in the
+        user's own entry: the reclaimed kernel was someone else's).
         """
         if is_admin(user):
             return status
@@ -126,9 +127,10 @@ class KernelOwnership(LoggingConfigurable):
         result = dict(status)
         for key, value in status.items():
             if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-                result[key] = [v if v.get("user", me) == me else
-                               {k: x for k, x in v.items() if k not in ("user", "kernel_id")}
-                               for v in value]
+                result[key] = [
+                    {k: x for k, x in v.items()
+                     if k not in _ADMIN_ONLY and (v.get("user", me) == me or k not in _OWNER_ONLY)}
+                    for v in value]
         return result
 
     # -- limits -------------------------------------------------------------------------------
@@ -173,6 +175,11 @@ class KernelOwnership(LoggingConfigurable):
             starting.discard(kernel_id)
             if not starting:
                 self._starting.pop(user.username, None)
+
+
+#: Keys of status list entries only admins see, and those only the entry's owner sees besides.
+_ADMIN_ONLY = frozenset({"reclaimed_kernel"})
+_OWNER_ONLY = frozenset({"user", "kernel_id"})
 
 
 def ownership(handler: t.Any) -> KernelOwnership:

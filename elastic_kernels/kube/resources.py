@@ -16,6 +16,8 @@ OpenAPI schema cannot express, such as "the GPU count is a whole number").
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import re
@@ -411,6 +413,23 @@ class _Reader:
             result[str(key)] = item
         return result
 
+    def logos(self, path: str) -> dict[str, bytes]:
+        """Base64 PNG logos by file name: checked here, so a bad one fails the whole spec with
+        its field named, instead of being served as something else later."""
+        logos: dict[str, bytes] = {}
+        for name, text in self.string_map(path, max_value=LOGO_MAX_BASE64).items():
+            where = f"{path}.{name}"
+            if name not in LOGO_NAMES:
+                self.fail(where, f"is not a logo name (allowed: {', '.join(sorted(LOGO_NAMES))})")
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                self.fail(where, "is not base64")
+            if not data.startswith(PNG_SIGNATURE):
+                self.fail(where, "is not a PNG image")
+            logos[name] = data
+        return logos
+
     def array(self, path: str) -> list[Any]:
         value = self.raw(path)
         if value is _MISSING or value is None:
@@ -481,6 +500,13 @@ class ClientOverrides:
     image: bool = False
 
 
+#: Kernelspec resources a JupyterKernelSpec may carry (``spec.logos``): PNG only, because an
+#: SVG can hold script and resources are served from the notebook server's own origin.
+LOGO_NAMES = frozenset({"logo-32x32.png", "logo-64x64.png"})
+LOGO_MAX_BASE64 = 65536
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 @dataclass(frozen=True)
 class KernelSpecView:
     """A checked JupyterKernelSpec. ``name`` is the Jupyter kernel name."""
@@ -503,6 +529,7 @@ class KernelSpecView:
     client_overrides: ClientOverrides = field(default_factory=ClientOverrides)
     metadata: Mapping[str, Any] = field(default_factory=_empty)
     restart_policy: str = "Restart"
+    logos: Mapping[str, bytes] = field(default_factory=_empty)
     uid: str = ""
     resource_version: str = ""
     generation: int = 0
@@ -594,6 +621,7 @@ class KernelSpecView:
                 "spec.restartPolicy", default="Restart", choices=RESTART_POLICIES
             )
             or "Restart",
+            logos=MappingProxyType(r.logos("spec.logos")),
             uid=str(r.meta.get("uid") or ""),
             resource_version=str(r.meta.get("resourceVersion") or ""),
             generation=int(r.meta.get("generation") or 0),

@@ -33,7 +33,7 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Float, Unicode
+from traitlets import Float, List, Unicode, default
 
 from ..kube.client import EVENTS, PODS, SECRETS, JSON, KubeError
 from ..kube.connection import ClusterConnection
@@ -44,6 +44,7 @@ from .errors import KernelLaunchError
 from .podstate import PodAssessment, Progress, assess_pod, waiting_resources
 from .gates import GPU_QUEUE_GATE
 from .readiness import KernelNotReady, wait_kernel_info
+from .templatepolicy import check_template, default_forbidden_service_accounts
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,16 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         3.0, config=True,
         help="Seconds a kernel gets to exit after shutdown_request before its pod is deleted.",
     )
+    forbidden_service_accounts = List(
+        Unicode(), config=True,
+        help="ServiceAccounts a JupyterKernelTemplate may not run kernels as (kernel code would "
+        "get their rights). Default: the gateway's and the cull cron's, and the one this process "
+        "runs as. Set to [] only if you really mean it.",
+    )
+
+    @default("forbidden_service_accounts")
+    def _default_forbidden_service_accounts(self) -> list[str]:
+        return default_forbidden_service_accounts()
 
     # -- state -------------------------------------------------------------------------------
     # Set by pre_launch (or load_provisioner_info when re-attaching).
@@ -172,6 +183,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 raise KernelLaunchError(
                     "InvalidTemplate", f"JupyterKernelTemplate {spec.template_name}: {e}", 500
                 ) from None
+            check_template(template, self.forbidden_service_accounts)
 
         if self._restart_count < 0:  # first launch (a restart keeps user, key and record)
             self._user = str(user or env.get("KERNEL_USERNAME") or getpass.getuser())

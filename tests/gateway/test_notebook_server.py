@@ -63,7 +63,8 @@ async def wait_until_ready(
 
 
 async def run_notebook_server(
-    gateway: ElasticGatewayApp, tmp_path: Path, extra_args: list[str]
+    gateway: ElasticGatewayApp, tmp_path: Path, extra_args: list[str], *,
+    gateway_token: str = TOKEN,
 ) -> AsyncIterator[NotebookServer]:
     home = tmp_path / f"notebook-{uuid.uuid4().hex[:8]}"
     dirs = {name: home / name for name in ("config", "data", "runtime", "root")}
@@ -93,7 +94,7 @@ async def run_notebook_server(
         f"--ServerApp.root_dir={dirs['root']}",
         f"--IdentityProvider.token={server.token}",
         f"--gateway-url={gateway.url}",
-        f"--GatewayClient.auth_token={TOKEN}",
+        f"--GatewayClient.auth_token={gateway_token}",
         *extra_args,
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
