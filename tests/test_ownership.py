@@ -10,6 +10,8 @@ import base64
 import hmac
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from elastic_kernels.kube.client import PODS, SECRETS, KubeClient
 from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .gateway.support import TOKEN, KernelWS, api, json_of
-from .gatewayproc import GatewayProcess
+from .gatewayproc import GatewayProcess, wait_until
 from .gatewayfixtures import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
     ALICE_TOKEN,
@@ -188,12 +190,32 @@ async def test_users_secret_is_watched(
     # A broken update leaves the tokens in force; deleting the Secret revokes them.
     broken = secret({})
     broken["data"]["users.yaml"] = base64.b64encode(b"tokens: [{user: x}]").decode()
-    await kube.replace(SECRETS, "gateway-users", broken)
-    await asyncio.sleep(0.3)
+    with logged(gateway, "keeping the tokens read before") as seen:
+        await kube.replace(SECRETS, "gateway-users", broken)
+        await wait_until(seen.is_set, "the broken users Secret is read")
     assert await code(dave, 200)
     await kube.delete(SECRETS, "gateway-users")
     await eventually(lambda: code(dave, 403))
     assert await code(ADMIN_TOKEN, 200)
+
+
+@contextmanager
+def logged(gateway: ElasticGatewayApp, text: str) -> Iterator[asyncio.Event]:
+    """An event set when the gateway logs a record containing ``text``: a test waits on what
+    the gateway did instead of sleeping and hoping it did it."""
+    seen = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                seen.set()
+
+    handler = Watch(logging.DEBUG)
+    gateway.log.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        gateway.log.removeHandler(handler)
 
 
 # -- the users document and the provider, in process ------------------------------------------
@@ -284,11 +306,16 @@ async def test_users_file_changes_apply_without_restart(
     async def erin_in() -> bool:
         return (await api(url, "GET", "/api/kernels", token=erin)).code == 200
 
+    async def erin_in_after(seen: asyncio.Event) -> bool:
+        # The file is checked on requests: keep asking until one has read the broken version.
+        return await erin_in() and seen.is_set()
+
     await eventually(erin_in)
     assert (await api(url, "GET", "/api/kernels", token=ALICE_TOKEN)).code == 403
     # A broken edit keeps the last good table.
-    users_file.write_text("tokens: [")
-    await asyncio.sleep(0.2)
+    with logged(gateway, "keeping the tokens read before") as seen:
+        users_file.write_text("tokens: [")
+        await eventually(lambda: erin_in_after(seen))
     assert await erin_in()
 
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 import zmq
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
@@ -260,8 +261,10 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         view = getattr(self.kernel_spec_manager, "view", None)
         try:
             gpus = view(kernel_name).gpus if view and kernel_name else 0
-        except Exception:
+        except NoSuchKernel:
             return 0  # an unknown kernelspec fails later, with its own clear error
+        # Anything else propagates: a quota that is skipped whenever the lookup fails is no
+        # quota (fail closed).
         quota = self.gpu_quota_per_user
         if gpus and quota:
             used = self._gpu_use(user)
