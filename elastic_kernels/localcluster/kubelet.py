@@ -6,7 +6,10 @@ For each pod bound to a node it knows, a ``PodWorker``:
    127.x.y.z address and reports ``Pending`` with containers ``Waiting/ContainerCreating``;
 2. materialises its volumes and service-account token (``volumes.py``), resolves each container's
    env (``podenv.py``) -- missing Secrets/ConfigMaps keep it waiting and it retries when they
-   change (watched, not polled);
+   change (watched, not polled). Tokens are real ServiceAccount tokens bound to the pod
+   (``satokens.py``), requested like a real kubelet does (3607 s) and rewritten in place once
+   80 % of their life has passed, so a pod that runs for days keeps a working credential and a
+   copied token dies with its pod;
 3. "pulls" the image according to the ``ImagePolicy`` and runs ``command`` + ``args`` in a new
    session (``processes.py``), reporting the states a real kubelet reports, restarting per
    ``restartPolicy`` with CrashLoopBackOff back-off;
@@ -40,10 +43,11 @@ from .nodes import GPU_RESOURCE
 from .podenv import ConfigError, container_env, expand_command
 from .podstatus import crash_backoff, go_duration, merge_conditions, pod_phase, readiness_condition
 from .processes import DEFAULT_LOG_LIMIT, ContainerProcess, LogBuffer, StartFailure, runc_exec_error
+from .satokens import IssuedToken, ServiceAccountTokens
 from .scheduler import run_informer
-from .volumes import (MOUNTS_ENV, VolumeError, automounts_token, container_mounts,
-                      materialise_volumes, mounts_env, rewrite_arg, rewrite_value,
-                      write_service_account)
+from .volumes import (DEFAULT_TOKEN, MOUNTS_ENV, TokenSource, VolumeError, container_mounts,
+                      materialise_volumes, mounts_env, replace_token, rewrite_arg, rewrite_value,
+                      token_sources, write_service_account)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ NODES = ("", "nodes")
 JSON = dict[str, Any]
 HOST_IP = "127.0.0.1"
 _EPOCH = "1970-01-01T00:00:00Z"
+#: What a real kubelet asks for its projected service-account token.
+KUBELET_TOKEN_SECONDS = 3607
+#: A token is renewed once this share of its lifetime has passed (as the kubelet's token manager).
+TOKEN_RENEW_AFTER = 0.8
 
 
 def _meta(obj: JSON) -> JSON:
@@ -131,6 +139,9 @@ class PodWorker:
         self.start_time: str | None = None
         self.pod_dir = kubelet.workdir / f"{self.namespace}_{self.name}_{self.uid[:8]}"
         self.sa_dir: Path | None = None
+        self.token_sources: list[TokenSource] = token_sources(pod)
+        self.tokens: dict[tuple[str, str], IssuedToken] = {}
+        self.token_task: asyncio.Task[None] | None = None
         self.volume_dirs: dict[str, Path] = {}
         self.final_phase: str | None = None
         self.reason: str | None = None
@@ -265,6 +276,9 @@ class PodWorker:
             self.sandbox_ready = True
             self.write_status()
             await self._setup_volumes()
+            if self.tokens:
+                self.token_task = asyncio.create_task(self._rotate_tokens(),
+                                                      name=f"tokens-{self.label}")
             sidecars: list[asyncio.Future[None]] = []
             try:
                 if not await self._run_init_containers(sidecars):
@@ -286,6 +300,7 @@ class PodWorker:
                     task.cancel()
             # Every container has finished for good: the pod is terminal. Sidecars go last.
             await self._stop_sidecars()
+            await self._stop_token_rotation()
             self._release()
             if self.final_phase is None:
                 self.final_phase = pod_phase(self.spec, [c.status() for c in self.containers],
@@ -352,22 +367,85 @@ class PodWorker:
         os.chmod(self.pod_dir, 0o700)
         (self.pod_dir / "home").mkdir(exist_ok=True)
         (self.pod_dir / "tmp").mkdir(exist_ok=True)
-        if automounts_token(self.pod):
-            token = f"localcluster.{self.spec.get('serviceAccountName') or 'default'}." \
-                    f"{secrets.token_hex(16)}"
-            self.sa_dir = write_service_account(self.pod_dir, self.namespace, token,
-                                                self.k.ca_pem)
 
     async def _setup_volumes(self) -> None:
         while True:
             try:
+                self._issue_tokens()
+                projected = {key: issued.token.encode() for key, issued in self.tokens.items()
+                             if key != DEFAULT_TOKEN.key}
                 self.volume_dirs = await asyncio.to_thread(
                     materialise_volumes, self.pod, self.pod_dir, self.k.lookup,
-                    sa_dir=self.sa_dir, node_allocatable=self.k.node_allocatable(self.node))
+                    tokens=projected, node_allocatable=self.k.node_allocatable(self.node))
+                default = self.tokens.get(DEFAULT_TOKEN.key)
+                if default is not None:
+                    self.sa_dir = await asyncio.to_thread(
+                        write_service_account, self.pod_dir, self.namespace, default.token,
+                        self.k.ca_pem)
                 return
             except VolumeError as e:
                 self.event("Warning", "FailedMount", e.message)
                 await self.k.wait_config_change()
+
+    # -- service-account tokens --------------------------------------------------------------------
+
+    @property
+    def service_account(self) -> str:
+        return self.spec.get("serviceAccountName") or "default"
+
+    def _issue_tokens(self) -> None:
+        """Request every token the pod mounts (on the loop: the issuer reads the store).
+
+        Raises VolumeError, the real FailedMount text, when the ServiceAccount does not exist.
+        """
+        for source in self.token_sources:
+            try:
+                self.tokens[source.key] = self.k.token_issuer.issue(
+                    self.namespace, self.service_account, pod=self.pod,
+                    expiration_seconds=source.expiration_seconds or self.k.token_seconds,
+                    audiences=[source.audience] if source.audience else None)
+            except ApiError as e:
+                volume = source.volume or "kube-api-access"
+                raise VolumeError(f'MountVolume.SetUp failed for volume "{volume}" : failed to '
+                                  f"fetch token: {e.message}") from None
+
+    def _token_target(self, key: tuple[str, str]) -> Path | None:
+        if key == DEFAULT_TOKEN.key:
+            return self.sa_dir / "token" if self.sa_dir is not None else None
+        volume, path = key
+        base = self.volume_dirs.get(volume)
+        return base / path if base is not None else None
+
+    async def _rotate_tokens(self) -> None:
+        """Rewrite each token once 80 % of its life has passed, until the pod stops."""
+        clock = self.k.token_issuer.clock
+        while True:
+            renew_at = min(t.issued_at + TOKEN_RENEW_AFTER * t.lifetime
+                           for t in self.tokens.values())
+            await asyncio.sleep(max(0.05, renew_at - clock()))
+            try:
+                self._issue_tokens()
+            except VolumeError as e:
+                # The ServiceAccount is gone: the old token stops working; try again later.
+                self.event("Warning", "FailedMount", e.message)
+                await self.k.wait_config_change()
+                continue
+            for key, issued in list(self.tokens.items()):
+                target = self._token_target(key)
+                if target is None:
+                    continue
+                try:
+                    await asyncio.to_thread(replace_token, target, issued.token.encode())
+                except OSError as e:  # the old token stays until the next renewal
+                    log.warning("pod %s: cannot renew its token file: %s", self.label,
+                                e.strerror)
+
+    async def _stop_token_rotation(self) -> None:
+        task, self.token_task = self.token_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run_container(self, c: ContainerRuntime, policy: str) -> None:
         base = self.k.crash_backoff_seconds
@@ -550,6 +628,7 @@ class PodWorker:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        await self._stop_token_rotation()
         live = []
         for c in self.containers + self.init_containers:
             if c.start_task is not None:
@@ -688,10 +767,17 @@ class Kubelet:
 
     def __init__(self, store: Any, workdir: Path, *, api_url: str,
                  service_url: str | None = None, ca_pem: bytes = b"",
+                 token_issuer: ServiceAccountTokens | None = None,
+                 token_seconds: int = KUBELET_TOKEN_SECONDS,
                  image_policy: ImagePolicy | None = None, crash_backoff_seconds: float = 10.0,
                  max_backoff_seconds: float = 300.0, stop_grace_seconds: float = 2.0,
                  log_limit: int = DEFAULT_LOG_LIMIT, ip_seed: int | None = None) -> None:
         self.store = store
+        # The API server's TokenRequest implementation, called in process (it is what the real
+        # kubelet reaches over the API); pods' tokens live ``token_seconds`` unless a projected
+        # source asks for another lifetime.
+        self.token_issuer = token_issuer or ServiceAccountTokens(store)
+        self.token_seconds = token_seconds
         self.workdir = Path(workdir)
         self.api_url = api_url
         self.images = image_policy or ImagePolicy()
@@ -731,6 +817,9 @@ class Kubelet:
             asyncio.create_task(self._informer(("", "secrets"), self._on_config_list,
                                                self._on_config_event)),
             asyncio.create_task(self._informer(("", "configmaps"), self._on_config_list,
+                                               self._on_config_event)),
+            # A pod waiting for its ServiceAccount (FailedMount) retries when one appears.
+            asyncio.create_task(self._informer(("", "serviceaccounts"), self._on_config_list,
                                                self._on_config_event)),
         ]
         await asyncio.sleep(0)

@@ -4,7 +4,9 @@ A pod's Secret, ConfigMap, projected, downward-API and emptyDir volumes are writ
 under the pod's directory in the kubelet's workdir (``<pod dir>/volumes/<volume name>/``);
 hostPath volumes are the host path itself. The service account token (unless
 ``automountServiceAccountToken: false``) becomes ``<pod dir>/serviceaccount/{token,ca.crt,
-namespace}``, mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``.
+namespace}``, mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``. Tokens, there and in
+projected ``serviceAccountToken`` sources, are real ServiceAccount tokens bound to the pod that
+the kubelet requests (``TokenSource``) and rewrites in place before they expire.
 
 Mount paths such as ``/etc/kernel`` cannot exist on this host, so the kubelet rewrites paths
 instead of mounting (see ``rewrite_value``/``rewrite_arg``):
@@ -43,6 +45,40 @@ class VolumeError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """A token file the kubelet must request: the default mount's (``volume`` "") or a projected
+    volume's ``serviceAccountToken`` source, with the audience and lifetime it asks for."""
+
+    volume: str
+    path: str
+    audience: str | None = None
+    expiration_seconds: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.volume, self.path)
+
+
+#: The token of the default service-account mount, as a TokenSource key.
+DEFAULT_TOKEN = TokenSource("", "token")
+
+
+def token_sources(pod: JSON) -> list[TokenSource]:
+    """Every token the pod needs: the default mount's (if automounted) and each projected one."""
+    found = [DEFAULT_TOKEN] if automounts_token(pod) else []
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        for source in ((volume.get("projected") or {}).get("sources") or []):
+            if "serviceAccountToken" not in source:
+                continue
+            token = source["serviceAccountToken"] or {}
+            seconds = token.get("expirationSeconds")
+            found.append(TokenSource(volume.get("name", ""), token.get("path", "token"),
+                                     token.get("audience") or None,
+                                     int(seconds) if seconds is not None else None))
+    return found
 
 
 @dataclass(frozen=True)
@@ -141,8 +177,8 @@ def _downward_files(volume: str, pod: JSON, source: JSON, default_mode: int,
     return files
 
 
-def _volume_files(volume: JSON, pod: JSON, lookup: ObjectLookup, sa_dir: Path | None,
-                  node_allocatable: Mapping[str, Any]
+def _volume_files(volume: JSON, pod: JSON, lookup: ObjectLookup,
+                  tokens: Mapping[tuple[str, str], bytes], node_allocatable: Mapping[str, Any]
                   ) -> list[tuple[PurePosixPath, bytes, int]] | None:
     """Files a volume holds, or None for a volume that is just a directory (emptyDir)."""
     name = volume.get("name", "")
@@ -175,9 +211,12 @@ def _volume_files(volume: JSON, pod: JSON, lookup: ObjectLookup, sa_dir: Path | 
             elif "downwardAPI" in source:
                 files += _downward_files(name, pod, source["downwardAPI"] or {}, mode,
                                          node_allocatable)
-            elif "serviceAccountToken" in source and sa_dir is not None:
+            elif "serviceAccountToken" in source:
                 path = (source["serviceAccountToken"] or {}).get("path", "token")
-                files.append((_safe_relative(name, path), (sa_dir / "token").read_bytes(), mode))
+                token = tokens.get((name, path))
+                if token is None:
+                    raise _failed(name, "failed to fetch token: no token was issued for it")
+                files.append((_safe_relative(name, path), token, mode))
         return files
     kinds = [k for k in volume if k != "name"]
     raise _failed(name, f"volume type {kinds[0] if kinds else '(none)'!r} is not supported by "
@@ -186,12 +225,13 @@ def _volume_files(volume: JSON, pod: JSON, lookup: ObjectLookup, sa_dir: Path | 
 
 
 def materialise_volumes(pod: JSON, pod_dir: Path, lookup: ObjectLookup, *,
-                        sa_dir: Path | None = None,
+                        tokens: Mapping[tuple[str, str], bytes] | None = None,
                         node_allocatable: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write every volume of the pod under ``pod_dir/volumes``; returns name -> host path.
 
-    Raises VolumeError (the FailedMount text) when a non-optional source is missing; calling
-    again later (once the Secret exists) completes the setup.
+    ``tokens`` holds the projected ServiceAccount tokens by ``TokenSource.key``. Raises
+    VolumeError (the FailedMount text) when a non-optional source is missing; calling again later
+    (once the Secret exists) completes the setup.
     """
     result: dict[str, Path] = {}
     root = pod_dir / "volumes"
@@ -201,7 +241,7 @@ def materialise_volumes(pod: JSON, pod_dir: Path, lookup: ObjectLookup, *,
         if "hostPath" in volume:
             result[name] = Path((volume["hostPath"] or {}).get("path", "/"))
             continue
-        files = _volume_files(volume, pod, lookup, sa_dir, node_allocatable or {})
+        files = _volume_files(volume, pod, lookup, tokens or {}, node_allocatable or {})
         target = root / name
         target.mkdir(parents=True, exist_ok=True)
         for rel, data, mode in files or []:
@@ -220,6 +260,16 @@ def write_service_account(pod_dir: Path, namespace: str, token: str, ca_pem: byt
     # an empty one.
     _write(sa_dir / "ca.crt", ca_pem, DEFAULT_MODE)
     return sa_dir
+
+
+def replace_token(target: Path, token: bytes) -> None:
+    """Swap a rotated token into place atomically, keeping the file's mode (a reader sees the old
+    token or the new one, never a partial file)."""
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return  # the pod's files are already gone
+    _write(target, token, mode)
 
 
 def automounts_token(pod: JSON) -> bool:
