@@ -3,7 +3,9 @@
 Run ``.venv/bin/python -m bench.bench_apiserver`` (short, well under a minute) or with ``--long``
 for the 100,000-request run.  The server runs in a child process so that it has a core of its own;
 the load comes from raw keep-alive HTTP/1.1 connections on one asyncio loop, which costs the client
-far less than any client library would.
+far less than any client library would.  Every request carries the bearer token of the server's
+admin (made per run by this process and handed to the child in its environment), so the figures
+include authentication, as every real request pays it.
 
 It prints rates and ratios, not verdicts:
 - sustained GET / LIST / CREATE rate per window, and last-window / first-window (≈1.0 means no
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,9 @@ import time
 from typing import Any
 
 HOST = "127.0.0.1"
+TOKEN_ENV = "BENCH_APISERVER_TOKEN"
+#: The admin token of this run's server (the child reads it from TOKEN_ENV).
+_TOKEN = secrets.token_urlsafe(32)
 
 
 # --- server process -----------------------------------------------------------------------------
@@ -32,10 +38,14 @@ HOST = "127.0.0.1"
 def serve(window: int) -> None:
     """Child process: run a Store + APIServer and print the port."""
     from elastic_kernels.localcluster.apiserver import APIServer
+    from elastic_kernels.localcluster.authn import Authenticator, StaticTokens, admin_user
     from elastic_kernels.localcluster.store import Store
 
+    token = os.environ.pop(TOKEN_ENV)
+
     async def main() -> None:
-        server = APIServer(Store(watch_window=window), HOST, 0)
+        server = APIServer(Store(watch_window=window), HOST, 0, authenticator=Authenticator(
+            [StaticTokens({token: admin_user()})]))
         await server.start()
         print(server.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -60,7 +70,8 @@ class Connection:
         assert self.reader is not None and self.writer is not None
         data = json.dumps(body).encode() if body is not None else b""
         head = (f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(data)}\r\n"
-                "Content-Type: application/json\r\nAccept: application/json\r\n\r\n")
+                "Content-Type: application/json\r\nAccept: application/json\r\n"
+                f"Authorization: Bearer {_TOKEN}\r\n\r\n")
         self.writer.write(head.encode() + data)
         status_line = await self.reader.readline()
         code = int(status_line.split()[1])
@@ -94,7 +105,8 @@ class WatchStream:
 
     async def open(self) -> "WatchStream":
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        self.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\n"
+                          f"Authorization: Bearer {_TOKEN}\r\n\r\n".encode())
         while (await self.reader.readline()) not in (b"\r\n", b""):
             pass
         return self
@@ -255,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_apiserver", "--serve",
                              "--watch-window", str(args.watch_window)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, TOKEN_ENV: _TOKEN},
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         assert proc.stdout is not None

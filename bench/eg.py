@@ -11,10 +11,12 @@ Everything comes from PyPI, unchanged, into ``bench/.venv-eg`` (gitignored):
 How it runs here, and the only adaptations (each one what a real deployment provides):
 
 * The EG server runs as a host process (not a pod) with *in-cluster* configuration, as in its
-  Helm chart: ``KUBERNETES_SERVICE_HOST/PORT`` point at an HTTPS endpoint of the local API server
-  (its own TLS listener when it has one, else a loopback TLS forwarder made here with
-  ``localcluster/tls.py``'s CA), and the service-account token and CA come from a directory that
+  Helm chart: ``KUBERNETES_SERVICE_HOST/PORT`` point at the local API server's HTTPS listener,
+  and the service-account token (a real one for the ServiceAccount ``enterprise-gateway``, from
+  the TokenRequest API, as its pod would mount) and CA come from a directory that
   ``bench/eg_site/sitecustomize.py`` substitutes for the fixed ``/var/run/secrets/...`` path.
+  (Its Helm chart also binds that account to a ClusterRole; that matters once the local
+  cluster authorizes requests.)
 * The kernelspec is installed as EG's kernelspecs tarball installs it (argv paths pointing at
   its ``scripts/``), image ``elyra/kernel-py:<version>``.  The pod template gains one env entry,
   ``POD_IP`` from the downward API, used only by the site hook to keep EG's ``0.0.0.0`` binds on
@@ -30,7 +32,6 @@ Everything else is EG's defaults: a namespace (and RoleBinding) per kernel, 0.5 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -51,7 +52,9 @@ EG_REQUIREMENT = "jupyter-enterprise-gateway==3.3.*"
 KERNEL_REQUIREMENT = "ipykernel<7"  # what the elyra/kernel-py image pins
 SITE = C.BENCH / "eg_site"
 KERNEL_NAME = "python_kubernetes"
-SA_TOKEN = "enterprise-gateway-sa-token"
+SERVICE_ACCOUNT = "enterprise-gateway"
+#: A day: longer than any benchmark run, as the kubelet would keep a mounted token fresh.
+SA_TOKEN_SECONDS = 24 * 3600
 
 
 class SetupError(RuntimeError):
@@ -151,55 +154,25 @@ def install_kernelspec(data_dir: Path, version: str) -> Path:
     return target
 
 
-# --- HTTPS for in-cluster clients --------------------------------------------------------------
+# --- in-cluster credentials -----------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def https_endpoint(cluster: Any, workdir: Path) -> AsyncIterator[tuple[int, bytes]]:
-    """(port, CA PEM) of an HTTPS endpoint of the cluster's API server on 127.0.0.1."""
-    api = cluster.apiserver
-    native = getattr(api, "tls_url", None)
-    ca_pem = getattr(getattr(api, "serving_cert", None), "ca_pem", None) if native else None
-    if native and ca_pem:
-        yield int(native.rsplit(":", 1)[1].split("/")[0]), ca_pem
-        return
-    from elastic_kernels.localcluster.tls import generate_serving_cert
-    cert = await asyncio.to_thread(generate_serving_cert, workdir / "tls")
-    upstream_port = api.port
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(C.HOST, upstream_port)
-        except OSError:
-            writer.close()
-            return
-        both = [asyncio.ensure_future(pipe(reader, up_writer)),
-                asyncio.ensure_future(pipe(up_reader, writer))]
-        for t in both:
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-        await asyncio.gather(*both, return_exceptions=True)
-
-    server = await asyncio.start_server(handle, C.HOST, 0, ssl=cert.server_context())
+async def service_account_token(cluster: Any, name: str) -> str:
+    """A token for ServiceAccount ``name`` (created if missing) in the cluster's namespace."""
+    from elastic_kernels.kube.client import KubeError
+    client = await C.kube_client(cluster)
+    base = f"/api/v1/namespaces/{cluster.namespace}/serviceaccounts"
     try:
-        yield server.sockets[0].getsockname()[1], cert.ca_pem
+        try:
+            await client.request("POST", base, body={"metadata": {"name": name}})
+        except KubeError as e:
+            if not e.already_exists:
+                raise
+        answer = await client.request("POST", f"{base}/{name}/token", body={
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": SA_TOKEN_SECONDS}})
+        return str(answer["status"]["token"])
     finally:
-        server.close()
-        for t in list(tasks):
-            t.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5)
+        await client.close()
 
 
 # --- the EG server -----------------------------------------------------------------------------
@@ -216,37 +189,41 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
     # those files, keys included, go away with the benchmark's directory.
     tmpdir = home / "tmp"
     tmpdir.mkdir(mode=0o700, exist_ok=True)
-    async with https_endpoint(cluster, workdir) as (tls_port, ca_pem):
-        (sa_dir / "token").write_text(SA_TOKEN)
-        (sa_dir / "ca.crt").write_bytes(ca_pem)
-        (sa_dir / "namespace").write_text(cluster.namespace)
-        token = "eg-" + uuid.uuid4().hex
-        env.update({
-            "PATH": os.pathsep.join([str(VENV / "bin"), env.get("PATH", "/usr/bin:/bin")]),
-            "PYTHONPATH": str(SITE),
-            "KUBERNETES_SERVICE_HOST": C.HOST, "KUBERNETES_SERVICE_PORT": str(tls_port),
-            "BENCH_EG_SERVICEACCOUNT": str(sa_dir),
-            "EG_NAMESPACE": cluster.namespace,
-            "EG_RESPONSE_IP": C.HOST, "EG_RESPONSE_PORT": str(C.free_port()),
-            "EG_PROHIBITED_LOCAL_IPS": "",
-            # What EG passes from its own environment to launch_kubernetes.py (and so, by
-            # extend_pod_env, into the kernel pod): the venv's PATH and the site hook.
-            "EG_INHERITED_ENVS": "PATH,PYTHONPATH,BENCH_EG_SERVICEACCOUNT,LANG,TMPDIR",
-            "TMPDIR": str(tmpdir),
-        })
-        env.pop("VIRTUAL_ENV", None)
-        def argv(port: int) -> list[str]:
-            return [str(VENV / "bin" / "jupyter"), "enterprisegateway", f"--ip={C.HOST}",
-                    f"--port={port}", "--port_retries=0",
-                    f"--EnterpriseGatewayApp.auth_token={token}",
-                    f"--EnterpriseGatewayApp.default_kernel_name={KERNEL_NAME}",
-                    "--log-level=WARN"]
+    tls_port = int(cluster.apiserver.tls_url.rsplit(":", 1)[1])
+    sa_token = await service_account_token(cluster, SERVICE_ACCOUNT)
+    fd = os.open(sa_dir / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(sa_token)
+    (sa_dir / "ca.crt").write_bytes(cluster.ca_pem)
+    (sa_dir / "namespace").write_text(cluster.namespace)
+    token = "eg-" + uuid.uuid4().hex
+    env.update({
+        "PATH": os.pathsep.join([str(VENV / "bin"), env.get("PATH", "/usr/bin:/bin")]),
+        "PYTHONPATH": str(SITE),
+        "KUBERNETES_SERVICE_HOST": C.HOST, "KUBERNETES_SERVICE_PORT": str(tls_port),
+        "BENCH_EG_SERVICEACCOUNT": str(sa_dir),
+        "EG_NAMESPACE": cluster.namespace,
+        "EG_RESPONSE_IP": C.HOST, "EG_RESPONSE_PORT": str(C.free_port()),
+        "EG_PROHIBITED_LOCAL_IPS": "",
+        # What EG passes from its own environment to launch_kubernetes.py (and so, by
+        # extend_pod_env, into the kernel pod): the venv's PATH and the site hook.
+        "EG_INHERITED_ENVS": "PATH,PYTHONPATH,BENCH_EG_SERVICEACCOUNT,LANG,TMPDIR",
+        "TMPDIR": str(tmpdir),
+    })
+    env.pop("VIRTUAL_ENV", None)
 
-        async with C.run_server("enterprise gateway", argv, env, token, home / "eg.log",
-                                ready_path="/api") as server:
-            server.extra["tls_port"] = tls_port
-            server.extra["tmpdir"] = tmpdir
-            yield server
+    def argv(port: int) -> list[str]:
+        return [str(VENV / "bin" / "jupyter"), "enterprisegateway", f"--ip={C.HOST}",
+                f"--port={port}", "--port_retries=0",
+                f"--EnterpriseGatewayApp.auth_token={token}",
+                f"--EnterpriseGatewayApp.default_kernel_name={KERNEL_NAME}",
+                "--log-level=WARN"]
+
+    async with C.run_server("enterprise gateway", argv, env, token, home / "eg.log",
+                            ready_path="/api") as server:
+        server.extra["tls_port"] = tls_port
+        server.extra["tmpdir"] = tmpdir
+        yield server
 
 
 def kernel_connection_file(tmpdir: Path, kernel_id: str) -> Path | None:

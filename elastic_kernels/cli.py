@@ -77,8 +77,9 @@ async def _run_cluster(args: argparse.Namespace) -> int:
                 await client.close()
             logging.getLogger(__name__).info("applied %s", ", ".join(applied))
         print(
-            f"local cluster: API server {cluster.url}, kubeconfig {cluster.kubeconfig_path} "
-            f"(context elastic-local, namespace {args.namespace}), {args.nodes} node(s) x "
+            f"local cluster: API server {cluster.server_url}, kubeconfig "
+            f"{cluster.kubeconfig_path} (context elastic-local, namespace {args.namespace}), "
+            f"{args.nodes} node(s) x "
             f"{args.gpus_per_node} nvidia.com/gpu; Ctrl-C stops it",
             flush=True,
         )

@@ -35,8 +35,10 @@ import yaml
 
 from . import discovery, openapi
 from . import errors as E
+from .authn import ANONYMOUS, Authenticator, UserInfo, self_subject_review
 from .errors import ApiError
 from .resources import ResourceType
+from .satokens import ServiceAccountTokens
 from .store import Store, Watch, WatchEvent, WriteOptions
 
 log = logging.getLogger(__name__)
@@ -214,8 +216,19 @@ _PB_MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "ServiceAccount": {1: ("metadata", "ObjectMeta"), 2: ("secrets", "[ObjectReference"),
                        3: ("automountServiceAccountToken", "bool"),
                        4: ("imagePullSecrets", "[LocalObjectReference")},
+    # k8s.io/api/authentication/v1 (kubectl create token, kubectl auth whoami); the status a
+    # client sends (always, as zero values) is the server's to fill in, so it is skipped.
+    "TokenRequest": {1: ("metadata", "ObjectMeta"), 2: ("spec", "TokenRequestSpec"),
+                     3: ("status", "skip")},
+    "TokenRequestSpec": {1: ("audiences", "[str"), 3: ("boundObjectRef", "BoundObjectReference"),
+                         4: ("expirationSeconds", "int")},
+    "BoundObjectReference": {1: ("kind", "str"), 2: ("apiVersion", "str"), 3: ("name", "str"),
+                             4: ("uid", "str")},
+    "SelfSubjectReview": {1: ("metadata", "ObjectMeta"), 2: ("status", "skip")},
 }
-_PB_KINDS = {("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Namespace"), ("v1", "ServiceAccount")}
+_PB_KINDS = {("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Namespace"), ("v1", "ServiceAccount"),
+             ("authentication.k8s.io/v1", "TokenRequest"),
+             ("authentication.k8s.io/v1", "SelfSubjectReview")}
 
 
 def _pb_fields(buf: bytes) -> Iterable[tuple[int, Any]]:
@@ -264,6 +277,8 @@ def _pb_message(buf: bytes, name: str) -> dict[str, Any]:
             raise E.bad_request(f"protobuf field {number} of {name} is not understood by this "
                                 "server; send the object as JSON")
         field, kind = schema[number]
+        if kind == "skip":
+            continue
         if kind == "str":
             if value:
                 out[field] = value.decode()
@@ -302,9 +317,10 @@ def decode_protobuf(raw: bytes) -> dict[str, Any]:
         kind = type_meta.get(2, b"").decode()
         if (api_version, kind) not in _PB_KINDS:
             raise ApiError(415, "UnsupportedMediaType",
-                           "this server decodes protobuf only for ConfigMap, Secret, Namespace "
-                           f"and ServiceAccount, not {api_version}/{kind}; send the object as JSON "
-                           "(for example with `kubectl create -f`)")
+                           "this server decodes protobuf only for ConfigMap, Secret, Namespace, "
+                           "ServiceAccount, TokenRequest and SelfSubjectReview, not "
+                           f"{api_version}/{kind}; send the object as JSON (for example with "
+                           "`kubectl create -f`)")
         obj = _pb_message(envelope.get(2, b""), kind)
     except (ValueError, UnicodeDecodeError, KeyError) as exc:
         raise E.bad_request(f"malformed protobuf body: {exc}") from None
@@ -584,7 +600,8 @@ class _Handler(tornado.web.RequestHandler):
         self.server = server
         self.store = server.store
         self._watch: Watch | None = None
-        self._user = ""
+        # Who made this request: set by authentication before routing; authorization reads it.
+        self.user: UserInfo = ANONYMOUS
 
     # tornado hooks ------------------------------------------------------------------------------
 
@@ -674,16 +691,8 @@ class _Handler(tornado.web.RequestHandler):
                                 "integer") from None
 
     def _authenticate(self) -> None:
-        header = self.request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        tokens = self.server.tokens
-        if tokens is None:
-            self._user = "system:anonymous" if not token else "token"
-            return
-        user = tokens.get(token)
-        if user is None:
-            raise ApiError(401, "Unauthorized", "Unauthorized")
-        self._user = user
+        self.user = self.server.authenticator.authenticate(
+            self.request.headers.get("Authorization"), self.request.path)
 
     def _content_type(self) -> str:
         return (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -873,7 +882,7 @@ class _Handler(tornado.web.RequestHandler):
         rtype = route.rtype
         verb = self._verb(method, route)
         self.server.request_counter.record(verb, rtype.group, rtype.plural, route.subresource,
-                                           route.namespace or "", self._user)
+                                           route.namespace or "", self.user.name)
         if route.subresource and route.subresource not in rtype.subresources:
             raise self._not_found_path()
         if not route.subresource and verb not in rtype.verbs:
@@ -881,6 +890,9 @@ class _Handler(tornado.web.RequestHandler):
                                        "resource")
         if rtype.key == ("", "bindings"):
             self._bind(route)
+            return
+        if rtype.key == ("authentication.k8s.io", "selfsubjectreviews"):
+            self._self_subject_review(route)
             return
         if verb == "list":
             self._list(route)
@@ -897,6 +909,8 @@ class _Handler(tornado.web.RequestHandler):
                     self._bind(route)
                 elif route.subresource == "eviction":
                     self._evict(route)
+                elif route.subresource == "token":
+                    self._token_request(route)
                 else:
                     raise E.method_not_allowed("the server does not allow this method on the "
                                                "requested resource")
@@ -1147,6 +1161,26 @@ class _Handler(tornado.web.RequestHandler):
         self._send({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "code": 201}, 201)
 
+    def _token_request(self, route: Route) -> None:
+        """POST serviceaccounts/{name}/token (TokenRequest), as ``kubectl create token`` does."""
+        ns = self._namespace_required(route)
+        body = self._body()
+        opts = self._options()
+        answer = self.server.service_account_tokens.token_request(
+            ns, route.name, body)  # type: ignore[arg-type]
+        if opts.dry_run:
+            answer["status"] = {"token": "", "expirationTimestamp": None}
+        self._send(answer, 201)
+
+    def _self_subject_review(self, route: Route) -> None:
+        """POST selfsubjectreviews: the caller as authenticated (``kubectl auth whoami``)."""
+        if route.name is not None or route.subresource:
+            raise self._not_found_path()
+        body = self._body()
+        if not isinstance(body, dict) or body.get("kind") not in (None, "SelfSubjectReview"):
+            raise E.bad_request("the body of the request must be a SelfSubjectReview object")
+        self._send(self_subject_review(self.user), 201)
+
     def _evict(self, route: Route) -> None:
         body = self._body() or {}
         options = body.get("deleteOptions") or {}
@@ -1305,21 +1339,26 @@ class APIServer:
     """Serves ``store`` over HTTP on ``host:port`` (port 0 picks a free one) until ``stop()``.
 
     ``log_provider(namespace, pod, container) -> str`` (or an awaitable of str) answers
-    ``pods/log``; the kubelet plugs in its own.  ``tokens`` maps bearer tokens to user names;
-    without it any token (or none) is accepted.  With ``tls`` (a server SSL context) the same API
-    is also served over HTTPS on a second port (``tls_url``): in-cluster clients only speak HTTPS.
+    ``pods/log``; the kubelet plugs in its own.  Every request is authenticated by
+    ``authenticator`` (``authn.py``) before it is routed; by default only ServiceAccount tokens
+    from ``service_account_tokens`` (which also answers the TokenRequest API) are accepted, so a
+    caller that wants an admin passes an authenticator with one.  With ``tls`` (a server SSL
+    context) the same API is also served over HTTPS on a second port (``tls_url``; ``tls_port``
+    0 picks a free one): in-cluster clients only speak HTTPS. Both listeners authenticate alike.
     """
 
     def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, *,
-                 tokens: dict[str, str] | None = None,
+                 authenticator: Authenticator | None = None,
+                 service_account_tokens: ServiceAccountTokens | None = None,
                  log_provider: LogProvider | None = None,
                  bookmark_interval: float = 60.0, watch_timeout: int = 1800,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, tls_port: int = 0) -> None:
         self.store = store
         self.host = host
         self._requested_port = port
         self.port = 0
-        self.tokens = tokens
+        self.service_account_tokens = service_account_tokens or ServiceAccountTokens(store)
+        self.authenticator = authenticator or Authenticator([self.service_account_tokens])
         self.log_provider = log_provider
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
@@ -1328,6 +1367,7 @@ class APIServer:
         self._server: tornado.httpserver.HTTPServer | None = None
         self._watchers: set[Watch] = set()
         self.tls = tls
+        self._requested_tls_port = tls_port
         self.tls_port = 0
         self._tls_server: tornado.httpserver.HTTPServer | None = None
 
@@ -1360,8 +1400,8 @@ class APIServer:
         self.port = sockets[0].getsockname()[1]
         self._server = server
         if self.tls is not None:
-            tls_sockets = tornado.netutil.bind_sockets(0, address=self.host,
-                                                       family=socket.AF_INET)
+            tls_sockets = tornado.netutil.bind_sockets(self._requested_tls_port,
+                                                       address=self.host, family=socket.AF_INET)
             tls_server = tornado.httpserver.HTTPServer(
                 app, ssl_options=self.tls, max_body_size=64 * 1024 * 1024,
                 idle_connection_timeout=3600)

@@ -3,12 +3,20 @@
 It is what ``make demo`` and the test suite run on. Clients reach it only the way they reach a
 real cluster, through the kubeconfig it writes; nothing in the gateway or the provisioner knows
 that this cluster is not a real one.
+
+Like a real cluster it lets nobody in without credentials: each run makes a random admin token
+(user ``kubernetes-admin``, group ``system:masters``) that only the kubeconfig it writes (mode
+0600) holds, and a ServiceAccount token key from which the kubelet gets each pod's token. The
+kubeconfig names the HTTPS listener and embeds the run's CA, as a real admin kubeconfig does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,14 +28,15 @@ import yaml
 from ..kube.apply import apply_manifests, load_manifests
 from ..kube.client import KubeClient
 from ..kube.config import load_cluster_config
-
 from .apiserver import APIServer
+from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
 from .kubelet import Kubelet
 from .nodes import default_nodes, node_object
+from .satokens import ServiceAccountTokens
 from .scheduler import Scheduler
-from .tls import generate_serving_cert
 from .store import Store
+from .tls import ServingCert, generate_serving_cert
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +79,33 @@ class LocalCluster:
         self.crash_backoff_seconds = crash_backoff_seconds
         self.manifests = list(manifests)
         self.store = Store()
+        self._admin_token = ""
+        self._cert: ServingCert | None = None
+        self.service_account_tokens: ServiceAccountTokens | None = None
+        self._authenticator: Authenticator | None = None
         self.apiserver: APIServer | None = None
         self.scheduler: Scheduler | None = None
         self.kubelet: Kubelet | None = None
 
     @property
     def url(self) -> str:
+        """The plain-HTTP listener (it requires credentials like the HTTPS one)."""
         assert self.apiserver is not None, "the cluster is not running"
         return self.apiserver.url
+
+    @property
+    def server_url(self) -> str:
+        """The HTTPS listener, which the kubeconfig names (kubectl, like every client-go
+        program, sends credentials only over TLS)."""
+        assert self.apiserver is not None and self.apiserver.tls_url is not None, \
+            "the cluster is not running"
+        return self.apiserver.tls_url
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate of the HTTPS listener (what a pod's ``ca.crt`` holds)."""
+        assert self._cert is not None, "the cluster is not running"
+        return self._cert.ca_pem
 
     @property
     def request_counter(self) -> Any:
@@ -90,13 +118,18 @@ class LocalCluster:
             for cfg in default_nodes(self.node_count, self.gpus_per_node, self.cpu_per_node,
                                      self.memory_per_node):
                 self.store.create(("", "nodes"), None, node_object(cfg))
-            cert = await asyncio.to_thread(generate_serving_cert, self.workdir / "pki")
-            self.apiserver = APIServer(self.store, host=self.host, port=self.port,
-                                       tls=cert.server_context())
+            cert = self._cert = await asyncio.to_thread(generate_serving_cert,
+                                                        self.workdir / "pki")
+            self._admin_token = secrets.token_urlsafe(32)
+            tokens = self.service_account_tokens = ServiceAccountTokens(self.store)
+            self._authenticator = Authenticator(
+                [StaticTokens({self._admin_token: admin_user()}), tokens])
+            self.apiserver = self._new_apiserver(self.port, 0)
             await self.apiserver.start()
             kubelet_kwargs: dict[str, Any] = {"api_url": self.apiserver.url,
                                               "service_url": self.apiserver.tls_url,
                                               "ca_pem": cert.ca_pem,
+                                              "token_issuer": tokens,
                                               "image_policy": self.image_policy}
             if self.crash_backoff_seconds is not None:
                 kubelet_kwargs["crash_backoff_seconds"] = self.crash_backoff_seconds
@@ -122,13 +155,25 @@ class LocalCluster:
         finally:
             await client.close()
 
-    def kubeconfig(self, namespace: str | None = None, token: str = "local-admin") -> dict:
-        """A kubeconfig naming cluster, user and context ``elastic-local``."""
+    def _new_apiserver(self, port: int, tls_port: int) -> APIServer:
+        assert self._cert is not None and self._authenticator is not None
+        return APIServer(self.store, host=self.host, port=port, tls=self._cert.server_context(),
+                         tls_port=tls_port, authenticator=self._authenticator,
+                         service_account_tokens=self.service_account_tokens)
+
+    def kubeconfig(self, namespace: str | None = None, token: str | None = None) -> dict:
+        """A kubeconfig naming cluster, user and context ``elastic-local``: the admin's, or
+        one that authenticates with ``token`` (a ServiceAccount's, say) instead.
+
+        It holds a credential: write it only to files no one else can read.
+        """
+        cluster = {"server": self.server_url,
+                   "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": CONTEXT_NAME, "cluster": {"server": self.url}}],
-            "users": [{"name": CONTEXT_NAME, "user": {"token": token}}],
+            "clusters": [{"name": CONTEXT_NAME, "cluster": cluster}],
+            "users": [{"name": CONTEXT_NAME, "user": {"token": token or self._admin_token}}],
             "contexts": [{
                 "name": CONTEXT_NAME,
                 "context": {"cluster": CONTEXT_NAME, "user": CONTEXT_NAME,
@@ -138,11 +183,23 @@ class LocalCluster:
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: str | Path, namespace: str | None = None) -> Path:
+    def write_kubeconfig(self, path: str | Path, namespace: str | None = None,
+                         token: str | None = None) -> Path:
+        """Write ``kubeconfig(namespace, token)`` to ``path``, readable by this user only from
+        the moment the file exists (it is created 0600, never widened then narrowed)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(namespace), sort_keys=False))
-        path.chmod(0o600)
+        text = yaml.safe_dump(self.kubeconfig(namespace, token), sort_keys=False).encode()
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     async def stop_apiserver(self) -> None:
@@ -157,7 +214,7 @@ class LocalCluster:
         objects and resourceVersions; watches resume or get 410 Gone like after a real one)."""
         old = self.apiserver
         assert old is not None, "the cluster is not running"
-        server = APIServer(self.store, host=self.host, port=old.port)
+        server = self._new_apiserver(old.port, old.tls_port)
         server.request_counter = old.request_counter
         server.log_provider = old.log_provider
         await server.start()

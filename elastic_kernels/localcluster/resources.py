@@ -123,7 +123,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  status_subresource=True, return_deleted_object=True, model="V1Service"),
     ResourceType("", "v1", "bindings", "binding", "Binding", True, verbs=("create",)),
     ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",),
-                 model="V1ServiceAccount"),
+                 extra_subresources=("token",), model="V1ServiceAccount"),
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
                  verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
                  status_subresource=True, return_deleted_object=True,
@@ -136,6 +136,9 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  field_labels=_EVENT_FIELDS, field_aliases=_EVENTS_V1_ALIASES,
                  storage=("", "events"), model="CoreV1Event"),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, model="V1Lease"),
+    # Not stored: the answer is the caller as authenticated (`kubectl auth whoami`).
+    ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
+                 "SelfSubjectReview", False, verbs=("create",)),
     # Kinds an install of this project creates. Nothing acts on them here (there is no controller
     # manager), but they are accepted, validated against their types, stored and listed, so that
     # `kubectl apply -k deploy/...` and Helm work against the local cluster.
@@ -173,8 +176,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 # Group versions served for built-ins, in the order discovery lists them ("" first, as real).
 BUILTIN_GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("", "v1"), ("events.k8s.io", "v1"), ("coordination.k8s.io", "v1"),
-    ("apiextensions.k8s.io", "v1"), ("apps", "v1"), ("batch", "v1"), ("policy", "v1"),
-    ("networking.k8s.io", "v1"), (_RBAC, "v1"),
+    ("authentication.k8s.io", "v1"), ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
+    ("batch", "v1"), ("policy", "v1"), ("networking.k8s.io", "v1"), (_RBAC, "v1"),
 )
 
 # Kinds whose names are DNS labels rather than DNS subdomains (real validation differs by kind).

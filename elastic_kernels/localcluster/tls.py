@@ -5,7 +5,9 @@ In a real pod, the official client's ``load_incluster_config`` talks to
 ``<service account dir>/ca.crt``; it refuses a missing or empty CA file and has no plain-HTTP mode.
 The local cluster therefore serves the same API over TLS as well (loopback only) with a
 certificate from a CA made for that one cluster, and its kubelet writes that CA's certificate as
-each pod's ``ca.crt``. The kubeconfig it writes for people and tests keeps using plain HTTP.
+each pod's ``ca.crt``. The kubeconfig it writes names this listener too, with the CA embedded:
+kubectl (client-go) sends credentials only over TLS. The plain-HTTP listener stays for
+wire-level tests and benchmarks, and requires the same credentials.
 
 The keys are made by the ``openssl`` command-line tool (present on every Debian/Ubuntu machine
 and in CI), so no Python dependency is added; both keys are ECDSA P-256, valid for 30 days, and

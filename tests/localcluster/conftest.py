@@ -2,12 +2,16 @@
 
 The server runs on its own event loop in a background thread, so the official synchronous
 ``kubernetes`` client and ``kubectl`` can drive it from the test thread over real HTTP without
-blocking the loop the server serves on.
+blocking the loop the server serves on. Like the local cluster's, it authenticates every request:
+the fixtures use its admin token (``ServerThread.admin_token``, made per server). It also serves
+HTTPS, which the ``kubeconfig`` fixture names: kubectl sends credentials only over TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -17,7 +21,10 @@ import yaml
 from kubernetes import client
 
 from elastic_kernels.localcluster.apiserver import APIServer
+from elastic_kernels.localcluster.authn import Authenticator, StaticTokens, admin_user
+from elastic_kernels.localcluster.satokens import ServiceAccountTokens
 from elastic_kernels.localcluster.store import Store
+from elastic_kernels.localcluster.tls import ServingCert, generate_serving_cert
 
 T = TypeVar("T")
 
@@ -26,21 +33,37 @@ class ServerThread:
     """An APIServer on a private loop thread; ``call`` runs code on that loop (store access)."""
 
     def __init__(self, store_kwargs: dict[str, Any] | None = None,
-                 server_kwargs: dict[str, Any] | None = None) -> None:
+                 server_kwargs: dict[str, Any] | None = None,
+                 cert: ServingCert | None = None) -> None:
         self._store_kwargs = store_kwargs or {}
         self._server_kwargs = server_kwargs or {}
+        self.cert = cert
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="apiserver-loop",
                                         daemon=True)
         self.store: Store | None = None
         self.server: APIServer | None = None
+        self.admin_token = secrets.token_urlsafe(32)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The admin's credentials, for requests made without a client library."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def start(self) -> "ServerThread":
         self._thread.start()
 
         async def boot() -> None:
             self.store = Store(**self._store_kwargs)
-            self.server = APIServer(self.store, "127.0.0.1", 0, **self._server_kwargs)
+            kwargs = dict(self._server_kwargs)
+            if self.cert is not None:
+                kwargs.setdefault("tls", self.cert.server_context())
+            if "authenticator" not in kwargs:
+                tokens = ServiceAccountTokens(self.store)
+                kwargs["service_account_tokens"] = tokens
+                kwargs["authenticator"] = Authenticator(
+                    [StaticTokens({self.admin_token: admin_user()}), tokens])
+            self.server = APIServer(self.store, "127.0.0.1", 0, **kwargs)
             await self.server.start()
 
         asyncio.run_coroutine_threadsafe(boot(), self.loop).result(10)
@@ -58,6 +81,11 @@ class ServerThread:
     def url(self) -> str:
         assert self.server is not None
         return self.server.url
+
+    @property
+    def tls_url(self) -> str:
+        assert self.server is not None and self.server.tls_url is not None
+        return self.server.tls_url
 
     @property
     def counter(self) -> Any:
@@ -83,12 +111,18 @@ def api_client(url: str, token: str | None = None) -> client.ApiClient:
     return client.ApiClient(config)
 
 
+@pytest.fixture(scope="session")
+def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
+    """One CA and server certificate for every test server of the session (openssl is slow)."""
+    return generate_serving_cert(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def apiserver(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+def apiserver(request: pytest.FixtureRequest, serving_cert: ServingCert) -> Iterator[ServerThread]:
     """A fresh API server; ``@pytest.mark.apiserver_options(store=..., server=...)`` tunes it."""
     marker = request.node.get_closest_marker("apiserver_options")
     kwargs = marker.kwargs if marker else {}
-    thread = ServerThread(kwargs.get("store"), kwargs.get("server"))
+    thread = ServerThread(kwargs.get("store"), kwargs.get("server"), serving_cert)
     try:
         thread.start()
         yield thread
@@ -99,7 +133,7 @@ def apiserver(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
 @pytest.fixture
 def kube(apiserver: ServerThread) -> Iterator[client.ApiClient]:
     """The official synchronous client, configured for the test server."""
-    api = api_client(apiserver.url)
+    api = api_client(apiserver.url, apiserver.admin_token)
     try:
         yield api
     finally:
@@ -119,10 +153,14 @@ def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
 @pytest.fixture
 def kubeconfig(apiserver: ServerThread, tmp_path: Path) -> Path:
     path = tmp_path / "kubeconfig"
+    path.touch(0o600)
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "t", "cluster": {"server": apiserver.url}}],
-        "users": [{"name": "t", "user": {"token": "test-token"}}],
+        "clusters": [{"name": "t", "cluster": {
+            "server": apiserver.tls_url,
+            "certificate-authority-data": base64.b64encode(apiserver.cert.ca_pem).decode()
+            if apiserver.cert else ""}}],
+        "users": [{"name": "t", "user": {"token": apiserver.admin_token}}],
         "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t",
                                                "namespace": "default"}}],
         "current-context": "t",

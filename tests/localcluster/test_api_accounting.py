@@ -10,6 +10,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from elastic_kernels.localcluster.authn import Authenticator, StaticTokens, UserInfo
+
 from .conftest import ServerThread, api_client
 
 pytestmark = pytest.mark.timeout(30)
@@ -59,8 +61,9 @@ def test_counter_records_verbs_and_diffs(apiserver: ServerThread,
     assert counter.snapshot() == {}
 
 
-@pytest.mark.apiserver_options(server={"tokens": {"admin-token": "admin",
-                                                  "gw-token": "system:serviceaccount:x:gw"}})
+@pytest.mark.apiserver_options(server={"authenticator": Authenticator([StaticTokens({
+    "admin-token": UserInfo("admin", groups=("system:masters",)),
+    "gw-token": UserInfo("system:serviceaccount:x:gw")})])})
 def test_tokens_map_to_users(apiserver: ServerThread) -> None:
     anonymous = client.CoreV1Api(api_client(apiserver.url))
     with pytest.raises(ApiException) as exc:

@@ -19,7 +19,7 @@ def send(server: ServerThread, method: str, path: str, body: Any = None,
          content_type: str = "application/json", raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(server.url + path, data=data, method=method,
-                                 headers={"Content-Type": content_type})
+                                 headers={"Content-Type": content_type, **server.auth_headers})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -23,7 +23,7 @@ def raw(server: ServerThread, method: str, path: str, body: bytes | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """A plain HTTP request (no client library), for wire-level assertions."""
     req = urllib.request.Request(server.url + path, data=body, method=method,
-                                 headers=headers or {})
+                                 headers={**server.auth_headers, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, joined(resp.headers), resp.read()

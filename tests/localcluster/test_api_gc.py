@@ -183,17 +183,20 @@ def test_delete_options_as_query_parameters(apiserver: ServerThread, core: clien
                                             kernel: dict) -> None:
     core.create_namespaced_pod("default", pod("p", [owner_ref(kernel)]))
     path = f"/apis/{GROUP}/v1/namespaces/default/{WIDGETS}/owner?propagationPolicy=Orphan"
-    req = urllib.request.Request(apiserver.url + path, method="DELETE")
+    req = urllib.request.Request(apiserver.url + path, method="DELETE",
+                                 headers=apiserver.auth_headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
     assert not core.read_namespaced_pod("p", "default").metadata.owner_references
     req = urllib.request.Request(apiserver.url + "/api/v1/namespaces/default/pods/p"
-                                                 "?propagationPolicy=Sideways", method="DELETE")
+                                                 "?propagationPolicy=Sideways", method="DELETE",
+                                 headers=apiserver.auth_headers)
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 422 and json.loads(exc.value.read())["kind"] == "Status"
     req = urllib.request.Request(apiserver.url + "/api/v1/namespaces/default/pods/p"
-                                                 "?gracePeriodSeconds=abc", method="DELETE")
+                                                 "?gracePeriodSeconds=abc", method="DELETE",
+                                 headers=apiserver.auth_headers)
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 400

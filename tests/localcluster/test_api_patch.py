@@ -29,7 +29,8 @@ def pod(name: str) -> dict[str, Any]:
 
 def send_patch(server: ServerThread, path: str, body: Any, content_type: str) -> tuple[int, dict]:
     req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
-                                 method="PATCH", headers={"Content-Type": content_type})
+                                 method="PATCH", headers={"Content-Type": content_type,
+                                                          **server.auth_headers})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())

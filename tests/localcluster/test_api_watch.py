@@ -32,7 +32,7 @@ class RawWatch:
     def __init__(self, server: ServerThread, path: str) -> None:
         url = urlparse(server.url)
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=20)
-        self.conn.request("GET", path)
+        self.conn.request("GET", path, headers=server.auth_headers)
         self.response = self.conn.getresponse()
         assert self.response.status == 200, self.response.read()
 
@@ -293,7 +293,8 @@ def test_watch_errors(apiserver: ServerThread, core: client.CoreV1Api) -> None:
     url = urlparse(apiserver.url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:
-        conn.request("GET", "/api/v1/namespaces/default/pods?watch=1&resourceVersion=abc")
+        conn.request("GET", "/api/v1/namespaces/default/pods?watch=1&resourceVersion=abc",
+                     headers=apiserver.auth_headers)
         response = conn.getresponse()
         assert response.status == 400
         assert json.loads(response.read())["kind"] == "Status"
