@@ -75,6 +75,9 @@ async def test_gateway_pod_serves_kernels_with_in_cluster_config(
         facts = await kernel_session(url, token, "python-gpu")
         used = requests_since(install_cluster, before)
         assert facts["first"][0] == "42" and facts["after_restart"] == "False"
+        # ...authenticated as its ServiceAccount, by the token the kubelet mounted.
+        assert (f"system:serviceaccount:{NAMESPACE}:elastic-kernels-gateway"
+                in install_cluster.request_counter.users())
         assert facts["kernelspecs"] == ["python-cpu", "python-gpu"]
 
         # The pod has no kubeconfig: the API calls below came over the HTTPS service address
