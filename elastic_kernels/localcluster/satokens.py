@@ -26,7 +26,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -83,7 +83,7 @@ def _epoch(stamp: Any) -> float | None:
 class IssuedToken:
     """A token and its lifetime (epoch seconds), as the kubelet needs them to rotate it."""
 
-    token: str
+    token: str = field(repr=False)  # never in a log line, even by accident
     issued_at: float
     expires_at: float
 
