@@ -176,7 +176,7 @@ async def test_anonymous_users_reach_only_public_info(cluster: LocalCluster) -> 
 # --- the admin ----------------------------------------------------------------------------------
 
 async def test_the_kubeconfig_admin_is_a_cluster_admin(cluster: LocalCluster) -> None:
-    code, out, err = await kubectl(cluster, "get", "secrets", "-A")
+    code, _, err = await kubectl(cluster, "get", "secrets", "-A")
     assert code == 0, err
     user = await whoami(cluster, admin_token(cluster))
     assert user["username"] == "kubernetes-admin"
@@ -231,7 +231,7 @@ async def test_kubectl_create_token_authenticates_as_the_service_account(
     assert claims["kubernetes.io"] == {"namespace": "default", "serviceaccount": {
         "name": "robot", "uid": account["metadata"]["uid"]}}
     # Tampering with it breaks the signature.
-    header, payload, signature = token.split(".")
+    header, _, signature = token.split(".")
     forged = dict(claims, sub="system:serviceaccount:kube-system:admin")
     forged_payload = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode().rstrip("=")
     assert (await call(cluster, "GET", POD_LIST, token=f"{header}.{forged_payload}.{signature}")
