@@ -32,6 +32,11 @@ the frame instead, about three times cheaper per message, and hands anything unu
 upstream's path.  Clients of ``v1.kernel.websocket.jupyter.org`` (JupyterLab 4) already get the
 raw parts from upstream.
 
+**What a client that does not read can cost is bounded.**  Past ``max_pending_bytes`` queued for
+it, its output is dropped with a notice in the cell, and a client that reads nothing at all is
+closed with 1008 (:mod:`elastic_kernels.gateway.writelimit`); every message of either protocol,
+replayed ones included, passes that check first.
+
 **A malformed client frame is dropped, not fatal.**  Upstream lets a JSON or framing error
 escape ``on_message``, and tornado then aborts the websocket.  We log the error type (never the
 payload, which may hold user data) and keep the connection.
@@ -44,9 +49,10 @@ import typing as t
 
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado.websocket import WebSocketClosedError
-from traitlets import Float, HasTraits, default
+from traitlets import Float, HasTraits, Integer, default
 from zmq.eventloop.zmqstream import ZMQStream
 
+from .writelimit import OutputLimit, Verdict, notice_frame
 from .wsframes import V1_PROTOCOL
 from .wsjson import json_frame
 from .zmqguard import recheck_stream
@@ -73,6 +79,16 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
         config=True,
         help="Upper bound of the exponentially growing kernel_info retry interval.",
     )
+
+    max_pending_bytes = Integer(
+        16 * 1024 * 1024,
+        config=True,
+        help="Bytes queued for a websocket client that is not reading, past which its kernel "
+        "output is dropped (with a notice in the cell) until it catches up; a client over "
+        "twice this reads nothing and is closed with 1008 (0: no bound).",
+    )
+
+    _output_limit: OutputLimit | None = None
 
     def nudge(self) -> asyncio.Future[None]:  # type: ignore[override]
         return asyncio.ensure_future(self._nudge())
@@ -183,12 +199,14 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
     def handle_outgoing_message(  # type: ignore[override]
         self, stream: str | ZMQStream, outgoing_msg: list[t.Any]
     ) -> None:
+        zmq_stream = self.channels[stream] if isinstance(stream, str) else stream
+        channel = getattr(zmq_stream, "channel", None)
+        if not self._admit(channel, outgoing_msg):
+            return
         if self.subprotocol == V1_PROTOCOL or self.limit_rate:
             # v1 passes the raw parts already; the rate limit needs upstream's parsed message.
             super().handle_outgoing_message(stream, outgoing_msg)  # type: ignore[arg-type]
             return
-        zmq_stream = self.channels[stream] if isinstance(stream, str) else stream
-        channel = getattr(zmq_stream, "channel", None)
         built = json_frame(self.session, outgoing_msg, channel)
         if built is None or (
             channel == "iopub"
@@ -207,6 +225,26 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
             self.write_message(built[0], binary=False)
         except WebSocketClosedError as e:
             self.log.warning(str(e))
+
+    def _admit(self, channel: str | None, msg_list: list[t.Any]) -> bool:
+        """Whether a kernel message goes to the client (see writelimit); first, the notices
+        for cells whose output was dropped, so that they arrive before the cell ends."""
+        limit = self._output_limit
+        if limit is None:
+            limit = self._output_limit = OutputLimit(self.max_pending_bytes, self.log,
+                                                     self.kernel_id)
+        verdict = limit.check(self.websocket_handler, channel, msg_list)
+        if verdict is Verdict.CLOSE:
+            self.websocket_handler.close(1008, limit.close_reason)
+            return False
+        if verdict is Verdict.DROP:
+            return False
+        if limit.has_notices:
+            v1 = self.subprotocol == V1_PROTOCOL
+            for parent, text in limit.take_notices():
+                payload, binary = notice_frame(self.session, v1, parent, text)
+                self.write_message(payload, binary=binary)
+        return True
 
     def handle_incoming_message(self, incoming_msg: str) -> None:  # type: ignore[override]
         try:

@@ -45,6 +45,7 @@ from ..provisioner.errors import KernelLaunchError
 from .errors import GatewayHTTPError, KernelStartError, error_body
 from .metrics import CONTENT_TYPE, render
 from .ownership import no_such_kernel, ownership
+from .writelimit import retrieve_exception
 from .wsframes import FrameError, deliver
 
 if t.TYPE_CHECKING:
@@ -310,6 +311,11 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
         self.set_nodelay(True)
         self.gateway_app.open_websockets.add(self)
         await super().open(kernel_id)
+
+    def write_message(self, message: t.Any, binary: bool = False) -> asyncio.Future[None]:
+        written = super().write_message(message, binary=binary)
+        written.add_done_callback(retrieve_exception)  # not a log line per frame lost on close
+        return written
 
     def on_message(self, ws_message: t.Any) -> None:
         connection = getattr(self, "connection", None)

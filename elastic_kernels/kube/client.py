@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,12 +84,16 @@ class KubeError(Exception):
     into a quick 503 rather than a hang.
     """
 
-    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None) -> None:
+    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None,
+                 *, sent: bool | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.body = body or {}
+        #: For ``status == 0``: False when the request never left (the connection could not be
+        #: opened), True when it may have reached the server; None when nobody could tell.
+        self.sent = sent
 
     @property
     def not_found(self) -> bool:
@@ -109,6 +114,20 @@ class KubeError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.status == 0
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether the API server may have carried the request out although it failed.
+
+        A hung API server (stopped, or stuck on its storage) answers nothing for a while and
+        then commits the requests it had queued: a read timeout, a connection broken after the
+        request went out, or a 5xx (a 504 from storage, a 503 from a proxy in front) say
+        nothing about whether a create happened. A 4xx (validation, conflict, forbidden,
+        throttled) or a connection that never opened is a definite refusal: nothing was done.
+        """
+        if self.status == 0:
+            return self.sent is not False
+        return self.status >= 500
 
     @classmethod
     def from_body(cls, status: int, raw: bytes) -> "KubeError":
@@ -133,9 +152,12 @@ class KubeClient:
     #: fails fast with a clear error instead of hanging.
     request_timeout: tuple[float, float] = (5.0, 30.0)
 
-    def __init__(self, api_client: ApiClient, namespace: str = "default", max_workers: int = 16):
+    def __init__(self, api_client: ApiClient, namespace: str = "default", max_workers: int = 16,
+                 request_timeout: tuple[float, float] | None = None):
         self.api_client = api_client
         self.namespace = namespace
+        if request_timeout is not None:
+            self.request_timeout = request_timeout
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube")
         # urllib3 retries connection failures itself; one quick retry is enough, the callers
         # (informers, the provisioner) own the real retry policy.
@@ -163,6 +185,11 @@ class KubeClient:
                 self._recovery_listeners.remove(listener)
 
         return remove
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the last request reached the API server (True before the first one)."""
+        return not self._unreachable
 
     def _reached(self, reached: bool) -> None:
         with self._reachability:
@@ -225,7 +252,8 @@ class KubeClient:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             self._reached(False)
             raise KubeError(0, "Unreachable",
-                            f"cannot reach the Kubernetes API server: {_short(e)}") from None
+                            f"cannot reach the Kubernetes API server: {_short(e)}",
+                            sent=not _never_sent(e)) from None
         self._reached(True)
         if not 200 <= resp.status < 300:
             raise KubeError.from_body(resp.status, raw)
@@ -396,6 +424,23 @@ def _query_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a failed request certainly never reached the server: the connection itself
+    could not be opened (refused, no route, name not resolved, connect timeout). A read timeout
+    or a connection reset may come after the server got, and acted on, the request."""
+    inner: BaseException | None = exc
+    seen = 0
+    while inner is not None and seen < 8:
+        if isinstance(inner, (urllib3.exceptions.NewConnectionError,
+                              urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError,
+                              socket.gaierror)):
+            return True
+        nxt = getattr(inner, "reason", None)
+        inner = nxt if isinstance(nxt, BaseException) and nxt is not inner else None
+        seen += 1
+    return False
 
 
 def _short(exc: BaseException) -> str:

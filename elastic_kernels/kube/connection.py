@@ -48,6 +48,12 @@ class ClusterConnection(SingletonConfigurable):
     sync_timeout = Float(
         30.0, config=True, help="Seconds to wait for a watch's first list at startup."
     )
+    request_timeout = Float(
+        30.0, config=True,
+        help="Seconds to wait for the API server's answer to an ordinary request (watches "
+        "have their own). A hung API server fails a kernel start after this long with a 503; "
+        "the provisioner then removes whatever the API server may still create for it.",
+    )
 
     _cluster: ClusterConfig | None = None
     _client: KubeClient | None = None
@@ -75,7 +81,10 @@ class ClusterConnection(SingletonConfigurable):
     def client(self) -> KubeClient:
         if self._client is None:
             cluster = self.cluster
-            self._client = KubeClient(cluster.api_client, cluster.namespace, self.max_workers)
+            self._client = KubeClient(
+                cluster.api_client, cluster.namespace, self.max_workers,
+                request_timeout=(min(5.0, self.request_timeout), self.request_timeout),
+            )
         return self._client
 
     @property

@@ -1,0 +1,220 @@
+"""What one kernel websocket may have queued for a client that does not read it, bounded.
+
+Why: tornado queues every websocket frame in the connection's write buffer, without limit, and
+nothing slows the writer down; the gateway reads a kernel's ZeroMQ sockets as fast as they
+deliver. A client that runs ``while True: sys.stdout.write('y' * 65536)`` and stops reading (a
+hostile one, or a tab the browser froze) grew a gateway replica by over 2 GiB in 20 s, enough for
+its memory limit to kill it with every user's websockets on it.
+
+**Output is dropped, not the connection.** Once more than ``max_pending_bytes`` are queued for a
+client, the kernel's *output* on iopub (``stream``, ``display_data``, ``update_display_data``,
+``execute_result``, ``error``, ``comm_msg``) is dropped for it until it has caught up to half the
+bound. Everything else still goes out: status, ``execute_input``, the replies on shell and
+control, stdin's ``input_request``; a frontend that lost those would show a cell busy for ever
+or wait for a prompt that never comes. If a further ``max_pending_bytes`` of those pile up while
+the client is behind, it reads nothing at all, and it is closed with 1008 (policy violation) and
+a reason. Why not close at the first bound: a slow link or a throttled background tab is a
+legitimate client that reads late. Closed, JupyterLab reconnects, gets the replay (bounded by the
+offline buffer), falls behind again: the user sees "connection lost" over and over and loses the
+output anyway. jupyter_server's own IOPub rate limit drops output with a notice for the same
+reason.
+
+**The user is told, in the right cell.** Each cell (parent header) that lost output gets one
+stderr ``stream`` message saying how much was dropped and why, sent just before the next message
+that does reach the client: before that cell's idle status or ``execute_reply``, while JupyterLab
+still routes the cell's messages to it (it forgets a cell once both arrived).
+
+**What is counted**: the bytes in tornado's write buffer, plus 2 KiB per frame not written yet
+(the Future and the Task that tornado's ``write_message`` wraps around each frame: 1.5 to 1.9 KiB
+measured), so a flood of small messages is bounded too. So a websocket holds at most
+``2 × max_pending_bytes`` plus one message (the one that crossed the bound; the kernel's
+message, which the gateway holds whole anyway).
+
+Private names: tornado's IOStream tells only whether it is writing (``writing()``), not how
+much; ``_write_buffer`` (a sized buffer) and ``_write_futures`` are read here and nowhere else.
+This can go when tornado exposes the size of its write buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import typing as t
+
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import DELIM, Session
+from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
+
+__all__ = ["FRAME_OVERHEAD", "OUTPUT_TYPES", "OutputLimit", "Verdict", "notice_frame",
+           "pending_bytes", "retrieve_exception"]
+
+FRAME_OVERHEAD = 2048
+"""Bytes counted for each frame tornado has not finished writing, besides the frame itself."""
+
+OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result",
+                          "error", "comm_msg"})
+"""iopub message types a client behind on its reading may lose (with a notice)."""
+
+MAX_NOTICE_CELLS = 16
+"""Cells remembered for notices between two messages sent; later drops go to the last one."""
+
+_MAX_PARENT_BYTES = 4096
+"""A parent header larger than this is not kept for the notice (it is the kernel's to size)."""
+
+
+class Verdict(enum.Enum):
+    """What to do with one outgoing kernel message."""
+
+    SEND = "send"
+    DROP = "drop"
+    CLOSE = "close"
+
+
+def pending_bytes(handler: t.Any) -> int | None:
+    """Bytes the handler's websocket has queued (see the module docstring), or None once it is
+    closing, when nothing more can reach the client."""
+    ws = getattr(handler, "ws_connection", None)
+    if ws is None or ws.is_closing():
+        return None
+    stream = getattr(ws, "stream", None)
+    if stream is None:
+        return 0
+    buffer = getattr(stream, "_write_buffer", None)
+    futures = getattr(stream, "_write_futures", ())
+    return (len(buffer) if buffer is not None else 0) + FRAME_OVERHEAD * len(futures)
+
+
+def retrieve_exception(written: asyncio.Future[t.Any]) -> None:
+    """Done callback for the future of a websocket write: its error is expected (the client
+    went away) and must not be logged. Otherwise asyncio logs "Task exception was never
+    retrieved", with a traceback, for every frame still queued when a connection closes:
+    tens of thousands of lines when a client that did not read goes away."""
+    if not written.cancelled():
+        written.exception()
+
+
+def _split(msg_list: t.Sequence[t.Any]) -> tuple[bytes, bytes] | None:
+    """The header and parent header parts of a raw kernel message, or None."""
+    for i, part in enumerate(msg_list):
+        if part == DELIM:
+            if len(msg_list) < i + 4:
+                return None
+            return bytes(msg_list[i + 2]), bytes(msg_list[i + 3])
+    return None
+
+
+def _msg_type(header: bytes) -> str | None:
+    try:
+        value = json.loads(header)
+    except ValueError:
+        return None
+    kind = value.get("msg_type") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} bytes"
+
+
+class OutputLimit:
+    """The bound for one websocket connection; the connection asks it about every message."""
+
+    def __init__(self, max_pending: int, log: logging.Logger | logging.LoggerAdapter[t.Any],
+                 kernel_id: str) -> None:
+        self.max_pending = max_pending
+        self.log = log
+        self.kernel_id = kernel_id
+        #: Bytes of other messages queued since the client was last less than half the bound
+        #: behind; past the bound, the client reads nothing at all.
+        self.kept_while_behind = 0
+        self.dropped_bytes = 0
+        self.dropped_messages = 0
+        #: raw parent header -> [bytes, messages] dropped, not yet reported to the client.
+        self._unreported: dict[bytes, list[int]] = {}
+
+    @property
+    def close_reason(self) -> str:
+        return f"client not reading: over {_size(2 * self.max_pending)} of messages queued"
+
+    def check(self, handler: t.Any, channel: str | None, msg_list: t.Sequence[t.Any]) -> Verdict:
+        if self.max_pending <= 0:
+            return Verdict.SEND
+        pending = pending_bytes(handler)
+        if pending is None:
+            return Verdict.DROP  # closing: the client gets nothing more anyway
+        if pending <= self.max_pending // 2:
+            self.kept_while_behind = 0
+        size = sum(len(p) for p in msg_list) + FRAME_OVERHEAD
+        if pending + size <= self.max_pending:
+            return Verdict.SEND  # fits: the common case, decided without parsing anything
+        if channel == "iopub":
+            parts = _split(msg_list)
+            if parts is not None and _msg_type(parts[0]) in OUTPUT_TYPES:
+                self._drop(parts[1], size, pending)
+                return Verdict.DROP
+        if pending > self.max_pending:
+            self.kept_while_behind += size
+            if self.kept_while_behind > self.max_pending:
+                self.log.warning("Kernel %s: websocket client is %s behind and reads nothing; "
+                                 "closing it (1008)", self.kernel_id, _size(pending))
+                return Verdict.CLOSE
+        return Verdict.SEND
+
+    def _drop(self, parent: bytes, size: int, pending: int) -> None:
+        if not self.dropped_messages:
+            why = (f"the client is {_size(pending)} behind" if pending
+                   else f"one message of {_size(size)}")
+            self.log.warning("Kernel %s: dropping output for a websocket client that cannot take "
+                             "it (%s; max_pending_bytes %s)", self.kernel_id, why,
+                             _size(self.max_pending))
+        self.dropped_bytes += size
+        self.dropped_messages += 1
+        if len(parent) > _MAX_PARENT_BYTES:
+            parent = b"{}"
+        entry = self._unreported.get(parent)
+        if entry is None:
+            if len(self._unreported) >= MAX_NOTICE_CELLS:
+                entry = next(reversed(self._unreported.values()))
+            else:
+                entry = self._unreported[parent] = [0, 0]
+        entry[0] += size
+        entry[1] += 1
+
+    @property
+    def has_notices(self) -> bool:
+        return bool(self._unreported)
+
+    def take_notices(self) -> list[tuple[dict[str, t.Any], str]]:
+        """``(parent header, text)`` for each cell that lost output since the last call."""
+        notices = []
+        for parent, (size, count) in self._unreported.items():
+            try:
+                header = json.loads(parent)
+            except ValueError:
+                header = {}
+            if not isinstance(header, dict) or "msg_id" not in header:
+                header = {}
+            noun = "message" if count == 1 else "messages"
+            notices.append((header, (
+                f"[elastic-kernels] {_size(size)} of output ({count} {noun}) not shown: the "
+                f"gateway holds at most {_size(self.max_pending)} of output that a client has "
+                "not read yet. The kernel kept running.\n")))
+        self._unreported.clear()
+        return notices
+
+
+def notice_frame(session: Session, v1: bool, parent: dict[str, t.Any],
+                 text: str) -> tuple[bytes | str, bool]:
+    """A stderr ``stream`` message on iopub for ``parent``'s cell, as a websocket frame of
+    either protocol: ``(payload, binary)``."""
+    msg = session.msg("stream", content={"name": "stderr", "text": text}, parent=parent)
+    if v1:
+        return serialize_msg_to_ws_v1(msg, "iopub", session.pack), True
+    msg["channel"] = "iopub"
+    return json.dumps(msg, default=json_default), False
