@@ -6,18 +6,19 @@ deliver. A client that runs ``while True: sys.stdout.write('y' * 65536)`` and st
 hostile one, or a tab the browser froze) grew a gateway replica by over 2 GiB in 20 s, enough for
 its memory limit to kill it with every user's websockets on it.
 
-**Output is dropped, not the connection.** Once more than ``max_pending_bytes`` are queued for a
-client, the kernel's *output* on iopub (``stream``, ``display_data``, ``update_display_data``,
-``execute_result``, ``error``, ``comm_msg``) is dropped for it until it has caught up to half the
-bound. Everything else still goes out: status, ``execute_input``, the replies on shell and
+**Output is dropped, not the connection.** Kernel *output* on iopub (``stream``,
+``display_data``, ``update_display_data``, ``execute_result``, ``error``, ``comm_msg``) is queued
+for a client only if it fits within ``max_pending_bytes`` together with what is already queued;
+otherwise it is dropped for that client (so is one output message larger than the bound on its
+own). Everything else still goes out: status, ``execute_input``, the replies on shell and
 control, stdin's ``input_request``; a frontend that lost those would show a cell busy for ever
 or wait for a prompt that never comes. If a further ``max_pending_bytes`` of those pile up while
-the client is behind, it reads nothing at all, and it is closed with 1008 (policy violation) and
-a reason. Why not close at the first bound: a slow link or a throttled background tab is a
-legitimate client that reads late. Closed, JupyterLab reconnects, gets the replay (bounded by the
-offline buffer), falls behind again: the user sees "connection lost" over and over and loses the
-output anyway. jupyter_server's own IOPub rate limit drops output with a notice for the same
-reason.
+the client is past the bound, it reads nothing at all, and it is closed with 1008 (policy
+violation) and a reason. Why not close at the first bound: a slow link or a throttled background
+tab is a legitimate client that reads late. Closed, JupyterLab reconnects, gets the replay
+(bounded by the offline buffer), falls behind again: the user sees "connection lost" over and
+over and loses the output anyway. jupyter_server's own IOPub rate limit drops output with a
+notice for the same reason. The kernel is never slowed down or stopped.
 
 **The user is told, in the right cell.** Each cell (parent header) that lost output gets one
 stderr ``stream`` message saying how much was dropped and why, sent just before the next message
@@ -26,9 +27,16 @@ still routes the cell's messages to it (it forgets a cell once both arrived).
 
 **What is counted**: the bytes in tornado's write buffer, plus 2 KiB per frame not written yet
 (the Future and the Task that tornado's ``write_message`` wraps around each frame: 1.5 to 1.9 KiB
-measured), so a flood of small messages is bounded too. So a websocket holds at most
-``2 × max_pending_bytes`` plus one message (the one that crossed the bound; the kernel's
-message, which the gateway holds whole anyway).
+measured), so a flood of small messages is bounded too. A websocket therefore holds at most
+about ``2 × max_pending_bytes``: output up to the bound, then other messages up to the bound
+again before the client is closed. Deciding costs a length check per message; a message's
+header is parsed only when it does not fit.
+
+Not bounded here: one kernel message passes through the gateway whole, once per ZeroMQ
+subscriber (the activity watcher, each client's iopub socket), whether or not anyone reads it.
+ipykernel sends a cell's output every 0.2 s in one message, so a cell printing in a tight loop
+without flushing makes messages of hundreds of MB, which cost the gateway that much memory for
+the moment they pass, then are dropped here.
 
 Private names: tornado's IOStream tells only whether it is writing (``writing()``), not how
 much; ``_write_buffer`` (a sized buffer) and ``_write_futures`` are read here and nowhere else.
