@@ -6,7 +6,10 @@ The lifecycle follows DESIGN §3:
    makes the HMAC key, and renders the JupyterKernel, Secret and Pod with one pure function.
 2. ``launch_kernel`` creates the three objects, then waits on the *shared* pod watch. It fails
    fast, in the cluster's own words, on image pull errors, crash loops, exited containers and
-   unschedulable pods; it waits (until ``launchTimeout``) only for GPU capacity.
+   unschedulable pods; it waits (until ``launchTimeout``) only for GPU capacity. A failed start
+   removes what it created; when the API server cannot say whether a create happened (a hung
+   server answers late or never), the removal by name goes on in the background
+   (``provisioner/leftovers.py``) and the client gets its error at once.
 3. ``poll`` and ``wait`` answer from the cache: a deleted or crashed pod is noticed within one
    watch event, at no API cost.
 4. ``terminate``/``kill`` delete the JupyterKernel; garbage collection removes the pod and the
@@ -43,6 +46,7 @@ from .envpolicy import filter_client_env
 from .errors import KernelLaunchError
 from .podstate import PodAssessment, Progress, assess_pod, waiting_resources
 from .gates import GPU_QUEUE_GATE
+from .leftovers import START_ID_ANNOTATION, Leftover, cause_of, cleaner_for, live_start, retryable
 from .readiness import KernelNotReady, wait_kernel_info
 from .templatepolicy import check_template, default_forbidden_service_accounts
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
@@ -90,6 +94,13 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     shutdown_wait_time = Float(
         3.0, config=True,
         help="Seconds a kernel gets to exit after shutdown_request before its pod is deleted.",
+    )
+    leftover_timeout = Float(
+        300.0, config=True,
+        help="Seconds to keep trying, in the background, to delete the JupyterKernel of a "
+        "failed start when the API server could not be asked or its create may still be "
+        "carried out (a timeout, a broken connection, a 5xx). Past it, the gateway's sweep and "
+        "the cull cron delete a pod-less record once it is older than its launch timeout.",
     )
     forbidden_service_accounts = List(
         Unicode(), config=True,
@@ -228,13 +239,19 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._attaching = False
             return self.connection_info
         assert self._spec is not None and self._rendered is not None, "pre_launch first"
+        # While it runs, the gateway's sweep of pod-less records leaves this one alone.
+        with live_start(self._ns, self.kernel_cr_name):
+            return await self._launch()
+
+    async def _launch(self) -> KernelConnectionInfo:
+        assert self._spec is not None and self._rendered is not None
         client = self.connection.client
         rendered = self._rendered
         pods = await self._pods()
         started = time.monotonic()
         try:
             if not self._kernel_uid:
-                created = await client.create(R.JUPYTERKERNELS, rendered.kernel, self._ns)
+                created = await self._create_record(client, rendered.kernel)
                 self._kernel_uid = created["metadata"]["uid"]
                 owner = {"name": self.kernel_cr_name, "uid": self._kernel_uid}
                 await client.create(SECRETS, with_owner(rendered.secret, owner), self._ns)
@@ -251,6 +268,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                               self._pod_name, gated=True)
             await self._create_pod(client, pod)
         except KubeError as e:
+            queue = self._gpu_queue()
+            if queue is not None:
+                queue.leave(self.kernel_id)
             await self._abandon(f"creating the kernel's objects failed: {e.message}")
             if e.unreachable:
                 raise KernelLaunchError("ClusterUnavailable", str(e), 503) from None
@@ -392,10 +412,41 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.log.warning("Kernel %s: could not record status %s: %s",
                              self.kernel_id, status.get("phase"), e)
 
+    async def _create_record(self, client: Any, kernel: JSON) -> JSON:
+        """Create the JupyterKernel, marked with a random start id. If the API server may still
+        carry the create out although it failed, a background task removes the record by name
+        (only one with this start id) should it appear: see provisioner/leftovers.py."""
+        start_id = secrets.token_hex(8)
+        meta = dict(kernel.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), START_ID_ANNOTATION: start_id}
+        try:
+            return await client.create(R.JUPYTERKERNELS, {**kernel, "metadata": meta}, self._ns)
+        except KubeError as e:
+            if e.outcome_unknown:
+                await self._leave_behind(Leftover(
+                    self._ns, self.kernel_cr_name, self.kernel_id, start_id=start_id,
+                    cause=f"creating its record had an unknown outcome ({cause_of(e)})"))
+            raise
+
+    async def _leave_behind(self, item: Leftover) -> None:
+        """Hand a record that could not be deleted now to the background cleaner."""
+        conn = self.connection
+        records: Informer | None
+        try:
+            records = await conn.informer(R.JUPYTERKERNELS, item.namespace, wait=False)
+        except KubeError:
+            records = None
+        cleaner_for(conn.client).remove(item, timeout=self.leftover_timeout, records=records,
+                                        logger=self.log)
+
     async def _abandon(self, message: str, reason: str = "LaunchFailed") -> None:
-        """A start failed: leave an Event saying why, then remove everything it created."""
+        """A start failed: leave an Event saying why, then remove everything it created.
+
+        When the API server is not answering, the Event is skipped and the record is removed in
+        the background: each would only hold the client's error back by another timeout.
+        """
         client = self.connection.client
-        if self._kernel_uid:
+        if self._kernel_uid and client.reachable:
             event = {
                 "apiVersion": "v1",
                 "kind": "Event",
@@ -420,17 +471,36 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pod_name = None
 
     async def _delete_record(self, grace_period_seconds: int | None = None) -> None:
+        """Delete the kernel's JupyterKernel (its pod and Secret go with it).
+
+        If the API server cannot be asked now, or its answer leaves the outcome open, the
+        deletion goes on in the background: a record left behind keeps counting against its
+        user's kernel limit and GPU quota, and the user has no way to remove it.
+        """
         if not self._kernel_uid:
             return
-        try:
-            await self.connection.client.delete(
-                R.JUPYTERKERNELS, self.kernel_cr_name, self._ns,
-                grace_period_seconds=grace_period_seconds,
-                preconditions={"uid": self._kernel_uid},
-            )
-        except KubeError as e:
-            if not e.not_found:
-                self.log.warning("Kernel %s: could not delete its record: %s", self.kernel_id, e)
+        client = self.connection.client
+        cause = "the API server is not answering"
+        if client.reachable:
+            try:
+                await client.delete(
+                    R.JUPYTERKERNELS, self.kernel_cr_name, self._ns,
+                    grace_period_seconds=grace_period_seconds,
+                    preconditions={"uid": self._kernel_uid},
+                )
+                cause = ""
+            except KubeError as e:
+                if e.not_found:
+                    cause = ""
+                elif retryable(e):
+                    cause = f"deleting its record failed ({cause_of(e)})"
+                else:
+                    cause = ""
+                    self.log.warning("Kernel %s: could not delete its record: %s",
+                                     self.kernel_id, e)
+        if cause:
+            await self._leave_behind(Leftover(self._ns, self.kernel_cr_name, self.kernel_id,
+                                              uid=self._kernel_uid, cause=cause))
         self._kernel_uid = ""
 
     async def _delete_pod(self, grace_period_seconds: int | None = None) -> None:
