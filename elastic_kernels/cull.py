@@ -1,4 +1,5 @@
-"""``elastic-kernels cull``: the cron safety net that deletes idle, over-age and orphaned kernels.
+"""``elastic-kernels cull``: the cron safety net that deletes idle, over-age and orphaned kernels,
+and the records of starts that failed after their JupyterKernel was written.
 
 It works from the API alone (JupyterKernel records, gateway Leases, kernelspecs), so it runs
 when no gateway is up. What it cannot see (open connections, busy kernels) it reads from the
@@ -7,6 +8,13 @@ records, where the claiming gateway writes it when it changes (``status.connecti
 decision per kernel with :mod:`elastic_kernels.culling` (the same rules the gateway applies),
 concurrent conditional deletions, and a report of what it deleted (or, with ``--dry-run``,
 would delete) and why. Garbage collection then removes each kernel's pod and Secret.
+
+It also lists the kernel pods, for one rule the gateways cannot apply to every record: a record
+that never started, has no pod and is older than its launch timeout (plus ``--launch-grace``) is
+what remains of a start that failed while the API server hung and carried the create out later
+(``LaunchAbandoned``). Whatever gateway claims it, nothing else would remove it, and it counts
+against its user's kernel limit and GPU quota. Kernels waiting for GPUs have their (gated or
+Pending) pod and are never taken for one.
 
 Overlapping runs are safe: every deletion is conditional on the record's uid and
 resourceVersion, so a kernel is deleted once and the other run reports it "already gone".
@@ -30,12 +38,15 @@ from typing import Any, TextIO
 from . import culling as C
 from .gateway.lease import LEASE_SELECTOR, gateway_lease, leases_by_gateway
 from .kube import resources as R
-from .kube.client import JSON, LEASES, KubeClient, KubeError
+from .kube.client import JSON, LEASES, PODS, KubeClient, KubeError
 from .kube.config import KubeConfigError, load_cluster_config
 
 log = logging.getLogger("elastic_kernels.cull")
 
 COMPONENT = "elastic-kernels-cull"
+#: The provisioner's default launch timeout (ElasticKernelProvisioner.launch_timeout).
+DEFAULT_LAUNCH_TIMEOUT = 300.0
+DEFAULT_LAUNCH_GRACE = 60.0
 COLUMNS = ("KERNEL", "USER", "SPEC", "REASON", "IDLE", "AGE", "ACTION")
 
 
@@ -99,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "disconnected at its next culling pass; should cover the gateway's "
                    "CullingDefaults.interval (default: "
                    f"{R.format_duration(C.MIRROR_INTERVAL)})")
+    p.add_argument("--launch-timeout", type=duration_arg, default=DEFAULT_LAUNCH_TIMEOUT,
+                   metavar="DURATION",
+                   help="launch timeout for kernelspecs that set no launchTimeout: the "
+                   "gateway's ElasticKernelProvisioner.launch_timeout (default: "
+                   f"{R.format_duration(DEFAULT_LAUNCH_TIMEOUT)}; 0: records of such "
+                   "kernelspecs are never taken for abandoned starts)")
+    p.add_argument("--launch-grace", type=duration_arg, default=DEFAULT_LAUNCH_GRACE,
+                   metavar="DURATION",
+                   help="how long past its launch timeout a record that never started and has "
+                   "no pod is kept before it is deleted as an abandoned start; covers clock "
+                   "skew (default: "
+                   f"{R.format_duration(DEFAULT_LAUNCH_GRACE)})")
     p.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
                    help="deletions in flight at once (default: 8)")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
@@ -141,6 +164,30 @@ async def _list(client: KubeClient, resource: Any, namespace: str, what: str,
     return list(listed.get("items") or [])
 
 
+async def _kernel_pods(client: KubeClient, namespace: str,
+                       warnings: list[str]) -> tuple[set[str], set[str]] | None:
+    """The kernel ids and owner uids of the namespace's kernel pods; None when they cannot be
+    listed (then no record is judged for lacking a pod)."""
+    try:
+        listed = await client.list(PODS, namespace, label_selector=R.KERNEL_POD_SELECTOR)
+    except KubeError as e:
+        if e.unreachable:
+            raise CullError(f"cannot reach the Kubernetes API server: {e.message}") from None
+        warnings.append(f"cannot list kernel pods ({e}): records without a pod are not "
+                        "checked (grant the cull job list on pods)")
+        return None
+    kernel_ids: set[str] = set()
+    owners: set[str] = set()
+    for pod in listed.get("items") or []:
+        meta = pod.get("metadata") or {}
+        kernel_id = (meta.get("labels") or {}).get(R.LABEL_KERNEL_ID)
+        if isinstance(kernel_id, str):
+            kernel_ids.add(kernel_id)
+        owners.update(str(ref.get("uid")) for ref in meta.get("ownerReferences") or []
+                      if isinstance(ref, dict) and ref.get("uid"))
+    return kernel_ids, owners
+
+
 async def run_cull(
     client: KubeClient,
     namespace: str,
@@ -148,29 +195,36 @@ async def run_cull(
     *,
     orphan_grace: float,
     activity_slack: float = C.MIRROR_INTERVAL,
+    launch_grace: float = DEFAULT_LAUNCH_GRACE,
     dry_run: bool = False,
     concurrency: int = 8,
     now: datetime | None = None,
 ) -> CullReport:
     """List once, decide per kernel, cull concurrently. Raises CullError when it cannot list."""
-    kernels, specs, leases = await asyncio.gather(
+    warnings: list[str] = []
+    kernels, specs, leases, pods = await asyncio.gather(
         _list(client, R.JUPYTERKERNELS, namespace, "JupyterKernels"),
         _list(client, R.KERNELSPECS, namespace, "JupyterKernelSpecs"),
         _list(client, LEASES, namespace, "gateway Leases", LEASE_SELECTOR),
+        _kernel_pods(client, namespace, warnings),
     )
     now = now or datetime.now(timezone.utc)
     book = C.PolicyBook.from_objects(defaults, specs)
     by_name = leases_by_gateway(leases)
-    report = CullReport(checked=len(kernels), warnings=list(book.problems))
+    report = CullReport(checked=len(kernels), warnings=list(book.problems) + warnings)
 
-    def facts_of(obj: JSON) -> C.KernelFacts:
+    def facts_of(obj: JSON, pods_seen: bool = True) -> C.KernelFacts:
         view = R.KernelView.from_object(obj)
+        has_pod = None
+        if pods is not None and pods_seen:
+            has_pod = view.kernel_id in pods[0] or (bool(view.uid) and view.uid in pods[1])
         return C.KernelFacts.from_view(view, lease_checked=True,
-                                       gateway_lease=gateway_lease(by_name, view.gateway))
+                                       gateway_lease=gateway_lease(by_name, view.gateway),
+                                       has_pod=has_pod)
 
     def decide(facts: C.KernelFacts) -> C.CullDecision | None:
         return C.decide(facts, book(facts), now, orphan_grace=orphan_grace,
-                        activity_slack=activity_slack)
+                        activity_slack=activity_slack, launch_grace=launch_grace)
 
     decisions: list[C.CullDecision] = []
     for obj in kernels:
@@ -196,7 +250,8 @@ async def run_cull(
         if result.outcome is not C.CullOutcome.CHANGED or result.current is None:
             continue
         try:
-            fresh = decide(facts_of(result.current))
+            # The pod list is older than this record: judge it without (never for LaunchAbandoned).
+            fresh = decide(facts_of(result.current, pods_seen=False))
         except ValueError as e:
             report.warnings.append(f"skipped an unreadable record: {e}")
             continue
@@ -316,11 +371,12 @@ async def _main(args: argparse.Namespace) -> int:
     client = KubeClient(cluster.api_client, cluster.namespace,
                         max_workers=max(4, args.concurrency))
     defaults = replace(C.CullingDefaults().as_policy(), idle_timeout=args.idle_timeout,
-                       max_age=args.max_age)
+                       max_age=args.max_age, launch_timeout=args.launch_timeout)
     try:
         report = await run_cull(
             client, cluster.namespace, defaults, orphan_grace=args.orphan_grace,
-            activity_slack=args.activity_slack, dry_run=args.dry_run,
+            activity_slack=args.activity_slack, launch_grace=args.launch_grace,
+            dry_run=args.dry_run,
             concurrency=args.concurrency,
         )
     except CullError as e:

@@ -90,6 +90,7 @@ class CullReason(str, enum.Enum):
     MAX_AGE = "MaxAge"
     RECLAIMED = "ReclaimedForWaitingKernel"
     ORPHANED = "Orphaned"
+    LAUNCH_ABANDONED = "LaunchAbandoned"
 
     def __str__(self) -> str:
         return self.value
@@ -111,9 +112,12 @@ class Policy:
     cull_busy: bool = False
     max_age: float = 0.0
     reclaim_after: float = 0.0
+    #: The kernelspec's launchTimeout (else the gateway's default); 0: pod-less records of
+    #: this kernelspec are not judged (see :func:`launch_abandoned_message`).
+    launch_timeout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "max_age", "reclaim_after"):
+        for name in ("idle_timeout", "max_age", "reclaim_after", "launch_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -235,7 +239,9 @@ class PolicyBook:
             except ValueError as e:
                 problems.append(f"{e}; its kernels get the default culling policy")
                 continue
-            specs[view.name] = effective_policy(view.culling, defaults)
+            specs[view.name] = replace(effective_policy(view.culling, defaults),
+                                       launch_timeout=view.launch_timeout
+                                       or defaults.launch_timeout)
         return cls(defaults, specs, problems)
 
     def for_spec(self, name: str) -> Policy:
@@ -294,6 +300,9 @@ class KernelFacts:
     gateway_lease: LeaseFacts | None = None
     lease_checked: bool = False
     deleting: bool = False
+    #: Whether the kernel has a pod (any restart's), as the decider listed or watched them;
+    #: None: not looked at, and then no rule depends on it.
+    has_pod: bool | None = None
 
     @classmethod
     def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
@@ -411,6 +420,34 @@ def orphan_message(kernel: KernelFacts, now: datetime, grace: float) -> str | No
             "the kernel")
 
 
+def launch_abandoned_message(kernel: KernelFacts, launch_timeout: float, now: datetime,
+                             grace: float) -> str | None:
+    """Why ``kernel`` is the leftover of a start that failed, or None when it is not (or may not be).
+
+    Such a record never ran (still Pending or Starting, never ``startedAt``), has no pod, and was
+    created more than its launch timeout plus ``grace`` ago. A start creates the record and,
+    right after, the pod, and gives up (deleting the record) at its launch timeout, so a live
+    start is never that old without a pod; a kernel waiting in the GPU queue has its pod
+    (gated or Pending) and is never judged here, nor is a restart (it has ``startedAt``). What
+    remains is a record whose create the API server carried out after the start had failed
+    (a hung API server): nobody holds it, its user cannot see it, and it counts against their
+    limits. ``grace`` covers clock skew between the decider and the API server, which sets
+    ``creationTimestamp``. ``kernel.has_pod`` None (not looked at) or a zero launch timeout
+    never judges.
+    """
+    if kernel.has_pod is not False or launch_timeout <= 0 or kernel.deleting:
+        return None
+    if kernel.started_at is not None or kernel.phase not in STARTING_PHASES:
+        return None
+    age = kernel.age_seconds(now)
+    if age is None or age <= launch_timeout + grace:
+        return None
+    return (f"the kernel never started and has no pod {_d(age)} after its record was created, "
+            f"past its launchTimeout of {_d(launch_timeout)} (grace {_d(grace)}): the start "
+            "failed after the record was written (e.g. while the API server hung) and nothing "
+            "else would remove it")
+
+
 def decide(
     kernel: KernelFacts,
     policy: Policy,
@@ -418,6 +455,7 @@ def decide(
     *,
     orphan_grace: float = 0.0,
     activity_slack: float = 0.0,
+    launch_grace: float = 0.0,
 ) -> CullDecision | None:
     """Whether to cull ``kernel`` now, and why; None keeps it.
 
@@ -427,7 +465,9 @@ def decide(
     2. ``Orphaned``: only when the caller checked the gateway's lease (the cron); see
        :func:`orphan_message`. Busy and connected do not protect an orphan: no gateway relays its
        messages, so no one can be using it.
-    3. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
+    3. ``LaunchAbandoned``: only when the caller looked for the kernel's pod (``has_pod``) and
+       the policy has a launch timeout; see :func:`launch_abandoned_message`.
+    4. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
        starting (Pending/Starting: its launch timeout governs it), busy while ``cull_busy`` is
        false, or connected while ``cull_connected`` is false. For the cron these are the
        record's ``status.executionState`` and ``status.connections`` (see the module
@@ -448,6 +488,10 @@ def decide(
     orphan = orphan_message(kernel, now, orphan_grace)
     if orphan is not None:
         return CullDecision(kernel, CullReason.ORPHANED, orphan, idle, age)
+
+    abandoned = launch_abandoned_message(kernel, policy.launch_timeout, now, launch_grace)
+    if abandoned is not None:
+        return CullDecision(kernel, CullReason.LAUNCH_ABANDONED, abandoned, idle, age)
 
     if policy.idle_timeout <= 0 or idle is None or kernel.phase in STARTING_PHASES:
         return None
@@ -694,7 +738,8 @@ def cull_event(decision: CullDecision, component: str, now: datetime | None = No
         "involvedObject": involved,
         "reason": decision.reason.value,
         "message": decision.message[:1024],
-        "type": "Warning" if decision.reason is CullReason.ORPHANED else "Normal",
+        "type": "Warning" if decision.reason in (CullReason.ORPHANED,
+                                                 CullReason.LAUNCH_ABANDONED) else "Normal",
         "action": "Cull",
         "source": {"component": component},
         "reportingComponent": component,
