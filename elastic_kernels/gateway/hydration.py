@@ -29,6 +29,20 @@ drop it when its JupyterKernel is deleted.
 Costs: per hydrated kernel one GET of its Secret and at most one write (the adoption). A
 record or pod missing from the watch cache (another replica has just created it) costs one GET
 each instead of a guess. The key is never logged: it lives in the Secret and in memory.
+
+**Records of starts that never happened** (``watch_abandoned_starts``). A start that failed
+while the API server hung may see its JupyterKernel created afterwards (the provisioner then
+removes it in the background, for a bounded time: ``provisioner/leftovers.py``). Should one
+survive that, nothing else would: it has no pod, is not re-attached (only running kernels are),
+is invisible to its user and counts against their kernel limit and GPU quota. So from startup
+on, each record this gateway claims that has not started gets a timer for when it is older than
+its kernelspec's ``launchTimeout`` plus ``launch_grace``; a record that appears later (on the
+watch, or in a relist after an outage or at the periodic resync) gets one too, and the timer
+goes when the record starts or is deleted. When it fires, a record that still never started,
+whose start is not under way in this process and that has no pod (the watch cache, confirmed by
+one list) is deleted with reason ``LaunchAbandoned``, an Event and a log line. A kernel waiting
+in the GPU queue has its (gated or Pending) pod and is never taken; records claimed by other
+gateways are theirs (and the cull cron's).
 """
 
 from __future__ import annotations
@@ -36,19 +50,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Float, Integer
+from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
+from .. import culling as C
 from ..kube import resources as R
 from ..kube.client import JSON, LEASES, PODS, SECRETS, KubeError, Resource
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
+from ..provisioner import leftovers
 from ..provisioner.provisioner import ATTACH_KWARG, ElasticKernelProvisioner
 from ..provisioner.render import KEY_SECRET_ITEM
 from .lease import adopt, is_expired, lease_facts, lease_name
@@ -57,6 +73,11 @@ if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager
 
 __all__ = ["KernelHydrator", "ClusterUnavailable"]
+
+#: The Events of kernels this gateway deletes name it (as its culler's do).
+COMPONENT = "elastic-kernels-gateway"
+#: Seconds before a record that could not be judged (API trouble) is looked at again.
+SWEEP_RETRY = 10.0
 
 
 class ClusterUnavailable(web.HTTPError):
@@ -78,6 +99,21 @@ class KernelHydrator(LoggingConfigurable):
     concurrency = Integer(
         8, config=True, help="Kernels re-attached at the same time when the gateway starts."
     )
+    launch_grace = Float(
+        60.0, config=True,
+        help="Seconds past its kernelspec's launchTimeout after which a JupyterKernel this "
+        "gateway claims, that never started, has no pod and is not being started here, is "
+        "deleted (reason LaunchAbandoned): what a start that failed while the API server hung "
+        "leaves when the create is carried out later. Covers clock skew between the gateway "
+        "and the API server, which sets the record's creationTimestamp.",
+    )
+
+    @validate("launch_grace")
+    def _check_launch_grace(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value >= 0:
+            raise TraitError(f"launch_grace must be >= 0 seconds, not {value!r}")
+        return value
 
     def __init__(self, manager: ElasticMappingKernelManager, **kwargs: Any) -> None:
         super().__init__(parent=manager, **kwargs)
@@ -86,6 +122,9 @@ class KernelHydrator(LoggingConfigurable):
         self._foreign: dict[str, set[str]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, tuple[bool, float]] = {}
+        self._sweep_timers: dict[str, asyncio.TimerHandle] = {}
+        self._sweeps: set[asyncio.Task[None]] = set()
+        self._unwatch_records: Callable[[], None] | None = None
 
     @property
     def connection(self) -> ClusterConnection:
@@ -138,16 +177,25 @@ class KernelHydrator(LoggingConfigurable):
         held = [kid for (kid, _), ok in zip(found, results) if ok]
         self.log.info("Re-attached %d of %d running kernel%s found in namespace %s", len(held),
                       len(found), "" if len(found) == 1 else "s", self.connection.default_namespace)
+        await self.watch_abandoned_starts()
         return held
 
     async def close(self) -> None:
-        """Stop watching other gateways' Leases (the gateway is stopping)."""
-        tasks = list(self._watchers.values())
+        """Stop watching other gateways' Leases and judging records (the gateway is stopping);
+        stop removing what failed starts left (the next gateway's sweep and the cron take over)."""
+        if self._unwatch_records is not None:
+            self._unwatch_records()
+            self._unwatch_records = None
+        for timer in self._sweep_timers.values():
+            timer.cancel()
+        self._sweep_timers.clear()
+        tasks = list(self._watchers.values()) + list(self._sweeps)
         self._watchers.clear()
         self._foreign.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await leftovers.stop_all()
 
     # -- one kernel --------------------------------------------------------------------------
 
@@ -402,6 +450,163 @@ class KernelHydrator(LoggingConfigurable):
         finally:
             if self._watchers.get(holder) is asyncio.current_task():
                 self._watchers.pop(holder, None)
+
+
+    # -- records of starts that never happened (see the module docstring) -----------------------
+
+    async def watch_abandoned_starts(self) -> None:
+        """Arm a check for every record this gateway claims that has not started, now and as
+        the JupyterKernel watch delivers them (a relist included)."""
+        records = await self.connection.informer(R.JUPYTERKERNELS)
+        if self._unwatch_records is None:
+            self._unwatch_records = records.add_listener(self._record_changed)
+        for record in records.items():
+            self._arm(record)
+
+    def _record_changed(self, event_type: str, obj: JSON, old: JSON | None) -> None:
+        if event_type == "DELETED":
+            self._disarm(str((obj.get("metadata") or {}).get("name") or ""))
+        else:
+            self._arm(obj)
+
+    def _unstarted_claim(self, record: Mapping[str, Any] | None) -> R.KernelView | None:
+        """The record, if this gateway claims it and it never started (else None)."""
+        if record is None:
+            return None
+        # Cheap checks first: this runs on every JupyterKernel event of the namespace.
+        status = record.get("status") or {}
+        if (record.get("spec") or {}).get("gateway") != self.manager.gateway_id or \
+                status.get("startedAt") or (record.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        try:
+            view = R.KernelView.from_object(record)
+        except ValueError:
+            return None
+        if view.gateway != self.manager.gateway_id or view.deleting:
+            return None
+        if view.started_at is not None or view.phase not in C.STARTING_PHASES:
+            return None
+        return view
+
+    def _arm(self, record: JSON) -> None:
+        name = str((record.get("metadata") or {}).get("name") or "")
+        view = self._unstarted_claim(record)
+        if view is None:
+            self._disarm(name)
+        elif name not in self._sweep_timers:
+            self._schedule(name, self._due_in(view))
+
+    def _disarm(self, name: str) -> None:
+        timer = self._sweep_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _schedule(self, name: str, delay: float) -> None:
+        self._disarm(name)
+        loop = asyncio.get_running_loop()
+        self._sweep_timers[name] = loop.call_later(max(0.0, delay), self._judge_soon, name)
+
+    def _judge_soon(self, name: str) -> None:
+        self._sweep_timers.pop(name, None)
+        task = asyncio.ensure_future(self._judge(name))
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
+    def _due_in(self, view: R.KernelView) -> float:
+        """Seconds until the record is older than its launch timeout plus the grace."""
+        if view.created_at is None:
+            return self.launch_grace
+        due = view.created_at + timedelta(seconds=self._launch_timeout(view) + self.launch_grace)
+        return max(0.0, (due - datetime.now(timezone.utc)).total_seconds())
+
+    def _launch_timeout(self, view: R.KernelView) -> float:
+        """The start's limit as the provisioner applies it: the kernelspec's launchTimeout,
+        else the configured ``ElasticKernelProvisioner.launch_timeout``."""
+        for obj in self.manager.kernelspec_records():
+            meta = obj.get("metadata") or {}
+            if meta.get("name") != view.kernel_spec or \
+                    (meta.get("namespace") or view.namespace) != view.namespace:
+                continue
+            try:
+                timeout = R.KernelSpecView.from_object(obj).launch_timeout
+            except ValueError:
+                timeout = None
+            if timeout:
+                return float(timeout)
+            break
+        section = self.config.get("ElasticKernelProvisioner")
+        configured = section.get("launch_timeout") if isinstance(section, Mapping) else None
+        try:
+            return float(configured if configured is not None else
+                         ElasticKernelProvisioner.class_traits()["launch_timeout"].default_value)
+        except (TypeError, ValueError):
+            return 300.0
+
+    def _starting_here(self, view: R.KernelView) -> bool:
+        """Whether this process is starting (or holds, or is attaching) the kernel."""
+        if leftovers.in_progress(view.namespace, view.name):
+            return True
+        if view.kernel_id in self.manager or view.kernel_id in self._inflight:
+            return True
+        pending = getattr(self.manager, "_pending_kernels", {}).get(view.kernel_id)
+        return pending is not None and not getattr(pending, "done", lambda: True)()
+
+    async def _has_pod(self, view: R.KernelView) -> bool:
+        """Whether any pod of the kernel exists: the watch cache, confirmed by one list (a
+        cache that lags after an outage must not make a queued kernel look pod-less)."""
+        pods = await self.connection.informer(PODS, label_selector=R.KERNEL_POD_SELECTOR)
+        for pod in pods.items():
+            meta = pod.get("metadata") or {}
+            if (meta.get("labels") or {}).get(R.LABEL_KERNEL_ID) == view.kernel_id or any(
+                    isinstance(ref, dict) and view.uid and ref.get("uid") == view.uid
+                    for ref in meta.get("ownerReferences") or []):
+                return True
+        listed = await self.connection.client.list(
+            PODS, view.namespace,
+            label_selector=f"{R.KERNEL_POD_SELECTOR},{R.LABEL_KERNEL_ID}={view.kernel_id}")
+        return bool(listed.get("items"))
+
+    async def _judge(self, name: str) -> None:
+        """The timer of a record that has not started went off: delete it if it is a leftover."""
+        try:
+            records = await self.connection.informer(R.JUPYTERKERNELS)
+            view = self._unstarted_claim(records.get(name))
+            if view is None:
+                return  # started, deleted or given to another gateway meanwhile
+            delay = self._due_in(view)
+            if delay > 0:  # its kernelspec's launchTimeout grew meanwhile
+                self._schedule(name, delay)
+                return
+            if self._starting_here(view):
+                self._schedule(name, max(self.launch_grace, SWEEP_RETRY))
+                return
+            if await self._has_pod(view):
+                return  # e.g. waiting in the GPU queue: its start owns it
+            now = datetime.now(timezone.utc)
+            facts = C.KernelFacts.from_view(view, has_pod=False)
+            message = C.launch_abandoned_message(facts, self._launch_timeout(view), now,
+                                                 self.launch_grace)
+            if message is None:
+                return
+            decision = C.CullDecision(facts, C.CullReason.LAUNCH_ABANDONED, message,
+                                      facts.idle_seconds(now), facts.age_seconds(now))
+            result = await C.cull_kernel(self.connection.client, decision, component=COMPONENT,
+                                         grace_period_seconds=0)
+        except KubeError as e:
+            self.log.info("Cannot judge JupyterKernel %s now (%s); looking again in %.0fs",
+                          name, e, SWEEP_RETRY)
+            self._schedule(name, SWEEP_RETRY)
+            return
+        if result.outcome is C.CullOutcome.DELETED:
+            self.log.warning("Deleted JupyterKernel %s (kernel %s of user %s, kernelspec %s): "
+                             "%s: %s", name, view.kernel_id, view.user, view.kernel_spec,
+                             decision.reason.value, message)
+        elif result.outcome is C.CullOutcome.FAILED:
+            self.log.warning("Could not delete JupyterKernel %s (%s): %s; looking again in "
+                             "%.0fs", name, decision.reason.value, result.detail, SWEEP_RETRY)
+            self._schedule(name, SWEEP_RETRY)
+        else:  # gone already, or written meanwhile (its watch event re-arms the check)
+            self.log.info("JupyterKernel %s not deleted: %s", name, result.detail)
 
 
 def _coming(record: Mapping[str, Any]) -> bool:
