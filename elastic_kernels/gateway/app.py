@@ -51,7 +51,11 @@ Speed and robustness choices (see DESIGN §7):
   kernel stream once per ``zmq_recheck_idle_interval`` (5 s) a slice per sweep, so a lost ZeroMQ
   wakeup cannot leave kernel output queued for ever and idle kernels cost the guard little;
 * websocket frames above ``websocket_max_message_size`` (32 MiB) close that one connection with
-  1009; HTTP bodies are capped at ``max_body_size`` (1 MiB; the API only takes small JSON).
+  1009; HTTP bodies are capped at ``max_body_size`` (1 MiB; the API only takes small JSON);
+* a request's headers must arrive within ``http_header_timeout`` (75 s) and its body within
+  ``http_body_timeout`` (30 s); at most ``max_connections`` are held at once (half the open-file
+  limit), ``max_websockets_per_user`` (64) kernel websockets per user, and the log lines a client
+  can cause at will are rate-limited (httplimits.py).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
 from tornado import httpserver
 from tornado.iostream import IOStream
+from tornado.log import gen_log
 from tornado.netutil import bind_sockets
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
@@ -88,6 +93,13 @@ from . import handlers as gateway_handlers
 from . import redact
 from .auth import TOKEN_ENV, ElasticIdentityProvider
 from .bodylimit import limit_body
+from .httplimits import (
+    ConnectionCap,
+    UserSlots,
+    add_accept_handler,
+    default_max_connections,
+    install_log_flood_filter,
+)
 from .connection import ElasticChannelsConnection
 from .ownership import KernelOwnership
 from .metrics import Metric
@@ -128,11 +140,26 @@ class NoDelayHTTPServer(httpserver.HTTPServer):
     This only covers a connection until its first response: tornado switches Nagle off while it
     finishes each HTTP response and back *on* afterwards, including after the 101 that upgrades
     a websocket.  That is why the kernel websocket handler sets TCP_NODELAY again once open.
+
+    It also holds at most ``cap.limit`` connections (a JSON 503 for one more) and pauses
+    accepting, instead of spinning, when descriptors run out (httplimits.py).
     """
 
+    cap: ConnectionCap | None = None
+
     def handle_stream(self, stream: IOStream, address: tuple[t.Any, ...]) -> None:
+        if self.cap is not None and not self.cap.admit(len(self._connections)):
+            self.cap.refuse(stream, address)
+            return
         stream.set_nodelay(True)
         super().handle_stream(stream, address)
+
+    def add_sockets(self, sockets: t.Iterable[socket.socket]) -> None:
+        # As TCPServer.add_sockets, with an accept loop that pauses when descriptors run out.
+        log = self.cap.log if self.cap is not None else gen_log
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, log)
 
     def start_request(self, server_conn: object, request_conn: t.Any) -> t.Any:
         # A body over max_body_size gets a JSON 413 instead of tornado's bare 400 (bodylimit.py).
@@ -230,6 +257,45 @@ class ElasticGatewayApp(ServerApp):
         "once, a slice per zmq_recheck_interval; a lost wakeup on a kernel not counted as "
         "active waits about this long, at most twice this when kernels come and go.",
     )
+
+    http_header_timeout = Float(
+        75.0,
+        config=True,
+        help="Seconds a connection may take to send a request's headers, counted from when it "
+        "opened or its previous response ended (so also how long an idle keep-alive connection "
+        "stays open). Longer than the 60 s idle timeout of common proxies, so they close idle "
+        "connections first. Upgraded kernel websockets are not affected.",
+    )
+
+    http_body_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds a request may take to send its body (at most max_body_size, 1 MiB).",
+    )
+
+    max_connections = Int(
+        0,
+        config=True,
+        help="Connections held at once, HTTP and kernel websockets; one more is answered 503 "
+        "and closed. 0: half the process's open-file limit (the rest is for kernel sockets).",
+    )
+
+    max_websockets_per_user = Int(
+        64,
+        config=True,
+        help="Kernel websockets one user (admins included) may have open; one more is refused "
+        "with a JSON 429 before the upgrade (0: no limit).",
+    )
+
+    log_flood_burst = Int(
+        10,
+        config=True,
+        help="Log lines of each kind a client can cause at will (malformed requests, body "
+        "timeouts, TLS errors, refused connections...) per log_flood_window; the rest are "
+        "counted in one line (0: log them all).",
+    )
+
+    log_flood_window = Float(60.0, config=True, help="Seconds of the log_flood_burst budget.")
 
     client_env_allowlist = List(
         Unicode(),
@@ -381,6 +447,9 @@ class ElasticGatewayApp(ServerApp):
         )
 
     def init_httpserver(self) -> None:
+        self.websocket_slots = UserSlots(self.max_websockets_per_user)
+        install_log_flood_filter(self.log, self.log_flood_burst,  # type: ignore[arg-type]
+                                 self.log_flood_window)
         if self.sock:
             super().init_httpserver()
             return
@@ -390,7 +459,14 @@ class ElasticGatewayApp(ServerApp):
             xheaders=self.trust_xheaders,
             max_body_size=self.max_body_size,
             max_buffer_size=max(self.max_buffer_size, self.websocket_max_message_size + 65536),
+            # tornado's idle_connection_timeout is its header timeout; neither applies once a
+            # websocket is upgraded.
+            idle_connection_timeout=self.http_header_timeout or None,
+            body_timeout=self.http_body_timeout or None,
         )
+        self._http_server.cap = ConnectionCap(
+            self.max_connections or default_max_connections(),
+            lambda: len(self.open_websockets), self.log)  # type: ignore[arg-type]
         try:
             # Bind now so that --port=0 knows its port before anything is logged or returned,
             # with no window in which another process could take it.

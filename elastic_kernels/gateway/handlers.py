@@ -302,7 +302,27 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
     def gateway_app(self) -> ElasticGatewayApp:
         return t.cast("ElasticGatewayApp", self.settings["serverapp"])
 
+    _slot_user: str | None = None
+
+    async def get(self, *args: t.Any, **kwargs: t.Any) -> None:
+        # tornado returns from get() only once the websocket is over (or was never upgraded):
+        # the one place to give back the user's slot, whatever happened (httplimits.UserSlots).
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self._slot_user is not None:
+                self.gateway_app.websocket_slots.release(self._slot_user)
+                self._slot_user = None
+
     async def pre_get(self) -> None:
+        # Before any work for the kernel, and before the upgrade, so the refusal is JSON.
+        user = self.current_user.username
+        slots = self.gateway_app.websocket_slots
+        if not slots.acquire(user):
+            raise GatewayHTTPError(
+                429, f"Too many kernel websockets open for {user} "
+                f"(max_websockets_per_user: {slots.limit})", "TooManyWebsockets")
+        self._slot_user = user
         await require_kernel(self, self.kernel_id)
         await super().pre_get()
 
