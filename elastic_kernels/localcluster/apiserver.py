@@ -6,8 +6,9 @@ CRUD with the real status codes and ``Status`` bodies, the four patch types, sta
 label/field selectors, chunked watches with resume, bookmarks and 410 Gone, server-side tables for
 ``kubectl get``, pod logs via a pluggable provider, and deletion options.
 
-Every request is counted by (verb, group, resource, subresource, namespace) so tests can assert how
-many writes an operation costs and that nothing polls.  Bad input always gets a 4xx ``Status``; an
+Every request is authenticated (``authn.py``) and authorized (``rbac.py``) as kube-apiserver does,
+and counted by (verb, group, resource, subresource, namespace) so tests can assert how many writes
+an operation costs and that nothing polls.  Bad input always gets a 4xx ``Status``; an
 unexpected exception gets a 500 ``Status`` and is logged, and the server keeps serving.
 """
 
@@ -35,8 +36,14 @@ import yaml
 
 from . import discovery, openapi
 from . import errors as E
+from .accessreview import self_subject_access_review, self_subject_rules_review
 from .authn import ANONYMOUS, Authenticator, UserInfo, self_subject_review
+from .authz import Attributes, Authorizer, forbidden
+from .bootstrappolicy import ensure_bootstrap_policy
 from .errors import ApiError
+from .ownerrefs import OwnerReferencesPermissionEnforcement
+from .rbac import RBACAuthorizer, store_readers
+from .requestinfo import request_attributes
 from .resources import ResourceType
 from .satokens import ServiceAccountTokens
 from .store import Store, Watch, WatchEvent, WriteOptions
@@ -95,6 +102,9 @@ class RequestCounter:
         self._counts: Counter[RequestKey] = Counter()
         self._by_user: Counter[tuple[str, str, str, str, str, str]] = Counter()
         self.nonresource: Counter[str] = Counter()
+        #: Requests refused by authorization: (user, verb, group, resource, subresource,
+        #: namespace) for resources, (user, verb, path, "", "", "") for other URLs.
+        self.denied: Counter[tuple[str, str, str, str, str, str]] = Counter()
 
     def record(self, verb: str, group: str, resource: str, subresource: str = "",
                namespace: str = "", user: str = "") -> None:
@@ -104,6 +114,13 @@ class RequestCounter:
 
     def record_nonresource(self, path: str) -> None:
         self.nonresource[path] += 1
+
+    def record_denied(self, attrs: Attributes) -> None:
+        if attrs.resource_request:
+            self.denied[(attrs.user.name, attrs.verb, attrs.api_group, attrs.resource,
+                         attrs.subresource, attrs.namespace)] += 1
+        else:
+            self.denied[(attrs.user.name, attrs.verb, attrs.path, "", "", "")] += 1
 
     def snapshot(self) -> Counter[RequestKey]:
         return Counter(self._counts)
@@ -120,6 +137,7 @@ class RequestCounter:
         self._counts.clear()
         self._by_user.clear()
         self.nonresource.clear()
+        self.denied.clear()
 
     def total(self, counts: Counter[RequestKey] | None = None, *,
               verbs: Iterable[str] | None = None, group: str | None = None,
@@ -225,10 +243,25 @@ _PB_MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "BoundObjectReference": {1: ("kind", "str"), 2: ("apiVersion", "str"), 3: ("name", "str"),
                              4: ("uid", "str")},
     "SelfSubjectReview": {1: ("metadata", "ObjectMeta"), 2: ("status", "skip")},
+    # k8s.io/api/authorization/v1 (kubectl auth can-i, can-i --list)
+    "SelfSubjectAccessReview": {1: ("metadata", "ObjectMeta"),
+                                2: ("spec", "SelfSubjectAccessReviewSpec"), 3: ("status", "skip")},
+    "SelfSubjectAccessReviewSpec": {1: ("resourceAttributes", "ResourceAttributes"),
+                                    2: ("nonResourceAttributes", "NonResourceAttributes")},
+    "ResourceAttributes": {1: ("namespace", "str"), 2: ("verb", "str"), 3: ("group", "str"),
+                           4: ("version", "str"), 5: ("resource", "str"),
+                           6: ("subresource", "str"), 7: ("name", "str"),
+                           8: ("fieldSelector", "skip"), 9: ("labelSelector", "skip")},
+    "NonResourceAttributes": {1: ("path", "str"), 2: ("verb", "str")},
+    "SelfSubjectRulesReview": {1: ("metadata", "ObjectMeta"),
+                               2: ("spec", "SelfSubjectRulesReviewSpec"), 3: ("status", "skip")},
+    "SelfSubjectRulesReviewSpec": {1: ("namespace", "str")},
 }
 _PB_KINDS = {("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Namespace"), ("v1", "ServiceAccount"),
              ("authentication.k8s.io/v1", "TokenRequest"),
-             ("authentication.k8s.io/v1", "SelfSubjectReview")}
+             ("authentication.k8s.io/v1", "SelfSubjectReview"),
+             ("authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+             ("authorization.k8s.io/v1", "SelfSubjectRulesReview")}
 
 
 def _pb_fields(buf: bytes) -> Iterable[tuple[int, Any]]:
@@ -318,7 +351,7 @@ def decode_protobuf(raw: bytes) -> dict[str, Any]:
         if (api_version, kind) not in _PB_KINDS:
             raise ApiError(415, "UnsupportedMediaType",
                            "this server decodes protobuf only for ConfigMap, Secret, Namespace, "
-                           "ServiceAccount, TokenRequest and SelfSubjectReview, not "
+                           "ServiceAccount, TokenRequest and the self-reviews, not "
                            f"{api_version}/{kind}; send the object as JSON (for example with "
                            "`kubectl create -f`)")
         obj = _pb_message(envelope.get(2, b""), kind)
@@ -694,6 +727,17 @@ class _Handler(tornado.web.RequestHandler):
         self.user = self.server.authenticator.authenticate(
             self.request.headers.get("Authorization"), self.request.path)
 
+    def _authorize(self) -> None:
+        """kube-apiserver's authorization filter: judged by what the URL asks, before routing."""
+        query = {k: [v.decode("utf-8", "replace") for v in vs]
+                 for k, vs in self.request.query_arguments.items()}
+        attrs = request_attributes(self.user, self.request.method or "GET",
+                                   unquote(self.request.path), query)
+        decision = self.server.authorizer.authorize(attrs)
+        if not decision.allowed:
+            self.server.request_counter.record_denied(attrs)
+            raise forbidden(attrs, decision.reason)
+
     def _content_type(self) -> str:
         return (self.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
 
@@ -717,7 +761,12 @@ class _Handler(tornado.web.RequestHandler):
         if validation not in ("Ignore", "Warn", "Strict"):
             raise E.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict; got "
                                 f"{validation!r}")
-        return WriteOptions(dry_run=bool(dry), field_validation=validation)
+        return WriteOptions(dry_run=bool(dry), field_validation=validation, admit=self._admit)
+
+    def _admit(self, operation: str, rtype: ResourceType, subresource: str | None,
+               old: dict | None, new: dict) -> None:
+        """Validating admission of a client's write (OwnerReferencesPermissionEnforcement)."""
+        self.server.owner_references.validate(self.user, operation, rtype, subresource, old, new)
 
     def _warn(self, opts: WriteOptions) -> None:
         for warning in opts.warnings[:20]:
@@ -728,6 +777,7 @@ class _Handler(tornado.web.RequestHandler):
     async def _dispatch(self) -> None:
         try:
             self._authenticate()
+            self._authorize()
             await self._route()
         except ApiError as exc:
             self._send_error(exc)
@@ -893,6 +943,9 @@ class _Handler(tornado.web.RequestHandler):
             return
         if rtype.key == ("authentication.k8s.io", "selfsubjectreviews"):
             self._self_subject_review(route)
+            return
+        if rtype.group == "authorization.k8s.io":
+            self._access_review(route)
             return
         if verb == "list":
             self._list(route)
@@ -1181,6 +1234,15 @@ class _Handler(tornado.web.RequestHandler):
             raise E.bad_request("the body of the request must be a SelfSubjectReview object")
         self._send(self_subject_review(self.user), 201)
 
+    def _access_review(self, route: Route) -> None:
+        """POST selfsubjectaccessreviews (``kubectl auth can-i``) or selfsubjectrulesreviews
+        (``kubectl auth can-i --list``): answered by the authorizer that judges requests."""
+        if route.name is not None or route.subresource:
+            raise self._not_found_path()
+        review = (self_subject_access_review if route.rtype.plural == "selfsubjectaccessreviews"
+                  else self_subject_rules_review)
+        self._send(review(self.user, self._body(), self.server.authorizer), 201)
+
     def _evict(self, route: Route) -> None:
         body = self._body() or {}
         options = body.get("deleteOptions") or {}
@@ -1342,13 +1404,17 @@ class APIServer:
     ``pods/log``; the kubelet plugs in its own.  Every request is authenticated by
     ``authenticator`` (``authn.py``) before it is routed; by default only ServiceAccount tokens
     from ``service_account_tokens`` (which also answers the TokenRequest API) are accepted, so a
-    caller that wants an admin passes an authenticator with one.  With ``tls`` (a server SSL
-    context) the same API is also served over HTTPS on a second port (``tls_url``; ``tls_port``
-    0 picks a free one): in-cluster clients only speak HTTPS. Both listeners authenticate alike.
+    caller that wants an admin passes an authenticator with one.  Then ``authorizer`` judges it
+    (by default RBAC over the stored roles and bindings, ``rbac.py``, with the default cluster
+    roles created at start), and client writes pass OwnerReferencesPermissionEnforcement.
+    With ``tls`` (a server SSL context) the same API is also served over HTTPS on a second port
+    (``tls_url``; ``tls_port`` 0 picks a free one): in-cluster clients only speak HTTPS. Both
+    listeners authenticate and authorize alike.
     """
 
     def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, *,
                  authenticator: Authenticator | None = None,
+                 authorizer: Authorizer | None = None,
                  service_account_tokens: ServiceAccountTokens | None = None,
                  log_provider: LogProvider | None = None,
                  bookmark_interval: float = 60.0, watch_timeout: int = 1800,
@@ -1359,6 +1425,9 @@ class APIServer:
         self.port = 0
         self.service_account_tokens = service_account_tokens or ServiceAccountTokens(store)
         self.authenticator = authenticator or Authenticator([self.service_account_tokens])
+        self.authorizer: Authorizer = authorizer or RBACAuthorizer(*store_readers(store))
+        self.owner_references = OwnerReferencesPermissionEnforcement(self.authorizer,
+                                                                     store.registry)
         self.log_provider = log_provider
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
@@ -1390,6 +1459,7 @@ class APIServer:
     async def start(self) -> None:
         if self._server is not None:
             return
+        ensure_bootstrap_policy(self.store)
         app = tornado.web.Application([(r"/.*", _Handler, {"server": self})],
                                       log_function=self._log_request, compress_response=False)
         sockets = tornado.netutil.bind_sockets(self._requested_port, address=self.host,

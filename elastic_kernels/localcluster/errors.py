@@ -51,10 +51,11 @@ class ApiError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
-        if self.details:
+        # Present even when empty ({}), as kube-apiserver writes a non-nil StatusDetails.
+        if self.details is not None:
             body["details"] = self.details
+        body["code"] = self.code
         return body
 
     def __repr__(self) -> str:
@@ -205,6 +206,32 @@ def bad_request(message: str) -> ApiError:
 def forbidden_error(resource: str, name: str, why: str) -> ApiError:
     return ApiError(403, "Forbidden", f'{resource} "{name}" is forbidden: {why}',
                     _details(resource, name))
+
+
+def forbidden_status(group: str, resource: str, name: str, why: str) -> ApiError:
+    """apimachinery's ``NewForbidden``: the message and details name the group-qualified
+    resource and the object when known (``pods "x" is forbidden: ...``), and say only
+    ``forbidden: ...`` for a request that is not about a resource (a non-resource URL)."""
+    qualified = f"{resource}.{group}" if group else resource
+    if not group and not resource:
+        message = f"forbidden: {why}"
+    elif not name:
+        message = f"{qualified} is forbidden: {why}"
+    else:
+        message = f"{qualified} {go_quote(name)} is forbidden: {why}"
+    details: dict[str, Any] = {}
+    if name:
+        details["name"] = name
+    if group:
+        details["group"] = group
+    if resource:
+        details["kind"] = resource
+    return ApiError(403, "Forbidden", message, details)
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` of a string, for the printable text names and paths are made of."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def method_not_allowed(message: str) -> ApiError:

@@ -139,6 +139,11 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     # Not stored: the answer is the caller as authenticated (`kubectl auth whoami`).
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
                  "SelfSubjectReview", False, verbs=("create",)),
+    # Not stored either: what the caller may do (`kubectl auth can-i`, `can-i --list`).
+    ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews",
+                 "selfsubjectaccessreview", "SelfSubjectAccessReview", False, verbs=("create",)),
+    ResourceType("authorization.k8s.io", "v1", "selfsubjectrulesreviews",
+                 "selfsubjectrulesreview", "SelfSubjectRulesReview", False, verbs=("create",)),
     # Kinds an install of this project creates. Nothing acts on them here (there is no controller
     # manager), but they are accepted, validated against their types, stored and listed, so that
     # `kubectl apply -k deploy/...` and Helm work against the local cluster.
@@ -176,7 +181,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 # Group versions served for built-ins, in the order discovery lists them ("" first, as real).
 BUILTIN_GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("", "v1"), ("events.k8s.io", "v1"), ("coordination.k8s.io", "v1"),
-    ("authentication.k8s.io", "v1"), ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
+    ("authentication.k8s.io", "v1"), ("authorization.k8s.io", "v1"),
+    ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
     ("batch", "v1"), ("policy", "v1"), ("networking.k8s.io", "v1"), (_RBAC, "v1"),
 )
 

@@ -45,6 +45,11 @@ PODS: ResourceKey = ("", "pods")
 NAMESPACES: ResourceKey = ("", "namespaces")
 CRDS: ResourceKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 SERVICE_ACCOUNTS: ResourceKey = ("", "serviceaccounts")
+_RBAC = "rbac.authorization.k8s.io"
+#: Kinds whose names need only be valid URL path segments (kube-apiserver's ValidateRBACName).
+PATH_SEGMENT_NAMES: frozenset[ResourceKey] = frozenset(
+    {(_RBAC, "roles"), (_RBAC, "rolebindings"), (_RBAC, "clusterroles"),
+     (_RBAC, "clusterrolebindings")})
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
@@ -281,13 +286,25 @@ class _TypeState:
         return sum(len(b) for b in self.objects.values())
 
 
+#: See ``WriteOptions.admit``.
+Admission = Callable[[str, ResourceType, "str | None", "dict | None", dict], None]
+
+
 @dataclass
 class WriteOptions:
-    """Per-request knobs of a write (dryRun, fieldValidation) and the warnings it produced."""
+    """Per-request knobs of a write (dryRun, fieldValidation) and the warnings it produced.
+
+    ``admit`` is the API server's validating admission for the caller of this request:
+    ``admit(operation, rtype, subresource, old, new)`` with operation ``CREATE`` or ``UPDATE``
+    and ``old`` None on create, called once the new object is complete and valid, before it is
+    stored; it raises an ``ApiError`` to refuse the write. Writes the cluster makes itself
+    (scheduler, kubelet, garbage collector) carry none.
+    """
 
     dry_run: bool = False
     field_validation: str = "Warn"  # "Ignore" | "Warn" | "Strict"
     warnings: list[str] = field(default_factory=list)
+    admit: Admission | None = None
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -597,6 +614,14 @@ class Store:
             if rtype.key in DNS_LABEL_NAMES:
                 if len(name) > 63 or not _DNS_LABEL_RE.match(name):
                     errs.append(E.invalid("metadata.name", name, _LABEL_MSG))
+            elif rtype.key in PATH_SEGMENT_NAMES:
+                # RBAC names are path segments (system:discovery, system:serviceaccount:...).
+                if name in (".", ".."):
+                    errs.append(E.invalid("metadata.name", name, f"may not be '{name}'"))
+                for illegal in ("/", "%"):
+                    if illegal in name:
+                        errs.append(E.invalid("metadata.name", name,
+                                              f"may not contain '{illegal}'"))
             elif rtype.storage_key != ("", "events"):
                 if len(name) > 253 or not _DNS_SUBDOMAIN_RE.match(name):
                     errs.append(E.invalid("metadata.name", name, _SUBDOMAIN_MSG))
@@ -703,6 +728,8 @@ class Store:
         self._prepare_create(rtype, obj, opts)
         if errs:
             raise E.invalid_object(rtype.qualified_kind, name, errs)
+        if opts.admit is not None:
+            opts.admit("CREATE", rtype, None, None, obj)
         if rtype.has_generation:
             meta["generation"] = 1
         meta["uid"] = str(uuid.uuid4())
@@ -1058,6 +1085,8 @@ class Store:
         if rtype.has_generation and _spec_changed(old, new):
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         meta["resourceVersion"] = old_meta["resourceVersion"]
+        if opts.admit is not None:
+            opts.admit("UPDATE", rtype, subresource, old, new)
         if new == old:
             return old  # a no-op write is not a write: no new resourceVersion, no event
         if opts.dry_run:

@@ -73,14 +73,30 @@ def test_tokens_map_to_users(apiserver: ServerThread) -> None:
     with pytest.raises(ApiException) as exc:
         wrong.list_namespaced_pod("default")
     assert exc.value.status == 401
+    admin_client = api_client(apiserver.url, "admin-token")
+    rbac = client.RbacAuthorizationV1Api(admin_client)
+    rbac.create_namespaced_role("default", {
+        "metadata": {"name": "pod-lister"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})
+    rbac.create_namespaced_role_binding("default", {
+        "metadata": {"name": "gw"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "pod-lister"},
+        "subjects": [{"kind": "ServiceAccount", "name": "gw", "namespace": "x"}]})
     gateway = client.CoreV1Api(api_client(apiserver.url, "gw-token"))
     gateway.list_namespaced_pod("default")
-    admin = client.CoreV1Api(api_client(apiserver.url, "admin-token"))
+    with pytest.raises(ApiException) as exc:
+        gateway.list_namespaced_secret("default")
+    assert exc.value.status == 403
+    admin = client.CoreV1Api(admin_client)
     admin.create_namespaced_secret("default", {"metadata": {"name": "s"}})
     by_user = apiserver.counter.by_user()
     assert by_user[("system:serviceaccount:x:gw", "list", "", "pods", "", "default")] == 1
     assert by_user[("admin", "create", "", "secrets", "", "default")] == 1
     assert apiserver.counter.users() == {"admin", "system:serviceaccount:x:gw"}
+    # A refused request is not counted as served, but as denied.
+    assert apiserver.counter.denied == {
+        ("system:serviceaccount:x:gw", "list", "", "secrets", "", "default"): 1}
 
 
 def test_logs_default_to_not_running(core: client.CoreV1Api) -> None:
