@@ -1,4 +1,5 @@
-"""RBAC rule matching, as the API server's authorizer does for namespaced resource requests."""
+"""What a Role grants, as (verb, group, resource, subresource) tuples, for "granted but unused"
+checks. Whether a request is allowed is the local cluster's RBAC authorizer's to say."""
 
 from __future__ import annotations
 
@@ -9,20 +10,9 @@ from .manifests import JSON
 Grant = tuple[str, str, str, str]  # verb, group, resource, subresource
 
 
-def allows(rules: list[JSON], verb: str, group: str, resource: str, subresource: str = "") -> bool:
-    target = f"{resource}/{subresource}" if subresource else resource
-    for rule in rules:
-        if rule.get("resourceNames"):
-            continue  # name-limited rules cannot authorise list/watch/create; not used here
-        groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
-        if ((group in groups or "*" in groups) and (target in resources or "*" in resources)
-                and (verb in verbs or "*" in verbs)):
-            return True
-    return False
-
-
 def grants(rules: list[JSON]) -> set[Grant]:
-    """Every (verb, group, resource, subresource) the rules name explicitly (no wildcards)."""
+    """Every (verb, group, resource, subresource) the rules name explicitly (no wildcards);
+    a rule limited by ``resourceNames`` counts as granting its verbs."""
     out: set[Grant] = set()
     for rule in rules:
         for word in (*rule.get("apiGroups", []), *rule.get("resources", []),

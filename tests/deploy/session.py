@@ -187,6 +187,38 @@ def requests_since(cluster: LocalCluster, snapshot: Counter) -> dict[Request, in
     return dict(used)
 
 
+def requests_by(cluster: LocalCluster, user: str) -> dict[Request, int]:
+    """Resource requests ``user`` made, by (verb, group, resource, subresource).
+
+    Every one of them must be in the install's namespace: the Roles are namespaced.
+    """
+    used: Counter[Request] = Counter()
+    for (who, verb, group, resource, sub, namespace), n in \
+            cluster.request_counter.by_user().items():
+        if who != user:
+            continue
+        assert namespace == NAMESPACE, (verb, group, resource, sub, namespace)
+        used[(verb, group, resource, sub)] += n
+    return dict(used)
+
+
+def denials_of(cluster: LocalCluster, user: str) -> list[tuple[str, ...]]:
+    """Requests of ``user`` that authorization refused (verb, group or path, resource, ...)."""
+    return sorted(key[1:] for key in cluster.request_counter.denied if key[0] == user)
+
+
+def service_account_user(name: str) -> str:
+    return f"system:serviceaccount:{NAMESPACE}:{name}"
+
+
+async def service_account_kubeconfig(cluster: LocalCluster, kubectl: t.Any, name: str,
+                                     path: Path) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount ``name`` of the install's namespace,
+    with a token from ``kubectl create token`` (the cluster's CA, as in the admin's)."""
+    token = (await kubectl("create", "token", name, "-n", NAMESPACE, "--duration=1h")).strip()
+    return cluster.write_kubeconfig(path, namespace=NAMESPACE, token=token)
+
+
 GatewayProcess = ServerProcess
 
 

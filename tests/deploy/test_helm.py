@@ -216,11 +216,34 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
             validate_builtin(doc)
 
 
+@pytest.mark.parametrize("users_secret", ["team-users", ""])
+async def test_the_users_secret_is_one_name_in_the_gateway_and_its_role(
+        install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path,
+        users_secret: str) -> None:
+    docs = await install(install_cluster, kubectl, tmp_path, "team-b",
+                         {"gateway": {"usersSecret": users_secret}})
+    (container,) = pod_spec(find(docs, "Deployment", "elastic-kernels-gateway"))["containers"]
+    flags = [a for a in container["args"] if a.startswith("--users-secret")]
+    rules = find(docs, "Role", "elastic-kernels-gateway")["rules"]
+    named = [r for r in rules if r.get("resourceNames")]
+    if users_secret:
+        assert flags == [f"--users-secret={users_secret}"]
+        assert named == [{"apiGroups": [""], "resources": ["secrets"],
+                          "resourceNames": [users_secret], "verbs": ["get", "list", "watch"]}]
+    else:
+        assert flags == [] and named == []
+    # Every other rule is the kustomize base's.
+    base = find(kustomize(DEPLOY), "Role", "elastic-kernels-gateway")["rules"]
+    assert [r for r in rules if not r.get("resourceNames")] == [
+        r for r in base if not r.get("resourceNames")]
+
+
 @pytest.mark.parametrize("values, words", [
     ({"gateway": {"replicas": 0}}, "replicas"),
     ({"kernelspecs": {"install": ["python-tpu"]}}, "/kernelspecs/install/0"),
     ({"culling": {"idleTimeout": "soon"}}, "idleTimeout"),
     ({"gatway": {"replicas": 2}}, "gatway"),
+    ({"gateway": {"usersSecret": "Users_Secret"}}, "usersSecret"),
 ])
 async def test_bad_values_are_refused_with_the_field(
         install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path, values: JSON,

@@ -23,13 +23,28 @@ app.kubernetes.io/component: {{ . }}
 {{ printf "%s:%s" .repository .tag }}
 {{- end }}
 
-{{/* The rules of a Role, from the kustomize base's file (one source for both installs). */}}
+{{/*
+The rules of a Role, from the kustomize base's file (one source for both installs). The
+gateway's rule for the users Secret names it as the base does (elastic-kernels-users); here it
+names .Values.gateway.usersSecret instead, and is left out when that is "".
+*/}}
 {{- define "ek.roleRules" -}}
 {{- $role := .root.Files.Get (printf "files/rbac/%s-role.yaml" .component) | fromYaml -}}
 {{- if or (not $role) (hasKey $role "Error") -}}
 {{- fail (printf "files/rbac/%s-role.yaml is missing or not YAML" .component) -}}
 {{- end -}}
-{{- toYaml $role.rules -}}
+{{- $usersSecret := .root.Values.gateway.usersSecret -}}
+{{- $rules := list -}}
+{{- range $role.rules -}}
+{{- if has "elastic-kernels-users" (default (list) .resourceNames) -}}
+{{- if $usersSecret -}}
+{{- $rules = append $rules (merge (dict "resourceNames" (list $usersSecret)) (omit . "resourceNames")) -}}
+{{- end -}}
+{{- else -}}
+{{- $rules = append $rules . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $rules -}}
 {{- end }}
 
 {{/* The pod security context every component shares: non-root uid 1000, gid 100. */}}
