@@ -15,8 +15,10 @@ How it runs here, and the only adaptations (each one what a real deployment prov
   and the service-account token (a real one for the ServiceAccount ``enterprise-gateway``, from
   the TokenRequest API, as its pod would mount) and CA come from a directory that
   ``bench/eg_site/sitecustomize.py`` substitutes for the fixed ``/var/run/secrets/...`` path.
-  (Its Helm chart also binds that account to a ClusterRole; that matters once the local
-  cluster authorizes requests.)
+  The local cluster enforces RBAC, so that account gets what EG's Helm chart gives it: the
+  ClusterRoles ``enterprise-gateway-controller`` (bound to it cluster-wide) and
+  ``kernel-controller`` (which EG binds in each kernel's namespace, ``EG_KERNEL_CLUSTER_ROLE``
+  as the chart sets it).
 * The kernelspec is installed as EG's kernelspecs tarball installs it (argv paths pointing at
   its ``scripts/``), image ``elyra/kernel-py:<version>``.  The pod template gains one env entry,
   ``POD_IP`` from the downward API, used only by the site hook to keep EG's ``0.0.0.0`` binds on
@@ -55,6 +57,27 @@ KERNEL_NAME = "python_kubernetes"
 SERVICE_ACCOUNT = "enterprise-gateway"
 #: A day: longer than any benchmark run, as the kubelet would keep a mounted token fresh.
 SA_TOKEN_SECONDS = 24 * 3600
+RBAC = "rbac.authorization.k8s.io"
+#: EG 3.3's Helm chart (templates/eg-clusterrole.yaml), without its Spark operator rules.
+CONTROLLER_ROLE = "enterprise-gateway-controller"
+KERNEL_ROLE = "kernel-controller"
+CLUSTER_ROLES: dict[str, list[dict[str, list[str]]]] = {
+    CONTROLLER_ROLE: [
+        {"apiGroups": [""], "resources": ["pods", "namespaces", "services", "configmaps",
+                                          "secrets", "persistentvolumes",
+                                          "persistentvolumeclaims"],
+         "verbs": ["get", "watch", "list", "create", "delete"]},
+        {"apiGroups": [RBAC], "resources": ["rolebindings"],
+         "verbs": ["get", "list", "create", "delete"]},
+    ],
+    KERNEL_ROLE: [
+        {"apiGroups": [""], "resources": ["pods"],
+         "verbs": ["get", "watch", "list", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]},
+        {"apiGroups": [""], "resources": ["services", "persistentvolumeclaims"],
+         "verbs": ["list"]},
+    ],
+}
 
 
 class SetupError(RuntimeError):
@@ -156,17 +179,30 @@ def install_kernelspec(data_dir: Path, version: str) -> Path:
 
 # --- in-cluster credentials -----------------------------------------------------------------
 
-async def service_account_token(cluster: Any, name: str) -> str:
-    """A token for ServiceAccount ``name`` (created if missing) in the cluster's namespace."""
+async def _create(client: Any, path: str, body: dict[str, Any]) -> None:
     from elastic_kernels.kube.client import KubeError
+    try:
+        await client.request("POST", path, body=body)
+    except KubeError as e:
+        if not e.already_exists:
+            raise
+
+
+async def service_account_token(cluster: Any, name: str) -> str:
+    """A token for ServiceAccount ``name`` (created if missing) in the cluster's namespace,
+    bound to EG's ClusterRoles as its Helm chart binds it."""
     client = await C.kube_client(cluster)
     base = f"/api/v1/namespaces/{cluster.namespace}/serviceaccounts"
     try:
-        try:
-            await client.request("POST", base, body={"metadata": {"name": name}})
-        except KubeError as e:
-            if not e.already_exists:
-                raise
+        await _create(client, base, {"metadata": {"name": name}})
+        for role, rules in CLUSTER_ROLES.items():
+            await _create(client, f"/apis/{RBAC}/v1/clusterroles",
+                          {"metadata": {"name": role}, "rules": rules})
+        await _create(client, f"/apis/{RBAC}/v1/clusterrolebindings", {
+            "metadata": {"name": CONTROLLER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": name,
+                          "namespace": cluster.namespace}],
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": CONTROLLER_ROLE}})
         answer = await client.request("POST", f"{base}/{name}/token", body={
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"expirationSeconds": SA_TOKEN_SECONDS}})
@@ -203,6 +239,7 @@ async def enterprise_gateway(cluster: Any, workdir: Path, version: str
         "KUBERNETES_SERVICE_HOST": C.HOST, "KUBERNETES_SERVICE_PORT": str(tls_port),
         "BENCH_EG_SERVICEACCOUNT": str(sa_dir),
         "EG_NAMESPACE": cluster.namespace,
+        "EG_KERNEL_CLUSTER_ROLE": KERNEL_ROLE,
         "EG_RESPONSE_IP": C.HOST, "EG_RESPONSE_PORT": str(C.free_port()),
         "EG_PROHIBITED_LOCAL_IPS": "",
         # What EG passes from its own environment to launch_kubernetes.py (and so, by
