@@ -1,4 +1,4 @@
-"""Kubernetes API load: requests by verb at the local API server, per kernel start and per kernel-hour.
+"""Kubernetes API load: requests by verb at the local API server, per start and per kernel-hour.
 
 Run ``.venv/bin/python -m bench.bench_apiload [--quick]``.
 
@@ -20,7 +20,8 @@ have none).  The watches open in the window are counted as they are re-opened.
 What the cull cron must see of a kernel is written to its JupyterKernel on change only, so it
 is a cost per connection, not per hour: ``status.connections`` when a client connects to a kernel
 shown unconnected and when the last one leaves (at the gateway's next culling pass, within a
-minute; a connection to a kernel that could be culled before then at once).  Each window starts once the records show those transitions (read from the
+minute; a connection to a kernel that could be culled before then at once).  Each window starts
+once the records show those transitions (read from the
 cluster's store, not through the API), and their writes are reported per connect and per
 disconnect.
 """

@@ -62,7 +62,7 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def open(self) -> "Connection":
+    async def open(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         return self
 
@@ -103,7 +103,7 @@ class WatchStream:
         self.path = path
         self.buffer = b""
 
-    async def open(self) -> "WatchStream":
+    async def open(self) -> WatchStream:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         self.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\n"
                           f"Authorization: Bearer {_TOKEN}\r\n\r\n".encode())

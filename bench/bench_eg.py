@@ -210,7 +210,7 @@ def describe(name: str, r: C.JSON) -> list[str]:
         + (f"; first error: {C.short_error(c['errors'][0])}" if c["errors"] else ""),
         f"  round trip p50 {C.ms(r['roundtrip']['p50'])}, p99 {C.ms(r['roundtrip']['p99'])}; "
         f"direct ZeroMQ to the same kernel p50 {C.ms(r['roundtrip_direct']['p50'])}",
-        f"  API per start: " + ", ".join(f"{k} {v:g}" for k, v in r["per_start"].items())
+        "  API per start: " + ", ".join(f"{k} {v:g}" for k, v in r["per_start"].items())
         + f" (writes {r['per_start_writes']:g}, polling reads {r['per_start_polling_reads']:g})",
         f"  steady: {r['steady']['requests']} requests in {r['steady']['seconds']:.0f} s with "
         f"{r['steady']['kernels']} idle kernels → {r['steady']['per_kernel_hour']:.1f} per "
@@ -222,8 +222,8 @@ def describe(name: str, r: C.JSON) -> list[str]:
 def report(result: C.JSON) -> list[str]:
     lines = describe("elastic-kernels", result["ours"])
     if "eg" in result:
-        lines += describe(f"Enterprise Gateway {result['eg_versions']['jupyter-enterprise-gateway']}"
-                          , result["eg"])
+        version = result["eg_versions"]["jupyter-enterprise-gateway"]
+        lines += describe(f"Enterprise Gateway {version}", result["eg"])
         r = result["ratios"] = _ratios(result)
         lines.append(
             f"ratios EG / elastic-kernels: start p50 {r['start_p50_eg_over_ours']:.2f}x, "

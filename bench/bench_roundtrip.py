@@ -6,9 +6,10 @@ One kernel (``python-cpu``, an ipykernel in a pod of the local cluster) is reach
 in the same run, alternating in rounds so that drift hits all alike:
 
 (a) the gateway's websocket (``/api/kernels/{id}/channels``) with the JSON protocol, which is
-    what a notebook server or JupyterLab with ``--gateway-url`` speaks to the gateway (jupyter_server's
-    gateway client enforces it); also, as (a'), with ``v1.kernel.websocket.jupyter.org``, which
-    JupyterLab 4 speaks to a server that holds kernels itself;
+    what a notebook server or JupyterLab with ``--gateway-url`` speaks to the gateway
+    (jupyter_server's gateway client enforces it); also, as (a'), with
+    ``v1.kernel.websocket.jupyter.org``, which JupyterLab 4 speaks to a server that holds kernels
+    itself;
 (b) a notebook server (``python -m jupyter_server --gateway-url=...`` with the
     ``elastic_kernels.gateway.client`` extension) in front of the gateway;
 (c) direct ZeroMQ to the same kernel, with the connection info a re-attaching replica builds

@@ -427,7 +427,7 @@ class KernelWS:
 
     @classmethod
     async def open(cls, base_url: str, kernel_id: str, token: str | None,
-                   timeout: float = 120, protocol: str = "json") -> "KernelWS":
+                   timeout: float = 120, protocol: str = "json") -> KernelWS:
         if protocol not in ("json", "v1"):
             raise ValueError(f"protocol must be 'json' or 'v1', not {protocol!r}")
         session_id = uuid.uuid4().hex
@@ -655,7 +655,8 @@ async def pod_connection_info(cluster: Any, kernel_id: str) -> JSON:
         await client.close()
     ip = (record.get("status") or {}).get("podIP") or ""
     if not ip:
-        raise RuntimeError(f"kernel {kernel_id} has no pod IP in its record: {record.get('status')}")
+        raise RuntimeError(
+            f"kernel {kernel_id} has no pod IP in its record: {record.get('status')}")
     key = base64.b64decode(secret["data"]["key"])
     return connection_info(ip, key)
 

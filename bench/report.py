@@ -108,7 +108,8 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"({st['seconds']:.0f} s)",
                          f"{total:.1f} = {st['per_kernel_hour']:.1f} measured + "
                          f"{p['per_kernel_hour_at_this_size']:.1f} watch re-opens; without the "
-                         f"gateway's one Lease: {st.get('per_kernel_hour_without_lease', total):.1f}"
+                         "gateway's one Lease: "
+                         f"{st.get('per_kernel_hour_without_lease', total):.1f}"
                          f" + {p['per_kernel_hour_at_this_size']:.1f}",
                          "≤ 60", _met(total <= 60)))
     for name in ("scale", "scale-post"):

@@ -317,12 +317,12 @@ def result_json(result: C.CullResult) -> JSON:
 
 
 def render_table(results: Sequence[C.CullResult]) -> str:
-    rows = [COLUMNS] + [
+    rows: list[tuple[str, ...]] = [COLUMNS, *[
         (r.decision.kernel.kernel_id, r.decision.kernel.user, r.decision.kernel.kernel_spec,
          r.decision.reason.value, _duration(r.decision.idle), _duration(r.decision.age),
          _action(r))
         for r in results
-    ]
+    ]]
     rows = [tuple(_one_line(c) for c in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join(

@@ -422,7 +422,7 @@ def orphan_message(kernel: KernelFacts, now: datetime, grace: float) -> str | No
 
 def launch_abandoned_message(kernel: KernelFacts, launch_timeout: float, now: datetime,
                              grace: float) -> str | None:
-    """Why ``kernel`` is the leftover of a start that failed, or None when it is not (or may not be).
+    """Why ``kernel`` is the leftover of a start that failed; None when it is not (or may not be).
 
     Such a record never ran (still Pending or Starting, never ``startedAt``), has no pod, and was
     created more than its launch timeout plus ``grace`` ago. A start creates the record and,

@@ -35,6 +35,12 @@ __all__ = [
 _LOGO_MAX_AGE = 60 * 60 * 24
 
 
+async def _upstream(result: t.Awaitable[None] | None) -> None:
+    """Await what an upstream handler method returned (its decorators type it as optional)."""
+    if result is not None:
+        await result
+
+
 def _cr_model(handler: web.RequestHandler, kernel_name: str) -> dict[str, t.Any] | None:
     ksm = handler.settings.get("kernel_spec_manager")
     model = getattr(ksm, "kernelspec_model", None)
@@ -49,7 +55,7 @@ class CRKernelSpecHandler(KernelSpecHandler):
     async def get(self, kernel_name: str) -> None:
         model = _cr_model(self, url_unescape(kernel_name))
         if model is None:
-            await super().get(kernel_name)
+            await _upstream(super().get(kernel_name))
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(model))
@@ -87,15 +93,17 @@ class CRKernelSpecResourceHandler(InMemoryResourceHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, kernel_name: str, path: str, include_body: bool = True) -> None:
+    async def get(  # type: ignore[override] # upstream's signature, not StaticFileHandler's
+            self, kernel_name: str, path: str, include_body: bool = True) -> None:
         name = url_unescape(kernel_name)
         if _cr_model(self, name) is None:
             # Not a CR-backed spec: upstream serves it from its real resource directory (the
             # kernel spec manager's get_kernel_spec_resource keeps CR specs off the disk there
             # too), and says 404 for a spec nobody has.
-            await super().get(kernel_name, path, include_body=include_body)
+            await _upstream(super().get(kernel_name, path, include_body=include_body))
             return
-        data = await self.kernel_spec_manager.get_kernel_spec_resource(name, path)
+        ksm: t.Any = self.kernel_spec_manager  # an ElasticKernelSpecManager (see _cr_model)
+        data = await ksm.get_kernel_spec_resource(name, path)
         if data is None:  # only a spec that was deleted in between
             raise web.HTTPError(404, f"Kernel spec {name} has no resource {path[:100]!r}")
         self.serve_bytes(data, "image/png", include_body)

@@ -1,4 +1,5 @@
-"""Stopping background tasks: the gateway's culler and GPU queue, the local scheduler and kubelet."""
+"""Stopping background tasks: the gateway's culler and GPU queue, the local scheduler and
+kubelet."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -62,7 +63,8 @@ async def record_message(kube: KubeClient, kernel_id: str) -> str:
     return str((record.get("status") or {}).get("message") or "")
 
 
-async def test_per_kernelspec_idle_timeouts(start_gateway: GatewayFactory, kube: KubeClient) -> None:
+async def test_per_kernelspec_idle_timeouts(start_gateway: GatewayFactory,
+                                            kube: KubeClient) -> None:
     gw = await start_gateway()
     km: ElasticMappingKernelManager = gw.kernel_manager
     await apply(kube, km, gpu_spec("gpu-brief", idleTimeout="2s"))
@@ -149,7 +151,7 @@ async def test_queue_is_fair_across_users(start_gateway: GatewayFactory, kube: K
         for i in range(5):
             starts[f"a{i}"] = asyncio.ensure_future(
                 km.start_kernel(kernel_name="gpu-fair", user="alice"))
-            await wait_until(lambda: len(km.gpu_queue.snapshot()) == i + 1, timeout=30)
+            await wait_until(lambda n=i + 1: len(km.gpu_queue.snapshot()) == n, timeout=30)
         starts["b0"] = asyncio.ensure_future(km.start_kernel(kernel_name="gpu-fair", user="bob"))
         await wait_until(lambda: len(km.gpu_queue.snapshot()) == 6, timeout=30)
 

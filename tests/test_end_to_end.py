@@ -36,7 +36,8 @@ async def test_notebook_server_runs_a_gpu_kernel_in_a_pod(
         gateway: ElasticGatewayApp, cluster: LocalCluster, kube: KubeClient,
         tmp_path: Path) -> None:
     async for server in run_notebook_server(
-            gateway, tmp_path, ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"]):
+            gateway, tmp_path,
+            ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"]):
         specs = json_of(await api(server.url, "GET", "/api/kernelspecs", token=server.token))
         assert specs["kernelspecs"]["python-gpu"]["spec"]["display_name"] == "Python on GPU"
         assert "python-cpu" in specs["kernelspecs"]
@@ -49,7 +50,8 @@ async def test_notebook_server_runs_a_gpu_kernel_in_a_pod(
         ws = await KernelWS.open(server.url, kernel_id, token=server.token)
         try:
             result = await ws.execute(
-                "import os\nprint(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['KERNEL_USERNAME'])")
+                "import os\n"
+                "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['KERNEL_USERNAME'])")
         finally:
             ws.close()
         assert result["reply"]["status"] == "ok", result

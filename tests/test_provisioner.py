@@ -7,7 +7,8 @@ with the cause long before a generous launch timeout could have expired.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio

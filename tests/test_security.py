@@ -164,7 +164,8 @@ async def test_kernelspec_resources_through_a_notebook_server(
                                      token=server.token)
                 assert response.code in codes, (path, response.code)
                 assert SECRET_TEXT.encode() not in response.body
-            logo = await eventually(lambda: _logo(server.url, server.token))
+            url, token = server.url, server.token
+            logo = await eventually(lambda: _logo(url, token))  # noqa: B023 - awaited here
             assert logo == PNG
 
 

@@ -79,7 +79,8 @@ async def test_kernels_survive_sigterm_and_sigkill_of_their_gateway(
 
     second = await gateways.start("second")
     attached = second.ready
-    assert attached is not None and attached.groups() == (str(KERNELS), str(KERNELS)), second.log[-4000:]
+    assert attached is not None, second.log[-4000:]
+    assert attached.groups() == (str(KERNELS), str(KERNELS)), second.log[-4000:]
     assert await second.kernel_ids() == set(ids)
     await check_variables(second, values)
     # Once the first gateway's lease has run out, the second claims every kernel, so the cull
@@ -90,7 +91,8 @@ async def test_kernels_survive_sigterm_and_sigkill_of_their_gateway(
     assert await second.kill(signal.SIGKILL) == -signal.SIGKILL
     third = await gateways.start("third")
     attached = third.ready
-    assert attached is not None and attached.groups() == (str(KERNELS), str(KERNELS)), third.log[-4000:]
+    assert attached is not None, third.log[-4000:]
+    assert attached.groups() == (str(KERNELS), str(KERNELS)), third.log[-4000:]
     assert await third.kernel_ids() == set(ids)
     await check_variables(third, values)
     await claimed_by(kube, ids, "test-gateway-third")

@@ -24,7 +24,8 @@ import importlib.machinery
 import os
 import sys
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - the address being replaced
 

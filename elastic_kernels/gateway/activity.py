@@ -38,7 +38,7 @@ def _object(part: bytes) -> dict[str, t.Any]:
     return value if isinstance(value, dict) else {}
 
 
-def watch_activity(manager: "MappingKernelManager", kernel_id: str) -> None:
+def watch_activity(manager: MappingKernelManager, kernel_id: str) -> None:
     """Subscribe to ``kernel_id``'s IOPub and keep its activity markers (upstream's contract)."""
     manager.log.debug("Watching kernel activity: %s", kernel_id)
     kernel = manager._kernels[kernel_id]

@@ -439,7 +439,7 @@ class ElasticIdentityProvider(IdentityProvider):
         self._maybe_reload_file()
         offered = self.get_token(handler)
         entry = self.lookup(offered) if offered else None
-        if entry is None:
+        if entry is None or not offered:
             return None
         if offered not in self._seen_tokens:
             self._seen_tokens.add(offered)  # so that logs can be scrubbed of it, see redact.py

@@ -83,9 +83,9 @@ class NoDelayGatewayWebSocketConnection(GatewayWebSocketConnection):
         super()._connection_done(fut)
         # Runs before any queued browser message is forwarded (it is the first callback on the
         # connect future), so every message to the gateway goes out without Nagle.
-        ws = self.ws
-        if ws is not None and getattr(ws, "protocol", None) is not None:
-            ws.protocol.set_nodelay(True)
+        protocol = getattr(self.ws, "protocol", None)
+        if protocol is not None:
+            protocol.set_nodelay(True)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -118,8 +118,10 @@ class GatewayKernelSpecResourceHandler(InMemoryResourceHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, kernel_name: str, path: str, include_body: bool = True) -> None:
-        data = await self.kernel_spec_manager.get_kernel_spec_resource(kernel_name, path)
+    async def get(  # type: ignore[override] # upstream's signature, not StaticFileHandler's
+            self, kernel_name: str, path: str, include_body: bool = True) -> None:
+        ksm: t.Any = self.kernel_spec_manager  # a GatewayKernelSpecManager
+        data = await ksm.get_kernel_spec_resource(kernel_name, path)
         if data is None:
             raise web.HTTPError(404, "Kernel spec %s has no resource %r", kernel_name, path[:100])
         self.serve_bytes(data, mimetypes.guess_type(path)[0] or "application/octet-stream",
@@ -130,7 +132,7 @@ def _load_jupyter_server_extension(serverapp: t.Any) -> None:
     """Use :class:`NoDelayGatewayWebSocketConnection`, readable errors, resources only from
     the gateway, and pass the notebook's path (``JPY_SESSION_NAME``) to the kernel."""
     gateway = getattr(serverapp, "gateway_config", None)
-    if not getattr(gateway, "gateway_enabled", False):
+    if gateway is None or not getattr(gateway, "gateway_enabled", False):
         serverapp.log.info("%s: no gateway configured; nothing to do", __name__)
         return
     if not getattr(gateway_managers.gateway_request, "_elastic_readable_errors", False):

@@ -39,7 +39,7 @@ COMPONENT = "elastic-kernels-gateway"
 class GatewayCuller:
     """Runs the periodic pass and performs culls (idle ones, and reclaims for the GPU queue)."""
 
-    def __init__(self, manager: "ElasticMappingKernelManager", defaults: CullingDefaults,
+    def __init__(self, manager: ElasticMappingKernelManager, defaults: CullingDefaults,
                  concurrency: int = 8) -> None:
         self.manager = manager
         self.defaults = defaults
@@ -230,7 +230,9 @@ class GatewayCuller:
     # -- one cull ---------------------------------------------------------------------------------
 
     async def cull(self, decision: CullDecision) -> bool:
-        """Record why, tell the user, shut the kernel down, leave an Event. False if we lost a race."""
+        """Record why, tell the user, shut the kernel down, leave an Event.
+
+        False if we lost a race."""
         kernel_id = decision.kernel.kernel_id
         client = ClusterConnection.instance().client
         async with self._limit:

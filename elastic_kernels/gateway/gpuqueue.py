@@ -7,8 +7,8 @@ would starve everyone behind them. The gateway keeps its own queue instead:
   gate* (``spec.schedulingGates``, Pod scheduling readiness): the scheduler ignores it until the
   gateway removes the gate. Only the head of the queue is ungated, so the order is ours.
 * The order is round-robin across users: a waiting kernel's rank is the number of the same
-  user's kernels already waiting when it arrived; ties go by arrival. User A's five starts and user B's one, queued in that
-  order, are served A, B, A, A, A, A.
+  user's kernels already waiting when it arrived; ties go by arrival. User A's five starts and
+  user B's one, queued in that order, are served A, B, A, A, A, A.
 * While the head waits for capacity, the gateway reclaims one idle GPU kernel for it: the one
   idle longest among those past their kernelspec's ``reclaimAfter``, never a busy one (see
   :func:`elastic_kernels.culling.reclaim_candidates`). The scheduler then binds the head into the
@@ -85,7 +85,7 @@ class Waiter:
 class GpuQueue:
     """One gateway's queue of kernel starts waiting for GPUs."""
 
-    def __init__(self, manager: "ElasticMappingKernelManager") -> None:
+    def __init__(self, manager: ElasticMappingKernelManager) -> None:
         self.manager = manager
         self._waiters: dict[str, Waiter] = {}
         self._seq = itertools.count()

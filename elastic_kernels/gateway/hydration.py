@@ -252,16 +252,18 @@ class KernelHydrator(LoggingConfigurable):
             # provisioner, given the attachment, connects instead of creating anything. It is
             # called past ElasticMappingKernelManager.start_kernel: quotas and the GPU queue
             # concern new kernels, not this one.
+            attach: dict[str, Any] = {ATTACH_KWARG: attachment}
             await AsyncMappingKernelManager.start_kernel(
                 manager, kernel_id=kernel_id, kernel_name=view.kernel_spec, env={},
-                elastic_client_env=dict(view.client_env), **{ATTACH_KWARG: attachment},
+                elastic_client_env=dict(view.client_env), **attach,
             )
         except Exception as e:  # noqa: BLE001 - e.g. its kernelspec was deleted meanwhile
             getattr(manager, "_pending_kernels", {}).pop(kernel_id, None)
             self.log.warning("Kernel %s could not be re-attached: %s: %s", kernel_id,
                              type(e).__name__, e)
             return False
-        kernel = manager.get_kernel(kernel_id)
+        # jupyter_server adds last_activity to the kernel managers it holds.
+        kernel: Any = manager.get_kernel(kernel_id)
         if view.last_activity is not None:
             # Idle time continues from the record: restarting gateways must not keep idle
             # kernels alive for ever.

@@ -26,7 +26,6 @@ from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default, observe
 
 from ..kube import resources as R
-from ..kube.client import PODS
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
 from ..culling import CullingDefaults

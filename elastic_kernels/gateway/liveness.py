@@ -37,7 +37,8 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
@@ -50,7 +51,14 @@ from ..kube.informer import Informer
 from ..provisioner.podstate import PodAssessment, Progress, assess_pod
 from ..provisioner.provisioner import ElasticKernelProvisioner
 
-__all__ = ["ElasticKernelRestarter", "Fate", "KernelFate", "kernel_died", "kernel_fate", "renudge_connections"]
+__all__ = [
+    "ElasticKernelRestarter",
+    "Fate",
+    "KernelFate",
+    "kernel_died",
+    "kernel_fate",
+    "renudge_connections",
+]
 
 
 class Fate(enum.Enum):
@@ -211,7 +219,7 @@ def _object_name(obj: JSON) -> str | None:
 
 
 #: Routers by informer (pods: by kernel-id label; JupyterKernels: by name).
-_routers: "weakref.WeakKeyDictionary[Informer, _EventRouter]" = weakref.WeakKeyDictionary()
+_routers: weakref.WeakKeyDictionary[Informer, _EventRouter] = weakref.WeakKeyDictionary()
 
 
 def _router(informer: Informer, key_of: Callable[[JSON], str | None]) -> _EventRouter:

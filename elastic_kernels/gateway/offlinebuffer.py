@@ -31,7 +31,7 @@ def _size(parts: t.Sequence[t.Any]) -> int:
 
 
 class OfflineBuffer(collections.deque):  # type: ignore[type-arg]
-    """A deque of ``(channel, message parts)``, as jupyter_server replays it, within a byte bound."""
+    """A deque of ``(channel, message parts)`` as jupyter_server replays it, in a byte bound."""
 
     def __init__(self, max_bytes: int, on_first_drop: t.Callable[[], None] | None = None) -> None:
         super().__init__()

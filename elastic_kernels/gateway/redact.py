@@ -34,7 +34,7 @@ __all__ = ["REDACTED", "SecretSource", "install", "redact_text", "uninstall"]
 
 REDACTED = "[redacted]"
 
-SecretSource = Callable[[], Iterable[t.Union[str, bytes]]]
+SecretSource = Callable[[], Iterable[str | bytes]]
 
 _MIN_SECRET_CHARS = 8
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (

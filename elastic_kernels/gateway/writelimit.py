@@ -10,7 +10,7 @@ its memory limit to kill it with every user's websockets on it.
 ``display_data``, ``update_display_data``, ``execute_result``, ``error``, ``comm_msg``) is queued
 for a client only if it fits within ``max_pending_bytes`` together with what is already queued;
 otherwise it is dropped for that client (so is one output message larger than the bound on its
-own). Everything else still goes out: status, ``execute_input``, the replies on shell and
+own), and so is all its output until it has caught up to half the bound. Everything else still goes out: status, ``execute_input``, the replies on shell and
 control, stdin's ``input_request``; a frontend that lost those would show a cell busy for ever
 or wait for a prompt that never comes. If a further ``max_pending_bytes`` of those pile up while
 the client is past the bound, it reads nothing at all, and it is closed with 1008 (policy
@@ -138,6 +138,8 @@ class OutputLimit:
         self.max_pending = max_pending
         self.log = log
         self.kernel_id = kernel_id
+        #: Output is dropped until the client is less than half the bound behind again.
+        self.behind = False
         #: Bytes of other messages queued since the client was last less than half the bound
         #: behind; past the bound, the client reads nothing at all.
         self.kept_while_behind = 0
@@ -157,13 +159,17 @@ class OutputLimit:
         if pending is None:
             return Verdict.DROP  # closing: the client gets nothing more anyway
         if pending <= self.max_pending // 2:
+            self.behind = False
             self.kept_while_behind = 0
         size = sum(len(p) for p in msg_list) + FRAME_OVERHEAD
-        if pending + size <= self.max_pending:
+        if not self.behind and pending + size <= self.max_pending:
             return Verdict.SEND  # fits: the common case, decided without parsing anything
         if channel == "iopub":
             parts = _split(msg_list)
             if parts is not None and _msg_type(parts[0]) in OUTPUT_TYPES:
+                # Once behind, output stays off until the client has caught up to half the
+                # bound: else every message that happens to fit would carry its own notice.
+                self.behind = self.behind or pending > 0
                 self._drop(parts[1], size, pending)
                 return Verdict.DROP
         if pending > self.max_pending:

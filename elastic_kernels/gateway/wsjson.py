@@ -58,7 +58,7 @@ def signed_parts(session: Session, msg_list: list[t.Any]
         return None
     if len(fed) < 5:
         return None
-    signature, *parts = [p if isinstance(p, bytes) else bytes(p) for p in fed]
+    signature, *parts = [p if isinstance(p, bytes) else bytes(t.cast(t.Any, p)) for p in fed]
     if session.auth is not None and not (
             signature and hmac.compare_digest(signature, session.sign(parts[:4]))):
         return None

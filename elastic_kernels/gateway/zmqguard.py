@@ -84,7 +84,7 @@ def _stranded(stream: ZMQStream) -> bool:
     try:
         if stream.closed() or not stream.receiving():
             return False
-        fd = stream.socket.getsockopt(_FD)  # no ZeroMQ command processing: no wakeup used
+        fd = t.cast(int, stream.socket.getsockopt(_FD))  # no ZeroMQ command processing: no wakeup
         # poll, not select: a gateway holding many kernels has descriptors far above select's
         # FD_SETSIZE (1,024), where select raises and the guard would skip the stream.
         readable = select.poll()
@@ -162,7 +162,7 @@ class ZMQWakeupGuard:
     def start(self) -> None:
         if self.interval <= 0 or self._callback is not None:
             return
-        self._callback = PeriodicCallback(self.sweep, self.interval * 1000)
+        self._callback = PeriodicCallback(self._sweep, self.interval * 1000)
         self._callback.start()
 
     def stop(self) -> None:
@@ -189,6 +189,9 @@ class ZMQWakeupGuard:
         if self._cursor >= len(self._round):
             self._round = []  # let closed streams go; the next sweep starts a new round
         return part
+
+    def _sweep(self) -> None:
+        self.sweep()  # PeriodicCallback wants a callable that returns nothing
 
     def sweep(self) -> int:
         """One pass; returns how many messages it had to deliver."""
@@ -242,7 +245,7 @@ async def recv_multipart_checked(
     deadline = None if timeout is None else loop.time() + timeout
     # A synchronous view of the same socket: non-blocking receives and EVENTS checks that do not
     # go through pyzmq's asyncio future machinery.
-    sync = zmq.Socket.shadow(socket.underlying)
+    sync: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
     while True:
         if t.cast(int, sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
@@ -256,4 +259,4 @@ async def recv_multipart_checked(
                 raise TimeoutError(f"no message within {timeout} s")
             wait = min(wait, remaining)
         # If this wakeup is lost we are back at the EVENTS check after ``wait`` seconds.
-        await socket.poll(timeout=max(1, int(wait * 1000)), flags=zmq.POLLIN)
+        await socket.poll(max(1, int(wait * 1000)))  # flags: POLLIN by default

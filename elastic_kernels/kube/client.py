@@ -21,7 +21,8 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -130,7 +131,7 @@ class KubeError(Exception):
         return self.status >= 500
 
     @classmethod
-    def from_body(cls, status: int, raw: bytes) -> "KubeError":
+    def from_body(cls, status: int, raw: bytes) -> KubeError:
         try:
             body = json.loads(raw)
         except ValueError:
@@ -353,7 +354,7 @@ class KubeClient:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout_seconds: int = 300,
-    ) -> "WatchStream":
+    ) -> WatchStream:
         """Open a streaming watch (blocking); consumed by an informer's thread."""
         query = {
             "watch": "true",

@@ -29,7 +29,8 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from .client import JSON, KubeClient, KubeError, Resource
 
@@ -131,9 +132,10 @@ class Informer:
     async def wait_synced(self, timeout: float | None = 30.0) -> None:
         assert self._first_error is not None, "start() first"
         synced = asyncio.ensure_future(self._synced.wait())
+        either: set[asyncio.Future[Any]] = {synced, self._first_error}
         try:
             done, _ = await asyncio.wait(
-                {synced, self._first_error}, timeout=timeout,
+                either, timeout=timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -251,10 +253,10 @@ class Informer:
             if key not in fresh:
                 self._deliver("DELETED", old)
         for key, obj in fresh.items():
-            old = self._cache.get(key)
-            if old is None:
+            previous = self._cache.get(key)
+            if previous is None:
                 self._deliver("ADDED", obj)
-            elif _rv(old) != _rv(obj):
+            elif _rv(previous) != _rv(obj):
                 self._deliver("MODIFIED", obj)
         self._synced.set()
 

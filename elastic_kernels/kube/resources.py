@@ -304,8 +304,9 @@ class _Reader:
             raise ResourceError(kind, "", "?", "metadata", "is missing")
         self.obj = obj
         self.meta = meta
-        self.name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-        self.namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
+        name, namespace = meta.get("name"), meta.get("namespace")
+        self.name: str = name if isinstance(name, str) else ""
+        self.namespace: str = namespace if isinstance(namespace, str) else ""
         if not self.name:
             self.fail("metadata.name", "is missing")
         found_kind = obj.get("kind")
@@ -317,7 +318,7 @@ class _Reader:
 
     def raw(self, path: str) -> Any:
         node: Any = self.obj
-        walked = []
+        walked: list[str] = []
         for part in path.split("."):
             if node is None:
                 return _MISSING

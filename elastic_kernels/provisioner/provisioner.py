@@ -1,4 +1,5 @@
-"""``ElasticKernelProvisioner``: each kernel in its own pod, found and watched through shared caches.
+"""``ElasticKernelProvisioner``: each kernel in its own pod, found and watched through shared
+caches.
 
 The lifecycle follows DESIGN §3:
 
@@ -32,7 +33,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
@@ -303,8 +304,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "startedAt": utcnow(),
             "restartCount": self._restart_count,
         })
-        self.connection_info = info
-        return info
+        # jupyter_client types connection info as a TypedDict; ours has its keys and values.
+        self.connection_info = cast(KernelConnectionInfo, info)
+        return self.connection_info
 
     async def _wait_running(self, pods: Informer, started: float) -> JSON:
         """Follow the pod's events until it runs, fails, or the launch timeout passes."""
@@ -727,8 +729,8 @@ class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pod_ip = str((pod.get("status") or {}).get("podIP") or "")
         self._restart_count = max(count, self._restart_count)
         self._exit_code = None
-        self.connection_info = connection_info(self._pod_ip, self._key.encode(),
-                                               self.kernel_spec.name)
+        self.connection_info = cast(KernelConnectionInfo, connection_info(
+            self._pod_ip, self._key.encode(), self.kernel_spec.name))
         km = self.parent
         if km is not None and hasattr(km, "load_connection_info"):
             km.load_connection_info(self.connection_info)

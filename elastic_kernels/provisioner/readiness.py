@@ -12,7 +12,7 @@ turns such a miss into a few milliseconds' delay instead of a hang.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -52,7 +52,7 @@ async def wait_kernel_info(connection_info: dict[str, Any], timeout: float,
             events = await sock.poll(timeout=min(POLL_SLICE_MS, int(remaining * 1000) + 1))
             if not events:
                 continue
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 frames = await sock.recv_multipart()
                 _, msg_frames = session.feed_identities(frames)
                 msg = session.deserialize(msg_frames)

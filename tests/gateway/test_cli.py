@@ -41,7 +41,8 @@ def test_command_line_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert ElasticGatewayApp().kernel_spec_manager_class.__name__ == "ElasticKernelSpecManager"
 
 
-async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[str], seen: list[str]) -> re.Match[str]:
+async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[str],
+                      seen: list[str]) -> re.Match[str]:
     while True:
         line = (await stream.readline()).decode(errors="replace")
         if not line:

@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import sys
-import typing as t
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass

@@ -101,7 +101,7 @@ def test_unsigned_sessions_splice_without_checking() -> None:
         pytest.param(lambda p: [x for x in p if x != b"<IDS|MSG>"], id="no-delimiter"),
         pytest.param(lambda p: p[:5], id="too-few-parts"),
         pytest.param(lambda p: resign(p, 4, b"\xff\xfe not utf-8"), id="content-not-utf8"),
-        pytest.param(lambda p: resign(p, 4, "\"\\ud800\"".encode()), id="content-not-object"),
+        pytest.param(lambda p: resign(p, 4, b"\"\\ud800\""), id="content-not-object"),
         pytest.param(lambda p: resign(p, 4, b"{\"a\": "), id="content-not-json"),
         pytest.param(lambda p: resign(p, 1, json.dumps(
             {"msg_id": "x", "msg_type": "stream", "version": "4.1", "date": "2026-01-01T00:00:00Z",
