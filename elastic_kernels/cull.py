@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from . import culling as C
-from .gateway.lease import LEASE_SELECTOR, gateway_lease, leases_by_gateway
+from .leases import LEASE_SELECTOR, gateway_lease, leases_by_gateway
 from .kube import resources as R
 from .kube.client import JSON, LEASES, PODS, KubeClient, KubeError
 from .kube.config import KubeConfigError, load_cluster_config

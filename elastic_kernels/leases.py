@@ -31,9 +31,9 @@ from typing import Any
 from traitlets import Bool, Integer, default
 from traitlets.config import LoggingConfigurable
 
-from ..culling import LeaseFacts
-from ..kube import resources as R
-from ..kube.client import JSON, LEASES, KubeClient, KubeError
+from .culling import LeaseFacts
+from .kube import resources as R
+from .kube.client import JSON, LEASES, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 
 from elastic_kernels import cull
 from elastic_kernels import culling as C
-from elastic_kernels.gateway.lease import (
+from elastic_kernels.leases import (
     LEASE_SELECTOR, GatewayLease, adopt, format_micro_time, is_expired, lease_facts, lease_name,
 )
 from elastic_kernels.kube import resources as R
@@ -127,7 +127,7 @@ async def test_acquire_takes_over_and_renew_recreates_a_deleted_lease(
 
 HOLDER = """
 import asyncio, sys
-from elastic_kernels.gateway.lease import GatewayLease
+from elastic_kernels.leases import GatewayLease
 from elastic_kernels.kube.client import KubeClient
 from elastic_kernels.kube.config import load_cluster_config
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from elastic_kernels.kube import resources as R
-from elastic_kernels.gateway.lease import lease_name
+from elastic_kernels.leases import lease_name
 from elastic_kernels.kube.client import LEASES, PODS, KubeClient, KubeError
 
 from .gateway.support import KernelWS, api, json_of

@@ -88,7 +88,7 @@ from elastic_kernels import __version__
 from ..culling import CullingDefaults
 from ..kube.connection import ClusterConnection
 from ..provisioner.provisioner import ElasticKernelProvisioner
-from .lease import GatewayLease
+from ..leases import GatewayLease
 from . import handlers as gateway_handlers
 from . import redact
 from .auth import TOKEN_ENV, ElasticIdentityProvider

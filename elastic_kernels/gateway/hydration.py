@@ -67,7 +67,7 @@ from ..kube.informer import Informer
 from ..provisioner import leftovers
 from ..provisioner.provisioner import ATTACH_KWARG, ElasticKernelProvisioner
 from ..provisioner.render import KEY_SECRET_ITEM
-from .lease import adopt, is_expired, lease_facts, lease_name
+from ..leases import adopt, is_expired, lease_facts, lease_name
 
 if TYPE_CHECKING:
     from .kernelmanager import ElasticMappingKernelManager

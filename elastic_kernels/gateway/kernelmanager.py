@@ -35,7 +35,7 @@ from .activity import watch_activity
 from .culler import GatewayCuller
 from .gpuqueue import GpuQueue
 from .hydration import KernelHydrator
-from .lease import GatewayLease
+from ..leases import GatewayLease
 from .liveness import kernel_died, renudge_connections
 from .offlinebuffer import bound_buffering
 
