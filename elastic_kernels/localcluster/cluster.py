@@ -8,6 +8,8 @@ Like a real cluster it lets nobody in without credentials: each run makes a rand
 (user ``kubernetes-admin``, group ``system:masters``) that only the kubeconfig it writes (mode
 0600) holds, and a ServiceAccount token key from which the kubelet gets each pod's token. The
 kubeconfig names the HTTPS listener and embeds the run's CA, as a real admin kubeconfig does.
+Every other identity (a ServiceAccount token, a pod's mounted token) may do only what RBAC
+bindings grant it, with the default cluster roles a real cluster starts with (``rbac.py``).
 """
 
 from __future__ import annotations
