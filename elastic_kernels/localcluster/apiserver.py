@@ -25,7 +25,8 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import unquote
 
 import tornado.httpserver
@@ -629,7 +630,7 @@ class _Handler(tornado.web.RequestHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-    def initialize(self, server: "APIServer") -> None:
+    def initialize(self, server: APIServer) -> None:
         self.server = server
         self.store = server.store
         self._watch: Watch | None = None
@@ -1054,7 +1055,8 @@ class _Handler(tornado.web.RequestHandler):
                 after = (start["ns"] or "", start["name"])
             except (ValueError, KeyError, TypeError):
                 raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded "
-                                                  "start resourceVersion (version meta.k8s.io/v1)")
+                                                  "start resourceVersion (version meta.k8s.io/v1)"
+                               ) from None
             items = [o for o in items if (o["metadata"].get("namespace") or "",
                                           o["metadata"]["name"]) > after]
         if limit and limit > 0 and len(items) > limit:

@@ -23,7 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import yaml
 
@@ -114,7 +115,7 @@ class LocalCluster:
         assert self.apiserver is not None, "the cluster is not running"
         return self.apiserver.request_counter
 
-    async def start(self) -> "LocalCluster":
+    async def start(self) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             for cfg in default_nodes(self.node_count, self.gpus_per_node, self.cpu_per_node,
@@ -236,7 +237,7 @@ class LocalCluster:
         if self._own_workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
-    async def __aenter__(self) -> "LocalCluster":
+    async def __aenter__(self) -> LocalCluster:
         return await self.start()
 
     async def __aexit__(

@@ -12,7 +12,8 @@ import logging
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 

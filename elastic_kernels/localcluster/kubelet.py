@@ -30,7 +30,8 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from ..tasks import cancel_all
@@ -118,7 +119,7 @@ class ContainerRuntime:
 class PodWorker:
     """Drives one pod from admission to deletion (see the module docstring)."""
 
-    def __init__(self, kubelet: "Kubelet", pod: JSON) -> None:
+    def __init__(self, kubelet: Kubelet, pod: JSON) -> None:
         self.k = kubelet
         self.pod = pod
         meta = _meta(pod)

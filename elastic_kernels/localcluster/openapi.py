@@ -344,7 +344,7 @@ class OpenAPIDocuments:
         if self._v2 is None:
             definitions: dict[str, Any] = {}
             paths: dict[str, Any] = {}
-            for key, doc in self._v3.items():
+            for doc in self._v3.values():
                 text = json.dumps(doc["components"]["schemas"]).replace(
                     "#/components/schemas/", "#/definitions/")
                 definitions.update(json.loads(text))

@@ -23,9 +23,9 @@ class PatchMeta:
 
     strategy: str = ""  # "", "merge", "merge,retainKeys", "replace"
     merge_key: str | None = None
-    children: dict[str, "PatchMeta"] = field(default_factory=dict)
+    children: dict[str, PatchMeta] = field(default_factory=dict)
 
-    def child(self, name: str) -> "PatchMeta":
+    def child(self, name: str) -> PatchMeta:
         return self.children.get(name) or _EMPTY
 
     @property

@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import re
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from .quantities import QuantityError, ceil_div, parse_quantity
 

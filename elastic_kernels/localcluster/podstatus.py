@@ -7,7 +7,8 @@ Kept pure so the rules that clients depend on (when a pod is Running, Succeeded 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 JSON = dict[str, Any]
 

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class ContainerProcess:
 
     @classmethod
     async def start(cls, argv: list[str], *, env: dict[str, str], cwd: str,
-                    log_buffer: LogBuffer) -> "ContainerProcess":
+                    log_buffer: LogBuffer) -> ContainerProcess:
         """Exec ``argv`` in a new session; raises StartFailure like the runtime would report."""
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -8,7 +8,8 @@ everywhere.  The values follow what a real 1.3x kube-apiserver advertises for th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 ResourceKey = tuple[str, str]  # (group, plural); core group is ""
 
@@ -93,7 +94,7 @@ class ResourceType:
     def versions(self) -> tuple[str, ...]:
         return self.served_versions or (self.version,)
 
-    def with_version(self, version: str) -> "ResourceType":
+    def with_version(self, version: str) -> ResourceType:
         return self if version == self.version else replace(self, version=version)
 
 

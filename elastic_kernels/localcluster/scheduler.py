@@ -19,7 +19,8 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from ..tasks import cancel_all
 from .errors import ApiError

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from .errors import ApiError, bad_request
 
@@ -182,7 +183,7 @@ def parse_label_selector(selector: str | None) -> LabelSelector:
                     values.append(value)
                     i += 1
                 if not values:
-                    raise _parse_error(f"values: Invalid value: for 'in', 'notin' "
+                    raise _parse_error("values: Invalid value: for 'in', 'notin' "
                                        "operators, values set can't be empty")
                 requirements.append(LabelRequirement(key, op, tuple(values)))
             elif op in ("<", ">"):

@@ -28,7 +28,8 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from . import errors as E
 from .errors import ApiError, FieldError
@@ -125,7 +126,7 @@ class WatchEvent:
 class Watch:
     """A stream of (type, object) changes of one resource type, filtered like a real watch."""
 
-    def __init__(self, store: "Store", state: "_TypeState", rtype: ResourceType,
+    def __init__(self, store: Store, state: _TypeState, rtype: ResourceType,
                  namespace: str | None, label_selector: LabelSelector,
                  field_selector: FieldSelector, queue_limit: int) -> None:
         self._store = store
@@ -239,7 +240,7 @@ class Watch:
         """The object as the watched API version presents it (shared; do not mutate)."""
         return self._external(obj) if self._external else obj
 
-    def __aiter__(self) -> "Watch":
+    def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> tuple[str, dict]:

@@ -23,7 +23,7 @@ import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Names a pod may use for the API server: the service's DNS names and the loopback address.
 DEFAULT_HOSTS: tuple[str, ...] = (

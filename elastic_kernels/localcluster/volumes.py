@@ -29,7 +29,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from .podenv import ConfigError, ObjectLookup, field_value, resource_value
 

@@ -7,7 +7,8 @@ import json
 import os
 import typing as t
 from pathlib import Path
-from typing import Any, AsyncIterator, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio

@@ -14,7 +14,8 @@ import base64
 import secrets
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
@@ -50,7 +51,7 @@ class ServerThread:
         """The admin's credentials, for requests made without a client library."""
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
 
         async def boot() -> None:

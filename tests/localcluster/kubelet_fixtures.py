@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from elastic_kernels.localcluster.kubelet import Kubelet
 from elastic_kernels.localcluster.nodes import NodeConfig, node_object

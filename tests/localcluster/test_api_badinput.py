@@ -37,7 +37,8 @@ def pod(**spec: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("body,fragment", [
     (pod(containers=5), "cannot unmarshal number into Go struct field spec.containers"),
-    (pod(restartPolicy=["Never"]), "cannot unmarshal array into Go struct field spec.restartPolicy"),
+    (pod(restartPolicy=["Never"]),
+     "cannot unmarshal array into Go struct field spec.restartPolicy"),
     (pod(terminationGracePeriodSeconds="30"), "of type int64"),
     ({"metadata": {"name": "p", "labels": {"a": 1}}, "spec": pod()["spec"]},
      "metadata.labels.a of type string"),

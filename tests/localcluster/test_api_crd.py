@@ -240,7 +240,7 @@ def test_openapi_v3_has_custom_schema(apiserver: ServerThread, widgets: dict) ->
     code, _, index = request(apiserver, "GET", "/openapi/v3")
     url = index["paths"][f"apis/{GROUP}/v1"]["serverRelativeURL"]
     code, _, doc = request(apiserver, "GET", url)
-    schema = doc["components"]["schemas"][f"com.example.v1.Widget"]
+    schema = doc["components"]["schemas"]["com.example.v1.Widget"]
     assert schema["x-kubernetes-group-version-kind"] == [
         {"group": GROUP, "kind": "Widget", "version": "v1"}]
     assert schema["properties"]["spec"]["required"] == ["user"]

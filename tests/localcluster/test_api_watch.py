@@ -7,7 +7,8 @@ import json
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import pytest
@@ -53,7 +54,7 @@ class Collector:
 
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.watch = watch.Watch()
-        self.events: "queue.Queue[Any]" = queue.Queue()
+        self.events: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
         self._thread.start()
 
