@@ -10,9 +10,10 @@ its memory limit to kill it with every user's websockets on it.
 ``display_data``, ``update_display_data``, ``execute_result``, ``error``, ``comm_msg``) is queued
 for a client only if it fits within ``max_pending_bytes`` together with what is already queued;
 otherwise it is dropped for that client (so is one output message larger than the bound on its
-own), and so is all its output until it has caught up to half the bound. Everything else still goes out: status, ``execute_input``, the replies on shell and
-control, stdin's ``input_request``; a frontend that lost those would show a cell busy for ever
-or wait for a prompt that never comes. If a further ``max_pending_bytes`` of those pile up while
+own), and so is all its output until it has caught up to half the bound. Everything else still
+goes out: status, ``execute_input``, the replies on shell and control, stdin's
+``input_request``; a frontend that lost those would show a cell busy for ever or wait for a
+prompt that never comes. If a further ``max_pending_bytes`` of those pile up while
 the client is past the bound, it reads nothing at all, and it is closed with 1008 (policy
 violation) and a reason. Why not close at the first bound: a slow link or a throttled background
 tab is a legitimate client that reads late. Closed, JupyterLab reconnects, gets the replay

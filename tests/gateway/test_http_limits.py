@@ -285,7 +285,7 @@ async def test_websockets_per_user_are_capped_before_the_upgrade(
             ws.close()
 
 
-# -- the pieces, alone ------------------------------------------------------------------------------
+# -- the pieces, alone ---------------------------------------------------------------------------
 
 def test_user_slots_count_per_user() -> None:
     slots = UserSlots(2)
