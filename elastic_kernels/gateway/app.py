@@ -1,4 +1,4 @@
-"""``ElasticGatewayApp``: the headless Jupyter server that notebook servers use as ``--gateway-url``.
+"""``ElasticGatewayApp``: the headless Jupyter server notebook servers use as ``--gateway-url``.
 
 It *is* a ``jupyter_server.serverapp.ServerApp`` with the web surface cut down to what
 jupyter_server's ``GatewayClient`` / ``GatewayKernelManager`` / ``GatewayKernelSpecManager``
@@ -185,7 +185,7 @@ class ElasticGatewayApp(ServerApp):
     )
 
     # jupyter_server services we keep; the kernel endpoints are ours (gateway_handlers).
-    default_services = ("api", "kernelspecs")
+    default_services = ("api", "kernelspecs")  # type: ignore[assignment] # upstream: a 13-tuple
 
     subcommands: dict[str, t.Any] = {}
     classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider,
@@ -573,7 +573,7 @@ class ElasticGatewayApp(ServerApp):
                 n = len(km.list_kernel_ids())
                 self.log.info("Leaving %d kernel%s running for the next gateway", n,
                               "" if n == 1 else "s")
-                await ensure_async(km.detach_all())
+                await ensure_async(t.cast(t.Any, km).detach_all())  # ours only
         except Exception:
             self.log.exception("Shutting down kernels failed")
         finally:

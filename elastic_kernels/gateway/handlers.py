@@ -4,7 +4,9 @@ They are jupyter_server's kernel handlers with the behaviour a gateway needs on 
 
 * ``POST /api/kernels`` accepts ``{"name", "env"}`` as jupyter_server's ``GatewayKernelManager``
   sends it; ``env`` is filtered (``KERNEL_*`` plus an allowlist) and laid over an allowlisted part
-  of the gateway's environment before it reaches the kernel manager (``ElasticGatewayApp.kernel_env``).  Start failures become JSON errors with a useful ``message`` and status code
+  of the gateway's environment before it reaches the kernel manager
+  (``ElasticGatewayApp.kernel_env``).  Start failures become JSON errors with a useful
+  ``message`` and status code
   (:class:`~elastic_kernels.gateway.errors.KernelStartError`, unknown kernel spec -> 404).
 * Kernel models carry an ``elastic`` object when the kernel manager has
   ``elastic_model(kernel_id)`` (phase, reason, node, GPUs, queue position...).
@@ -197,7 +199,7 @@ class MainKernelHandler(GatewayAPIHandler):
         owners = ownership(self)
         with owners.starting(user, km, kwargs["kernel_id"]):
             try:
-                kernel_id = await ensure_async(km.start_kernel(**kwargs))
+                kernel_id: str = await km.start_kernel(**kwargs)
             except Exception as e:
                 self.gateway_app.kernel_start_failures += 1
                 self.gateway_app.forget_failed_starts()
@@ -255,7 +257,8 @@ class KernelActionHandler(GatewayAPIHandler):
         await require_kernel(self, kernel_id)
         km = self.kernel_manager
         if action == "interrupt":
-            await ensure_async(km.interrupt_kernel(kernel_id))
+            # Awaitable with jupyter_server's async kernel managers, None with sync ones.
+            await ensure_async(t.cast(t.Any, km).interrupt_kernel(kernel_id))
             self.set_status(204)
             self.finish()
             return
@@ -382,7 +385,8 @@ class StatusHandler(GatewayAPIHandler):
 
 
 class MetricsHandler(JSONErrorsMixin, JupyterHandler):
-    """``/metrics``: a small Prometheus text page (auth as ``ServerApp.authenticate_prometheus``)."""
+    """``/metrics``: a small Prometheus text page (auth as
+    ``ServerApp.authenticate_prometheus``)."""
 
     @allow_unauthenticated
     async def get(self) -> None:
