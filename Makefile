@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test demo bench clean
+.PHONY: test lint demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
 	$(PIP) install -e '.[demo]'
 	touch $@
 
-test: $(VENV)/.test-installed
+# Lint, types and the layer contracts (DESIGN section 5) first: they take seconds, the tests minutes.
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check elastic_kernels tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.demo-installed

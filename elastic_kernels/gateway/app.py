@@ -390,7 +390,7 @@ class ElasticGatewayApp(ServerApp):
         # handler to drop it. The scrub checks every kernel's key, so that cost per message grows
         # with the kernels held. The logger now lets through what at least one of its handlers
         # would emit, and nothing less.
-        levels = [h.level for h in self.log.handlers]  # type: ignore[union-attr]
+        levels = [h.level for h in self.log.handlers]
         if levels and all(levels):
             self.log.setLevel(min(levels))
 
@@ -448,7 +448,7 @@ class ElasticGatewayApp(ServerApp):
 
     def init_httpserver(self) -> None:
         self.websocket_slots = UserSlots(self.max_websockets_per_user)
-        install_log_flood_filter(self.log, self.log_flood_burst,  # type: ignore[arg-type]
+        install_log_flood_filter(self.log, self.log_flood_burst,
                                  self.log_flood_window)
         if self.sock:
             super().init_httpserver()
@@ -466,7 +466,7 @@ class ElasticGatewayApp(ServerApp):
         )
         self._http_server.cap = ConnectionCap(
             self.max_connections or default_max_connections(),
-            lambda: len(self.open_websockets), self.log)  # type: ignore[arg-type]
+            lambda: len(self.open_websockets), self.log)
         try:
             # Bind now so that --port=0 knows its port before anything is logged or returned,
             # with no window in which another process could take it.

@@ -329,7 +329,7 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
         await require_kernel(self, self.kernel_id)
         await super().pre_get()
 
-    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+    async def open(self, kernel_id: str) -> None:
         # Must be set after the upgrade: tornado re-enables Nagle when the 101 response is done.
         self.set_nodelay(True)
         self.gateway_app.open_websockets.add(self)

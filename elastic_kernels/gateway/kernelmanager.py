@@ -409,7 +409,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         self.culler.connected(kernel_id)
 
 
-class _EnvValuesHidden(dict):  # type: ignore[type-arg]
+class _EnvValuesHidden(dict):
     """A client's env whose repr names the variables only.
 
     jupyter_server logs a kernel's start arguments at DEBUG; the values are the user's business.

@@ -229,7 +229,7 @@ def _router(informer: Informer, key_of: Callable[[JSON], str | None]) -> _EventR
     return router
 
 
-class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):  # type: ignore[misc]
+class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
     """jupyter_client's restarter, driven by watch events and the kernelspec's restartPolicy."""
 
     @default("time_to_dead")

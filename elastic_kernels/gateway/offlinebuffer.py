@@ -30,7 +30,7 @@ def _size(parts: t.Sequence[t.Any]) -> int:
     return sum(len(p) for p in parts)
 
 
-class OfflineBuffer(collections.deque):  # type: ignore[type-arg]
+class OfflineBuffer(collections.deque):
     """A deque of ``(channel, message parts)`` as jupyter_server replays it, in a byte bound."""
 
     def __init__(self, max_bytes: int, on_first_drop: t.Callable[[], None] | None = None) -> None:

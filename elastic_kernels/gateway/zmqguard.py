@@ -249,7 +249,7 @@ async def recv_multipart_checked(
     while True:
         if t.cast(int, sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
-                return t.cast("list[bytes]", sync.recv_multipart(zmq.NOBLOCK))
+                return sync.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 pass
         wait = recheck_interval

@@ -77,7 +77,7 @@ class Attachment:
     spec: R.KernelSpecView | None = field(default=None, repr=False)
 
 
-class ElasticKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class ElasticKernelProvisioner(KernelProvisionerBase):
     """Runs one kernel as one pod; the JupyterKernel record is its durable identity."""
 
     namespace = Unicode(
