@@ -170,14 +170,20 @@ POLL_VERBS = {"get", "list"}
 async def local_cluster(workdir: Path, *, nodes: int = 2, gpus_per_node: int = 0,
                         image_policy: Any = None, cpu_per_node: str = "8",
                         memory_per_node: str = "32Gi") -> AsyncIterator[Any]:
-    """The local cluster with the CRDs and the shipped kernelspecs applied."""
+    """The local cluster with the CRDs and the shipped kernelspecs applied (over HTTP, through
+    its kubeconfig, as an admin would: the cluster itself knows nothing of them)."""
+    from elastic_kernels.kube.apply import apply_manifests, load_manifests
     from elastic_kernels.localcluster.cluster import LocalCluster
     cluster = LocalCluster(nodes=nodes, gpus_per_node=gpus_per_node, workdir=workdir / "cluster",
-                           manifests=[CRDS, KERNELSPECS], image_policy=image_policy,
-                           cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
-                           crash_backoff_seconds=1.0)
+                           image_policy=image_policy, cpu_per_node=cpu_per_node,
+                           memory_per_node=memory_per_node, crash_backoff_seconds=1.0)
     await cluster.start()
     try:
+        client = await kube_client(cluster)
+        try:
+            await apply_manifests(client, load_manifests([CRDS, KERNELSPECS]))
+        finally:
+            await client.close()
         yield cluster
     finally:
         await cluster.stop()

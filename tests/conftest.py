@@ -19,6 +19,7 @@ import pytest_asyncio
 import yaml
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.kube.apply import apply_manifests, load_manifests
 from elastic_kernels.kube.client import KubeClient
 from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.kube.connection import ClusterConnection
@@ -36,19 +37,33 @@ KERNELSPECS = REPO / "kernelspecs"
 GatewayFactory = Callable[..., Awaitable[ElasticGatewayApp]]
 
 
+async def apply_files(kubeconfig: Path, paths: list[Path]) -> list[str]:
+    """Apply manifest files or directories with the credentials of ``kubeconfig``."""
+    cfg = load_cluster_config(kubeconfig)
+    client = KubeClient(cfg.api_client, cfg.namespace)
+    try:
+        return await apply_manifests(client, load_manifests(paths))
+    finally:
+        await client.close()
+
+
 @asynccontextmanager
 async def running_cluster(tmp_path: Path, *, store: Store | None = None,
                           **options: Any) -> AsyncIterator[LocalCluster]:
     """A started local cluster with the CRDs and the example kernelspecs applied, stopped on
     exit. A module that needs another shape overrides ``cluster`` with this and ``options``
-    (LocalCluster's arguments; ``store`` replaces its store, e.g. for a smaller watch window)."""
+    (LocalCluster's arguments; ``store`` replaces its store, e.g. for a smaller watch window).
+
+    The manifests go in over HTTP through the cluster's kubeconfig, as an admin's kubectl would
+    put them: the local cluster knows nothing of this project's resources."""
     settings: dict[str, Any] = {"nodes": 2, "gpus_per_node": 2, "crash_backoff_seconds": 0.2,
-                                "workdir": tmp_path / "cluster", "manifests": [CRDS, KERNELSPECS]}
+                                "workdir": tmp_path / "cluster"}
     c = LocalCluster(**{**settings, **options})
     if store is not None:
         c.store = store
     await c.start()
     try:
+        await apply_files(c.kubeconfig_path, [CRDS, KERNELSPECS])
         yield c
     finally:
         await c.stop()

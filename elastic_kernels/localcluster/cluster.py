@@ -10,6 +10,15 @@ Like a real cluster it lets nobody in without credentials: each run makes a rand
 kubeconfig names the HTTPS listener and embeds the run's CA, as a real admin kubeconfig does.
 Every other identity (a ServiceAccount token, a pod's mounted token) may do only what RBAC
 bindings grant it, with the default cluster roles a real cluster starts with (``rbac.py``).
+
+It starts empty but for what a fresh cluster holds (namespaces, nodes, default RBAC). Putting
+CRDs and other manifests in is a client's job, done over HTTP with the kubeconfig as an admin's
+kubectl would (``elastic-kernels cluster --apply``, the tests' ``running_cluster``, the
+benchmarks' ``local_cluster``): the local cluster imports nothing of the product.
+
+Callers: ``elastic-kernels cluster`` (``cli.py``), the test suite and the benchmarks. They may
+choose the nodes, the ports, the work directory, the image policy and the crash backoff; tests
+may swap ``store`` before ``start()`` (a smaller watch window, say).
 """
 
 from __future__ import annotations
@@ -24,13 +33,9 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from collections.abc import Sequence
 
 import yaml
 
-from ..kube.apply import apply_manifests, load_manifests
-from ..kube.client import KubeClient
-from ..kube.config import load_cluster_config
 from .apiserver import APIServer
 from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
@@ -66,7 +71,6 @@ class LocalCluster:
         namespace: str = "default",
         image_policy: ImagePolicy | None = None,
         crash_backoff_seconds: float | None = None,
-        manifests: Sequence[str | Path] = (),
     ) -> None:
         self.node_count = nodes
         self.gpus_per_node = gpus_per_node
@@ -80,7 +84,6 @@ class LocalCluster:
         self.kubeconfig_path = Path(kubeconfig_path or self.workdir / "kubeconfig")
         self.image_policy = image_policy
         self.crash_backoff_seconds = crash_backoff_seconds
-        self.manifests = list(manifests)
         self.store = Store()
         self._admin_token = ""
         self._cert: ServingCert | None = None
@@ -142,21 +145,10 @@ class LocalCluster:
             await self.scheduler.start()
             await self.kubelet.start()
             self.write_kubeconfig(self.kubeconfig_path)
-            if self.manifests:
-                await self.apply(self.manifests)
         except BaseException:
             await self.stop()
             raise
         return self
-
-    async def apply(self, paths: Sequence[str | Path]) -> list[str]:
-        """Apply manifest files through the API server, as an admin's kubectl would."""
-        cfg = load_cluster_config(self.kubeconfig_path)
-        client = KubeClient(cfg.api_client, cfg.namespace)
-        try:
-            return await apply_manifests(client, load_manifests(paths))
-        finally:
-            await client.close()
 
     def _new_apiserver(self, port: int, tls_port: int) -> APIServer:
         assert self._cert is not None and self._authenticator is not None

@@ -29,9 +29,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import elastic_kernels
-
-DEFAULT_LAUNCHERS_DIR = Path(elastic_kernels.__file__).resolve().parents[1] / "launchers"
+# The checkout's launchers/ (this file is elastic_kernels/localcluster/images.py); found by path,
+# not by importing the product package, which the local cluster does not import.
+DEFAULT_LAUNCHERS_DIR = Path(__file__).resolve().parents[2] / "launchers"
 
 #: Host variables a process gets besides the pod's own env (locale and temp dir only: a container
 #: does not inherit its host's environment, and the host's credentials must not leak into pods).

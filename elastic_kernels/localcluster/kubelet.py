@@ -34,7 +34,6 @@ from typing import Any
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from ..tasks import cancel_all
 from .allocators import DeviceAllocator, DeviceExhausted, IPAllocator
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
@@ -46,6 +45,7 @@ from .podstatus import crash_backoff, go_duration, merge_conditions, pod_phase, 
 from .processes import DEFAULT_LOG_LIMIT, ContainerProcess, LogBuffer, StartFailure, runc_exec_error
 from .satokens import IssuedToken, ServiceAccountTokens
 from .scheduler import run_informer
+from .tasks import cancel_all
 from .volumes import (DEFAULT_TOKEN, MOUNTS_ENV, TokenSource, VolumeError, container_mounts,
                       materialise_volumes, mounts_env, replace_token, rewrite_arg, rewrite_value,
                       token_sources, write_service_account)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Awaitable, Callable
 
-from ..tasks import cancel_all
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import (add_resources, allocated_by_node, choose_node, is_terminal, needs_scheduling,
                   nonzero_requests, pod_requests, unschedulable_message)
+from .tasks import cancel_all
 
 log = logging.getLogger(__name__)
 

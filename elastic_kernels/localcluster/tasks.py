@@ -1,0 +1,35 @@
+"""Stopping the local cluster's background loops: the scheduler's and the kubelet's informers.
+
+The scheduler and the kubelet call ``cancel_all`` from their ``stop()``. The product has a helper
+of the same shape (``elastic_kernels/tasks.py``); the local cluster keeps its own few lines so that
+it imports nothing of the product (DESIGN section 5: it is a Kubernetes, reached only over HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has finished, so nothing it does outlives the stop.
+
+    Its cancellation or a failure it ended with is swallowed: the task is being discarded, and
+    the loops that run as tasks log their own failures as they happen.
+    """
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+
+
+async def cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel every task first, then wait for each (so none waits on another being stopped)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        await cancel_and_wait(task)
