@@ -1362,9 +1362,8 @@ class _Handler(tornado.web.RequestHandler):
 
     def _write_initial_events(self, watch: Watch, rtype: ResourceType, table: bool,
                               media: MediaType | None) -> None:
-        chunks = []
-        while watch.pending():
-            event = watch._queue.popleft()
+        chunks: list[bytes] = []
+        for event in watch.take_queued():
             chunks.append(self._event_line(event, watch, rtype, table, media, not chunks))
         if chunks:
             self.write(b"".join(chunks))
