@@ -14,11 +14,14 @@ built-in kinds this cluster does not serve; ``cluster-admin`` is here, bound to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .authn import AUTHENTICATED, SYSTEM_MASTERS, UNAUTHENTICATED
 from .errors import ApiError
 from .rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, RBAC_GROUP
+
+if TYPE_CHECKING:
+    from .store import Store
 
 JSON = dict[str, Any]
 
@@ -73,7 +76,7 @@ def default_cluster_role_bindings() -> list[JSON]:
             for name, groups in CLUSTER_ROLE_BINDING_GROUPS.items()]
 
 
-def ensure_bootstrap_policy(store: Any) -> None:
+def ensure_bootstrap_policy(store: Store) -> None:
     """Create whichever default ClusterRoles and ClusterRoleBindings are missing."""
     for key, objects in ((CLUSTER_ROLES, default_cluster_roles()),
                          (CLUSTER_ROLE_BINDINGS, default_cluster_role_bindings())):

@@ -12,8 +12,11 @@ import logging
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def object_reference(obj: Mapping[str, Any], field_path: str | None = None) -> d
 class EventRecorder:
     """Records Events for one component (``default-scheduler``, ``kubelet``)."""
 
-    def __init__(self, store: Any, component: str, instance: str | None = None) -> None:
+    def __init__(self, store: Store, component: str, instance: str | None = None) -> None:
         self.store = store
         self.component = component
         self.instance = instance or f"{component}-localcluster"

@@ -69,9 +69,9 @@ def pod_requests(pod: Mapping[str, Any]) -> Resources:
             if q > total.get(name, Decimal(0)):
                 total[name] = q
     for name, value in (spec.get("overhead") or {}).items():
-        q = _quantity(value)
-        if q:
-            total[name] = total.get(name, Decimal(0)) + q
+        overhead = _quantity(value)
+        if overhead:
+            total[name] = total.get(name, Decimal(0)) + overhead
     return total
 
 

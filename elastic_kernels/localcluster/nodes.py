@@ -12,9 +12,12 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .quantities import parse_quantity
+
+if TYPE_CHECKING:
+    from .store import Store
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
@@ -143,7 +146,7 @@ def default_nodes(count: int, gpus_per_node: int, cpu: str, memory: str) -> list
             for i in range(count)]
 
 
-def register_node(store: Any, cfg: NodeConfig) -> dict[str, Any]:
+def register_node(store: Store, cfg: NodeConfig) -> dict[str, Any]:
     """Create (or refresh) the node in the store, the way a kubelet registers itself.
 
     The status is written through the status subresource as well, because a store that follows

@@ -349,7 +349,7 @@ class OpenAPIDocuments:
                     "#/components/schemas/", "#/definitions/")
                 definitions.update(json.loads(text))
                 for path, item in doc["paths"].items():
-                    converted = {}
+                    converted: dict[str, Any] = {}
                     for method, op in item.items():
                         if method == "parameters":
                             converted[method] = [{k: v for k, v in p.items() if k != "schema"}

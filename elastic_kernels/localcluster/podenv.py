@@ -169,9 +169,10 @@ def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], lookup: 
             env[name] = expand(str(var.get("value") or ""), env)
             continue
         value_from = var.get("valueFrom") or {}
-        value = _value_from(pod, container, value_from, lookup, namespace, node_allocatable or {})
-        if value is not None:
-            env[name] = value
+        resolved = _value_from(pod, container, value_from, lookup, namespace,
+                               node_allocatable or {})
+        if resolved is not None:
+            env[name] = resolved
     return env
 
 

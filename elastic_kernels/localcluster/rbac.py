@@ -23,12 +23,15 @@ roles here carry their rules directly) and escalation prevention on writes of ro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .authn import SYSTEM_MASTERS, UserInfo
 from .authz import Attributes, Decision, NonResourceRule, ResourceRule, Rules
 from .errors import ApiError, go_quote
 from .resources import ResourceKey
+
+if TYPE_CHECKING:
+    from .store import Store
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 ROLES: ResourceKey = (RBAC_GROUP, "roles")
@@ -220,12 +223,12 @@ def _rbac_reason(errors: list[str]) -> str:
     return "RBAC: " + (unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]")
 
 
-def store_readers(store: Any) -> tuple[Lookup, Listing]:
+def store_readers(store: Store) -> tuple[Lookup, Listing]:
     """Lookup and listing functions over a ``Store`` (shared objects, no copies)."""
 
     def lookup(key: ResourceKey, namespace: str | None, name: str) -> JSON | None:
         try:
-            return store.get_ref(store.resource_type(key), namespace, name)  # type: ignore
+            return store.get_ref(store.resource_type(key), namespace, name)
         except ApiError:
             return None
 

@@ -19,14 +19,17 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import (add_resources, allocated_by_node, choose_node, is_terminal, needs_scheduling,
                   nonzero_requests, pod_requests, unschedulable_message)
 from .tasks import cancel_all
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def _node_signature(node: JSON) -> Any:
                  status.get("capacity"), ready))
 
 
-async def run_informer(store: Any, key: tuple[str, str],
+async def run_informer(store: Store, key: tuple[str, str],
                        on_list: Callable[[list[JSON]], None],
                        on_event: Callable[[str, JSON], None],
                        stopping: Callable[[], bool], name: str) -> None:
@@ -119,7 +122,7 @@ async def run_informer(store: Any, key: tuple[str, str],
 class Scheduler:
     """Binds pods to nodes like kube-scheduler (see the module docstring)."""
 
-    def __init__(self, store: Any, *, scheduler_name: str = "default-scheduler") -> None:
+    def __init__(self, store: Store, *, scheduler_name: str = "default-scheduler") -> None:
         self.store = store
         self.scheduler_name = scheduler_name
         self.events = EventRecorder(store, "default-scheduler")
@@ -153,7 +156,7 @@ class Scheduler:
         self._tasks = []
 
     def _informer(self, key: tuple[str, str], on_list: Callable[[list[JSON]], None],
-                  on_event: Callable[[str, JSON], None]) -> Awaitable[None]:
+                  on_event: Callable[[str, JSON], None]) -> Coroutine[Any, Any, None]:
         return run_informer(self.store, key, on_list, on_event, lambda: self._stopping,
                             "scheduler")
 
@@ -324,13 +327,15 @@ class Scheduler:
         current = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
         if not (current and current.get("status") == "False"
                 and current.get("reason") == "Unschedulable" and current.get("message") == message):
-            changed_status = current is None or current.get("status") != "False"
+            # The transition time moves only when the status does, as kube-scheduler keeps it.
+            since = (current.get("lastTransitionTime")
+                     if current is not None and current.get("status") == "False"
+                     else now_rfc3339())
             condition = {
                 "type": "PodScheduled",
                 "status": "False",
                 "lastProbeTime": None,
-                "lastTransitionTime": (now_rfc3339() if changed_status
-                                       else current.get("lastTransitionTime")),
+                "lastTransitionTime": since,
                 "reason": "Unschedulable",
                 "message": message,
             }
