@@ -3,8 +3,9 @@
 The local cluster has no container runtime. A pod's container image is only a name; the
 container's ``command`` + ``args`` run as a host process with this ``PATH`` (front first):
 
-1. ``ImagePolicy.launchers_dir`` -- by default the repository's ``launchers/`` directory, so the
-   kernel launcher that real kernel images carry resolves by name;
+1. ``ImagePolicy.launchers_dir`` -- by default the launcher shipped as package data
+   (``elastic_kernels/data/launchers``: the repository's ``launchers/`` in a checkout, a copy of
+   its launcher in an installed wheel), so the launcher that real kernel images carry resolves;
 2. ``ImagePolicy.extra_path`` entries, if any;
 3. the directory of the running Python interpreter (``sys.executable``'s ``bin/``, unresolved so a
    virtualenv stays a virtualenv), so ``python``, ``python3`` and console scripts installed with
@@ -27,11 +28,12 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
-# The checkout's launchers/ (this file is elastic_kernels/localcluster/images.py); found by path,
-# not by importing the product package, which the local cluster does not import.
-DEFAULT_LAUNCHERS_DIR = Path(__file__).resolve().parents[2] / "launchers"
+# Found as a resource of the package, not by importing the product (which the local cluster
+# does not import) nor relative to a checkout (a wheel has none).
+DEFAULT_LAUNCHERS_DIR = Path(str(files("elastic_kernels") / "data" / "launchers")).resolve()
 
 #: Host variables a process gets besides the pod's own env (locale and temp dir only: a container
 #: does not inherit its host's environment, and the host's credentials must not leak into pods).
