@@ -8,8 +8,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Where ``elastic-kernels demo`` keeps its files unless told: in the directory it is run from
+#: (the checkout for ``make demo``, where ``.demo/`` is ignored by git).
+DEMO_WORKDIR = ".demo"
 
 
 def _cluster_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,26 +31,56 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apply", action="append", default=[], metavar="PATH",
                    help="manifest file or directory to apply once the cluster is up "
                    "(repeatable; CRDs are applied first)")
+    p.add_argument("--with-crds", action="store_true",
+                   help="apply the CRDs this package ships (the repository's deploy/crds), "
+                   "so no checkout is needed")
+    p.add_argument("--with-examples", action="store_true",
+                   help="apply the CRDs and the example kernelspecs this package ships "
+                   "(Python on CPU and on GPU: the repository's kernelspecs/)")
     p.add_argument("--workdir", help="directory for pod files (default: a temporary one)")
     p.add_argument("--log-level", default="INFO")
 
 
-async def _run_cluster(args: argparse.Namespace) -> int:
-    from .kube.apply import ManifestError, apply_manifests, load_manifests
-    from .kube.client import KubeClient
-    from .kube.config import load_cluster_config
-    from .localcluster.cluster import LocalCluster
+def _packaged_manifests(args: argparse.Namespace) -> list[Path]:
+    """The package data that ``--with-crds`` and ``--with-examples`` name."""
+    from . import data
+
+    paths = []
+    if args.with_crds or args.with_examples:
+        paths.append(data.crds_dir())
+    if args.with_examples:
+        paths.append(data.kernelspecs_dir())
+    return paths
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Check the arguments and read the manifests before anything starts."""
+    from .kube.apply import ManifestError, load_manifests
 
     for name in ("nodes", "gpus_per_node"):
         if getattr(args, name) < 0:
             print(f"elastic-kernels cluster: --{name.replace('_', '-')} must be >= 0",
                   file=sys.stderr)
             return 2
+    for path in args.apply:
+        if not Path(path).exists():
+            print(f"elastic-kernels cluster: --apply {path}: no such file or directory (the "
+                  "CRDs and example kernelspecs this package ships: --with-crds, "
+                  "--with-examples)", file=sys.stderr)
+            return 2
     try:
-        docs = load_manifests(args.apply)
+        docs = load_manifests([*_packaged_manifests(args), *args.apply])
     except ManifestError as e:
         print(f"elastic-kernels cluster: {e}", file=sys.stderr)
         return 2
+    return asyncio.run(_run_cluster(args, docs))
+
+
+async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str, Any]]]) -> int:
+    from .kube.apply import ManifestError, apply_manifests
+    from .kube.client import KubeClient
+    from .kube.config import load_cluster_config
+    from .localcluster.cluster import LocalCluster
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,13 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     _cluster_parser(sub)
     sub.add_parser("cull", help="delete idle, over-age and orphaned kernels (for a CronJob)",
                    add_help=False)
-    demo = sub.add_parser("demo", help="local cluster + gateway + JupyterLab, in one command")
-    demo.add_argument("--workdir", default=str(REPO_ROOT / ".demo"),
-                      help="where the demo keeps its kubeconfig, logs and notebooks")
-    demo.add_argument("--lab-port", type=int, default=8888)
-    demo.add_argument("--gateway-port", type=int, default=8889)
+    demo = sub.add_parser(
+        "demo", help="local cluster + gateway + JupyterLab, in one command",
+        description="Start the local cluster with the CRDs and example kernelspecs this package "
+        "ships, the gateway, and JupyterLab pointed at it (--no-lab: cluster and gateway only, "
+        "which needs no JupyterLab). Kernels run this Python's ipykernel. Ctrl-C stops all.",
+    )
+    demo.add_argument("--workdir", default=DEMO_WORKDIR,
+                      help="where the demo keeps its kubeconfig, gateway token, logs and "
+                      "notebooks (default: .demo in the current directory)")
+    demo.add_argument("--lab-port", type=int, default=8888, help="JupyterLab's port")
+    demo.add_argument("--gateway-port", type=int, default=8889, help="the gateway's port")
     demo.add_argument("--no-lab", action="store_true",
-                      help="start cluster and gateway only (for scripted use)")
+                      help="start the cluster and the gateway only; print the gateway's URL, "
+                      "where its token is, and a kubectl command line")
 
     if argv and argv[0] == "gateway":
         from .gateway.app import main as gateway_main
@@ -127,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if args.command == "cluster":
-        return asyncio.run(_run_cluster(args))
+        return _cluster(args)
     if args.command == "demo":
         from .demo import run_demo
 

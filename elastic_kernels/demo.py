@@ -4,11 +4,16 @@ Three processes rather than one so that each runs exactly as it would in product
 reaches the cluster only through a kubeconfig, JupyterLab reaches the gateway only through
 ``--gateway-url``). Ctrl-C stops them in reverse order; the cluster stops every pod it started,
 so nothing is left behind.
+
+Everything it needs comes with the installed package (the CRDs and example kernelspecs applied
+with ``cluster --with-examples``, the launcher the kubelet puts on pods' PATH), so it runs the
+same from a checkout and from a wheel in any virtualenv.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -19,14 +24,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
 
 
 class DemoError(RuntimeError):
     pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while starting: stop what has started instead of finishing the start."""
 
 
 class Supervisor:
@@ -73,9 +82,11 @@ class Supervisor:
 
 
 def _wait_for_file_line(path: Path, marker: str, proc: subprocess.Popen[bytes],
-                        timeout: float) -> str:
+                        timeout: float, stopping: Callable[[], bool]) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopping():
+            raise Interrupted
         if proc.poll() is not None:
             raise DemoError(f"exited with code {proc.returncode}; see {path}")
         try:
@@ -89,10 +100,12 @@ def _wait_for_file_line(path: Path, marker: str, proc: subprocess.Popen[bytes],
 
 
 def _wait_for_http(url: str, token: str, proc: subprocess.Popen[bytes], logfile: Path,
-                   timeout: float) -> dict:
+                   timeout: float, stopping: Callable[[], bool]) -> dict:
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
     while time.monotonic() < deadline:
+        if stopping():
+            raise Interrupted
         if proc.poll() is not None:
             raise DemoError(f"exited with code {proc.returncode}; see {logfile}")
         try:
@@ -103,7 +116,25 @@ def _wait_for_http(url: str, token: str, proc: subprocess.Popen[bytes], logfile:
     raise DemoError(f"{url} did not answer within {timeout:.0f}s; see {logfile}")
 
 
+def missing_modules(no_lab: bool) -> list[str]:
+    """What this environment lacks for the demo, said before anything starts.
+
+    Kernels run ``python -m ipykernel_launcher`` with this interpreter's ``bin/`` on the pod's
+    PATH, and JupyterLab runs with this interpreter; without them the demo would start and then
+    fail at the first kernel or in a log file.
+    """
+    needed = ["ipykernel"] + ([] if no_lab else ["jupyterlab"])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    missing = missing_modules(args.no_lab)
+    if missing:
+        print(f"demo: {' and '.join(missing)} not installed in {sys.prefix}: pip install "
+              "'elastic-kernels[demo]'" + ("" if "jupyterlab" not in missing else
+                                           ", or run with --no-lab"),
+              file=sys.stderr, flush=True)
+        return 2
     workdir = Path(args.workdir).resolve()
     logdir = workdir / "logs"
     notebooks = workdir / "notebooks"
@@ -127,13 +158,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print("demo: starting the local cluster (2 nodes x 4 simulated GPUs)...", flush=True)
         cluster = sup.start("cluster", [
             python, "-m", "elastic_kernels", "cluster", "--kubeconfig", str(kubeconfig),
-            "--workdir", str(workdir / "pods"),
-            "--apply", str(REPO_ROOT / "deploy" / "crds"),
-            "--apply", str(REPO_ROOT / "kernelspecs"),
+            "--workdir", str(workdir / "pods"), "--with-examples",
         ])
         try:
             line = _wait_for_file_line(logdir / "cluster.log", "local cluster:", cluster,
-                                       STARTUP_TIMEOUT)
+                                       STARTUP_TIMEOUT, lambda: stopping)
         except DemoError as e:
             raise DemoError(f"local cluster: {e}") from None
         print(f"demo: {line.strip()}", flush=True)
@@ -146,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
         gateway_url = f"http://127.0.0.1:{args.gateway_port}"
         try:
             specs = _wait_for_http(f"{gateway_url}/api/kernelspecs", gateway_token, gateway,
-                                   logdir / "gateway.log", STARTUP_TIMEOUT)
+                                   logdir / "gateway.log", STARTUP_TIMEOUT, lambda: stopping)
         except DemoError as e:
             raise DemoError(f"gateway: {e}") from None
         names = ", ".join(sorted((specs.get("kernelspecs") or {}).keys())) or "none"
@@ -163,17 +192,23 @@ def run_demo(args: argparse.Namespace) -> int:
             ], env={"JUPYTER_TOKEN": lab_token, "JUPYTER_GATEWAY_AUTH_TOKEN": gateway_token})
             try:
                 _wait_for_http(f"http://127.0.0.1:{args.lab_port}/api/status", lab_token, lab,
-                               logdir / "jupyterlab.log", STARTUP_TIMEOUT)
+                               logdir / "jupyterlab.log", STARTUP_TIMEOUT, lambda: stopping)
             except DemoError as e:
                 raise DemoError(f"JupyterLab: {e}") from None
             print(f"\n  JupyterLab: http://127.0.0.1:{args.lab_port}/lab?token={lab_token}\n"
                   f"  kubectl:    kubectl --kubeconfig {kubeconfig} get jupyterkernels,pods\n"
                   f"  logs:       {logdir}\n\nCtrl-C stops everything.", flush=True)
         else:
-            print(f"demo: gateway token in {logdir}/gateway.token", flush=True)
-            token_file = logdir / "gateway.token"
-            token_file.write_text(gateway_token)
+            # The token goes to a private file, not to the terminal, which scripts often log.
+            token_file = workdir / "gateway.token"
+            token_file.touch(mode=0o600)
             token_file.chmod(0o600)
+            token_file.write_text(gateway_token)
+            print(f"\n  gateway:    {gateway_url} (token in {token_file})\n"
+                  f"  try:        curl -H \"Authorization: token $(cat {token_file})\" "
+                  f"{gateway_url}/api/kernelspecs\n"
+                  f"  kubectl:    kubectl --kubeconfig {kubeconfig} get jupyterkernels,pods\n"
+                  f"  logs:       {logdir}\n\nCtrl-C stops everything.", flush=True)
 
         while not stopping:
             gone = sup.exited()
@@ -182,6 +217,9 @@ def run_demo(args: argparse.Namespace) -> int:
                                 f"see {logdir / (gone[0] + '.log')}")
             time.sleep(0.5)
         print("\ndemo: stopping...", flush=True)
+        return 0
+    except Interrupted:
+        print("\ndemo: interrupted while starting; stopping...", flush=True)
         return 0
     except DemoError as e:
         print(f"demo: {e}", file=sys.stderr, flush=True)
