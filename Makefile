@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,13 @@ demo: $(VENV)/.demo-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m bench
 
+# The sdist and the wheel (built from that sdist, in an isolated environment) in dist/, checked
+# as PyPI would check them. `pip install dist/elastic_kernels-*.whl ipykernel` in any virtualenv
+# then runs `elastic-kernels demo --no-lab`: the CRDs, kernelspecs and launcher are package data.
+dist: $(VENV)/.test-installed
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
