@@ -1,4 +1,20 @@
-"""elastic-kernels: Jupyter kernels as per-kernel pods on Kubernetes."""
+"""elastic-kernels: Jupyter kernels as per-kernel pods on Kubernetes.
+
+Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enforces them):
+
+1. ``kube`` - the only code that talks to the Kubernetes API.
+2. ``kernelspecs`` (kernelspecs from ``JupyterKernelSpec`` CRs, for any jupyter_server),
+   ``kernelspec_handlers`` (their models and logos, never from disk), ``leases`` (each gateway's
+   claim on its kernels), ``culling`` (the idle policy, pure).
+3. ``provisioner`` - ``ElasticKernelProvisioner``: one kernel, one pod.
+4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron).
+5. ``cli``, ``demo`` - the ``elastic-kernels`` command.
+
+Beside them, ``localcluster`` is a Kubernetes for the demo and the tests, reached only over HTTP.
+
+As a jupyter_server extension (``jpserver_extensions = {"elastic_kernels": True}``) this package
+starts the kernelspec watch at startup and serves CR-backed kernelspecs without the disk.
+"""
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,12 @@
-"""The kernel provisioner: one pod per kernel, rendered by a pure function, watched not polled."""
+"""The kernel provisioner: one pod per kernel, rendered by a pure function, watched not polled.
+
+Layer 3. ``provisioner`` (``ElasticKernelProvisioner``, the jupyter_client entry point),
+``render`` (the pure function: JupyterKernel, Secret, Pod), ``podstate`` (a pod's state read to
+fail fast), ``readiness`` (the first kernel_info reply), ``gates`` (the GPU queue's scheduling
+gate), ``envpolicy`` (which client variables reach a kernel), ``templatepolicy`` (what a template
+may not ask for), ``leftovers`` (what a failed start left behind), ``errors``
+(``KernelLaunchError``).
+"""
 
 from .errors import KernelLaunchError
 from .provisioner import ElasticKernelProvisioner
