@@ -52,7 +52,7 @@ from tornado.websocket import WebSocketClosedError
 from traitlets import Float, HasTraits, Integer, default
 from zmq.eventloop.zmqstream import ZMQStream
 
-from .writelimit import OutputLimit, Verdict, notice_frame
+from .writelimit import OutputLimit, Verdict, notice_frame, release_memory_soon
 from .wsframes import V1_PROTOCOL
 from .wsjson import json_frame
 from .zmqguard import recheck_stream
@@ -90,7 +90,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
 
     _output_limit: OutputLimit | None = None
 
-    def nudge(self) -> asyncio.Future[None]:  # type: ignore[override]
+    def nudge(self) -> asyncio.Future[None]:
         return asyncio.ensure_future(self._nudge())
 
     async def _nudge(self) -> None:
@@ -196,7 +196,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
             return "sockets closed"
         return ""
 
-    def handle_outgoing_message(  # type: ignore[override]
+    def handle_outgoing_message(
         self, stream: str | ZMQStream, outgoing_msg: list[t.Any]
     ) -> None:
         zmq_stream = self.channels[stream] if isinstance(stream, str) else stream
@@ -226,6 +226,11 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
         except WebSocketClosedError as e:
             self.log.warning(str(e))
 
+    def disconnect(self) -> None:  # type: ignore[override]  # upstream's is not async
+        super().disconnect()
+        if self._output_limit is not None and self._output_limit.hit:
+            release_memory_soon()  # what its flood allocated, glibc would keep (writelimit)
+
     def _admit(self, channel: str | None, msg_list: list[t.Any]) -> bool:
         """Whether a kernel message goes to the client (see writelimit); first, the notices
         for cells whose output was dropped, so that they arrive before the cell ends."""
@@ -246,7 +251,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
                 self.write_message(payload, binary=binary)
         return True
 
-    def handle_incoming_message(self, incoming_msg: str) -> None:  # type: ignore[override]
+    def handle_incoming_message(self, incoming_msg: str) -> None:
         try:
             super().handle_incoming_message(incoming_msg)
         except Exception as e:  # noqa: BLE001 - a bad frame must not kill the connection
