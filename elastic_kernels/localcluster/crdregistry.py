@@ -125,8 +125,9 @@ class CRDRegistry:
         return schemas.get(version) or schemas.get(rtype.version)
 
     def prepare_custom(self, rtype: ResourceType, obj: dict[str, Any], opts: WriteOptions,
-                       errs: list[FieldError]) -> None:
-        """Prune, default and validate a custom object against its version's schema."""
+                       errs: list[FieldError], old: dict[str, Any] | None = None) -> None:
+        """Prune, default and validate a custom object against its version's schema (``old``,
+        the stored object on update, for CEL transition rules)."""
         api_version = obj.get("apiVersion") or rtype.api_version
         version = api_version.rpartition("/")[2]
         schemas = self._schemas.get(rtype.key) or {}
@@ -144,7 +145,7 @@ class CRDRegistry:
             if opts.field_validation == "Warn":
                 opts.warnings.extend(f'unknown field "{p}"' for p in pruned)
         schema.default(obj)
-        errs.extend(schema.validate(obj))
+        errs.extend(schema.validate(obj, old))
 
     def status_errors(self, rtype: ResourceType, obj: dict[str, Any]) -> list[FieldError]:
         """Prune and default the status of a custom object written through ``/status``; what is

@@ -5,7 +5,7 @@ path in the error, exactly as a real API server does; and that fields a CRD does
 silently dropped (pruned), because code that reads them back must not depend on them surviving.
 This module implements the structural-schema subset of OpenAPI v3 that CRDs may use, and reports
 failures with the real server's field paths and wording.  CEL rules (``x-kubernetes-validations``)
-are not evaluated.
+are evaluated by ``celrules`` once the object is otherwise valid.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import uuid as uuid_mod
 from datetime import datetime
 from typing import Any
 
+from .celrules import rule_errors
 from .errors import FieldError, forbidden, invalid, not_supported, required
 
 ROOT_FIELDS = ("apiVersion", "kind", "metadata")
@@ -211,7 +212,9 @@ class StructuralSchema:
 
     # -- validation ------------------------------------------------------------------------------
 
-    def validate(self, obj: dict) -> list[FieldError]:
+    def validate(self, obj: dict, old: dict | None = None) -> list[FieldError]:
+        """What is wrong with ``obj``; ``old`` (the stored object on update) feeds CEL
+        transition rules."""
         errors: list[FieldError] = []
         root = {k: v for k, v in obj.items() if k not in ROOT_FIELDS}
         schema = dict(self.schema)
@@ -219,6 +222,8 @@ class StructuralSchema:
         schema["properties"] = props
         schema["required"] = [r for r in schema.get("required") or [] if r not in ROOT_FIELDS]
         self._validate(root, schema, "", errors)
+        if not errors:
+            errors.extend(rule_errors(self.schema, obj, old))
         return errors
 
     def _validate(self, value: Any, schema: dict, path: str, errors: list[FieldError]) -> None:

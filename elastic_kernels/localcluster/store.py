@@ -473,7 +473,7 @@ class Store:
         if rtype.storage_key == CRDS:
             self.crds.prepare(new, old, errs)
         elif rtype.is_custom:
-            self.crds.prepare_custom(rtype, new, opts, errs)
+            self.crds.prepare_custom(rtype, new, opts, errs, old)
         else:
             kindrules.prepare_update(rtype, old, new, errs, self._service_ips)
         if errs:
