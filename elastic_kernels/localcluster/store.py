@@ -644,7 +644,7 @@ class Store:
             self.defer(functools.partial(self._gc.check_foreground, meta["uid"]))
         return new
 
-    def bind_ref(self, rtype: ResourceType, namespace: str, name: str, node_name: str,
+    def bind_ref(self, rtype: ResourceType, namespace: str | None, name: str, node_name: str,
                  uid: str | None = None) -> dict:
         old = self._find(rtype, namespace, name)
         if uid and uid != old["metadata"]["uid"]:
