@@ -9,21 +9,29 @@ each pod's ``ca.crt``. The kubeconfig it writes names this listener too, with th
 kubectl (client-go) sends credentials only over TLS. The plain-HTTP listener stays for
 wire-level tests and benchmarks, and requires the same credentials.
 
-The keys are made by the ``openssl`` command-line tool (present on every Debian/Ubuntu machine
-and in CI), so no Python dependency is added; both keys are ECDSA P-256, valid for 30 days, and
-live in a directory only this user can read. Nothing here is used by a real cluster.
+The keys and certificates are made in-process with the ``cryptography`` library: both keys are
+ECDSA P-256, both certificates are valid for 30 days (from a minute ago, to allow for clock skew),
+and the files live in a directory only this user can read. The CA key signs the one serving
+certificate and is then dropped, never written. Nothing here is used by a real cluster.
+
+``LocalCluster`` calls ``generate_serving_cert`` once per start (in a thread: key generation is
+CPU work); tests may call it with other ``hosts``.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
-import shutil
 import ssl
-import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Names a pod may use for the API server: the service's DNS names and the loopback address.
 DEFAULT_HOSTS: tuple[str, ...] = (
@@ -31,10 +39,6 @@ DEFAULT_HOSTS: tuple[str, ...] = (
     "kubernetes.default.svc.cluster.local",
 )
 VALID_DAYS = 30
-
-
-class CertificateError(RuntimeError):
-    """The serving certificate could not be made; the message says why (never key material)."""
 
 
 @dataclass(frozen=True)
@@ -62,26 +66,35 @@ class ServingCert:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
 
-def _openssl(args: Sequence[str], cwd: Path) -> None:
-    exe = shutil.which("openssl")
-    if exe is None:
-        raise CertificateError("the openssl command is needed to serve the local API over TLS "
-                               "(apt-get install openssl)")
-    proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise CertificateError(f"openssl {args[0]} failed: {proc.stderr.strip()[:500]}")
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _subject_alt_names(hosts: Sequence[str]) -> str:
-    names = []
+def _subject_alt_names(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
     for host in hosts:
         try:
-            ipaddress.ip_address(host)
+            address = ipaddress.ip_address(host)
         except ValueError:
-            names.append(f"DNS:{host}")
+            names.append(x509.DNSName(host))
         else:
-            names.append(f"IP:{host}")
-    return ",".join(names)
+            names.append(x509.IPAddress(address))
+    return x509.SubjectAlternativeName(names)
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=not cert_sign, content_commitment=False,
+                         key_encipherment=not cert_sign, data_encipherment=False,
+                         key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
+                         encipher_only=False, decipher_only=False)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file readable by this user only from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
 
 
 def generate_serving_cert(directory: str | os.PathLike[str],
@@ -92,23 +105,44 @@ def generate_serving_cert(directory: str | os.PathLike[str],
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
-              "-days", str(VALID_DAYS), "-subj", "/CN=elastic-kernels-local-ca",
-              "-addext", "basicConstraints=critical,CA:TRUE",
-              "-addext", "keyUsage=critical,keyCertSign,cRLSign"], d)
-    _openssl(["req", "-new", *ec, "-keyout", "apiserver.key", "-out", "apiserver.csr",
-              "-subj", "/CN=kube-apiserver"], d)
-    (d / "apiserver.ext").write_text(
-        f"subjectAltName={_subject_alt_names(hosts)}\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n")
-    _openssl(["x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-              "-CAcreateserial", "-out", "apiserver.crt", "-days", str(VALID_DAYS),
-              "-extfile", "apiserver.ext"], d)
-    for name in ("ca.key", "apiserver.key"):
-        os.chmod(d / name, 0o600)
-    # The CA key signed one certificate and is not needed again.
-    (d / "ca.key").unlink()
+    not_before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    not_after = not_before + datetime.timedelta(days=VALID_DAYS)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("elastic-kernels-local-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before).not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("kube-apiserver")).issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before).not_valid_after(not_after)
+        .add_extension(_subject_alt_names(hosts), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write_private(d / "apiserver.key", key_pem)
+    (d / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return ServingCert(d / "ca.crt", d / "apiserver.crt", d / "apiserver.key")

@@ -114,7 +114,7 @@ def api_client(url: str, token: str | None = None) -> client.ApiClient:
 
 @pytest.fixture(scope="session")
 def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
-    """One CA and server certificate for every test server of the session (openssl is slow)."""
+    """One CA and server certificate for every test server of the session."""
     return generate_serving_cert(tmp_path_factory.mktemp("pki"))
 
 
