@@ -19,6 +19,8 @@ from .errors import FieldError, forbidden, invalid, required
 _VARIABLES = ("self", "oldSelf")
 _ROOT_META = ("name", "generateName")
 _ABSENT = object()
+#: How kube-apiserver prints the path of a rule at the schema's root (a nil field.Path).
+_ROOT = "<nil>"
 
 
 def _path_join(path: str, key: str) -> str:
@@ -50,7 +52,7 @@ def _message(rule: dict, bindings: dict[str, Any]) -> str:
 
 
 def _failure(rule: dict, path: str, type_name: str, message: str) -> FieldError:
-    where = _with_field_path(path, str(rule.get("fieldPath") or ""))
+    where = _with_field_path(path, str(rule.get("fieldPath") or "")) or _ROOT
     reason = rule.get("reason") or "FieldValueInvalid"
     if reason == "FieldValueForbidden":
         return forbidden(where, message)
@@ -81,7 +83,7 @@ def _run_rules(schema: dict, value: Any, old: Any, path: str, errors: list[Field
         try:
             result = compile_expression(expression, _VARIABLES).evaluate(bindings)
         except CelError as exc:
-            errors.append(invalid(path, type_name,
+            errors.append(invalid(path or _ROOT, type_name,
                                   f"{exc} evaluating rule: {expression.strip()}"))
             continue
         if result is not True:

@@ -173,6 +173,14 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  model="V1ClusterRole"),
     ResourceType(_RBAC, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding",
                  False, model="V1ClusterRoleBinding"),
+    ResourceType("admissionregistration.k8s.io", "v1", "validatingadmissionpolicies",
+                 "validatingadmissionpolicy", "ValidatingAdmissionPolicy", False,
+                 categories=("api-extensions",), status_subresource=True, has_generation=True,
+                 model="V1ValidatingAdmissionPolicy"),
+    ResourceType("admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings",
+                 "validatingadmissionpolicybinding", "ValidatingAdmissionPolicyBinding", False,
+                 categories=("api-extensions",), has_generation=True,
+                 model="V1ValidatingAdmissionPolicyBinding"),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False, ("crd", "crds"),
                  categories=("api-extensions",), status_subresource=True, has_generation=True,
@@ -183,7 +191,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 BUILTIN_GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("", "v1"), ("events.k8s.io", "v1"), ("coordination.k8s.io", "v1"),
     ("authentication.k8s.io", "v1"), ("authorization.k8s.io", "v1"),
-    ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
+    ("admissionregistration.k8s.io", "v1"), ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
     ("batch", "v1"), ("policy", "v1"), ("networking.k8s.io", "v1"), (_RBAC, "v1"),
 )
 
