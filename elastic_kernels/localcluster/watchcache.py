@@ -9,7 +9,7 @@ in-process informer (the scheduler's, the kubelet's). A consumer that falls ``qu
 behind is closed, as a real server ends a slow watcher; the client re-watches from its last
 resourceVersion, or relists after 410 Gone once that version has left the window.
 
-Used by ``store.py`` (which creates watches) and ``apiserver.py`` (which streams them). Nothing
+Used by ``store.py`` (which creates watches) and ``handler.py`` (which streams them). Nothing
 here may be overridden.
 """
 
