@@ -25,6 +25,7 @@ BENCHMARKS: list[tuple[str, str, list[str], int]] = [
     ("scale", "bench.bench_scale", [], 1500),
     ("eg", "bench.bench_eg", [], 1500),
     ("apiserver", "bench.bench_apiserver", [], 300),
+    ("slowreader", "bench.bench_slowreader", [], 900),
 ]
 #: Benchmarks that print their figures instead of writing results JSON (the report quotes them).
 TEXT_ONLY = {"apiserver"}

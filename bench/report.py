@@ -15,7 +15,7 @@ from .png import bar_chart
 
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
-NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg")
+NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader")
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -171,6 +171,16 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     elif eg and eg.get("eg_error"):
         rows.append(("Enterprise Gateway", "not measured: "
                      + eg["eg_error"].splitlines()[0][:200], "—", "—"))
+    sr = r.get("slowreader")
+    if sr:
+        b, u = sr["bounded"], sr["unbounded"]
+        rows.append((f"{b['clients']} clients that never read: gateway RSS / idle RSS",
+                     f"peak {b['peak_ratio']:.2f}x, {b['after_stop_ratio']:.2f}x once they and "
+                     f"their kernels stopped (unbounded, as before: peak "
+                     f"{u['peak_ratio']:.2f}x{' or more' if u['stopped_by_guard'] else ''}, "
+                     f"{u['after_stop_ratio']:.2f}x after)", "bounded; given back",
+                     _met(b["peak_mib"] - b["idle_mib"] <= 256 * b["clients"]
+                          and b["after_stop_ratio"] <= 1.5)))
     return rows
 
 
@@ -210,7 +220,8 @@ def _lines(name: str, result: dict[str, Any]) -> list[str]:
     """The benchmark's own summary lines, re-rendered with its current wording when possible."""
     import importlib
     module = {"start": "bench_start", "roundtrip": "bench_roundtrip", "apiload": "bench_apiload",
-              "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg"}[name]
+              "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg",
+              "slowreader": "bench_slowreader"}[name]
     try:
         lines: list[str] = importlib.import_module(f"bench.{module}").report(result)
         return lines
@@ -267,7 +278,8 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
               "scale": "5. Scale, a start = POST + websocket kernel_info (`bench.bench_scale`)",
               "scale-post": "5. Scale, a start = POST only "
                             "(`bench.bench_scale --attach post --name scale-post`)",
-              "eg": "6. Enterprise Gateway on the same cluster (`bench.bench_eg`)"}
+              "eg": "6. Enterprise Gateway on the same cluster (`bench.bench_eg`)",
+              "slowreader": "7. Clients that never read (`bench.bench_slowreader`)"}
     for name in NAMES:
         if name not in r:
             continue
@@ -295,7 +307,8 @@ NOTES = """## How to read and rerun this
 - `make bench` (= `.venv/bin/python -m bench`) runs everything and rewrites this file and
   `REPORT.png`; `--quick` runs small configurations (a few minutes). Each benchmark runs alone:
   `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
-  `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`; `--help` lists the knobs.
+  `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`;
+  `--help` lists the knobs.
   Raw figures are in `bench/results/*.json` (not committed).
 - Everything runs on loopback: the local cluster in the benchmark process, each server under
   test (our gateway, the notebook server, Enterprise Gateway) as its own process.
@@ -327,6 +340,12 @@ NOTES = """## How to read and rerun this
   stay on the pod's loopback address; the kubelet maps image `elyra/kernel-py:<version>` to the
   image's CMD (`bootstrap-kernel.sh`) with EG's virtualenv Python. All EG settings are its
   defaults (namespace + RoleBinding per kernel, 0.5 s pod polling, 30 s launch timeout).
+- **Clients that never read** each send one `execute_request` for a writer (64 KiB per flushed
+  write, 1 GiB in all, then the cell stays busy) and read nothing; the gateway's RSS is read from
+  `/proc` while the kernels write past them, after they leave, and after the kernels stop, as
+  ratios to its idle RSS in the same run. "Unbounded" is the same gateway with `max_pending_bytes=0` (as before the bound),
+  stopped by a guard before the machine runs short; "batched" is the security report's writer
+  without the flush, whose single messages of hundreds of MB pass through the gateway whole.
 """
 
 

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_apiload, bench_roundtrip, bench_scale, bench_start, png, report
+from bench import (
+    bench_apiload,
+    bench_roundtrip,
+    bench_scale,
+    bench_slowreader,
+    bench_start,
+    png,
+    report,
+)
 from bench import common as C
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +67,16 @@ def test_scale_with_tiny_kernels_and_cull(results_dir: Path) -> None:
     path = report.write(results_dir, results_dir / "REPORT.md", results_dir / "REPORT.png")
     text = path.read_text()
     assert "Kernels on one gateway" in text and "Cull 4 idle kernels" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_clients_that_never_read(results_dir: Path) -> None:
+    result = bench_slowreader.main(["--clients", "1", "--flood-mib", "64", "--guard-mib", "512"])
+    for name in ("bounded", "unbounded", "batched"):
+        assert result[name]["written_bytes"] > 0 and result[name]["idle_mib"] > 0
+    path = report.write(results_dir, results_dir / "REPORT.md", results_dir / "REPORT.png")
+    assert "Clients that never read" in path.read_text()
 
 
 def test_png_is_a_valid_image(tmp_path: Path) -> None:
