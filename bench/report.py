@@ -343,9 +343,10 @@ NOTES = """## How to read and rerun this
 - **Clients that never read** each send one `execute_request` for a writer (64 KiB per flushed
   write, 1 GiB in all, then the cell stays busy) and read nothing; the gateway's RSS is read from
   `/proc` while the kernels write past them, after they leave, and after the kernels stop, as
-  ratios to its idle RSS in the same run. "Unbounded" is the same gateway with `max_pending_bytes=0` (as before the bound),
-  stopped by a guard before the machine runs short; "batched" is the security report's writer
-  without the flush, whose single messages of hundreds of MB pass through the gateway whole.
+  ratios to its idle RSS in the same run. "Unbounded" is the same gateway with
+  `max_pending_bytes=0` (as before the bound), stopped by a guard before the machine runs short;
+  "batched" is the security report's writer without the flush, whose single messages of hundreds
+  of MB pass through the gateway whole.
 """
 
 
