@@ -1,5 +1,5 @@
-"""Stopping background tasks: the gateway's culler and GPU queue, the local scheduler and
-kubelet."""
+"""Stopping background tasks: the gateway's culler and GPU queue. (The local cluster keeps its
+own copy, ``localcluster/tasks.py``: it imports nothing of the product.)"""
 
 from __future__ import annotations
 

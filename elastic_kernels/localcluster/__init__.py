@@ -1,0 +1,36 @@
+"""The local cluster: a Kubernetes on loopback for the demo, the tests and the benchmarks.
+
+It imports nothing of the product, and nothing of the product imports it (``.importlinter``): the
+product reaches it only over HTTP through the kubeconfig it writes, as it would a real cluster.
+``cluster.LocalCluster`` starts the whole of it; ``elastic-kernels cluster`` runs one.
+
+The cluster:
+    ``cluster`` (``LocalCluster``: the parts below, the admin kubeconfig), ``tls`` (its CA and
+    serving certificate), ``tasks`` (stopping background loops).
+API server, protocol:
+    ``apiserver`` (``APIServer``: the listeners), ``handler`` (the request handler), ``routing``
+    (URLs to resources and verbs), ``negotiation`` (``Accept``), ``protobuf`` (kubectl's protobuf
+    bodies), ``tables`` (what ``kubectl get`` prints), ``watchstream`` (the watch wire form),
+    ``discovery``, ``openapi``, ``patching`` (the four patch types), ``errors`` (``Status``
+    bodies), ``accounting`` (requests counted for tests).
+API server, who may do what:
+    ``authn`` and ``satokens`` (credentials, ServiceAccount tokens), ``requestinfo``, ``authz``,
+    ``rbac`` and ``bootstrappolicy`` (RBAC and the default roles), ``accessreview``
+    (``kubectl auth can-i``), ``admission`` (the chain of): ``ownerrefs``, ``podsecurity``,
+    ``admissionpolicy``; ``cel`` (CEL expressions).
+Store:
+    ``store`` (``Store``), ``watchcache`` (watches and their event window), ``objectmeta``
+    (metadata rules), ``kindrules`` (built-in kinds' defaults and validation), ``crdregistry``
+    (CRDs and their types), ``schema`` and ``celrules`` (custom objects' schemas and CEL rules),
+    ``garbagecollection`` (ownerReferences, namespace and CRD teardown), ``writeoptions``,
+    ``resources`` (the served types), ``selectors``.
+Scheduler:
+    ``scheduler``, ``fit`` (what fits where, in kube-scheduler's words), ``nodes`` (simulated
+    nodes), ``quantities``, ``eventrecorder`` (Events, shared with the kubelet).
+Kubelet:
+    ``kubelet``, ``processes`` (a container as a process group), ``podenv`` (its environment),
+    ``podstatus`` (phase and conditions), ``volumes``, ``images`` (how an image "runs" here),
+    ``allocators`` (pod IPs and GPUs).
+
+See DESIGN section 6 for what it must honour and enforce.
+"""
