@@ -87,15 +87,22 @@ async def conn(cluster: LocalCluster) -> AsyncIterator[ClusterConnection]:
         await ClusterConnection.reset()
 
 
-@pytest_asyncio.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    """A client of the test cluster, from its kubeconfig (independent of the gateway's)."""
-    cfg = load_cluster_config(cluster.kubeconfig_path)
+@asynccontextmanager
+async def kube_client(kubeconfig: Path) -> AsyncIterator[KubeClient]:
+    """A client from a kubeconfig, closed on exit."""
+    cfg = load_cluster_config(kubeconfig)
     client = KubeClient(cfg.api_client, cfg.namespace)
     try:
         yield client
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    """A client of the test cluster, from its kubeconfig (independent of the gateway's)."""
+    async with kube_client(cluster.kubeconfig_path) as client:
+        yield client
 
 
 @pytest.fixture

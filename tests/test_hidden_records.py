@@ -40,11 +40,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from elastic_kernels import culling as C
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, PODS, SECRETS, KubeClient, KubeError
-from elastic_kernels.kube.config import load_cluster_config
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels.localcluster.cluster import LocalCluster
 
-from .conftest import CRDS, KERNELSPECS, derived_kernelspec
+from .conftest import CRDS, KERNELSPECS, derived_kernelspec, kube_client
 from .gateway.support import json_of
 from .gatewayfixtures import ALICE_TOKEN, USERS_DOC
 from .gatewayproc import GatewayProcess, Gateways
@@ -134,12 +133,8 @@ async def cluster_process(tmp_path: Path) -> AsyncIterator[ClusterProcess]:
 
 @pytest_asyncio.fixture
 async def process_kube(cluster_process: ClusterProcess) -> AsyncIterator[KubeClient]:
-    cfg = load_cluster_config(cluster_process.kubeconfig_path)
-    client = KubeClient(cfg.api_client, cfg.namespace)
-    try:
+    async with kube_client(cluster_process.kubeconfig_path) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def call(url: str, method: str, path: str, body: Any = None,
