@@ -239,10 +239,53 @@ def test_pod_defaults_without_template() -> None:
     assert pod_spec["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in pod_spec
     assert pod_spec["terminationGracePeriodSeconds"] == 5
-    for absent in ("nodeSelector", "tolerations", "affinity", "securityContext",
+    for absent in ("nodeSelector", "tolerations", "affinity",
                    "priorityClassName", "runtimeClassName", "imagePullSecrets"):
         assert absent not in pod_spec
-    assert pod_spec["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False}
+    # Restricted without a template: non-root, RuntimeDefault seccomp, no escalation, no caps.
+    assert pod_spec["securityContext"] == {"runAsNonRoot": True, "fsGroup": 100,
+                                           "seccompProfile": {"type": "RuntimeDefault"}}
+    assert "runAsUser" not in pod_spec["securityContext"]  # the image's numeric USER decides
+    assert pod_spec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_template_security_context_overrides_the_defaults_field_by_field() -> None:
+    template = template_view(
+        securityContext={"runAsUser": 2000, "fsGroup": 2000},
+        containerSecurityContext={"readOnlyRootFilesystem": True,
+                                  "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}},
+    )
+    pod_spec = render_kernel(request(template=template)).pod["spec"]
+    assert pod_spec["securityContext"] == {"runAsNonRoot": True, "fsGroup": 2000, "runAsUser": 2000,
+                                           "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod_spec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}
+    # An explicit opt-out is the template's to make (a restricted namespace then refuses it).
+    opted_out = template_view(securityContext={"runAsNonRoot": False})
+    pod_spec = render_kernel(request(template=opted_out)).pod["spec"]
+    assert pod_spec["securityContext"]["runAsNonRoot"] is False
+    # An empty template securityContext keeps every default.
+    empty = template_view(securityContext={}, containerSecurityContext={})
+    pod_spec = render_kernel(request(template=empty)).pod["spec"]
+    assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod_spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_cpu_kernels_see_no_gpus_and_gpu_kernels_get_theirs_from_the_device_plugin() -> None:
+    cpu = env_of(render_kernel(request(spec=spec_view("python-cpu"),
+                                       template=template_view("cpu"))))
+    assert cpu["NVIDIA_VISIBLE_DEVICES"] == "void"
+    gpu = env_of(render_kernel(request()))
+    assert "NVIDIA_VISIBLE_DEVICES" not in gpu
+    zero = spec_view("python-gpu", resources={"limits": {"nvidia.com/gpu": 0}})
+    assert env_of(render_kernel(request(spec=zero)))["NVIDIA_VISIBLE_DEVICES"] == "void"
+    # Admin env cannot hand a CPU kernel the node's GPUs.
+    spec = spec_view("python-cpu", env={"NVIDIA_VISIBLE_DEVICES": "all"})
+    template = template_view("cpu", env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])
+    assert env_of(render_kernel(request(spec=spec, template=template)))[
+        "NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
 def test_service_account_only_from_the_template() -> None:

@@ -20,12 +20,18 @@ Contract with ``launchers/elastic-kernel-launcher`` (keep both files in step):
   ``EK_HB_PORT``, ``EK_TRANSPORT=tcp``, ``EK_SIGNATURE_SCHEME=hmac-sha256`` and ``EK_KEY_FILE``.
 * The key is only in the Secret ``kernel-<id>-key`` (``data.key``, base64), mounted read-only at
   ``/var/run/elastic-kernels/key`` with mode 0400; ``EK_KEY_FILE`` points at it. It is never in
-  the pod's env, command or annotations. A non-root template should set ``fsGroup`` so the kernel
-  user can read the file (Kubernetes then makes it group-readable).
+  the pod's env, command or annotations. The pod's default ``fsGroup`` lets the kernel user read
+  the file (Kubernetes then makes it group-readable).
+
+Security: without a template the pod meets the Pod Security Standard ``restricted``
+(``DEFAULT_POD_SECURITY_CONTEXT``, ``DEFAULT_CONTAINER_SECURITY_CONTEXT``); a template's
+securityContext fields override those defaults one by one. A kernel without GPUs gets
+``NVIDIA_VISIBLE_DEVICES=void`` so the NVIDIA runtime shows it none of the node's GPUs.
 
 Precedence: our labels win over the template's; in the container env, ours (``EK_*``,
-``KERNEL_ID``, ``KERNEL_USERNAME``) win over the client's allowed variables, which win over the
-kernelspec's env, which wins over the template's env.
+``KERNEL_ID``, ``KERNEL_USERNAME``, and ``NVIDIA_VISIBLE_DEVICES`` of a CPU kernel) win over the
+client's allowed variables, which win over the kernelspec's env, which wins over the template's
+env.
 
 Client-supplied values (env and user name) have every ``$`` doubled, because the kubelet expands
 ``$(VAR)`` in env values: a client writing ``$(OTHER_VAR)`` gets that literal text, not the value
@@ -91,9 +97,36 @@ KEY_FILE = f"{KEY_MOUNT_DIR}/{KEY_SECRET_ITEM}"
 KEY_FILE_MODE = 0o400
 
 DEFAULT_TERMINATION_GRACE_SECONDS = 5
-DEFAULT_CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = MappingProxyType(
-    {"allowPrivilegeEscalation": False}
+
+#: The pod securityContext every kernel pod starts from, so that a kernelspec without a template
+#: still renders a pod the Pod Security Standard ``restricted`` admits (kernels run user code).
+#: No ``runAsUser``: our kernel images declare a numeric non-root ``USER 1000:100``, which the
+#: kubelet checks against ``runAsNonRoot``; an image that runs as root (or as a named user) is
+#: refused at container start (CreateContainerConfigError) rather than silently run as a uid it
+#: was not built for; a template sets ``runAsUser`` for such an image. ``fsGroup`` makes the key
+#: file (mode 0400, owned by root) group-readable by the kernel whatever its uid.
+DEFAULT_POD_SECURITY_CONTEXT: Mapping[str, Any] = MappingProxyType(
+    {
+        "runAsNonRoot": True,
+        "fsGroup": 100,
+        "seccompProfile": MappingProxyType({"type": "RuntimeDefault"}),
+    }
 )
+#: The kernel container's securityContext before a template's: what ``restricted`` requires.
+DEFAULT_CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = MappingProxyType(
+    {
+        "allowPrivilegeEscalation": False,
+        "capabilities": MappingProxyType({"drop": ("ALL",)}),
+    }
+)
+
+#: Set in the kernel container of a kernel that holds no GPU. The NVIDIA container runtime
+#: exposes the GPUs named by this variable, and CUDA base images set it to ``all`` in their
+#: image env, so a CPU kernel on a GPU node would otherwise see (and could use) every GPU of the
+#: node, outside the device plugin's accounting. ``void`` exposes none. GPU kernels do not get
+#: it: the device plugin sets it to the GPUs it allocated.
+ENV_NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+NO_GPU_DEVICES = "void"
 
 # Names of the launcher's environment variables.
 ENV_KERNEL_ID = "EK_KERNEL_ID"
@@ -401,6 +434,9 @@ def _container_env(request: RenderRequest, client_env: Mapping[str, str]) -> lis
     put(ENV_KEY_FILE, KEY_FILE)
     put("KERNEL_ID", request.kernel_id)
     put("KERNEL_USERNAME", _literal(request.user))
+    if not request.spec.gpus:
+        # Ours, so no spec or template env can hand a CPU kernel the node's GPUs.
+        put(ENV_NVIDIA_VISIBLE_DEVICES, NO_GPU_DEVICES)
 
     entries: dict[str, dict[str, Any]] = dict(ours)
     layers: list[list[dict[str, Any]]] = [
@@ -429,6 +465,20 @@ def _resources(spec: KernelSpecView, gpus: int) -> dict[str, Any]:
     return resources
 
 
+def _security_context(
+    default: Mapping[str, Any], template: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Our default with the template's fields on top, field by field (not a replacement).
+
+    A template that sets only ``fsGroup`` or ``runAsUser`` keeps the rest of the restricted
+    defaults, so it cannot lose them by omission; to drop one it sets that field itself (e.g.
+    ``runAsNonRoot: false``, or ``capabilities: {drop: [], add: [...]}``), which a restricted
+    namespace then refuses, as it should. A template's field replaces ours whole (a
+    ``seccompProfile`` or ``capabilities`` object is not merged further).
+    """
+    return {**thaw(default), **thaw(template or {})}
+
+
 def _pod_spec(
     request: RenderRequest, client_env: Mapping[str, str], secret_name: str, gpus: int
 ) -> dict[str, Any]:
@@ -448,10 +498,9 @@ def _pod_spec(
             *(thaw(m) for m in (template.volume_mounts if template else ())),
             {"name": KEY_VOLUME_NAME, "mountPath": KEY_MOUNT_DIR, "readOnly": True},
         ],
-        "securityContext": thaw(
-            template.container_security_context
-            if template and template.container_security_context is not None
-            else DEFAULT_CONTAINER_SECURITY_CONTEXT
+        "securityContext": _security_context(
+            DEFAULT_CONTAINER_SECURITY_CONTEXT,
+            template.container_security_context if template else None,
         ),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -466,6 +515,9 @@ def _pod_spec(
         "terminationGracePeriodSeconds": template.termination_grace_period_seconds
         if template and template.termination_grace_period_seconds is not None
         else DEFAULT_TERMINATION_GRACE_SECONDS,
+        "securityContext": _security_context(
+            DEFAULT_POD_SECURITY_CONTEXT, template.security_context if template else None
+        ),
         "containers": [container],
         "volumes": [
             *(thaw(v) for v in (template.volumes if template else ())),
@@ -489,7 +541,6 @@ def _pod_spec(
             "tolerations": thaw(template.tolerations) or None,
             "affinity": thaw(template.affinity),
             "priorityClassName": template.priority_class_name,
-            "securityContext": thaw(template.security_context),
             "runtimeClassName": template.runtime_class_name,
             "imagePullSecrets": [{"name": n} for n in template.image_pull_secrets] or None,
         }
