@@ -525,7 +525,6 @@ class KernelSpecView:
     template_name: str | None = None
     culling: CullingPolicy = field(default_factory=CullingPolicy)
     launch_timeout: float | None = None
-    warm_pool_size: int = 0
     allowed_client_env: frozenset[str] = frozenset()
     client_overrides: ClientOverrides = field(default_factory=ClientOverrides)
     metadata: Mapping[str, Any] = field(default_factory=_empty)
@@ -611,7 +610,6 @@ class KernelSpecView:
                 reclaim_after=r.duration("spec.culling.reclaimAfter"),
             ),
             launch_timeout=r.duration("spec.launchTimeout"),
-            warm_pool_size=r.integer("spec.warmPool.size", 0, minimum=0, maximum=64) or 0,
             allowed_client_env=frozenset(allowed),
             client_overrides=ClientOverrides(
                 working_dir=r.boolean("spec.clientOverrides.workingDir", False),
