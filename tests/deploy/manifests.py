@@ -97,10 +97,18 @@ def cr_problems(doc: JSON, schemas: dict[str, StructuralSchema]) -> list[str]:
     return problems
 
 
+#: Cluster-scoped kinds that kustomize's built-in schema does not know: its namespace setting
+#: gives them a metadata.namespace, which kubectl and the API server ignore.
+UNKNOWN_CLUSTER_SCOPED = frozenset({"ValidatingAdmissionPolicy",
+                                    "ValidatingAdmissionPolicyBinding"})
+
+
 def ident(doc: JSON) -> tuple[str, str, str]:
     """(kind, namespace, name): how the comparisons name an object."""
     meta = doc.get("metadata") or {}
-    return (doc.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
+    kind = doc.get("kind", "")
+    namespace = "" if kind in UNKNOWN_CLUSTER_SCOPED else meta.get("namespace", "")
+    return (kind, namespace, meta.get("name", ""))
 
 
 def by_ident(docs: Iterable[JSON]) -> dict[tuple[str, str, str], JSON]:

@@ -39,16 +39,23 @@ def expand(args: list[str], env: t.Mapping[str, str]) -> list[str]:
             for a in args]
 
 
+WILDCARD_FLAGS = ("--ip=0.0.0.0", "--ip=::", "--ip=")
+LOOPBACK_FLAG = "--ip=127.0.0.1"
+
+
 def host_command(container: JSON, env: t.Mapping[str, str],
                  overrides: t.Sequence[str] = ()) -> list[str]:
     """The container's command line for this host: the venv's console script, then its args.
 
-    ``overrides`` (``--flag=value``) replace the manifest's arguments of the same flag.
+    ``overrides`` (``--flag=value``) replace the manifest's arguments of the same flag. The
+    manifests' servers listen on every interface (``--ip=0.0.0.0``), right in a pod's own network
+    namespace; here that would be every interface of this host, so they listen on loopback.
     """
     command = list(container["command"])
     command[0] = str(Path(sys.executable).parent / command[0])
     replaced = {o.split("=", 1)[0] for o in overrides}
-    args = [a for a in expand(list(container.get("args", [])), env)
+    args = [LOOPBACK_FLAG if a in WILDCARD_FLAGS else a
+            for a in expand(list(container.get("args", [])), env)
             if a.split("=", 1)[0] not in replaced]
     return command + args + list(overrides)
 

@@ -1,8 +1,10 @@
 """The gateway Deployment's pod, run by the local cluster with in-cluster config, serves kernels.
 
 The pod is the Deployment's own template (command, args, env, volumes, service account), so this
-proves the manifest's command line and environment: ``--ip=$(POD_IP)`` binds the pod's private
-127.x address, the token comes from the Secret, and the Kubernetes client configures itself from
+proves the manifest's command line and environment. One change: the manifest's ``--ip=0.0.0.0``
+(every interface of the pod's own network namespace) becomes ``--ip=$(POD_IP)``, because the
+local cluster's pods are processes on this host and must bind their private 127.x address only.
+The token comes from the Secret, and the Kubernetes client configures itself from
 ``KUBERNETES_SERVICE_HOST``/``PORT`` and the mounted service-account token and CA, over HTTPS,
 exactly as in a real pod. Then a notebook-server-like client runs a whole kernel session through
 it, and not one API call the pod made was refused: the local cluster enforces the gateway's Role
@@ -49,6 +51,12 @@ def gateway_pod(base: list[JSON]) -> JSON:
     """A pod exactly as the gateway Deployment's ReplicaSet would create it."""
     deployment = find(base, "Deployment", "elastic-kernels-gateway")
     template = copy.deepcopy(deployment["spec"]["template"])
+    (container,) = template["spec"]["containers"]
+    assert "--ip=0.0.0.0" in container["args"]
+    container["args"] = ["--ip=$(POD_IP)" if a == "--ip=0.0.0.0" else a
+                         for a in container["args"]]
+    container["env"].insert(0, {"name": "POD_IP",
+                                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": POD_NAME, "namespace": NAMESPACE,
                          "labels": template["metadata"]["labels"]},

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import ipaddress
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -56,6 +58,9 @@ EXPECTED_BASE = {
         "ServiceAccount", "Deployment", "Service")),
     ("PersistentVolumeClaim", NAMESPACE, "elastic-kernels-notebooks"),
     ("NetworkPolicy", NAMESPACE, "elastic-kernels-kernels"),
+    ("NetworkPolicy", NAMESPACE, "elastic-kernels-kernel-egress"),
+    ("ValidatingAdmissionPolicy", "", "elastic-kernels-kernel-pods"),
+    ("ValidatingAdmissionPolicyBinding", "", "elastic-kernels-kernel-pods"),
 }
 
 
@@ -158,9 +163,9 @@ def test_gateway_deployment(base: list[JSON]) -> None:
     assert spec["terminationGracePeriodSeconds"] >= 10
     (container,) = spec["containers"]
     assert container["command"] == ["elastic-kernels", "gateway"]
-    assert "--ip=$(POD_IP)" in container["args"]
+    # Every interface, so the Service and `kubectl port-forward` (the pod's loopback) both work.
+    assert "--ip=0.0.0.0" in container["args"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["ELASTIC_KERNELS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "elastic-kernels-gateway-token", "key": "token"}
     port = container["ports"][0]
@@ -174,7 +179,8 @@ def test_gateway_deployment(base: list[JSON]) -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     pdb = find(base, "PodDisruptionBudget", "elastic-kernels-gateway")
     assert pdb["spec"]["selector"]["matchLabels"] == GATEWAY_LABELS
-    assert pdb["spec"]["minAvailable"] == 1
+    # maxUnavailable: a drain can always proceed, one replica at a time.
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": GATEWAY_LABELS}}
 
 
 def _expand(args: list[str], env: dict[str, str]) -> list[str]:
@@ -185,11 +191,11 @@ def _expand(args: list[str], env: dict[str, str]) -> list[str]:
 def test_gateway_command_line_is_understood_by_the_gateway(base: list[JSON]) -> None:
     """Every flag parses, and every class it names imports (a typo would crash-loop the pod)."""
     container = pod_spec(find(base, "Deployment", "elastic-kernels-gateway"))["containers"][0]
-    args = _expand(container["args"], {"POD_IP": "10.1.2.3", "POD_NAMESPACE": NAMESPACE,
+    args = _expand(container["args"], {"POD_NAMESPACE": NAMESPACE,
                                        "POD_NAME": "elastic-kernels-gateway-abc"})
     app = ElasticGatewayApp()
     app.parse_command_line(args)
-    assert app.ip == "10.1.2.3" and app.port == 8888
+    assert app.ip == "0.0.0.0" and app.port == 8888
     assert app.namespace == NAMESPACE
     assert app.gateway_id == "elastic-kernels-gateway-abc"
     # Kernels run in pods with the gateway's defaults; the manifest does not override them.
@@ -245,8 +251,8 @@ def test_notebook_command_line_is_understood_by_jupyter_server(base: list[JSON],
     container = pod_spec(find(base, "Deployment", "elastic-kernels-notebook"))["containers"][0]
     args = [a.replace("/home/jovyan", str(tmp_path)) for a in container["args"]]
     app = ServerApp()
-    app.parse_command_line(_expand(args, {"POD_IP": "10.1.2.3"}))
-    assert app.ip == "10.1.2.3" and app.open_browser is False
+    app.parse_command_line(args)
+    assert app.ip == "0.0.0.0" and app.open_browser is False
     assert app.config.GatewayClient.url == "http://elastic-kernels-gateway:8888"
     assert app.config.GatewayClient.request_timeout == 660
     assert app.root_dir == str(tmp_path)
@@ -259,12 +265,63 @@ def test_network_policy_admits_only_gateways_to_kernel_ports(base: list[JSON]) -
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": GATEWAY_LABELS}}]
-    ports = sorted(KERNEL_PORTS.values())
-    assert ports == list(range(ports[0], ports[-1] + 1))
-    assert rule["ports"] == [{"protocol": "TCP", "port": ports[0], "endPort": ports[-1]}]
+    # Each port on its own (several CNIs ignore endPort), exactly the kernel's ports.
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}
+                             for port in sorted(KERNEL_PORTS.values())]
     # The gateway's pods carry the labels the policy admits.
     gateway = find(base, "Deployment", "elastic-kernels-gateway")
     assert GATEWAY_LABELS.items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_kernel_egress_allows_dns_and_public_addresses_only(base: list[JSON]) -> None:
+    policy = find(base, "NetworkPolicy", "elastic-kernels-kernel-egress")["spec"]
+    kernel_labels = dict(part.split("=") for part in R.KERNEL_SELECTOR.split(","))
+    assert policy["podSelector"] == {"matchLabels": kernel_labels}
+    assert policy["policyTypes"] == ["Egress"]
+    dns, public = policy["egress"]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    (peer,) = dns["to"]
+    assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert "ports" not in public
+    v4, v6 = (p["ipBlock"] for p in public["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and v6["cidr"] == "::/0"
+    metadata = ipaddress.ip_address("169.254.169.254")
+    denied = [ipaddress.ip_network(c) for c in v4["except"]]
+    for address in ("169.254.169.254", "10.96.0.1", "172.20.0.5", "192.168.1.1", "100.64.0.10",
+                    "127.0.0.1"):
+        assert any(ipaddress.ip_address(address) in n for n in denied), address
+    assert not any(ipaddress.ip_address("8.8.8.8") in n for n in denied)
+
+    # The component that opens private ranges keeps the metadata address closed.
+    docs = kustomize(_overlay(Path(tempfile.mkdtemp()), "resources:\n  - DEPLOY\n"
+                              "components:\n  - DEPLOY/components/kernel-egress-private\n"))
+    opened = find(docs, "NetworkPolicy", "elastic-kernels-kernel-egress")["spec"]
+    v4, v6 = (p["ipBlock"] for p in opened["egress"][1]["to"])
+    assert any(metadata in ipaddress.ip_network(c) for c in v4["except"])
+    assert not any(ipaddress.ip_address("10.96.0.1") in ipaddress.ip_network(c)
+                   for c in v4["except"])
+    validate_builtin(find(docs, "NetworkPolicy", "elastic-kernels-kernel-egress"))
+
+
+def test_kernel_pod_policy_is_bound_to_the_install_namespace(base: list[JSON]) -> None:
+    policy = find(base, "ValidatingAdmissionPolicy", "elastic-kernels-kernel-pods")["spec"]
+    kernel_labels = dict(part.split("=") for part in R.KERNEL_SELECTOR.split(","))
+    assert policy["matchConstraints"]["objectSelector"] == {"matchLabels": kernel_labels}
+    assert policy["failurePolicy"] == "Fail"
+    binding = find(base, "ValidatingAdmissionPolicyBinding", "elastic-kernels-kernel-pods")["spec"]
+    assert binding["validationActions"] == ["Deny"]
+    assert binding["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+    # The ServiceAccounts it keeps kernels from are the install's own.
+    text = " ".join(v["expression"] for v in policy["validations"])
+    for name in ("elastic-kernels-gateway", "elastic-kernels-cull"):
+        assert find(base, "ServiceAccount", name) and f"'{name}'" in text
+
+
+def test_namespace_is_pod_security_restricted(base: list[JSON]) -> None:
+    labels = find(base, "Namespace", NAMESPACE)["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
 
 
 def _overlay(tmp_path: Path, body: str) -> Path:
@@ -298,6 +355,9 @@ def test_another_namespace_as_the_admin_guide_says(tmp_path: Path) -> None:
         meta = doc["metadata"]
         if doc["kind"] == "Namespace":
             assert meta["name"] == "ml-team"
+        elif doc["kind"] == "ValidatingAdmissionPolicyBinding":
+            assert doc["spec"]["matchResources"]["namespaceSelector"] == {
+                "matchLabels": {"kubernetes.io/metadata.name": "ml-team"}}
         elif doc["kind"] != "CustomResourceDefinition":
             assert meta["namespace"] == "ml-team", doc["kind"]
         for subject in doc.get("subjects", []):
