@@ -23,6 +23,7 @@ from elastic_kernels.localcluster.cluster import LocalCluster
 from elastic_kernels.provisioner import KernelLaunchError
 
 from .conftest import GatewayFactory, derived_kernelspec, running_cluster
+from .gateway.promtext import scrape
 from .gateway.support import KernelWS, api, json_of
 from .gatewayproc import wait_until
 
@@ -121,6 +122,9 @@ async def test_waiting_kernel_is_served_by_reclaiming_an_idle_one(
             assert waiting["user"] == "carol" and waiting["position"] == 1
             status = json_of(await api(gw.url, "GET", "/api/elastic/status"))
             assert [w["user"] for w in status["gpu_queue"]] == ["carol"]
+            queued = await scrape(gw.url)
+            assert queued.value("elastic_kernels_gpu_queue_length") == 1
+            assert queued.value("elastic_kernels_gpus_held") == 2
 
             carol_id = await asyncio.wait_for(carol, 90)
         finally:
@@ -135,6 +139,12 @@ async def test_waiting_kernel_is_served_by_reclaiming_an_idle_one(
         assert "another kernel waited" in gone["message"]
         model = json_of(await api(gw.url, "GET", f"/api/kernels/{carol_id}"))
         assert model["elastic"]["phase"] == "Running"
+        metrics = await scrape(gw.url)
+        assert metrics.value("elastic_kernels_gpu_queue_length") == 0
+        assert metrics.value("elastic_kernels_gpu_queue_wait_seconds_count") == 1
+        assert metrics.value("elastic_kernels_culls_total",
+                             reason="ReclaimedForWaitingKernel") == 1
+        assert metrics.value("elastic_kernels_kernels_by_phase", phase="Running") == 2
     finally:
         busy_ws.close()
         idle_ws.close()

@@ -102,7 +102,7 @@ from .httplimits import (
 )
 from .connection import ElasticChannelsConnection
 from .ownership import KernelOwnership
-from .metrics import Metric
+from .metrics import GatewayMetrics
 from .zmqguard import ZMQWakeupGuard
 
 if t.TYPE_CHECKING:
@@ -371,6 +371,8 @@ class ElasticGatewayApp(ServerApp):
         self.open_websockets: set[t.Any] = set()
         """Open kernel websocket handlers (for metrics, status and shutdown)."""
         self.kernel_start_failures = 0
+        #: /metrics: a registry of this app's own (metrics.py), not prometheus_client's global one.
+        self.gateway_metrics = GatewayMetrics(self)
         self._listen_sockets: list[socket.socket] = []
         self._accepting = False
         self._zmq_guard = ZMQWakeupGuard(self._kernel_streams, 0.0,
@@ -405,6 +407,11 @@ class ElasticGatewayApp(ServerApp):
         km = self.kernel_manager
         if hasattr(km, "gateway_id"):
             km.gateway_id = self.gateway_id
+        # The kernel manager's queue and culler report their events to our metrics.
+        if hasattr(km, "gpu_queue"):
+            km.gpu_queue.on_wait_ended = self.gateway_metrics.gpu_wait_ended
+        if hasattr(km, "culler"):
+            km.culler.on_cull = self.gateway_metrics.kernel_culled
 
     async def _post_start(self) -> None:
         """Start the shared watches (and whatever the kernel manager runs) before serving."""
@@ -700,58 +707,6 @@ class ElasticGatewayApp(ServerApp):
         if extra is not None:
             status.update(await ensure_async(extra()))
         return status
-
-    async def metrics(self) -> list[Metric]:
-        """``/metrics`` samples; a kernel manager's ``elastic_metrics()`` may add more."""
-        labels = {"gateway_id": self.gateway_id}
-        samples = [
-            Metric(
-                "elastic_kernels_gateway_info",
-                "Gateway identity and version.",
-                "gauge",
-                1,
-                {**labels, "version": __version__},
-            ),
-            Metric(
-                "elastic_kernels_kernels",
-                "Kernels held by this gateway.",
-                "gauge",
-                len(self.kernel_manager.list_kernel_ids()),
-                labels,
-            ),
-            Metric(
-                "elastic_kernels_websocket_connections",
-                "Open kernel websocket connections.",
-                "gauge",
-                len(self.open_websockets),
-                labels,
-            ),
-            Metric(
-                "elastic_kernels_kernel_start_failures_total",
-                "Kernel start requests that failed.",
-                "counter",
-                self.kernel_start_failures,
-                labels,
-            ),
-            Metric(
-                "elastic_kernels_zmq_recheck_deliveries_total",
-                "Kernel messages delivered by the periodic ZeroMQ re-check instead of a wakeup.",
-                "counter",
-                self._zmq_guard.recovered,
-                labels,
-            ),
-            Metric(
-                "elastic_kernels_zmq_recheck_streams_total",
-                "Kernel ZeroMQ streams the lost-wakeup re-check has looked at (its cost).",
-                "counter",
-                self._zmq_guard.checked,
-                labels,
-            ),
-        ]
-        extra = getattr(self.kernel_manager, "elastic_metrics", None)
-        if extra is not None:
-            samples.extend(await ensure_async(extra()))
-        return samples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..culling import (MIRROR_INTERVAL, CullConflict, CullDecision, CullingDefaults, KernelFacts,
@@ -49,6 +50,13 @@ class GatewayCuller:
         self.mirror_interval = MIRROR_INTERVAL
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Told the reason of each cull this gateway performs (the gateway's metrics; set by
+        #: ElasticGatewayApp).
+        self.on_cull: Callable[[str], None] | None = None
+
+    def _counted(self, reason: str) -> None:
+        if self.on_cull is not None:
+            self.on_cull(reason)
 
     # -- facts ----------------------------------------------------------------------------------
 
@@ -133,8 +141,10 @@ class GatewayCuller:
             log.warning("Culling dead kernel %s", kernel_id)
             # Keep why it died for the user's next request (its record says, until deleted).
             status = (self.manager.kernel_record(kernel_id) or {}).get("status") or {}
-            self.manager.remember_cull(kernel_id, str(status.get("reason") or "KernelDied"),
+            reason = str(status.get("reason") or "KernelDied")
+            self.manager.remember_cull(kernel_id, reason,
                                        str(status.get("message") or "the kernel died"))
+            self._counted("KernelDied")
             try:
                 await self.manager.shutdown_kernel(kernel_id, now=True)
             except Exception:
@@ -247,6 +257,7 @@ class GatewayCuller:
             log.warning("Culling kernel %s of %s (%s): %s", kernel_id, decision.kernel.user,
                         decision.reason.value, decision.message)
             self.manager.remember_cull(kernel_id, decision.reason.value, decision.message)
+            self._counted(decision.reason.value)
             self._mirrored.pop(kernel_id, None)
             try:
                 await self.manager.shutdown_kernel(kernel_id)

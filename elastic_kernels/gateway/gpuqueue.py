@@ -28,6 +28,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..kube import resources as R
@@ -92,6 +93,13 @@ class GpuQueue:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[str] = set()  # kernels already chosen for reclaim
+        #: Told how long each waiter waited, in seconds, when it leaves (the gateway's metrics;
+        #: set by ElasticGatewayApp).
+        self.on_wait_ended: Callable[[float], None] | None = None
+
+    def __len__(self) -> int:
+        """Starts waiting (the metrics' queue length)."""
+        return len(self._waiters)
 
     # -- membership (called by the provisioner on the event loop) ----------------------------
 
@@ -120,8 +128,12 @@ class GpuQueue:
 
     def leave(self, kernel_id: str) -> None:
         """The kernel's pod was bound, or its start ended: the next one may go."""
-        if self._waiters.pop(kernel_id, None) is not None:
-            self._changed()
+        waiter = self._waiters.pop(kernel_id, None)
+        if waiter is None:
+            return
+        if self.on_wait_ended is not None:
+            self.on_wait_ended((datetime.now(timezone.utc) - waiter.since).total_seconds())
+        self._changed()
 
     def is_waiting(self, kernel_id: str) -> bool:
         return kernel_id in self._waiters

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 import typing as t
 import uuid
 from collections.abc import Mapping
@@ -45,7 +46,7 @@ from ..kernelspec_handlers import kernelspec_handlers
 from ..provisioner.envpolicy import ALWAYS_ALLOWED
 from ..provisioner.errors import KernelLaunchError
 from .errors import GatewayHTTPError, KernelStartError, error_body
-from .metrics import CONTENT_TYPE, render
+from .metrics import UNKNOWN_KERNELSPEC, start_outcome
 from .ownership import no_such_kernel, ownership
 from .writelimit import retrieve_exception
 from .wsframes import FrameError, deliver
@@ -197,13 +198,21 @@ class MainKernelHandler(GatewayAPIHandler):
         # starts (see KernelOwnership.starting).
         kwargs["kernel_id"] = str(uuid.uuid4())
         owners = ownership(self)
+        metrics = self.gateway_app.gateway_metrics
+        began = time.monotonic()
         with owners.starting(user, km, kwargs["kernel_id"]):
             try:
                 kernel_id: str = await km.start_kernel(**kwargs)
             except Exception as e:
                 self.gateway_app.kernel_start_failures += 1
                 self.gateway_app.forget_failed_starts()
-                raise self._start_error(name, e) from e
+                error = self._start_error(name, e)
+                reason = getattr(error, "reason", None)
+                metrics.kernel_started(
+                    UNKNOWN_KERNELSPEC if error.status_code == 404 else name,
+                    start_outcome(error.status_code, reason), time.monotonic() - began)
+                raise error from e
+            metrics.kernel_started(name, "ok", time.monotonic() - began)
             owners.remember(kernel_id, user.username)
         model = await kernel_model(self, kernel_id)
         self.set_header("Location", self.base_url.rstrip("/") + f"/api/kernels/{kernel_id}")
@@ -262,25 +271,32 @@ class KernelActionHandler(GatewayAPIHandler):
             self.set_status(204)
             self.finish()
             return
+        began = time.monotonic()
+        outcome = "ok"
         try:
             result = await ensure_async(km.restart_kernel(kernel_id))
             # jupyter_server returns a future that resolves when the restarted kernel answers
             # kernel_info; answer the client only then, so its next request finds a live kernel.
             if inspect.isawaitable(result):
                 await result
-        except web.HTTPError:
+        except web.HTTPError as e:
+            outcome = start_outcome(e.status_code, getattr(e, "reason", None))
             raise
         except (TimeoutError, asyncio.TimeoutError) as e:
+            outcome = "RestartTimeout"
             raise GatewayHTTPError(
                 504, f"Kernel {kernel_id} did not answer after restart", "RestartTimeout"
             ) from e
         except Exception as e:
+            outcome = "RestartFailed"
             self.log.error("Restarting kernel %s failed", kernel_id, exc_info=e)
             raise GatewayHTTPError(
                 500,
                 _short(f"Restarting kernel {kernel_id} failed: {type(e).__name__}: {e}"),
                 "RestartFailed",
             ) from e
+        finally:
+            self.gateway_app.gateway_metrics.kernel_restarted(outcome, time.monotonic() - began)
         self.finish(json.dumps(await kernel_model(self, kernel_id), default=json_default))
 
 
@@ -385,16 +401,17 @@ class StatusHandler(GatewayAPIHandler):
 
 
 class MetricsHandler(JSONErrorsMixin, JupyterHandler):
-    """``/metrics``: a small Prometheus text page (auth as
-    ``ServerApp.authenticate_prometheus``)."""
+    """``/metrics``: this gateway's own registry (metrics.py) in Prometheus' text format,
+    authenticated as ``ServerApp.authenticate_prometheus`` says."""
 
     @allow_unauthenticated
     async def get(self) -> None:
         if self.settings.get("authenticate_prometheus", True) and not self.logged_in:
             raise web.HTTPError(403)
         app = t.cast("ElasticGatewayApp", self.settings["serverapp"])
-        self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(render(await app.metrics()))
+        body, content_type = app.gateway_metrics.render(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:

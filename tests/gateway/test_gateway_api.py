@@ -15,6 +15,7 @@ from elastic_kernels.gateway.connection import ElasticChannelsConnection
 from elastic_kernels.gateway.errors import KernelStartError
 
 from .conftest import GatewayFactory
+from .promtext import scrape
 from .support import KERNEL_NAME, LOGO, TOKEN, KernelWS, api, json_of, start_kernel
 
 
@@ -188,10 +189,13 @@ async def test_websocket_survives_bad_frames_and_rejects_oversize(
         assert status["kernels"] == 1
         assert status["connections"] == 2
         assert status["gateway_id"] == gateway.gateway_id
-        metrics = (await api(gateway.url, "GET", "/metrics")).body.decode()
-        labels = f'{{gateway_id="{gateway.gateway_id}"}}'
-        assert f"elastic_kernels_kernels{labels} 1\n" in metrics
-        assert f"elastic_kernels_websocket_connections{labels} 2\n" in metrics
+        metrics = await scrape(gateway.url)
+        gid = gateway.gateway_id
+        assert metrics.value("elastic_kernels_kernels", gateway_id=gid) == 1
+        assert metrics.value("elastic_kernels_websocket_connections", gateway_id=gid) == 2
+        # jupyter_server's local kernel manager has no elastic_model: no phase to report.
+        assert metrics.value("elastic_kernels_kernels_by_phase", gateway_id=gid,
+                             phase="Unknown") == 1
 
         ws.ws.write_message("x" * 70000)
         assert await ws.recv_until_closed() == 1009
@@ -257,6 +261,8 @@ async def test_kernel_manager_hooks(make_gateway: GatewayFactory) -> None:
         assert body["reason"] == reason
         assert text in body["message"]
     assert gateway.kernel_start_failures == 4
+    unknown_spec = await api(gateway.url, "POST", "/api/kernels", {"name": "no-such-spec"})
+    assert unknown_spec.code == 404
 
     model = await start_kernel(gateway.url)
     kernel_id = model["id"]
@@ -268,6 +274,30 @@ async def test_kernel_manager_hooks(make_gateway: GatewayFactory) -> None:
     assert listed[0]["elastic"]["node"] == "node-1"
     status = json_of(await api(gateway.url, "GET", "/api/elastic/status"))
     assert status["gpu_queue"] == [] and status["kernels"] == 1
+
+    # Starts by kernelspec and outcome: the failure's reason, its status class without one, and
+    # never a made-up kernelspec name as a label.
+    metrics = await scrape(gateway.url)
+    gid = gateway.gateway_id
+    for spec, outcome in [("quota", "QuotaExceeded"), ("cluster-down", "ClusterUnavailable"),
+                          ("slow", "KernelStartTimeout"), ("boom", "KernelStartFailed"),
+                          ("(unknown)", "NoSuchKernelSpec"), (KERNEL_NAME, "ok")]:
+        assert metrics.value("elastic_kernels_kernel_start_seconds_count", gateway_id=gid,
+                             kernelspec=spec, outcome=outcome) == 1, (spec, outcome)
+        assert metrics.value("elastic_kernels_kernel_starts_total", gateway_id=gid,
+                             outcome=outcome) == 1, outcome
+    assert "no-such-spec" not in metrics.text
+    assert metrics.type_of("elastic_kernels_kernel_start_seconds") == "histogram"
+    assert metrics.value("elastic_kernels_kernel_start_failures_total", gateway_id=gid) == 5
+    assert metrics.value("elastic_kernels_kernels_by_phase", gateway_id=gid,
+                         phase="Running") == 1
+    assert metrics.value("elastic_kernels_gpu_queue_length", gateway_id=gid) == 0
+
+    restarted = await api(gateway.url, "POST", f"/api/kernels/{kernel_id}/restart")
+    assert restarted.code == 200, restarted.body
+    metrics = await scrape(gateway.url)
+    assert metrics.value("elastic_kernels_kernel_restart_seconds_count", gateway_id=gid,
+                         outcome="ok") == 1
 
     unknown = "99999999-8888-7777-6666-555555555555"
     assert (await api(gateway.url, "GET", f"/api/kernels/{unknown}")).code == 404
