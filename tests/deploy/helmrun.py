@@ -7,6 +7,11 @@ for Secrets) and only the chart's own objects reach the cluster. Prints the rele
 ``manifest`` is exactly what ``helm template`` renders.
 
     python -m tests.deploy.helmrun --kubeconfig K --namespace NS --chart DIR [--values JSON]
+        [--upgrade-values JSON]
+
+``--upgrade-values`` runs ``helm upgrade`` with those values right after the install, in the same
+process (the in-memory release record lives only as long as the process), and prints both
+releases as ``{"install": ..., "upgrade": ...}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--release", default="elastic-kernels")
     p.add_argument("--values", default="{}", help="values as JSON")
     p.add_argument("--lint", action="store_true", help="run helm lint instead of install")
+    p.add_argument("--upgrade-values", default=None, help="then upgrade with these (JSON)")
     args = p.parse_args(argv)
     if os.environ.get("HELM_DRIVER") != "memory":
         print("helmrun: HELM_DRIVER=memory must be set in the environment", file=sys.stderr)
@@ -40,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(helm_sdkpy.Install(config).run(
                 args.release, args.chart, values=json.loads(args.values), wait=False,
                 timeout=60))
+            if args.upgrade_values is not None:
+                upgraded = asyncio.run(helm_sdkpy.Upgrade(config).run(
+                    args.release, args.chart, values=json.loads(args.upgrade_values),
+                    wait=False, timeout=60))
+                result = {"install": result, "upgrade": upgraded}
     except helm_sdkpy.HelmError as e:
         print(f"helm: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ record stays in memory (``HELM_DRIVER=memory``, see ``helmrun.py``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import importlib.util
 import json
@@ -27,6 +28,7 @@ from .manifests import (
     CHART,
     CRDS,
     DEPLOY,
+    UNKNOWN_CLUSTER_SCOPED,
     NAMESPACE,
     JSON,
     by_ident,
@@ -51,12 +53,14 @@ def test_helm_library_is_installed() -> None:
         "pip install --ignore-requires-python --no-deps helm-sdkpy==0.1.32")
 
 REPO = DEPLOY.parent
+POLICY = "elastic-kernels-kernel-pods"
 HELM_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
                     "app.kubernetes.io/version", "helm.sh/chart"}
 
 
 async def helm(kubeconfig: Path, namespace: str, workdir: Path, *, values: JSON | None = None,
-               release: str = "elastic-kernels", lint: bool = False) -> tuple[int, Any, str]:
+               release: str = "elastic-kernels", lint: bool = False,
+               upgrade_values: JSON | None = None) -> tuple[int, Any, str]:
     """Run helmrun.py; (exit code, parsed JSON result or None, stderr)."""
     home = workdir / "helm-home"
     home.mkdir(exist_ok=True)
@@ -68,6 +72,8 @@ async def helm(kubeconfig: Path, namespace: str, workdir: Path, *, values: JSON 
             "--values", json.dumps(values or {})]
     if lint:
         argv.append("--lint")
+    if upgrade_values is not None:
+        argv += ["--upgrade-values", json.dumps(upgrade_values)]
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -106,6 +112,17 @@ def _without_helm_labels(doc: JSON) -> JSON:
     return doc
 
 
+def _base_policy_names(doc: JSON) -> JSON:
+    """The chart's per-namespace admission policy and binding names as the kustomize base's."""
+    if doc["kind"] not in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        return doc
+    doc = copy.deepcopy(doc)
+    doc["metadata"]["name"] = POLICY
+    if doc["kind"] == "ValidatingAdmissionPolicyBinding":
+        doc["spec"]["policyName"] = POLICY
+    return doc
+
+
 def _pod_template_labels(doc: JSON) -> dict:
     if doc["kind"] == "Deployment":
         return doc["spec"]["template"]["metadata"]["labels"]
@@ -136,7 +153,16 @@ async def test_chart_installs_the_same_objects_as_kustomize(
         f"resources:\n  - {rel}\ncomponents:\n  - {rel}/components/kernelspecs\n")
     reference = [d for d in kustomize(overlay)
                  if d["kind"] not in ("CustomResourceDefinition", "Namespace")]
+    for doc in reference:  # the namespace kustomize gives cluster-scoped kinds it does not know
+        if doc["kind"] in UNKNOWN_CLUSTER_SCOPED:
+            doc["metadata"].pop("namespace")
 
+    # Helm adds the token Secrets it generates (see test_token_secrets_are_generated_and_kept),
+    # and names the cluster-scoped admission policy per namespace (one pair per release).
+    generated = [d for d in rendered if d["kind"] == "Secret"]
+    assert sorted(d["metadata"]["name"] for d in generated) == [
+        "elastic-kernels-gateway-token", "elastic-kernels-notebook-token"]
+    rendered = [_base_policy_names(d) for d in rendered if d["kind"] != "Secret"]
     ours, theirs = by_ident(reference), by_ident(rendered)
     assert set(theirs) == set(ours)
     schemas = crd_schemas()
@@ -189,7 +215,12 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
     assert not any("notebook" in name for _, name in kinds)
     assert ("NetworkPolicy", "elastic-kernels-kernels") not in kinds
     assert {n for k, n in kinds if k.startswith("JupyterKernel")} == {"python-gpu", "gpu"}
-    assert all(d["metadata"]["namespace"] == "team-a" for d in docs)
+    assert all(d["metadata"]["namespace"] == "team-a" for d in docs
+               if not d["kind"].startswith("ValidatingAdmissionPolicy"))
+    binding = find(docs, "ValidatingAdmissionPolicyBinding", f"{POLICY}-team-a")
+    assert binding["spec"]["policyName"] == f"{POLICY}-team-a"
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "team-a"}}
 
     gateway = find(docs, "Deployment", "elastic-kernels-gateway")
     assert gateway["spec"]["replicas"] == 3
@@ -252,3 +283,129 @@ async def test_bad_values_are_refused_with_the_field(
                               values=values)
     assert code != 0
     assert words in err, err[-2000:]
+
+
+SERVICE_MONITOR_CRD: JSON = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "servicemonitors", "singular": "servicemonitor",
+                       "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                 "openAPIV3Schema": {"type": "object",
+                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def _token(doc: JSON) -> str:
+    return base64.b64decode(doc["data"]["token"]).decode()
+
+
+async def test_token_secrets_are_generated_and_kept(
+        install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    """No Secret to create by hand: random tokens on install, the same ones after an upgrade,
+    still there after uninstall; a Secret the admin made is used and left alone."""
+    namespace = "team-t"
+    await kubectl("create", "namespace", namespace)
+    await kubectl("create", "secret", "generic", "-n", namespace,
+                  "elastic-kernels-notebook-token", "--from-literal=token=the-admins-own")
+    code, result, err = await helm(install_cluster.kubeconfig_path, namespace, tmp_path,
+                                   release="ek-t", upgrade_values={"gateway": {"replicas": 3}})
+    assert code == 0, err[-3000:]
+    # The namespace came without Pod Security labels; the notes say so, with the command.
+    notes = result["install"]["info"]["notes"]
+    assert "did NOT label namespace team-t" in notes, notes
+    assert "kubectl label --overwrite namespace team-t" in notes
+    assert "pod-security.kubernetes.io/enforce=restricted" in notes
+    installed = load_docs(result["install"]["manifest"], "install")
+    upgraded = load_docs(result["upgrade"]["manifest"], "upgrade")
+    (secret,) = [d for d in installed if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "elastic-kernels-gateway-token"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    token = _token(secret)
+    assert len(token) == 64 and token.isalnum()
+    (again,) = [d for d in upgraded if d["kind"] == "Secret"]
+    assert _token(again) == token
+    assert find(upgraded, "Deployment", "elastic-kernels-gateway")["spec"]["replicas"] == 3
+    stored = await kubectl.json("get", "secret", "-n", namespace, "elastic-kernels-gateway-token")
+    assert _token(stored) == token
+    mine = await kubectl.json("get", "secret", "-n", namespace, "elastic-kernels-notebook-token")
+    assert _token(mine) == "the-admins-own"
+
+
+async def test_gateway_pod_options(install_cluster: LocalCluster, kubectl: Kubectl,
+                                   tmp_path: Path) -> None:
+    env = [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}]
+    volume = {"name": "ca", "configMap": {"name": "corp-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/corp-ca", "readOnly": True}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "node-role", "operator": "In", "values": ["system"]}]}]}}}
+    # The Prometheus Operator's kind, schema-less: the chart's object only needs to be stored.
+    await kubectl.apply_docs([SERVICE_MONITOR_CRD])
+    await kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                  "crd/servicemonitors.monitoring.coreos.com")
+    docs = await install(install_cluster, kubectl, tmp_path, "team-o", {
+        "global": {"imageRegistry": "ignored.example"},
+        "gateway": {"extraEnv": env, "extraVolumes": [volume], "extraVolumeMounts": [mount],
+                    "podAnnotations": {"example.com/scrape": "true"}, "affinity": affinity,
+                    "priorityClassName": "system-cluster-critical", "listenAddress": "::",
+                    "podDisruptionBudget": {"maxUnavailable": 2}},
+        "metrics": {"serviceMonitor": {"enabled": True, "tokenSecret": "prom-token",
+                                       "labels": {"release": "prometheus"}}},
+        "networkPolicy": {"kernelEgress": {"deniedCIDRs": ["169.254.169.254/32"],
+                                           "extraRules": [{"to": [{"podSelector": {
+                                               "matchLabels": {"app": "minio"}}}]}]}},
+    })
+    gateway = find(docs, "Deployment", "elastic-kernels-gateway")
+    template = gateway["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"example.com/scrape": "true"}
+    spec = template["spec"]
+    assert spec["affinity"] == affinity
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    assert volume in spec["volumes"]
+    (container,) = spec["containers"]
+    assert env[0] in container["env"] and mount in container["volumeMounts"]
+    assert "--ip=::" in container["args"]
+    pdb = find(docs, "PodDisruptionBudget", "elastic-kernels-gateway")
+    assert pdb["spec"]["maxUnavailable"] == 2 and "minAvailable" not in pdb["spec"]
+
+    monitor = find(docs, "ServiceMonitor", "elastic-kernels-gateway")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    service = find(docs, "Service", "elastic-kernels-gateway")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["port"] == "http"
+    assert endpoint["authorization"]["credentials"] == {"name": "prom-token", "key": "token"}
+
+    egress = find(docs, "NetworkPolicy", "elastic-kernels-kernel-egress")["spec"]["egress"]
+    assert egress[1]["to"][0]["ipBlock"]["except"] == ["169.254.169.254/32"]
+    assert egress[2] == {"to": [{"podSelector": {"matchLabels": {"app": "minio"}}}]}
+    for doc in docs:
+        if not is_custom(doc) and doc["kind"] != "ServiceMonitor":
+            validate_builtin(doc)
+
+
+async def test_the_chart_onto_a_restricted_namespace_runs_a_gateway(
+        install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    """The chart's own namespace (namespace.create) is restricted, and its gateway pod -- the
+    Deployment's template, with the generated token -- is admitted there and serves."""
+    namespace = "team-r"
+    code, result, err = await helm(install_cluster.kubeconfig_path, namespace, tmp_path,
+                                   values={"namespace": {"create": True}}, release="ek-r")
+    assert code == 0, err[-3000:]
+    assert "WARNING" not in result["info"]["notes"]
+    ns = await kubectl.json("get", "namespace", namespace)
+    for mode in ("enforce", "warn", "audit"):
+        assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    docs = load_docs(result["manifest"], "helm manifest")
+    for kind, name in (("Deployment", "elastic-kernels-gateway"),
+                       ("Deployment", "elastic-kernels-notebook"),
+                       ("CronJob", "elastic-kernels-cull")):
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{name}-probe", "namespace": namespace},
+               "spec": pod_spec(find(docs, kind, name))}
+        out = await kubectl.run("create", "--dry-run=server", "-f", "-",
+                                stdin=json.dumps(pod))
+        assert out.returncode == 0, out.stderr
+        assert "Warning" not in out.stderr, out.stderr
