@@ -34,7 +34,12 @@ test: lint
 demo: $(VENV)/.demo-installed
 	$(BIN)/elastic-kernels demo
 
-bench: $(VENV)/.test-installed
+# The benchmarks run on the test environment plus the bench extra (matplotlib, for REPORT.png).
+$(VENV)/.bench-installed: $(VENV)/.test-installed setup.cfg pyproject.toml
+	$(PIP) install -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 # The sdist and the wheel (built from that sdist, in an isolated environment) in dist/, checked

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import common as C
-from .png import bar_chart
 
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
@@ -214,6 +214,57 @@ def chart(r: dict[str, Any], path: Path) -> Path | None:
     if not panels:
         return None
     return bar_chart(path, panels)
+
+
+#: Bar colours by system: the floors grey, ours blue, Enterprise Gateway red.
+PALETTE = {"floor": "#969696", "direct": "#969696", "ours": "#1f77b4", "notebook": "#6caadc",
+           "eg": "#d62728"}
+
+
+def bar_chart(path: Path, panels: Sequence[tuple[str, Sequence[tuple[str, float, str]]]]
+              ) -> Path | None:
+    """Horizontal bars, one panel each: ``panels`` = [(title, [(label, value, palette key)])].
+
+    Each panel has its own linear scale from 0 and prints each value after its bar ("N/A" for a
+    missing one). Drawn with matplotlib's Agg backend (no display). matplotlib is the ``bench``
+    extra (``make bench`` installs it); without it the report is written without its chart,
+    so ``make test`` need not install a plotting stack.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install -e '.[bench]'); "
+              "REPORT.png not drawn")
+        return None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    heights = [0.6 + 0.35 * len(rows) for _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights) + 0.5), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    try:
+        for ax, (title, rows) in zip(axes[:, 0], panels):
+            labels = [label for label, _, _ in rows]
+            values = [v if v == v and v > 0 else 0.0 for _, v, _ in rows]
+            ys = range(len(rows))
+            ax.barh(ys, values, color=[PALETTE.get(key, "#646464") for _, _, key in rows])
+            ax.set_yticks(list(ys), labels)
+            ax.invert_yaxis()  # first row on top, as listed
+            ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+            top = max(values) or 1.0
+            ax.set_xlim(0, top * 1.18)  # room for the value labels
+            for y, (_, value, _) in zip(ys, rows):
+                ok = value == value and value > 0
+                ax.text((value if ok else 0) + top * 0.01, y, f"{value:.1f}" if ok else "N/A",
+                        va="center", fontsize=9)
+            ax.spines[["top", "right"]].set_visible(False)
+        fig.text(0.01, 0.005, "Medians in ms, same run, same machine. Lower is better.",
+                 fontsize=9, color="#5a5a5a")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _lines(name: str, result: dict[str, Any]) -> list[str]:
