@@ -29,7 +29,7 @@ from elastic_kernels import __version__
 if t.TYPE_CHECKING:
     from .app import ElasticGatewayApp
 
-__all__ = ["GatewayMetrics", "start_outcome"]
+__all__ = ["UNKNOWN_KERNELSPEC", "GatewayMetrics", "start_outcome"]
 
 #: Kernel starts take from under a second (a warm image) to minutes (a GPU node scaling up).
 START_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
