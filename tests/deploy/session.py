@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import re
 import secrets
@@ -58,6 +59,28 @@ def host_command(container: JSON, env: t.Mapping[str, str],
             for a in expand(list(container.get("args", [])), env)
             if a.split("=", 1)[0] not in replaced]
     return command + args + list(overrides)
+
+
+def local_pod(deployment: JSON, name: str, namespace: str) -> JSON:
+    """A pod as the Deployment's ReplicaSet would create it, for the local cluster to run.
+
+    One change: the manifest's ``--ip=0.0.0.0`` (every interface of the pod's own network
+    namespace) becomes ``--ip=$(POD_IP)``, the pod's private 127.x address: the local cluster's
+    pods are processes on this host.
+    """
+    template = copy.deepcopy(deployment["spec"]["template"])
+    (container,) = template["spec"]["containers"]
+    assert "--ip=0.0.0.0" in container["args"]
+    container["args"] = ["--ip=$(POD_IP)" if a == "--ip=0.0.0.0" else a
+                         for a in container["args"]]
+    container["env"].insert(0, {"name": "POD_IP",
+                                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": template["metadata"]["labels"],
+                         **({"annotations": template["metadata"]["annotations"]}
+                            if template["metadata"].get("annotations") else {})},
+            "spec": template["spec"]}
 
 
 def admin_kubeconfig(cluster: LocalCluster, path: Path) -> Path:

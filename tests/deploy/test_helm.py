@@ -24,6 +24,7 @@ import pytest
 from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .conftest import Kubectl
+from .session import kernel_session, local_pod, wait_serving
 from .manifests import (
     CHART,
     CRDS,
@@ -409,3 +410,22 @@ async def test_the_chart_onto_a_restricted_namespace_runs_a_gateway(
                                 stdin=json.dumps(pod))
         assert out.returncode == 0, out.stderr
         assert "Warning" not in out.stderr, out.stderr
+
+    # The gateway runs there with the token the chart generated, and serves a kernel: the
+    # kernel pod meets Pod Security and the admission policy too. No manual step.
+    secret = await kubectl.json("get", "secret", "-n", namespace,
+                                "elastic-kernels-gateway-token")
+    token = _token(secret)
+    name = "elastic-kernels-gateway-0"
+    await kubectl.apply_docs([local_pod(find(docs, "Deployment", "elastic-kernels-gateway"),
+                                        name, namespace)])
+    try:
+        await kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Running",
+                      f"pod/{name}", "--timeout=60s")
+        pod = await kubectl.json("get", "-n", namespace, "pod", name)
+        url = f"http://{pod['status']['podIP']}:8888"
+        await wait_serving(url)
+        facts = await kernel_session(url, token, "python-cpu")
+        assert facts["first"][0] == "42"
+    finally:
+        await kubectl("delete", "-n", namespace, "pod", name, "--wait=true", "--timeout=60s")

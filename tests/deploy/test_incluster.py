@@ -13,8 +13,6 @@ it, and not one API call the pod made was refused: the local cluster enforces th
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from elastic_kernels.kube import config as kube_config
@@ -26,6 +24,7 @@ from .manifests import DEPLOY, JSON, KERNELSPECS, NAMESPACE, find
 from .session import (
     denials_of,
     kernel_session,
+    local_pod,
     new_token,
     requests_since,
     service_account_user,
@@ -49,18 +48,7 @@ def _integrated(cluster: LocalCluster) -> str:
 
 def gateway_pod(base: list[JSON]) -> JSON:
     """A pod exactly as the gateway Deployment's ReplicaSet would create it."""
-    deployment = find(base, "Deployment", "elastic-kernels-gateway")
-    template = copy.deepcopy(deployment["spec"]["template"])
-    (container,) = template["spec"]["containers"]
-    assert "--ip=0.0.0.0" in container["args"]
-    container["args"] = ["--ip=$(POD_IP)" if a == "--ip=0.0.0.0" else a
-                         for a in container["args"]]
-    container["env"].insert(0, {"name": "POD_IP",
-                                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": POD_NAME, "namespace": NAMESPACE,
-                         "labels": template["metadata"]["labels"]},
-            "spec": template["spec"]}
+    return local_pod(find(base, "Deployment", "elastic-kernels-gateway"), POD_NAME, NAMESPACE)
 
 
 async def test_gateway_pod_serves_kernels_with_in_cluster_config(
