@@ -208,7 +208,8 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
         "culling": {"idleTimeout": "2h", "maxAge": 86400, "orphanGrace": "10m",
                     "schedule": "*/10 * * * *"},
         "quotas": {"namespaceGPUs": 8},
-        "kernelspecs": {"install": ["python-gpu"]},
+        "kernelspecs": {"install": ["python-gpu"],
+                        "images": {"python-gpu": "registry.example/ek/kernel-gpu:9.9.9"}},
         "notebook": {"enabled": False},
         "networkPolicy": {"enabled": False},
     })
@@ -216,6 +217,8 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
     assert not any("notebook" in name for _, name in kinds)
     assert ("NetworkPolicy", "elastic-kernels-kernels") not in kinds
     assert {n for k, n in kinds if k.startswith("JupyterKernel")} == {"python-gpu", "gpu"}
+    spec = find(docs, "JupyterKernelSpec", "python-gpu")
+    assert spec["spec"]["image"] == "registry.example/ek/kernel-gpu:9.9.9"
     assert all(d["metadata"]["namespace"] == "team-a" for d in docs
                if not d["kind"].startswith("ValidatingAdmissionPolicy"))
     binding = find(docs, "ValidatingAdmissionPolicyBinding", f"{POLICY}-team-a")
