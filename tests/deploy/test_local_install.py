@@ -38,6 +38,14 @@ async def test_admin_applies_the_install_and_the_kernelspecs(
             assert obj["rules"] == doc["rules"]
     assert stored == {ident(d) for d in base_docs}
 
+    # The namespace enforces Pod Security restricted, and the kernel-pod policy is bound to it.
+    ns = await kubectl.json("get", "namespace", NAMESPACE)
+    for mode in ("enforce", "warn", "audit"):
+        assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    binding = await kubectl.json("get", "validatingadmissionpolicybinding",
+                                 "elastic-kernels-kernel-pods")
+    assert binding["spec"]["validationActions"] == ["Deny"]
+
     specs = await kubectl.json("get", "-n", NAMESPACE, "jupyterkernelspecs")
     assert sorted(i["metadata"]["name"] for i in specs["items"]) == ["python-cpu", "python-gpu"]
     gpu = next(i for i in specs["items"] if i["metadata"]["name"] == "python-gpu")
