@@ -12,6 +12,11 @@ This watcher keeps upstream's rules exactly (which message types count as activi
 execution state is taken from a status message, the "starting" normalisation) and its signature
 check, but parses only the header, the parent header's type and, for status messages, the
 content. A message it cannot read is ignored, as upstream's callback would fail on it.
+
+When its socket drops an oversized message (gateway/msgsize.py), the status messages that
+followed it are lost too, so a kernel would stay "busy" for ever (never idle-culled). The
+watcher then re-learns the state: it sends ``kernel_info_request`` on a transient shell socket;
+the kernel answers only once everything queued before it has run, so at the reply it is idle.
 """
 
 from __future__ import annotations
@@ -73,3 +78,25 @@ def watch_activity(manager: MappingKernelManager, kernel_id: str) -> None:
         manager.log.debug("activity on %s: %s (%s)", kernel_id, msg_type, kernel.execution_state)
 
     kernel._activity_stream.on_recv(record_activity)
+    listen = getattr(kernel, "on_message_dropped", None)
+    if listen is not None:
+        listen(kernel._activity_stream.socket, lambda _channel, _limit: _resync(manager, kernel))
+
+
+def _resync(manager: MappingKernelManager, kernel: t.Any) -> None:
+    """Learn that ``kernel`` is idle again after the watcher lost messages (module docstring)."""
+    if getattr(kernel, "_elastic_resync", None) is not None or not kernel.has_kernel:
+        return  # one at a time; the pending one answers for this drop too
+    shell = kernel._elastic_resync = kernel.connect_shell()
+
+    def answered(_msg: list[bytes]) -> None:
+        shell.close()
+        kernel._elastic_resync = None
+        if kernel.execution_state == "busy":
+            manager.log.info("Kernel %s is idle again (after a dropped message)",
+                             kernel.kernel_id)
+            kernel.execution_state = "idle"
+            manager.last_kernel_activity = kernel.last_activity = utcnow()
+
+    shell.on_recv(answered)
+    kernel.session.send(shell, "kernel_info_request")

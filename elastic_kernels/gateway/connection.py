@@ -52,6 +52,7 @@ from tornado.websocket import WebSocketClosedError
 from traitlets import Float, HasTraits, Integer, default
 from zmq.eventloop.zmqstream import ZMQStream
 
+from .msgsize import drop_notice
 from .writelimit import OutputLimit, Verdict, notice_frame, release_memory_soon
 from .wsframes import V1_PROTOCOL
 from .wsjson import json_frame
@@ -89,6 +90,29 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
     )
 
     _output_limit: OutputLimit | None = None
+
+    def connect(self) -> asyncio.Future[None] | None:  # type: ignore[override]  # as upstream
+        connected = super().connect()
+        # Tell this client when one of its sockets (new, or restored from the offline buffer)
+        # drops an oversized kernel message; the kernel manager re-connects the socket
+        # (gateway/msgsize.py).
+        listen = getattr(self.kernel_manager, "on_message_dropped", None)
+        if connected is not None and listen is not None:
+            for stream in self.channels.values():
+                listen(stream.socket, self._message_dropped)
+        return connected
+
+    def _message_dropped(self, channel: str, max_bytes: int) -> None:
+        """One notice per drop, without a parent (the dropped message's parent is unknown):
+        JupyterLab shows it in the last cell or console."""
+        payload, binary = notice_frame(self.session, self.subprotocol == V1_PROTOCOL, {},
+                                       drop_notice(max_bytes))
+        try:
+            self.write_message(payload, binary=binary)
+        except WebSocketClosedError:
+            return  # gone (or buffering offline): nobody to tell
+        self.log.warning("Kernel %s: a %s message over %d bytes was dropped; client told",
+                         self.kernel_id, channel, max_bytes)
 
     def nudge(self) -> asyncio.Future[None]:
         return asyncio.ensure_future(self._nudge())

@@ -16,6 +16,7 @@ import socket
 import uuid
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -36,6 +37,7 @@ from .culler import GatewayCuller
 from .gpuqueue import GpuQueue
 from .hydration import KernelHydrator
 from ..leases import GatewayLease
+from .msgsize import SizeGuard
 from .liveness import kernel_died, renudge_connections
 from .offlinebuffer import bound_buffering
 
@@ -57,6 +59,8 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
         #: Every socket connected towards the kernel, with its endpoint (see _kernel_moved).
         self._elastic_endpoints: weakref.WeakKeyDictionary[zmq.Socket, str] = \
             weakref.WeakKeyDictionary()
+        self._elastic_drop_listeners: weakref.WeakKeyDictionary[
+            zmq.Socket, list[Callable[[str, int], None]]] = weakref.WeakKeyDictionary()
         super().__init__(**kwargs)
 
     def write_connection_file(self, **kwargs: Any) -> None:
@@ -74,9 +78,42 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
         if identity:
             sock.identity = identity
         url = self._make_url(channel)
+        # Before connect: libzmq copies a socket's options into each connection it makes.
+        self._guard_message_size(sock, channel)
         sock.connect(url)
         self._elastic_endpoints[sock] = url
         return sock
+
+    def _guard_message_size(self, sock: zmq.Socket, channel: str) -> None:
+        """Bound one message's size on ``sock`` and re-connect it when the bound drops its
+        connection (gateway/msgsize.py); listeners registered with :meth:`on_message_dropped`
+        hear about it."""
+        limit = int(getattr(self.parent, "max_kernel_message_bytes", 0) or 0)
+        if limit <= 0 or channel == "hb":
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to re-connect on: better unbounded than deaf for ever
+        sock.setsockopt(zmq.MAXMSGSIZE, limit)
+        # Weak: the guard lives as long as the socket is open, and must not keep it alive.
+        ref = weakref.ref(sock)
+
+        def endpoint() -> str | None:
+            s = ref()
+            return None if s is None else self._elastic_endpoints.get(s)
+
+        def dropped() -> None:
+            s = ref()
+            for listener in list(self._elastic_drop_listeners.get(s, ()) if s else ()):
+                listener(channel, limit)
+
+        SizeGuard(sock, endpoint, dropped)
+
+    def on_message_dropped(self, sock: zmq.Socket,
+                           listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(channel, max_bytes)`` when ``sock`` drops an oversized message."""
+        self._elastic_drop_listeners.setdefault(sock, []).append(listener)
 
     @property
     def elastic_provisioner(self) -> ElasticKernelProvisioner | None:
@@ -163,7 +200,16 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
     zmq_max_sockets = Integer(
         65536, config=True,
         help="ZeroMQ sockets the gateway may open (libzmq's default of 1,024 is ~300 kernels: "
-        "each attached kernel holds a control and an activity socket, plus 3 per websocket).",
+        "each attached kernel holds a control and an activity socket, plus 3 per websocket; "
+        "three times that with max_kernel_message_bytes, for the sockets' monitors).",
+    )
+
+    max_kernel_message_bytes = Integer(
+        64 * 1024 * 1024, config=True,
+        help="Largest single kernel message the gateway receives (0: no bound). A larger one "
+        "(e.g. output written without a flush) is dropped, its socket re-connected and the "
+        "user told in the cell; without a bound each such message costs its size on every "
+        "socket subscribed to the kernel.",
     )
 
     offline_buffer_max_bytes = Integer(
