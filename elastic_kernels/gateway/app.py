@@ -60,6 +60,7 @@ Speed and robustness choices (see DESIGN §7):
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import math
 import os
@@ -67,6 +68,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import typing as t
 from datetime import timedelta
 
@@ -589,6 +591,7 @@ class ElasticGatewayApp(ServerApp):
                 if stop is not None:
                     await stop()
             await ClusterConnection.reset()
+            await release_zmq_context(km, self.log)
 
     def close_kernel_websockets(self, kernel_id: str, reason: str) -> None:
         """Close a kernel's websockets saying why (e.g. it was reclaimed for a waiting kernel).
@@ -707,6 +710,34 @@ class ElasticGatewayApp(ServerApp):
         if extra is not None:
             status.update(await ensure_async(extra()))
         return status
+
+
+async def release_zmq_context(km: t.Any, log: t.Any, wait: float = 2.0) -> None:
+    """End the ZeroMQ context the kernel manager made, without ever hanging the process.
+
+    jupyter_client's ``MultiKernelManager.__del__`` destroys the context it created, and
+    ``zmq_ctx_term`` waits for *every* socket of that context to close, including sockets opened
+    through another Python wrapper of the same context (pyzmq's ``destroy`` closes only the
+    ones it made). One such socket left open makes the garbage collector block the process for
+    ever: a gateway that never exits on SIGTERM, or a test run that stops at a random test.
+    So the context is destroyed here, in a daemon thread given ``wait`` seconds, and
+    ``_created_context`` (jupyter_client's flag, a private name; it can go when jupyter_client's
+    ``__del__`` stops calling ``term``) is cleared so that ``__del__`` leaves it alone.
+    """
+    context = getattr(km, "context", None)
+    if not getattr(km, "_created_context", False) or context is None or context.closed:
+        return
+    km._created_context = False
+    done = threading.Event()
+
+    def destroy() -> None:
+        context.destroy(linger=0)
+        done.set()
+
+    threading.Thread(target=destroy, name="zmq-context-destroy", daemon=True).start()
+    if not await asyncio.get_running_loop().run_in_executor(None, done.wait, wait):
+        log.warning("The kernel manager's ZeroMQ context still had open sockets after %.0f s; "
+                    "left to the process's exit", wait)
 
 
 def main(argv: list[str] | None = None) -> int:
