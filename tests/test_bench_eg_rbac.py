@@ -5,8 +5,6 @@ more. EG itself needs PyPI to install, so its account is asked with ``kubectl au
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -15,25 +13,17 @@ import pytest
 from bench import eg
 from elastic_kernels.localcluster.cluster import LocalCluster
 
+from .localcluster.test_api_authn import kubectl
+
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(60)]
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 
 
 async def can_i(cluster: LocalCluster, token: str, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(KUBECTL), f"--kubeconfig={cluster.kubeconfig_path}", f"--token={token}", "auth",
-        "can-i", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HOME": str(cluster.workdir)})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    assert proc.returncode in (0, 1), err.decode()
-    return out.decode().strip()
+    code, out, err = await kubectl(cluster, "auth", "can-i", *args, token=token)
+    assert code in (0, 1), err
+    return out.strip()
 
 
 async def test_the_eg_account_may_manage_kernel_namespaces_and_pods(
