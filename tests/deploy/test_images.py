@@ -125,12 +125,23 @@ def test_images_carry_the_launcher_on_path(name: str) -> None:
         if w == "RUN")
 
 
-def test_gpu_image_is_cuda_runtime_with_pytorch() -> None:
-    stages = parse(IMAGES / "kernel-python-gpu" / "Dockerfile")
-    assert all(re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", s.base)
-               for s in stages if not s.base.startswith("build"))
-    pins = (IMAGES / "kernel-python-gpu" / "requirements.txt").read_text()
-    assert re.search(r"^torch==\d", pins, re.M) and re.search(r"^ipykernel==\d", pins, re.M)
+def test_gpu_image_brings_one_cuda_and_checks_the_driver() -> None:
+    """PyTorch's wheels carry their CUDA libraries: the base has none of its own, and the image
+    tells the NVIDIA container toolkit which CUDA the driver must serve (the one in the torch pin's
+    comment), so an old driver fails at container start with that requirement."""
+    gpu = IMAGES / "kernel-python-gpu"
+    stages = parse(gpu / "Dockerfile")
+    assert all(re.fullmatch(r"ubuntu:\d+\.\d+", s.base) for s in stages), [s.base for s in stages]
+    pins = (gpu / "requirements.txt").read_text()
+    assert re.search(r"^ipykernel==\d", pins, re.M)
+    torch = re.search(r"^torch==[\d.]+\s+#.*CUDA (\d+\.\d+)", pins, re.M)
+    assert torch, "the torch pin says which CUDA its wheels bring"
+    text = (gpu / "Dockerfile").read_text()
+    assert f'NVIDIA_REQUIRE_CUDA="cuda>={torch.group(1)}"' in text
+    assert "elastic-kernels-gpu-smoke" in text
+    smoke = (gpu / "gpu-smoke.py").read_text()
+    compile(smoke, "gpu-smoke.py", "exec")
+    assert "torch.cuda.is_available()" in smoke
 
 
 def test_manifests_and_kernelspecs_name_these_images() -> None:
