@@ -728,6 +728,12 @@ async def release_zmq_context(km: t.Any, log: t.Any, wait: float = 2.0) -> None:
     if not getattr(km, "_created_context", False) or context is None or context.closed:
         return
     km._created_context = False
+    # A socket of ours still open belongs to a ZMQStream that will close it itself; closing it
+    # from under the stream could unregister another socket's handler that reuses its fd. Such a
+    # context is left to the process's exit (pyzmq's _sockets: the sockets this wrapper made).
+    if any(not sock.closed for sock in list(getattr(context, "_sockets", ()))):
+        log.debug("The kernel manager's ZeroMQ context still has sockets open; not ending it")
+        return
     done = threading.Event()
 
     def destroy() -> None:

@@ -31,7 +31,20 @@ async def test_a_socket_left_open_does_not_hang_the_context_release(
 @pytest.mark.timeout(20)
 async def test_a_clean_context_is_destroyed() -> None:
     context = zmq.Context()
-    context.socket(zmq.PAIR)
+    context.socket(zmq.PAIR).close()
     km = types.SimpleNamespace(context=context, _created_context=True)
     await release_zmq_context(km, logging.getLogger("test"))
     assert context.closed and km._created_context is False
+
+
+@pytest.mark.timeout(20)
+async def test_a_socket_still_in_use_is_not_closed_from_under_its_owner() -> None:
+    context = zmq.Context()
+    busy = context.socket(zmq.PAIR)
+    km = types.SimpleNamespace(context=context, _created_context=True)
+    try:
+        await release_zmq_context(km, logging.getLogger("test"))
+        assert not busy.closed and km._created_context is False
+    finally:
+        busy.close(linger=0)
+        context.term()
