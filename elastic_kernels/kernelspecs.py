@@ -59,13 +59,20 @@ class ElasticKernelSpecManager(KernelSpecManager):
         return ClusterConnection.instance(parent=self.parent)
 
     async def start_watching(self) -> Informer:
-        """Start (once) the shared kernelspec watch and wait for its first list."""
+        """Start (once) the shared kernelspec watch and wait for its first list.
+
+        The informer is kept even when its first list does not come in time (a slow or
+        unreachable API server): it goes on trying in the background, and the next caller waits
+        for it again. Forgetting it instead would leave the specs unknown to every lookup that
+        does not itself start the watch, such as a kernel start (a 404 for a spec that exists).
+        """
         if self._informer is None:
             if self._start_lock is None:
                 self._start_lock = asyncio.Lock()
             async with self._start_lock:
                 if self._informer is None:
-                    self._informer = await self.connection.informer(KERNELSPECS)
+                    self._informer = await self.connection.informer(KERNELSPECS, wait=False)
+        await self._informer.wait_synced(self.connection.sync_timeout)
         return self._informer
 
     # -- the views of the cache ------------------------------------------------------------

@@ -277,3 +277,17 @@ async def test_kernelspecs_follow_the_custom_resources(
     assert "fresh" not in await ksm.get_all_specs()
     with pytest.raises(NoSuchKernel):
         ksm.get_kernel_spec("fresh")
+
+
+async def test_kernelspecs_missed_at_startup_are_known_once_the_watch_catches_up(
+        conn: ClusterConnection) -> None:
+    """A first list that does not come in time (a slow API server at gateway startup) must not
+    leave the kernelspecs unknown for good: the watch goes on, and a start finds its spec."""
+    manager = ElasticKernelSpecManager()
+    conn.sync_timeout = 0.0  # no API server answers that fast
+    with pytest.raises(KubeError):
+        await manager.start_watching()
+    conn.sync_timeout = 30.0
+    # The shared watch catches up by itself; the manager's lookups see it without a new start.
+    await conn.informer(R.KERNELSPECS)
+    assert manager.view("python-cpu").name == "python-cpu"

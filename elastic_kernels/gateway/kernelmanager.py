@@ -27,6 +27,7 @@ from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default, observe
 
 from ..kube import resources as R
+from ..kube.client import KubeError
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
 from ..culling import CullingDefaults
@@ -301,6 +302,20 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             use[str(spec.get("kernelId"))] = int(gpus or 0)
         return sum(use.values())
 
+    async def _kernelspecs_known(self) -> None:
+        """Wait until the kernelspec cache has its first list, so that a start arriving before
+        it (just after startup, or while the API server is slow) is not told its kernelspec
+        does not exist; 503 if the cluster cannot be read."""
+        start = getattr(self.kernel_spec_manager, "start_watching", None)
+        if start is None:
+            return
+        try:
+            await start()
+        except (KubeError, TimeoutError, asyncio.TimeoutError) as e:
+            raise KernelLaunchError("ClusterUnavailable",
+                                    f"cannot read the kernelspecs from the cluster: {e}",
+                                    503) from None
+
     def _check_gpu_quota(self, user: str, kernel_name: str | None) -> int:
         """The GPUs the kernel needs; raises 403 if they would take the user past the quota."""
         view = getattr(self.kernel_spec_manager, "view", None)
@@ -350,6 +365,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
             return await super().start_kernel(kernel_name=kernel_name, kernel_id=kernel_id,
                                               **kwargs)
         kernel_id = kernel_id or self.new_kernel_id()
+        await self._kernelspecs_known()
         gpus = self._check_gpu_quota(user or "", kernel_name)
         if gpus:
             self._starting_gpus[kernel_id] = (user or "", gpus)
