@@ -81,6 +81,9 @@ CULL_UNEXERCISED: dict[Grant, str] = {
 }
 
 
+RECLAIMABLE = "python-gpu-shared"
+
+
 @pytest_asyncio.fixture
 async def install_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """One node with one GPU: a second GPU kernel must wait for it."""
@@ -193,6 +196,17 @@ async def gpu_starts_queue_and_are_let_through(url: str, token: str) -> None:
                              return_exceptions=True)
 
 
+async def an_idle_gpu_kernel_is_reclaimed_for_a_waiter(url: str, token: str) -> None:
+    """The node's one GPU is held by an idle kernel past its spec's reclaimAfter: a new GPU start
+    waits, and the gateway reclaims the idle one for it (status, Event and delete, as its
+    Role allows)."""
+    idle = await start_kernel(url, token, RECLAIMABLE)
+    waiter = await asyncio.wait_for(start_kernel(url, token, RECLAIMABLE), 90)
+    gone = await api(url, "GET", f"/api/kernels/{idle}", token=token)
+    assert gone.code == 404 and json_of(gone)["reason"] == "ReclaimedForWaitingKernel", gone.body
+    await shut_down(url, token, waiter)
+
+
 async def users_secret_is_watched(url: str, kubectl: Kubectl, alice: str, bob: str) -> None:
     """alice's token (in the Secret at startup) works; bob's works once the Secret names him,
     without a restart; deleting the Secret revokes both."""
@@ -218,6 +232,10 @@ async def test_gateway_and_cull_work_under_their_roles_and_use_all_they_grant(
     cluster = install_cluster
     await kubectl.apply_docs(base_docs)
     await kubectl("apply", "-n", NAMESPACE, "-k", str(KERNELSPECS))
+    # A GPU kernelspec whose idle kernels may be reclaimed for a waiting start after 1 s.
+    reclaimable = derived_kernelspec("python-gpu", RECLAIMABLE, launchTimeout="90s")
+    reclaimable["spec"]["culling"] = {"reclaimAfter": "1s"}
+    await kubectl.apply_docs([reclaimable], "-n", NAMESPACE)
     # A kernelspec whose image cannot be pulled: the failure path writes status and an Event.
     await kubectl.apply_docs([derived_kernelspec("python-cpu", "broken-image",
                                                  image="registry.example/does-not-exist:1")],
@@ -240,6 +258,7 @@ async def test_gateway_and_cull_work_under_their_roles_and_use_all_they_grant(
         url = await gateway.start()
         facts = await kernel_session(url, token, "python-cpu")
         await gpu_starts_queue_and_are_let_through(url, token)
+        await an_idle_gpu_kernel_is_reclaimed_for_a_waiter(url, token)
         failed = await api(url, "POST", "/api/kernels", {"name": "broken-image"}, token=token)
         assert failed.code >= 400 and "ErrImagePull" in json_of(failed).get("message", ""), \
             failed.body
@@ -250,7 +269,7 @@ async def test_gateway_and_cull_work_under_their_roles_and_use_all_they_grant(
     assert denials_of(cluster, gateway_user) == [], log[-3000:]
     assert "is forbidden" not in log, log[-3000:]  # no API 403 reached the gateway
     assert facts["first"][0] == "42" and facts["after_restart"] == "False"
-    assert facts["kernelspecs"] == ["broken-image", "python-cpu", "python-gpu"]
+    assert facts["kernelspecs"] == ["broken-image", "python-cpu", "python-gpu", RECLAIMABLE]
     gateway_used = requests_by(cluster, gateway_user)
     print("gateway:", fmt(gateway_used), file=sys.stderr)
     gateway_rules = role_rules(DEPLOY / "gateway" / "role.yaml")
