@@ -67,10 +67,19 @@ def base_docs() -> list[JSON]:
     return kustomize(DEPLOY)
 
 
+@pytest.fixture
+def install_cluster_shape() -> tuple[int, int]:
+    """Nodes and GPUs per node of ``install_cluster``; a module overrides it."""
+    return 2, 2
+
+
 @pytest_asyncio.fixture
-async def install_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """A local cluster (2 nodes x 2 GPUs); it serves every kind the install creates."""
-    cluster = LocalCluster(nodes=2, gpus_per_node=2, workdir=tmp_path / "cluster",
+async def install_cluster(tmp_path: Path,
+                          install_cluster_shape: tuple[int, int]) -> AsyncIterator[LocalCluster]:
+    """A local cluster (2 nodes x 2 GPUs unless the module says otherwise); it serves every
+    kind the install creates."""
+    nodes, gpus = install_cluster_shape
+    cluster = LocalCluster(nodes=nodes, gpus_per_node=gpus, workdir=tmp_path / "cluster",
                            namespace=NAMESPACE, crash_backoff_seconds=0.2)
     await cluster.start()
     try:

@@ -18,11 +18,9 @@ import copy
 import json
 import sys
 import typing as t
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 import yaml
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -84,16 +82,10 @@ CULL_UNEXERCISED: dict[Grant, str] = {
 RECLAIMABLE = "python-gpu-shared"
 
 
-@pytest_asyncio.fixture
-async def install_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+@pytest.fixture
+def install_cluster_shape() -> tuple[int, int]:
     """One node with one GPU: a second GPU kernel must wait for it."""
-    cluster = LocalCluster(nodes=1, gpus_per_node=1, workdir=tmp_path / "cluster",
-                           namespace=NAMESPACE, crash_backoff_seconds=0.2)
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop()
+    return 1, 1
 
 
 def role_rules(path: Path) -> list[JSON]:
