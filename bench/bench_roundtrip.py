@@ -11,7 +11,7 @@ in the same run, alternating in rounds so that drift hits all alike:
     ``v1.kernel.websocket.jupyter.org``, which JupyterLab 4 speaks to a server that holds kernels
     itself;
 (b) a notebook server (``python -m jupyter_server --gateway-url=...`` with the
-    ``elastic_kernels.gateway.client`` extension) in front of the gateway;
+    ``elastic_kernels.notebook`` extension) in front of the gateway;
 (c) direct ZeroMQ to the same kernel, with the connection info a re-attaching replica builds
     (the JupyterKernel's pod IP and the key from its Secret) and a blocking pyzmq client.
 

@@ -12,7 +12,7 @@ The gateway runs as its own process; its RSS comes from ``/proc/<pid>/status``:
   stays busy, writing nothing more);
 * after the clients left (the kernels' cells still running, done writing);
 * after the kernels stopped: interrupted, nothing flowing (12 s later: the gateway looks at its
-  free heap every 10 s after a flood and gives it back, see ``gateway/writelimit.py``).
+  free heap every 10 s after a flood and gives it back, see ``gateway/transport/writelimit.py``).
 
 Each is reported as a ratio to the idle RSS measured in the same run. The writer flushes every
 64 KiB (``print(..., flush=True)`` in a loop), so the messages are 64 KiB and the figure is what

@@ -337,7 +337,7 @@ async def notebook_server(gateway_server: Server, workdir: Path) -> AsyncIterato
                 "--ServerApp.open_browser=False", f"--ServerApp.root_dir={home / 'root'}",
                 f"--IdentityProvider.token={token}", f"--gateway-url={gateway_server.url}",
                 f"--GatewayClient.auth_token={gateway_server.token}",
-                "--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True",
+                "--ServerApp.jpserver_extensions=elastic_kernels.notebook=True",
                 "--ServerApp.log_level=WARN"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--ServerApp.allow_root=True")

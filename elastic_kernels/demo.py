@@ -233,10 +233,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def gateway_client_flags() -> list[str]:
     """Flags a notebook server needs for our gateway: no Nagle delays, readable errors.
 
-    See :mod:`elastic_kernels.gateway.client`.
+    See :mod:`elastic_kernels.notebook`.
     """
     return [
-        "--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True",
+        "--ServerApp.jpserver_extensions=elastic_kernels.notebook=True",
         # Wait as long as a GPU kernel may queue (the gateway gives up first, saying why).
         "--GatewayClient.request_timeout=660",
     ]

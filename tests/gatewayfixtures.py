@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.auth import hash_token
+from elastic_kernels.gateway.web.auth import hash_token
 
 from .conftest import GatewayFactory
 from .gatewayproc import eventually

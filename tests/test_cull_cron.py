@@ -24,7 +24,7 @@ import yaml
 
 from elastic_kernels import cli, cull
 from elastic_kernels import culling as C
-from elastic_kernels.gateway.kernelmanager import ElasticKernelManager
+from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticKernelManager
 from elastic_kernels.leases import format_micro_time, lease_name
 from elastic_kernels.kernelspecs import ElasticKernelSpecManager
 from elastic_kernels.kube import resources as R

@@ -19,8 +19,8 @@ import pytest
 from elastic_kernels import cull
 from elastic_kernels import culling as C
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.culler import GatewayCuller
-from elastic_kernels.gateway.kernelmanager import ElasticMappingKernelManager
+from elastic_kernels.gateway.lifecycle.culler import GatewayCuller
+from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeClient, KubeError
 from elastic_kernels.localcluster.cluster import LocalCluster

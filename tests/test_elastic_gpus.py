@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.kernelmanager import ElasticMappingKernelManager
+from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, KubeClient, KubeError
 from elastic_kernels.localcluster.cluster import LocalCluster

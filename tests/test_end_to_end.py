@@ -37,7 +37,7 @@ async def test_notebook_server_runs_a_gpu_kernel_in_a_pod(
         tmp_path: Path) -> None:
     async for server in run_notebook_server(
             gateway, tmp_path,
-            ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"]):
+            ["--ServerApp.jpserver_extensions=elastic_kernels.notebook=True"]):
         specs = json_of(await api(server.url, "GET", "/api/kernelspecs", token=server.token))
         assert specs["kernelspecs"]["python-gpu"]["spec"]["display_name"] == "Python on GPU"
         assert "python-cpu" in specs["kernelspecs"]

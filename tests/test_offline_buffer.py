@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.offlinebuffer import OfflineBuffer
+from elastic_kernels.gateway.transport.offlinebuffer import OfflineBuffer
 
 from .conftest import GatewayFactory
 from .gateway.support import KernelWS, api, json_of

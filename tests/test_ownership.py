@@ -18,14 +18,14 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.auth import (
+from elastic_kernels.gateway.web.auth import (
     ElasticIdentityProvider,
     ElasticUser,
     UsersFileError,
     hash_token,
     parse_users,
 )
-from elastic_kernels.gateway.ownership import KernelOwnership
+from elastic_kernels.gateway.web.ownership import KernelOwnership
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, SECRETS, KubeClient
 from elastic_kernels.localcluster.cluster import LocalCluster

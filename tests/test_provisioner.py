@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from jupyter_client.kernelspec import NoSuchKernel
 
-from elastic_kernels.gateway.kernelmanager import ElasticKernelManager
+from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticKernelManager
 from elastic_kernels.kernelspecs import ElasticKernelSpecManager
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, PODS, SECRETS, KubeError

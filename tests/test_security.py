@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from elastic_kernels.gateway.auth import ElasticUser
-from elastic_kernels.gateway.gpuqueue import Waiter
-from elastic_kernels.gateway.ownership import KernelOwnership
+from elastic_kernels.gateway.web.auth import ElasticUser
+from elastic_kernels.gateway.lifecycle.gpuqueue import Waiter
+from elastic_kernels.gateway.web.ownership import KernelOwnership
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient
 
@@ -155,7 +155,7 @@ async def test_kernelspec_resources_through_a_notebook_server(
     await kube.create(R.KERNELSPECS, spec)
     gateway = await make_users_gateway()
     for extension, codes in (([], (404, 500)),
-                             (["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"],
+                             (["--ServerApp.jpserver_extensions=elastic_kernels.notebook=True"],
                               (404,))):
         async for server in run_notebook_server(gateway, tmp_path, extension,
                                                 gateway_token=ALICE_TOKEN):

@@ -9,8 +9,8 @@ queued every message for that client: it grew by gigabytes in seconds.
 The writer flushes after each 64 KiB write, so the kernel sends 64 KiB messages and the test
 measures what the gateway *queues*; without the flush, ipykernel would batch 0.2 s of output into
 single messages of hundreds of MB, and the peak would measure the size of one message instead
-(see :mod:`elastic_kernels.gateway.writelimit`). The kernel also counts what it wrote, in a file,
-so the test knows how much output went past the client.
+(see :mod:`elastic_kernels.gateway.transport.writelimit`). The kernel also counts what it wrote,
+in a file, so the test knows how much output went past the client.
 """
 
 from __future__ import annotations

@@ -1,22 +1,19 @@
 """The headless gateway that notebook servers reach with ``--gateway-url`` (layer 4).
 
-HTTP surface:
-    ``app`` (``ElasticGatewayApp``, ``main``: the jupyter_server app and its settings),
-    ``handlers`` (the HTTP and websocket API), ``auth`` (tokens to users and admins),
-    ``ownership`` (whose kernel it is, per-user limits), ``errors`` (JSON errors),
-    ``bodylimit`` and ``httplimits`` (oversized, slow and idle clients), ``metrics``
-    (``/metrics``), ``redact`` (no secret in any log record).
-Kernel lifecycle:
-    ``kernelmanager`` (jupyter_server's kernel manager for kernels in pods, GPU quota),
-    ``gpuqueue`` (fair GPU queue and reclaim), ``culler`` (per-kernelspec idle policy),
-    ``hydration`` (taking on kernels from their records), ``liveness`` (pod death, restarts).
-Message transport:
-    ``connection`` (websocket <-> ZeroMQ bridge), ``wsframes`` (client frames checked),
-    ``wsjson`` (kernel messages spliced into JSON frames), ``writelimit`` (what a slow client may
-    queue), ``offlinebuffer`` (output kept for a client that left), ``activity`` (busy/idle from
-    iopub), ``zmqguard`` (lost ZeroMQ wakeups).
-The notebook-server side:
-    ``client`` (a server extension for the notebook server in front of the gateway).
+``app`` (``ElasticGatewayApp``, ``main``) composes three subpackages, each using only those
+below it (``.importlinter`` enforces the order):
+
+``web`` - the HTTP surface:
+    ``handlers``, ``auth``, ``ownership``, ``errors``, ``bodylimit``, ``httplimits``, ``metrics``.
+``lifecycle`` - kernels in pods, from start to cull:
+    ``kernelmanager``, ``gpuqueue``, ``culler``, ``hydration``, ``liveness``, ``activity``.
+``transport`` - messages between websockets and ZeroMQ:
+    ``connection``, ``wsframes``, ``wsjson``, ``writelimit``, ``msgsize``, ``offlinebuffer``,
+    ``zmqguard``.
+
+``redact`` (no secret in any log record) serves all of them. Private names of jupyter_server
+and jupyter_client are reached only through :mod:`elastic_kernels.upstream`. The notebook-server
+extension is :mod:`elastic_kernels.notebook`.
 
 See ``docs/architecture.md`` for the layers and the message path.
 """

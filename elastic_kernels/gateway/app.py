@@ -74,38 +74,48 @@ from datetime import timedelta
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.utils import ensure_async
-from jupyter_server._tz import isoformat, utcnow
 from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.base.handlers import Template404
-from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
-from tornado import httpserver
 from tornado.iostream import IOStream
 from tornado.log import gen_log
 from tornado.netutil import bind_sockets
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from elastic_kernels import __version__
+from elastic_kernels.upstream import (
+    HTTPServerHooks,
+    ServerAppHooks,
+    activity_stream,
+    context_has_open_sockets,
+    disown_context,
+    isoformat,
+    managed_kernels,
+    offline_buffers,
+    owns_context,
+    pending_starts,
+    utcnow,
+)
 
-from ..culling import CullingDefaults
-from ..kube.connection import ClusterConnection
-from ..provisioner.provisioner import ElasticKernelProvisioner
-from ..leases import GatewayLease
-from . import handlers as gateway_handlers
-from . import redact
-from .auth import TOKEN_ENV, ElasticIdentityProvider
-from .bodylimit import limit_body
-from .httplimits import (
+from elastic_kernels.culling import CullingDefaults
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner
+from elastic_kernels.leases import GatewayLease
+from elastic_kernels.gateway.web import handlers as gateway_handlers
+from elastic_kernels.gateway import redact
+from elastic_kernels.gateway.web.auth import TOKEN_ENV, ElasticIdentityProvider
+from elastic_kernels.gateway.web.bodylimit import limit_body
+from elastic_kernels.gateway.web.httplimits import (
     ConnectionCap,
     UserSlots,
     add_accept_handler,
     default_max_connections,
     install_log_flood_filter,
 )
-from .connection import ElasticChannelsConnection
-from .ownership import KernelOwnership
-from .metrics import GatewayMetrics
-from .zmqguard import ZMQWakeupGuard
+from elastic_kernels.gateway.transport.connection import ElasticChannelsConnection
+from elastic_kernels.gateway.web.ownership import KernelOwnership
+from elastic_kernels.gateway.web.metrics import GatewayMetrics
+from elastic_kernels.gateway.transport.zmqguard import ZMQWakeupGuard
 
 if t.TYPE_CHECKING:
     from zmq.eventloop.zmqstream import ZMQStream
@@ -136,7 +146,7 @@ gateway_flags: dict[str, t.Any] = dict(base_flags)
 gateway_flags["debug"] = ({"Application": {"log_level": "DEBUG"}}, "Log at DEBUG level.")
 
 
-class NoDelayHTTPServer(httpserver.HTTPServer):
+class NoDelayHTTPServer(HTTPServerHooks):
     """An HTTPServer that disables Nagle's algorithm on every accepted connection.
 
     This only covers a connection until its first response: tornado switches Nagle off while it
@@ -150,18 +160,16 @@ class NoDelayHTTPServer(httpserver.HTTPServer):
     cap: ConnectionCap | None = None
 
     def handle_stream(self, stream: IOStream, address: tuple[t.Any, ...]) -> None:
-        if self.cap is not None and not self.cap.admit(len(self._connections)):
+        if self.cap is not None and not self.cap.admit(self.open_connection_count):
             self.cap.refuse(stream, address)
             return
         stream.set_nodelay(True)
         super().handle_stream(stream, address)
 
-    def add_sockets(self, sockets: t.Iterable[socket.socket]) -> None:
-        # As TCPServer.add_sockets, with an accept loop that pauses when descriptors run out.
-        log = self.cap.log if self.cap is not None else gen_log
-        for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, log)
+    def accept_handler(self, sock: socket.socket, callback: t.Callable[[t.Any, t.Any], None]
+                       ) -> t.Callable[[], None]:
+        # An accept loop that pauses when descriptors run out, instead of spinning.
+        return add_accept_handler(sock, callback, self.cap.log if self.cap is not None else gen_log)
 
     def start_request(self, server_conn: object, request_conn: t.Any) -> t.Any:
         # A body over max_body_size gets a JSON 413 instead of tornado's bare 400 (bodylimit.py).
@@ -169,7 +177,7 @@ class NoDelayHTTPServer(httpserver.HTTPServer):
                           self.conn_params.max_body_size)
 
 
-class ElasticGatewayApp(ServerApp):
+class ElasticGatewayApp(ServerAppHooks):
     """The elastic-kernels gateway (see the module docstring)."""
 
     name = "elastic-kernels-gateway"
@@ -179,18 +187,18 @@ class ElasticGatewayApp(ServerApp):
 
     # The one place to switch the kernel backend (the lead points these at the Kubernetes ones).
     default_kernel_manager_class = (
-        "elastic_kernels.gateway.kernelmanager.ElasticMappingKernelManager"
+        "elastic_kernels.gateway.lifecycle.kernelmanager.ElasticMappingKernelManager"
     )
     default_kernel_spec_manager_class = "elastic_kernels.kernelspecs.ElasticKernelSpecManager"
     default_kernel_websocket_connection_class = (
-        "elastic_kernels.gateway.connection.ElasticChannelsConnection"
+        "elastic_kernels.gateway.transport.connection.ElasticChannelsConnection"
     )
 
     # jupyter_server services we keep; the kernel endpoints are ours (gateway_handlers).
     default_services = ("api", "kernelspecs")  # type: ignore[assignment] # upstream: a 13-tuple
 
     subcommands: dict[str, t.Any] = {}
-    classes = [*ServerApp.classes, IdentityProvider, ElasticIdentityProvider,
+    classes = [*ServerAppHooks.classes, IdentityProvider, ElasticIdentityProvider,
                ElasticChannelsConnection, ClusterConnection, CullingDefaults, GatewayLease,
                ElasticKernelProvisioner, KernelOwnership]
     aliases = Dict(gateway_aliases)
@@ -351,7 +359,7 @@ class ElasticGatewayApp(ServerApp):
 
     @default("identity_provider_class")
     def _default_identity_provider_class(self) -> str:
-        return "elastic_kernels.gateway.auth.ElasticIdentityProvider"
+        return "elastic_kernels.gateway.web.auth.ElasticIdentityProvider"
 
     @default("open_browser")
     def _default_open_browser(self) -> bool:
@@ -415,7 +423,7 @@ class ElasticGatewayApp(ServerApp):
         if hasattr(km, "culler"):
             km.culler.on_cull = self.gateway_metrics.kernel_culled
 
-    async def _post_start(self) -> None:
+    async def before_post_start(self) -> None:
         """Start the shared watches (and whatever the kernel manager runs) before serving."""
         for component in (self.kernel_spec_manager, self.kernel_manager, self.identity_provider):
             start = getattr(component, "start_watching", None)
@@ -426,7 +434,6 @@ class ElasticGatewayApp(ServerApp):
             except Exception as e:  # the gateway keeps serving; starts answer 503 meanwhile
                 self.log.error("Cannot watch the cluster yet (%s); retrying in the background",
                                e)
-        await super()._post_start()
 
     def find_server_extensions(self) -> None:
         """Load only explicitly configured extensions (see the module docstring)."""
@@ -435,8 +442,8 @@ class ElasticGatewayApp(ServerApp):
         if not self.install_signal_handlers:
             return
         # No interactive "shut down? (y/n)" on SIGINT: this is a service.
-        signal.signal(signal.SIGTERM, self._signal_stop)
-        signal.signal(signal.SIGINT, self._signal_stop)
+        signal.signal(signal.SIGTERM, self.signal_stop)
+        signal.signal(signal.SIGINT, self.signal_stop)
 
     def init_webapp(self) -> None:
         self.tornado_settings["websocket_max_message_size"] = self.websocket_max_message_size
@@ -462,7 +469,7 @@ class ElasticGatewayApp(ServerApp):
         if self.sock:
             super().init_httpserver()
             return
-        self._http_server = NoDelayHTTPServer(
+        server = self.http_server = NoDelayHTTPServer(
             self.web_app,
             ssl_options=self.ssl_options,
             xheaders=self.trust_xheaders,
@@ -473,7 +480,7 @@ class ElasticGatewayApp(ServerApp):
             idle_connection_timeout=self.http_header_timeout or None,
             body_timeout=self.http_body_timeout or None,
         )
-        self._http_server.cap = ConnectionCap(
+        server.cap = ConnectionCap(
             self.max_connections or default_max_connections(),
             lambda: len(self.open_websockets), self.log)
         try:
@@ -546,27 +553,25 @@ class ElasticGatewayApp(ServerApp):
         """Start serving on the running event loop (for embedding; ``start()`` runs its own)."""
         self._start_accepting()
         self.start_app()
-        await self._post_start()
+        await self.post_start()
 
     async def stop_serving(self) -> None:
         """Stop serving and clean up, on the running event loop (the embedded ``stop()``)."""
-        self._stopping = True
-        await self._cleanup()
+        await self.stop_and_cleanup()
 
-    async def _cleanup(self) -> None:
+    async def before_cleanup(self) -> None:
         self._zmq_guard.stop()
         for handler in list(self.open_websockets):
             try:
                 handler.close(1001, "gateway stopping")
             except Exception:  # noqa: BLE001 - best effort while stopping
                 self.log.debug("closing websocket failed", exc_info=True)
-        try:
-            await super()._cleanup()
-        finally:
-            for sock in self._listen_sockets:
-                sock.close()
-            self._listen_sockets = []
-            self._stop_redacting()
+
+    async def after_cleanup(self) -> None:
+        for sock in self._listen_sockets:
+            sock.close()
+        self._listen_sockets = []
+        self._stop_redacting()
 
     async def cleanup_kernels(self) -> None:
         # jupyter_server's shutdown_all raises (and the server then never stops) when an earlier
@@ -610,10 +615,8 @@ class ElasticGatewayApp(ServerApp):
     def forget_failed_starts(self) -> None:
         """Drop start attempts that failed from the kernel manager's pending table."""
         km = getattr(self, "kernel_manager", None)
-        pending = getattr(km, "_pending_kernels", None)
-        if not isinstance(pending, dict):
-            return
-        kernels = getattr(km, "_kernels", {})
+        pending = pending_starts(km)
+        kernels = managed_kernels(km)
         for kernel_id, task in list(pending.items()):
             if kernel_id not in kernels and getattr(task, "done", lambda: False)():
                 pending.pop(kernel_id, None)
@@ -646,10 +649,10 @@ class ElasticGatewayApp(ServerApp):
                 kernel = km.get_kernel(kernel_id)
             except KeyError:
                 continue
-            activity = getattr(kernel, "_activity_stream", None)
+            activity = activity_stream(kernel)
             if activity is not None:
                 yield activity
-        for buffer in list(getattr(km, "_kernel_buffers", {}).values()):
+        for buffer in list(offline_buffers(km).values()):
             yield from (buffer.get("channels") or {}).values()
 
     def _active_kernel_streams(self) -> list[ZMQStream]:
@@ -662,7 +665,7 @@ class ElasticGatewayApp(ServerApp):
         walked to find the active kernels' channels.
         """
         km = getattr(self, "kernel_manager", None)
-        kernels: dict[str, t.Any] = getattr(km, "_kernels", None) or {}
+        kernels = managed_kernels(km)
         active = self._active_kernels
         cutoff = utcnow() - timedelta(seconds=self.zmq_recheck_active_window)
         mark = getattr(km, "last_kernel_activity", None)
@@ -686,9 +689,9 @@ class ElasticGatewayApp(ServerApp):
             if getattr(handler, "kernel_id", None) in active:
                 connection = getattr(handler, "connection", None)
                 streams.extend((getattr(connection, "channels", None) or {}).values())
-        buffers = getattr(km, "_kernel_buffers", {})
+        buffers = offline_buffers(km)
         for kernel_id, kernel in active.items():
-            activity = getattr(kernel, "_activity_stream", None)
+            activity = activity_stream(kernel)
             if activity is not None:
                 streams.append(activity)
             buffer = buffers.get(kernel_id)  # a defaultdict: .get adds nothing
@@ -725,13 +728,13 @@ async def release_zmq_context(km: t.Any, log: t.Any, wait: float = 2.0) -> None:
     ``__del__`` stops calling ``term``) is cleared so that ``__del__`` leaves it alone.
     """
     context = getattr(km, "context", None)
-    if not getattr(km, "_created_context", False) or context is None or context.closed:
+    if not owns_context(km) or context is None or context.closed:
         return
-    km._created_context = False
+    disown_context(km)
     # A socket of ours still open belongs to a ZMQStream that will close it itself; closing it
     # from under the stream could unregister another socket's handler that reuses its fd. Such a
     # context is left to the process's exit (pyzmq's _sockets: the sockets this wrapper made).
-    if any(not sock.closed for sock in list(getattr(context, "_sockets", ()))):
+    if context_has_open_sockets(context):
         log.debug("The kernel manager's ZeroMQ context still has sockets open; not ending it")
         return
     done = threading.Event()

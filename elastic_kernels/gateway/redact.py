@@ -28,6 +28,7 @@ import re
 import threading
 import typing as t
 import weakref
+from elastic_kernels.upstream import managed_kernels
 from collections.abc import Callable, Iterable
 
 __all__ = ["REDACTED", "SecretSource", "install", "redact_text", "uninstall"]
@@ -164,13 +165,13 @@ def gateway_secrets(app: t.Any) -> SecretSource:
         if secret_values is not None:
             values.extend(secret_values())
         km = getattr(gateway, "kernel_manager", None)
-        for kernel in list((getattr(km, "_kernels", None) or {}).values()):
+        for kernel in list(managed_kernels(km).values()):
             session = getattr(kernel, "session", None)
             if session is not None and session.key:
                 values.append(session.key)
-            prov_key = getattr(getattr(kernel, "provisioner", None), "_key", None)
-            if prov_key:
-                values.append(prov_key)
+            prov_secrets = getattr(getattr(kernel, "provisioner", None), "secret_values", None)
+            if prov_secrets is not None:
+                values.extend(prov_secrets())
         return values
 
     return source

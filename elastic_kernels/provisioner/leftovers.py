@@ -20,9 +20,9 @@ background, so that the client gets its error at once:
 
 Deleting the JupyterKernel removes its Pod and Secret too (ownerReferences). Attempts back off
 (0.5 s doubling to 10 s, cut short when any request reaches the API server again) for a bounded
-time; past it, the gateway's sweep (``gateway/hydration.py``) and the cull cron remove a pod-less
-record once it is older than its launch timeout. Log lines name the kernel, the record and the
-cause; never a key.
+time; past it, the gateway's sweep (``gateway/lifecycle/hydration.py``) and the cull cron remove
+a pod-less record once it is older than its launch timeout. Log lines name the kernel, the record
+and the cause; never a key.
 
 The module also knows which records a start in this process is creating right now
 (:func:`live_start`, :func:`in_progress`), so that the sweep never takes one of them.

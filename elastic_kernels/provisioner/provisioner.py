@@ -143,11 +143,17 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     def has_process(self) -> bool:
         return self._pod_name is not None
 
-    async def _pods(self) -> Informer:
+    async def pod_cache(self) -> Informer:
+        """The namespace's shared kernel-pod watch (one per gateway, not one per kernel)."""
         return await self.connection.informer(PODS, self._ns, label_selector=R.KERNEL_POD_SELECTOR)
 
-    async def _kernels(self) -> Informer:
+    async def record_cache(self) -> Informer:
+        """The namespace's shared JupyterKernel watch."""
         return await self.connection.informer(R.JUPYTERKERNELS, self._ns)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """What the log scrubber must never let through: the kernel's HMAC key."""
+        return (self._key,) if self._key else ()
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -248,7 +254,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         assert self._spec is not None and self._rendered is not None
         client = self.connection.client
         rendered = self._rendered
-        pods = await self._pods()
+        pods = await self.pod_cache()
         started = time.monotonic()
         try:
             if not self._kernel_uid:
@@ -263,7 +269,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             queue = self._gpu_queue()
             if queue is not None and queue.has_waiting():
                 # Others wait for GPUs already: queue behind them; the gateway ungates our pod
-                # when it is our turn (fair across users, see gateway/gpuqueue.py).
+                # when it is our turn (fair across users, see gateway/lifecycle/gpuqueue.py).
                 pod["spec"]["schedulingGates"] = [{"name": GPU_QUEUE_GATE}]
                 queue.enqueue(self.kernel_id, self._user, self._spec.gpus, self._ns,
                               self._pod_name, gated=True)
@@ -525,7 +531,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     async def poll(self) -> int | None:
         if not self._pod_name:
             return self._exit_code if self._exit_code is not None else 0
-        a = self._assessment(await self._pods())
+        a = self._assessment(await self.pod_cache())
         if a.progress in (Progress.RUNNING, Progress.PENDING, Progress.WAITING_FOR_CAPACITY):
             return None
         self._exit_code = a.exit_code if a.exit_code is not None else 1
@@ -534,7 +540,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     async def wait(self) -> int | None:
         if not self._pod_name:
             return self._exit_code
-        pods = await self._pods()
+        pods = await self.pod_cache()
         await pods.wait_for(
             lambda p: assess_pod(p).progress in (Progress.FAILED, Progress.GONE),
             self._pod_name, self._ns,
@@ -669,7 +675,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         return kwargs
 
     async def _recorded_restarts(self) -> int:
-        record = (await self._kernels()).get(self.kernel_cr_name, self._ns)
+        record = (await self.record_cache()).get(self.kernel_cr_name, self._ns)
         try:
             return int(((record or {}).get("status") or {}).get("restartCount") or 0)
         except (TypeError, ValueError):

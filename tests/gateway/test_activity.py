@@ -1,4 +1,4 @@
-"""The gateway's activity watcher (gateway/activity.py) against jupyter_server's own.
+"""The gateway's activity watcher (gateway/lifecycle/activity.py) against jupyter_server's own.
 
 Both watchers subscribe to the same PUB socket standing in for a kernel's IOPub, over real
 ZeroMQ on loopback, and see the same messages; after each message their kernels' activity
@@ -19,7 +19,7 @@ from jupyter_client.session import Session
 from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
 from zmq.eventloop.zmqstream import ZMQStream
 
-from elastic_kernels.gateway.activity import watch_activity
+from elastic_kernels.gateway.lifecycle.activity import watch_activity
 
 KEY = b"a" * 64
 

@@ -23,7 +23,7 @@ from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.client import NoDelayGatewayWebSocketConnection
+from elastic_kernels.notebook import NoDelayGatewayWebSocketConnection
 
 from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of
 

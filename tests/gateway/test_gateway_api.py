@@ -11,8 +11,8 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from tornado.httpclient import HTTPClientError
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.connection import ElasticChannelsConnection
-from elastic_kernels.gateway.errors import KernelStartError
+from elastic_kernels.gateway.transport.connection import ElasticChannelsConnection
+from elastic_kernels.gateway.web.errors import KernelStartError
 
 from .conftest import GatewayFactory
 from .promtext import scrape

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.auth import hash_token
-from elastic_kernels.gateway.httplimits import LogFloodFilter, UserSlots
+from elastic_kernels.gateway.web.auth import hash_token
+from elastic_kernels.gateway.web.httplimits import LogFloodFilter, UserSlots
 
 from ..gatewayproc import LEAKY_ENV, GatewayProcess, eventually, wait_until
 from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of, start_kernel

@@ -1,4 +1,4 @@
-"""Watch events reach only the kernels they concern (gateway/liveness.py's router).
+"""Watch events reach only the kernels they concern (gateway/lifecycle/liveness.py's router).
 
 The informer is real but not started: events are fed through its own delivery method, the one
 its watch thread hands events to, so no cluster is needed to check the routing itself.
@@ -10,7 +10,7 @@ import typing as t
 
 import pytest
 
-from elastic_kernels.gateway import liveness
+from elastic_kernels.gateway.lifecycle import liveness
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS
 from elastic_kernels.kube.informer import Informer

@@ -22,7 +22,7 @@ from elastic_kernels.gateway.app import ElasticGatewayApp
 
 from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of
 
-NODELAY_CLASS = "elastic_kernels.gateway.client.NoDelayGatewayWebSocketConnection"
+NODELAY_CLASS = "elastic_kernels.notebook.NoDelayGatewayWebSocketConnection"
 
 
 @dataclass
@@ -171,7 +171,7 @@ async def test_notebook_server_with_extension(
     async for server in run_notebook_server(
         gateway,
         tmp_path,
-        ["--ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True"],
+        ["--ServerApp.jpserver_extensions=elastic_kernels.notebook=True"],
     ):
         await exercise(server, gateway)
         missing = await api(

@@ -20,7 +20,7 @@ import pytest
 from jupyter_client.session import DELIM, Session
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.writelimit import OutputLimit, Verdict, notice_frame
+from elastic_kernels.gateway.transport.writelimit import OutputLimit, Verdict, notice_frame
 
 from ..gatewayproc import wait_until
 from .support import KernelWS, start_kernel

@@ -1,4 +1,4 @@
-"""The JSON websocket frame spliced from a kernel message's own parts (gateway/wsjson.py).
+"""The JSON websocket frame spliced from a kernel message's own parts (gateway/transport/wsjson.py).
 
 Each case compares with what jupyter_server's own path makes of the same message, or checks
 that the splice declines (returns None) so that upstream's path handles the message.
@@ -14,7 +14,7 @@ import pytest
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 
-from elastic_kernels.gateway.wsjson import json_frame
+from elastic_kernels.gateway.transport.wsjson import json_frame
 
 KEY = b"k" * 64
 

@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.eventloop.zmqstream import ZMQStream
 
-from elastic_kernels.gateway.zmqguard import ZMQWakeupGuard, recv_multipart_checked
+from elastic_kernels.gateway.transport.zmqguard import ZMQWakeupGuard, recv_multipart_checked
 
 
 def fd_readable(sock: zmq.Socket[t.Any]) -> bool:

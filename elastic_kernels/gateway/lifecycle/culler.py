@@ -21,16 +21,18 @@ from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..culling import (MIRROR_INTERVAL, CullConflict, CullDecision, CullingDefaults, KernelFacts,
+from elastic_kernels.culling import (MIRROR_INTERVAL, CullConflict, CullDecision, CullingDefaults,
+                                     KernelFacts,
                        PolicyBook, decide, mark_culled, reclaim_candidates, record_cull_event,
                        status_to_mirror)
-from ..kube import resources as R
-from ..kube.client import KubeError
-from ..kube.connection import ClusterConnection
-from ..tasks import cancel_all, cancel_and_wait
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import KubeError
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.tasks import cancel_all, cancel_and_wait
+from elastic_kernels.upstream import connection_count, managed_kernels
 
 if TYPE_CHECKING:
-    from .kernelmanager import ElasticMappingKernelManager
+    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class GatewayCuller:
         found = []
         for kernel_id in list(self.manager.list_kernel_ids()):
             record = self.manager.kernel_record(kernel_id)
-            kernel = self.manager._kernels.get(kernel_id)
+            kernel = managed_kernels(self.manager).get(kernel_id)
             if record is None or kernel is None:
                 continue
             claimant = (record.get("spec") or {}).get("gateway") or ""
@@ -88,7 +90,7 @@ class GatewayCuller:
                 view,
                 last_activity=getattr(kernel, "last_activity", None),
                 execution_state=getattr(kernel, "execution_state", None),
-                connections=self.manager._kernel_connections.get(kernel_id, 0),
+                connections=connection_count(self.manager, kernel_id),
             ), view))
         return found
 
@@ -126,7 +128,7 @@ class GatewayCuller:
         # queue look again for anyone still waiting.
         self.manager.gpu_queue.poke()
         dead = [kid for kid in self.manager.list_kernel_ids()
-                if getattr(self.manager._kernels.get(kid), "execution_state", "") == "dead"]
+                if getattr(managed_kernels(self.manager).get(kid), "execution_state", "") == "dead"]
         for gone in set(self._mirrored) - {f.kernel_id for f, _ in held}:
             del self._mirrored[gone]
         await asyncio.gather(
@@ -181,7 +183,7 @@ class GatewayCuller:
         """
         if self._task is None or kernel_id in self._connecting:
             return
-        if self.manager._kernel_connections.get(kernel_id, 0) <= 0:
+        if connection_count(self.manager, kernel_id) <= 0:
             return
         record = self.manager.kernel_record(kernel_id)
         if record is None:
@@ -224,7 +226,7 @@ class GatewayCuller:
 
     async def _write_connected(self, kernel_id: str, record: dict[str, Any]) -> None:
         meta = record.get("metadata") or {}
-        count = self.manager._kernel_connections.get(kernel_id, 0)
+        count = connection_count(self.manager, kernel_id)
         if count <= 0:
             return  # closed again already: the record's 0 is right
         try:

@@ -1,9 +1,9 @@
 """Who is calling: tokens mapped to users, each user possibly an admin.
 
 A gateway serves many users' notebook servers, and every kernel belongs to the user who started
-it (see :mod:`elastic_kernels.gateway.ownership`). So a token is not just "let me in": it names a
-user. Each user's notebook server (JupyterLab) reaches the gateway with *its own* token, the one
-set as that server's ``GatewayClient.auth_token`` (``--GatewayClient.auth_token`` or
+it (see :mod:`~elastic_kernels.gateway.web.ownership`). So a token is not just "let me in": it
+names a user. Each user's notebook server (JupyterLab) reaches the gateway with *its own* token,
+the one set as that server's ``GatewayClient.auth_token`` (``--GatewayClient.auth_token`` or
 ``JUPYTER_GATEWAY_AUTH_TOKEN``); one token per notebook server therefore means one gateway user
 per notebook server, and a user can reach only the kernels their own server started.
 
@@ -61,9 +61,10 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
 from traitlets import Float, Int, Unicode, default, observe
 
-from ..kube.client import SECRETS, JSON, KubeError
-from ..kube.connection import ClusterConnection
-from ..kube.informer import Informer
+from elastic_kernels.kube.client import SECRETS, JSON, KubeError
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.kube.informer import Informer
+from elastic_kernels.upstream import default_token
 
 __all__ = [
     "TOKEN_ENV",
@@ -244,7 +245,7 @@ class ElasticIdentityProvider(IdentityProvider):
     # -- the admin token ------------------------------------------------------------------------
 
     @default("token")
-    def _token_default(self) -> str:
+    def _elastic_token_default(self) -> str:
         value = os.environ.get(TOKEN_ENV, "")
         if value:
             self.token_generated = False
@@ -254,7 +255,7 @@ class ElasticIdentityProvider(IdentityProvider):
             if not (os.environ.get("JUPYTER_TOKEN") or os.environ.get("JUPYTER_TOKEN_FILE")):
                 self.token_generated = False
                 return ""
-        return t.cast("str", super()._token_default())
+        return default_token(self)
 
     @observe("token", "admin_username")
     def _admin_changed(self, change: t.Any) -> None:

@@ -65,6 +65,7 @@ import enum
 import json
 import logging
 import typing as t
+from elastic_kernels.upstream import queued_write
 
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import DELIM, Session
@@ -104,9 +105,8 @@ def pending_bytes(handler: t.Any) -> int | None:
     stream = getattr(ws, "stream", None)
     if stream is None:
         return 0
-    buffer = getattr(stream, "_write_buffer", None)
-    futures = getattr(stream, "_write_futures", ())
-    return (len(buffer) if buffer is not None else 0) + FRAME_OVERHEAD * len(futures)
+    queued, futures = queued_write(stream)
+    return queued + FRAME_OVERHEAD * futures
 
 
 def retrieve_exception(written: asyncio.Future[t.Any]) -> None:

@@ -31,17 +31,17 @@ from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..kube import resources as R
-from ..kube.client import PODS, KubeError
-from ..kube.connection import ClusterConnection
-from ..tasks import cancel_and_wait
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import PODS, KubeError
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from .kernelmanager import ElasticMappingKernelManager
+    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 
 log = logging.getLogger(__name__)
 
-from ..provisioner.gates import GPU_QUEUE_GATE  # noqa: E402,F401 (the gate this queue lifts)
+from elastic_kernels.provisioner.gates import GPU_QUEUE_GATE  # noqa: E402,F401 (the gate this queue lifts)
 
 
 def ordinal(n: int) -> str:

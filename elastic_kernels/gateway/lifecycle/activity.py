@@ -13,7 +13,7 @@ execution state is taken from a status message, the "starting" normalisation) an
 check, but parses only the header, the parent header's type and, for status messages, the
 content. A message it cannot read is ignored, as upstream's callback would fail on it.
 
-When its socket drops an oversized message (gateway/msgsize.py), the status messages that
+When its socket drops an oversized message (gateway/transport/msgsize.py), the status messages that
 followed it are lost too, so a kernel would stay "busy" for ever (never idle-culled). The
 watcher then re-learns the state: it sends ``kernel_info_request`` on a transient shell socket;
 the kernel answers only once everything queued before it has run, so at the reply it is idle.
@@ -25,9 +25,9 @@ import json
 import typing as t
 
 from jupyter_client.session import Session
-from jupyter_server._tz import utcnow
+from elastic_kernels.upstream import managed_kernels, set_activity_stream, utcnow
 
-from .wsjson import signed_parts
+from elastic_kernels.gateway.transport.wsjson import signed_parts
 
 if t.TYPE_CHECKING:
     from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
@@ -46,10 +46,11 @@ def _object(part: bytes) -> dict[str, t.Any]:
 def watch_activity(manager: MappingKernelManager, kernel_id: str) -> None:
     """Subscribe to ``kernel_id``'s IOPub and keep its activity markers (upstream's contract)."""
     manager.log.debug("Watching kernel activity: %s", kernel_id)
-    kernel = manager._kernels[kernel_id]
+    kernel = managed_kernels(manager)[kernel_id]
     kernel.reason = ""
     kernel.last_activity = utcnow()
-    kernel._activity_stream = kernel.connect_iopub()
+    stream = kernel.connect_iopub()
+    set_activity_stream(kernel, stream)
     # Its own Session, as upstream: the kernel's session keeps a replay history of its own.
     session = Session(config=kernel.session.config, key=kernel.session.key)
     tracked = manager.track_message_type
@@ -77,10 +78,10 @@ def watch_activity(manager: MappingKernelManager, kernel_id: str) -> None:
             kernel.execution_state = "idle"
         manager.log.debug("activity on %s: %s (%s)", kernel_id, msg_type, kernel.execution_state)
 
-    kernel._activity_stream.on_recv(record_activity)
+    stream.on_recv(record_activity)
     listen = getattr(kernel, "on_message_dropped", None)
     if listen is not None:
-        listen(kernel._activity_stream.socket, lambda _channel, _limit: _resync(manager, kernel))
+        listen(stream.socket, lambda _channel, _limit: _resync(manager, kernel))
 
 
 def _resync(manager: MappingKernelManager, kernel: t.Any) -> None:

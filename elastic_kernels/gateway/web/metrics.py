@@ -5,8 +5,9 @@ in one process, and jupyter_server's own ``/metrics`` (which ours replaces) dump
 process's global registry. Two kinds of metric live here:
 
 * events, recorded when they happen: kernel start and restart latency (the API handlers), the
-  time a start waited in the GPU queue (:class:`~elastic_kernels.gateway.gpuqueue.GpuQueue`),
-  culls by reason (:class:`~elastic_kernels.gateway.culler.GatewayCuller`);
+  time a start waited in the GPU queue
+  (:class:`~elastic_kernels.gateway.lifecycle.gpuqueue.GpuQueue`),
+  culls by reason (:class:`~elastic_kernels.gateway.lifecycle.culler.GatewayCuller`);
 * state, read at scrape time by :class:`_StateCollector` from what the gateway holds anyway
   (kernels, their phases and GPUs, websockets, the GPU queue), so nothing is updated per kernel
   message and nothing can drift from the truth.
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector
 from elastic_kernels import __version__
 
 if t.TYPE_CHECKING:
-    from .app import ElasticGatewayApp
+    from elastic_kernels.gateway.app import ElasticGatewayApp
 
 __all__ = ["UNKNOWN_KERNELSPEC", "GatewayMetrics", "start_outcome"]
 

@@ -21,29 +21,34 @@ from typing import Any
 
 import zmq
 from jupyter_client.kernelspec import NoSuchKernel
-from jupyter_client.ioloop import AsyncIOLoopKernelManager
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default, observe
 
-from ..kube import resources as R
-from ..kube.client import KubeError
-from ..kube.connection import ClusterConnection
-from ..kube.informer import Informer
-from ..culling import CullingDefaults
-from ..provisioner.errors import KernelLaunchError
-from ..provisioner.provisioner import ElasticKernelProvisioner, start_kernel_watches
-from .activity import watch_activity
-from .culler import GatewayCuller
-from .gpuqueue import GpuQueue
-from .hydration import KernelHydrator
-from ..leases import GatewayLease
-from .msgsize import SizeGuard
-from .liveness import kernel_died, renudge_connections
-from .offlinebuffer import bound_buffering
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import KubeError
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.kube.informer import Informer
+from elastic_kernels.culling import CullingDefaults
+from elastic_kernels.provisioner.errors import KernelLaunchError
+from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner, start_kernel_watches
+from elastic_kernels.gateway.lifecycle.activity import watch_activity
+from elastic_kernels.gateway.lifecycle.culler import GatewayCuller
+from elastic_kernels.gateway.lifecycle.gpuqueue import GpuQueue
+from elastic_kernels.gateway.lifecycle.hydration import KernelHydrator
+from elastic_kernels.leases import GatewayLease
+from elastic_kernels.gateway.transport.msgsize import SizeGuard
+from elastic_kernels.gateway.lifecycle.liveness import kernel_died, renudge_connections
+from elastic_kernels.gateway.transport.offlinebuffer import bound_buffering
+from elastic_kernels.upstream import (
+    KernelManagerHooks,
+    MappingKernelManagerHooks,
+    activity_stream,
+    managed_kernels,
+    offline_buffers,
+)
 
 
-class ElasticKernelManager(AsyncIOLoopKernelManager):
+class ElasticKernelManager(KernelManagerHooks):
     """A kernel manager whose kernel's connection info never touches the disk."""
 
     reconnect_interval_ms = Integer(
@@ -66,19 +71,19 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
 
     def write_connection_file(self, **kwargs: Any) -> None:
         """The key lives in the kernel's Secret and in memory; nothing is written to disk."""
-        self._connection_file_written = True
+        self.mark_connection_file_written(True)
 
     def cleanup_connection_file(self) -> None:
-        self._connection_file_written = False
+        self.mark_connection_file_written(False)
 
-    def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket:
+    def create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket:
         sock = self.context.socket(_SOCKET_TYPES[channel])
         sock.linger = 1000
         sock.setsockopt(zmq.RECONNECT_IVL, self.reconnect_interval_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_interval_max_ms)
         if identity:
             sock.identity = identity
-        url = self._make_url(channel)
+        url = self.channel_url(channel)
         # Before connect: libzmq copies a socket's options into each connection it makes.
         self._guard_message_size(sock, channel)
         sock.connect(url)
@@ -87,8 +92,8 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
 
     def _guard_message_size(self, sock: zmq.Socket, channel: str) -> None:
         """Bound one message's size on ``sock`` and re-connect it when the bound drops its
-        connection (gateway/msgsize.py); listeners registered with :meth:`on_message_dropped`
-        hear about it."""
+        connection (gateway/transport/msgsize.py); listeners registered with
+        :meth:`on_message_dropped` hear about it."""
         limit = int(getattr(self.parent, "max_kernel_message_bytes", 0) or 0)
         if limit <= 0 or channel == "hb":
             return
@@ -125,8 +130,8 @@ class ElasticKernelManager(AsyncIOLoopKernelManager):
 
     @default("restarter_class")
     def _restarter_class_default(self) -> type:
-        # Decides on watch events and the kernelspec's restartPolicy (gateway/liveness.py).
-        from .liveness import ElasticKernelRestarter
+        # Decides on watch events and the kernelspec's restartPolicy (lifecycle/liveness.py).
+        from elastic_kernels.gateway.lifecycle.liveness import ElasticKernelRestarter
         return ElasticKernelRestarter
 
     @observe("ip")
@@ -162,7 +167,7 @@ _SOCKET_TYPES = {
 }
 
 
-class ElasticMappingKernelManager(AsyncMappingKernelManager):
+class ElasticMappingKernelManager(MappingKernelManagerHooks):
     """Kernels in pods, with their owners and their pods' state."""
 
     @default("kernel_manager_class")
@@ -393,7 +398,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
 
     def elastic_model(self, kernel_id: str) -> dict[str, Any]:
         """The pod's side of a kernel: what ``kubectl get jupyterkernel`` would say."""
-        km = self._kernels.get(kernel_id)
+        km = managed_kernels(self).get(kernel_id)
         prov = getattr(km, "elastic_provisioner", None)
         model: dict[str, Any] = {}
         if prov is not None:
@@ -428,20 +433,20 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         re-attaches them; the cull cron reclaims any that nobody adopts.
         """
         for kernel_id in list(self.list_kernel_ids()):
-            km = self._kernels.pop(kernel_id, None)
+            km = managed_kernels(self).pop(kernel_id, None)
             if km is None:
                 continue
             km.stop_restarter()
-            km._close_control_socket()
+            km.close_control_socket()
             km.provisioner = None  # so nothing below can delete the pod
-            buffer = getattr(self, "_kernel_buffers", {}).pop(kernel_id, None)
+            buffer = offline_buffers(self).pop(kernel_id, None)
             for stream in ((buffer or {}).get("channels") or {}).values():
                 stream.close()
-            activity = getattr(km, "_activity_stream", None)
+            activity = activity_stream(km)
             if activity is not None:
                 activity.close()
 
-    # -- hydration and kernel death (gateway/hydration.py, gateway/liveness.py) -----------------
+    # -- hydration and kernel death (lifecycle/hydration.py, lifecycle/liveness.py) ------------
 
     @property
     def hydrator(self) -> KernelHydrator:
@@ -461,7 +466,7 @@ class ElasticMappingKernelManager(AsyncMappingKernelManager):
         """Re-attach every running kernel of the namespace (at startup); returns their ids."""
         return await self.hydrator.adopt_existing()
 
-    def _handle_kernel_died(self, kernel_id: str) -> None:
+    def kernel_died(self, kernel_id: str) -> None:
         kernel_died(self, kernel_id)
 
     def notify_connect(self, kernel_id: str) -> None:

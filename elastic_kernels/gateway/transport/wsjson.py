@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 import typing as t
+from elastic_kernels.upstream import add_seen_digest
 
 from jupyter_client.session import Session
 
@@ -92,7 +93,7 @@ def json_frame(
         return None
     if session.auth is not None:
         # As Session.deserialize: a signature is accepted once.
-        session._add_digest(signature)
+        add_seen_digest(session, signature)
     frame = "".join((
         '{"header":', header_s,
         ',"msg_id":', json.dumps(msg_id),

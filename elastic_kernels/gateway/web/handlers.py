@@ -7,7 +7,7 @@ They are jupyter_server's kernel handlers with the behaviour a gateway needs on 
   of the gateway's environment before it reaches the kernel manager
   (``ElasticGatewayApp.kernel_env``).  Start failures become JSON errors with a useful
   ``message`` and status code
-  (:class:`~elastic_kernels.gateway.errors.KernelStartError`, unknown kernel spec -> 404).
+  (:class:`~elastic_kernels.gateway.web.errors.KernelStartError`, unknown kernel spec -> 404).
 * Kernel models carry an ``elastic`` object when the kernel manager has
   ``elastic_model(kernel_id)`` (phase, reason, node, GPUs, queue position...).
 * A kernel id the kernel manager does not hold is offered to its optional
@@ -33,7 +33,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
-from jupyter_server.services.kernels.handlers import _kernel_action_regex, _kernel_id_regex
+from elastic_kernels.upstream import kernel_action_regex, kernel_id_regex
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from tornado import web
 
@@ -42,17 +42,17 @@ try:
 except ImportError:  # pragma: no cover - older jupyter_client
     from jupyter_client.jsonutil import date_default as json_default
 
-from ..kernelspec_handlers import kernelspec_handlers
-from ..provisioner.envpolicy import ALWAYS_ALLOWED
-from ..provisioner.errors import KernelLaunchError
-from .errors import GatewayHTTPError, KernelStartError, error_body
-from .metrics import UNKNOWN_KERNELSPEC, start_outcome
-from .ownership import no_such_kernel, ownership
-from .writelimit import retrieve_exception
-from .wsframes import FrameError, deliver
+from elastic_kernels.kernelspec_handlers import kernelspec_handlers
+from elastic_kernels.provisioner.envpolicy import ALWAYS_ALLOWED
+from elastic_kernels.provisioner.errors import KernelLaunchError
+from elastic_kernels.gateway.web.errors import GatewayHTTPError, KernelStartError, error_body
+from elastic_kernels.gateway.web.metrics import UNKNOWN_KERNELSPEC, start_outcome
+from elastic_kernels.gateway.web.ownership import no_such_kernel, ownership
+from elastic_kernels.gateway.transport.writelimit import retrieve_exception
+from elastic_kernels.gateway.transport.wsframes import FrameError, deliver
 
 if t.TYPE_CHECKING:
-    from .app import ElasticGatewayApp
+    from elastic_kernels.gateway.app import ElasticGatewayApp
 
 __all__ = ["default_handlers"]
 
@@ -418,9 +418,9 @@ def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
     """URL patterns (relative to base_url) that take precedence over jupyter_server's."""
     return [
         (r"/api/kernels", MainKernelHandler),
-        (rf"/api/kernels/{_kernel_id_regex}", KernelHandler),
-        (rf"/api/kernels/{_kernel_id_regex}/{_kernel_action_regex}", KernelActionHandler),
-        (rf"/api/kernels/{_kernel_id_regex}/channels", ElasticKernelWebsocketHandler),
+        (rf"/api/kernels/{kernel_id_regex}", KernelHandler),
+        (rf"/api/kernels/{kernel_id_regex}/{kernel_action_regex}", KernelActionHandler),
+        (rf"/api/kernels/{kernel_id_regex}/channels", ElasticKernelWebsocketHandler),
         (r"/api/kernels/(?P<kernel_id>[^/]+)(?P<rest>/.*)?", InvalidKernelIdHandler),
         (r"/api/elastic/status", StatusHandler),
         (r"/metrics", MetricsHandler),

@@ -23,19 +23,19 @@ watcher (another iopub subscriber, with the same subscription race) has seen the
 through the ``execution_state`` trait instead of being polled every 50 ms.
 
 While waiting, any input pending on the nudge's sockets is re-checked at every retry, so a lost
-ZeroMQ wakeup (see :mod:`elastic_kernels.gateway.zmqguard`) cannot stall an open either.
+ZeroMQ wakeup (see :mod:`elastic_kernels.gateway.transport.zmqguard`) cannot stall an open either.
 
 **JSON clients get the kernel's own JSON.**  For clients of the JSON protocol (no websocket
 subprotocol, e.g. a notebook server with ``--gateway-url``), upstream deserializes each kernel
-message and dumps it again; :mod:`elastic_kernels.gateway.wsjson` splices the verified parts into
-the frame instead, about three times cheaper per message, and hands anything unusual back to
-upstream's path.  Clients of ``v1.kernel.websocket.jupyter.org`` (JupyterLab 4) already get the
-raw parts from upstream.
+message and dumps it again; :mod:`~elastic_kernels.gateway.transport.wsjson` splices the
+verified parts into the frame instead, about three times cheaper per message, and hands anything
+unusual back to upstream's path.  Clients of ``v1.kernel.websocket.jupyter.org`` (JupyterLab 4)
+already get the raw parts from upstream.
 
 **What a client that does not read can cost is bounded.**  Past ``max_pending_bytes`` queued for
 it, its output is dropped with a notice in the cell, and a client that reads nothing at all is
-closed with 1008 (:mod:`elastic_kernels.gateway.writelimit`); every message of either protocol,
-replayed ones included, passes that check first.
+closed with 1008 (:mod:`~elastic_kernels.gateway.transport.writelimit`); every message of either
+protocol, replayed ones included, passes that check first.
 
 **A malformed client frame is dropped, not fatal.**  Upstream lets a JSON or framing error
 escape ``on_message``, and tornado then aborts the websocket.  We log the error type (never the
@@ -52,11 +52,16 @@ from tornado.websocket import WebSocketClosedError
 from traitlets import Float, HasTraits, Integer, default
 from zmq.eventloop.zmqstream import ZMQStream
 
-from .msgsize import drop_notice
-from .writelimit import OutputLimit, Verdict, notice_frame, release_memory_soon
-from .wsframes import V1_PROTOCOL
-from .wsjson import json_frame
-from .zmqguard import recheck_stream
+from elastic_kernels.gateway.transport.msgsize import drop_notice
+from elastic_kernels.gateway.transport.writelimit import (
+    OutputLimit,
+    Verdict,
+    notice_frame,
+    release_memory_soon,
+)
+from elastic_kernels.gateway.transport.wsframes import V1_PROTOCOL
+from elastic_kernels.gateway.transport.wsjson import json_frame
+from elastic_kernels.gateway.transport.zmqguard import recheck_stream
 
 __all__ = ["ElasticChannelsConnection"]
 
@@ -95,7 +100,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
         connected = super().connect()
         # Tell this client when one of its sockets (new, or restored from the offline buffer)
         # drops an oversized kernel message; the kernel manager re-connects the socket
-        # (gateway/msgsize.py).
+        # (gateway/transport/msgsize.py).
         listen = getattr(self.kernel_manager, "on_message_dropped", None)
         if connected is not None and listen is not None:
             for stream in self.channels.values():

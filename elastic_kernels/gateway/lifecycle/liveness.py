@@ -40,16 +40,15 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
-from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado import web
 from traitlets import default
 
-from ..kube import resources as R
-from ..kube.client import JSON, KubeError
-from ..kube.informer import Informer
-from ..provisioner.podstate import PodAssessment, Progress, assess_pod
-from ..provisioner.provisioner import ElasticKernelProvisioner
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import JSON, KubeError
+from elastic_kernels.kube.informer import Informer
+from elastic_kernels.provisioner.podstate import PodAssessment, Progress, assess_pod
+from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner
+from elastic_kernels.upstream import RestarterHooks, managed_kernels, open_kernel_connections
 
 __all__ = [
     "ElasticKernelRestarter",
@@ -229,7 +228,7 @@ def _router(informer: Informer, key_of: Callable[[JSON], str | None]) -> _EventR
     return router
 
 
-class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
+class ElasticKernelRestarter(RestarterHooks):
     """jupyter_client's restarter, driven by watch events and the kernelspec's restartPolicy."""
 
     @default("time_to_dead")
@@ -258,7 +257,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
 
     @property
     def running(self) -> bool:
-        return self._pcallback is not None
+        return self.polling
 
     def start(self) -> None:
         super().start()
@@ -288,8 +287,8 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
         try:
             if prov is None:
                 return
-            pods = await prov._pods()
-            records = await prov._kernels()
+            pods = await prov.pod_cache()
+            records = await prov.record_cache()
         except Exception as e:  # noqa: BLE001 - the periodic poll still covers the kernel
             self.log.warning("Kernel %s: cannot watch its pod (%s); polling only",
                              self.kernel_manager.kernel_id, e)
@@ -398,19 +397,19 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
             prov.release()
             km.reason = "the kernel's JupyterKernel was deleted"
             self.stop()
-            self._fire_callbacks("dead")
+            self.fire("dead")
             self.close()
         elif fate.fate is Fate.FOLLOW:
             assert fate.pod is not None
             self.log.info("Kernel %s was restarted elsewhere; following its pod %s",
                           prov.kernel_id, (fate.pod.get("metadata") or {}).get("name"))
             prov.follow(fate.pod)
-            self._restarting = False
-            self._restart_count = 0
+            self.restarting = False
+            self.restart_count = 0
             km.reason = ""
             if getattr(km, "execution_state", None) == "dead":
                 km.execution_state = "starting"
-            self._fire_callbacks("restart")
+            self.fire("restart")
             if not self.running:
                 self.start()  # it had been reported dead; it lives again
         elif fate.fate is Fate.DEAD and self.running:
@@ -434,9 +433,8 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
         prov = getattr(self.kernel_manager, "provisioner", None)
         if prov is not None:
             stable = prov.get_stable_start_time(recommended=stable)
-        if now - self._last_dead >= stable:
-            self._initial_startup = False
-            self._restarting = False
+        if now - self.last_dead >= stable:
+            self.mark_started()
 
     async def _record_stands(self, prov: ElasticKernelProvisioner) -> bool:
         """Whether the kernel's JupyterKernel still exists, read from the API server.
@@ -463,7 +461,7 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
     async def _died(self, prov: ElasticKernelProvisioner, cause: PodAssessment) -> None:
         km = self.kernel_manager
         self.restart_limit = 0 if prov.restart_policy == "Fail" else self._configured_limit
-        attempt = self._restart_count + 1 if self._restarting else 1
+        attempt = self.restart_count + 1 if self.restarting else 1
         km.reason = cause.message
         if attempt > self.restart_limit:
             why = ("its restartPolicy is Fail" if prov.restart_policy == "Fail"
@@ -481,10 +479,10 @@ class ElasticKernelRestarter(AsyncIOLoopKernelRestarter):
         except Exception as e:  # noqa: BLE001 - a failed restart leaves the kernel dead
             self.log.error("Kernel %s: restart failed: %s", prov.kernel_id, e)
             km.reason = f"restart failed: {e}"
-            self._restarting = False
-            self._restart_count = 0
+            self.restarting = False
+            self.restart_count = 0
             self.stop()
-            self._fire_callbacks("dead")
+            self.fire("dead")
 
 
 def kernel_died(manager: Any, kernel_id: str) -> None:
@@ -497,7 +495,7 @@ def kernel_died(manager: Any, kernel_id: str) -> None:
     stays listed as ``dead`` with the reason, so its user sees what happened; deleting it, or
     restarting it, works as for any kernel.
     """
-    km = manager._kernels.get(kernel_id)
+    km = managed_kernels(manager).get(kernel_id)
     if km is None:
         return
     prov = getattr(km, "provisioner", None)
@@ -532,7 +530,7 @@ def renudge_connections(kernel_id: str) -> None:
     lost to a subscription still on its way. Afterwards the connection forwards every channel
     again (the nudge pauses iopub while it runs).
     """
-    for connection in list(ZMQChannelsWebsocketConnection._open_sockets):
+    for connection in open_kernel_connections():
         if getattr(connection, "kernel_id", None) != kernel_id or not connection.channels:
             continue
         try:

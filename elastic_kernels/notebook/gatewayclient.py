@@ -16,7 +16,7 @@ Configure the notebook server with **either** the trait (jupyter_server >= 2.0):
 
     jupyter server --gateway-url=http://GATEWAY:8888 \\
         --GatewayClient.auth_token=$ELASTIC_KERNELS_TOKEN \\
-        --ServerApp.kernel_websocket_connection_class=elastic_kernels.gateway.client.NoDelayGatewayWebSocketConnection
+        --ServerApp.kernel_websocket_connection_class=elastic_kernels.notebook.NoDelayGatewayWebSocketConnection
 
 or (recommended) the server extension in this module, which swaps the class in when a gateway is
 configured (and leaves a non-gateway server alone) and also makes the gateway's error messages
@@ -26,11 +26,11 @@ extension a user whose kernel cannot start reads "Error from Gateway: [%s] %s" i
 "GPU quota exceeded"::
 
     jupyter server --gateway-url=... \\
-        --ServerApp.jpserver_extensions=elastic_kernels.gateway.client=True
+        --ServerApp.jpserver_extensions=elastic_kernels.notebook=True
 
 or in ``jupyter_server_config.py``::
 
-    c.ServerApp.jpserver_extensions = {"elastic_kernels.gateway.client": True}
+    c.ServerApp.jpserver_extensions = {"elastic_kernels.notebook": True}
     c.GatewayClient.url = "http://GATEWAY:8888"
     c.GatewayClient.auth_token = os.environ["ELASTIC_KERNELS_TOKEN"]
 
@@ -54,8 +54,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from traitlets import TraitError
 
-from ..kernelspec_handlers import InMemoryResourceHandler
-from .errors import http_error_text
+from elastic_kernels.kernelspec_handlers import InMemoryResourceHandler
+from elastic_kernels.upstream import GatewayWebSocketConnectionHooks, http_error_text
 
 __all__ = [
     "NoDelayGatewayWebSocketConnection",
@@ -63,10 +63,10 @@ __all__ = [
     "_load_jupyter_server_extension",
 ]
 
-_CLASS_PATH = f"{__name__}.NoDelayGatewayWebSocketConnection"
+_CLASS_PATH = "elastic_kernels.notebook.NoDelayGatewayWebSocketConnection"
 
 
-class NoDelayGatewayWebSocketConnection(GatewayWebSocketConnection):
+class NoDelayGatewayWebSocketConnection(GatewayWebSocketConnectionHooks):
     """``GatewayWebSocketConnection`` with TCP_NODELAY towards the gateway and the browser."""
 
     async def connect(self) -> None:
@@ -79,8 +79,7 @@ class NoDelayGatewayWebSocketConnection(GatewayWebSocketConnection):
             handler.set_nodelay(True)
         await super().connect()
 
-    def _connection_done(self, fut: t.Any) -> None:
-        super()._connection_done(fut)
+    def on_connected(self) -> None:
         # Runs before any queued browser message is forwarded (it is the first callback on the
         # connect future), so every message to the gateway goes out without Nagle.
         protocol = getattr(self.ws, "protocol", None)

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import functools
 import typing as t
+from elastic_kernels.upstream import offline_buffers
 
 __all__ = ["OfflineBuffer", "bound_buffering"]
 
@@ -60,7 +61,7 @@ def bound_buffering(manager: t.Any, kernel_id: str, max_bytes: int, max_seconds:
     for ``kernel_id``; nothing happens if it did not start buffering (buffering off, unknown
     kernel).
     """
-    info = manager._kernel_buffers.get(kernel_id)
+    info = offline_buffers(manager).get(kernel_id)
     if not manager.buffer_offline_messages or not info or not info.get("channels"):
         return
 
@@ -80,7 +81,7 @@ def bound_buffering(manager: t.Any, kernel_id: str, max_bytes: int, max_seconds:
     token = info["expiry_token"] = object()
 
     def expire() -> None:
-        current = manager._kernel_buffers.get(kernel_id)
+        current = offline_buffers(manager).get(kernel_id)
         if current is None or current.get("expiry_token") is not token:
             return  # reconnected, restarted or shut down since
         manager.log.info("Kernel %s: no reconnect within %.0f s; no longer buffering its output",

@@ -15,7 +15,7 @@ Who hydrates what:
 * **On demand** (``hydrate_kernel``): a request naming a kernel this gateway does not hold. With
   replicas any replica may serve any kernel, so this works for a kernel another live replica
   holds too; both then hold it and follow each other's restarts and shutdowns through the watch
-  (see ``gateway/liveness.py``).
+  (see ``gateway/lifecycle/liveness.py``).
 
 Holding is not claiming. The *claim* is ``JupyterKernel.spec.gateway``, which the cull job checks
 against that gateway's Lease. A gateway claims (``lease.adopt``: one conditional write, so two
@@ -59,18 +59,19 @@ from tornado import web
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from .. import culling as C
-from ..kube import resources as R
-from ..kube.client import JSON, LEASES, PODS, SECRETS, KubeError, Resource
-from ..kube.connection import ClusterConnection
-from ..kube.informer import Informer
-from ..provisioner import leftovers
-from ..provisioner.provisioner import ATTACH_KWARG, ElasticKernelProvisioner
-from ..provisioner.render import KEY_SECRET_ITEM
-from ..leases import adopt, is_expired, lease_facts, lease_name
+from elastic_kernels import culling as C
+from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.client import JSON, LEASES, PODS, SECRETS, KubeError, Resource
+from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.kube.informer import Informer
+from elastic_kernels.provisioner import leftovers
+from elastic_kernels.provisioner.provisioner import ATTACH_KWARG, ElasticKernelProvisioner
+from elastic_kernels.provisioner.render import KEY_SECRET_ITEM
+from elastic_kernels.leases import adopt, is_expired, lease_facts, lease_name
+from elastic_kernels.upstream import pending_starts
 
 if TYPE_CHECKING:
-    from .kernelmanager import ElasticMappingKernelManager
+    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 
 __all__ = ["KernelHydrator", "ClusterUnavailable"]
 
@@ -142,7 +143,7 @@ class KernelHydrator(LoggingConfigurable):
             return False
         if kernel_id in self.manager:
             return True
-        if kernel_id in getattr(self.manager, "_pending_kernels", {}):
+        if kernel_id in pending_starts(self.manager):
             return False  # this gateway is starting it right now
         attempt = self._inflight.get(kernel_id)
         if attempt is None:
@@ -258,7 +259,7 @@ class KernelHydrator(LoggingConfigurable):
                 elastic_client_env=dict(view.client_env), **attach,
             )
         except Exception as e:  # noqa: BLE001 - e.g. its kernelspec was deleted meanwhile
-            getattr(manager, "_pending_kernels", {}).pop(kernel_id, None)
+            pending_starts(manager).pop(kernel_id, None)
             self.log.warning("Kernel %s could not be re-attached: %s: %s", kernel_id,
                              type(e).__name__, e)
             return False
@@ -550,7 +551,7 @@ class KernelHydrator(LoggingConfigurable):
             return True
         if view.kernel_id in self.manager or view.kernel_id in self._inflight:
             return True
-        pending = getattr(self.manager, "_pending_kernels", {}).get(view.kernel_id)
+        pending = pending_starts(self.manager).get(view.kernel_id)
         return pending is not None and not getattr(pending, "done", lambda: True)()
 
     async def _has_pod(self, view: R.KernelView) -> bool:

@@ -1,7 +1,7 @@
 """Whose kernel is it: every kernel belongs to the user who started it.
 
 A user lists, reads, connects to, interrupts, restarts and shuts down only their own kernels;
-admins (see :class:`~elastic_kernels.gateway.auth.ElasticUser`) see and act on all. For anyone
+admins (see :class:`~elastic_kernels.gateway.web.auth.ElasticUser`) see and act on all. For anyone
 else a kernel answers exactly as a kernel id that does not exist (404, same message), so the API
 is no oracle for which ids exist. A kernel whose owner cannot be told is an admin's business only.
 
@@ -30,7 +30,7 @@ from jupyter_server.auth.identity import User
 from traitlets import Bool, Int
 from traitlets.config import LoggingConfigurable
 
-from .errors import GatewayHTTPError
+from elastic_kernels.gateway.web.errors import GatewayHTTPError
 
 __all__ = ["KernelOwnership", "is_admin", "ownership"]
 

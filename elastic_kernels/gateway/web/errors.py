@@ -15,6 +15,8 @@ import re
 
 from tornado import web
 
+from elastic_kernels.upstream import http_error_text
+
 __all__ = ["GatewayHTTPError", "KernelStartError", "error_body", "http_error_text"]
 
 # tornado puts HTTPError.reason into the status line; anything that is not a plain token there is
@@ -58,19 +60,6 @@ class KernelStartError(GatewayHTTPError):
 
     def __init__(self, status_code: int, message: str, reason: str = "KernelStartFailed") -> None:
         super().__init__(status_code, message, reason)
-
-
-def http_error_text(exc: web.HTTPError) -> str | None:
-    """An HTTPError's message with its %-arguments filled in."""
-    raw = getattr(exc, "_log_message", None)
-    if raw is None:
-        raw = exc.log_message
-    if not raw or not exc.args:
-        return raw
-    try:
-        return str(raw % exc.args)
-    except (TypeError, ValueError):
-        return str(raw)
 
 
 def error_body(

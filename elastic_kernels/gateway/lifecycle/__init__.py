@@ -1,0 +1,10 @@
+"""Kernel lifecycle in the gateway: kernels that live in pods, from start to cull.
+
+Modules:
+    ``kernelmanager`` (jupyter_server's kernel manager for kernels in pods, GPU quota),
+    ``gpuqueue`` (fair GPU queue and reclaim), ``culler`` (per-kernelspec idle policy),
+    ``hydration`` (taking on kernels from their records), ``liveness`` (pod death, restarts),
+    ``activity`` (busy/idle from iopub).
+
+Uses ``transport``; used by ``web`` and ``app``.
+"""

@@ -1,0 +1,25 @@
+"""The notebook-server side: a jupyter_server extension for the server in front of the gateway.
+
+A notebook server (or JupyterLab) started with ``--gateway-url`` relays kernels to the gateway;
+with ``jpserver_extensions = {"elastic_kernels.notebook": True}`` it also relays them without
+Nagle delays, shows the gateway's error messages instead of their templates, and serves
+CR-backed kernelspecs' resources from the gateway's models.
+
+Modules:
+    ``gatewayclient`` (the websocket connection class and the extension's loader).
+
+Layer 4 beside ``gateway`` and ``cull``: it talks to the gateway over HTTP only and imports
+nothing of it.
+"""
+
+from elastic_kernels.notebook.gatewayclient import (
+    NoDelayGatewayWebSocketConnection,
+    _jupyter_server_extension_points,
+    _load_jupyter_server_extension,
+)
+
+__all__ = [
+    "NoDelayGatewayWebSocketConnection",
+    "_jupyter_server_extension_points",
+    "_load_jupyter_server_extension",
+]
