@@ -5,7 +5,9 @@ Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enfo
 1. ``kube`` - the only code that talks to the Kubernetes API.
 2. ``kernelspecs`` (kernelspecs from ``JupyterKernelSpec`` CRs, for any jupyter_server),
    ``kernelspec_handlers`` (their models and logos, never from disk), ``leases`` (each gateway's
-   claim on its kernels), ``culling`` (the idle policy, pure).
+   claim on its kernels), ``culling`` (the idle policy, pure), ``snapshot`` (kernel-namespace
+   snapshots for suspend: the kernel side sent as source, the gateway's signed container and
+   its store).
 3. ``provisioner`` - ``ElasticKernelProvisioner``: one kernel, one pod.
 4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron).
 5. ``cli``, ``demo`` - the ``elastic-kernels`` command.

@@ -1,0 +1,211 @@
+"""The messages that make a kernel save or restore its namespace, and the replies' reading.
+
+The call is an ordinary ``execute_request`` on the shell channel, so the gateway needs no
+comm target, no extension and no code installed in the kernel image (which has only ipykernel
+and cloudpickle): its content has empty ``code``, ``silent=True`` and ``store_history=False``
+(no execution count, no history, no output), and one ``user_expressions`` entry,
+:data:`RESULT_KEY`. That expression ``exec``s the source of ``collect.py`` into a fresh module
+(``elastic_kernels_snapshot_kernel`` in ``sys.modules``; no name lands in the user's
+namespace) and calls ``kernel_save`` or ``kernel_restore`` on
+the kernel's shell; it evaluates to a JSON string, which comes back in the ``execute_reply``'s
+``user_expressions`` as its ``text/plain`` repr, read here with ``ast.literal_eval`` (never
+``eval``).
+
+The payload travels inline as base64 by default: the reply (save) or the request (restore)
+is then about 4/3 of the payload, so the gateway's ZeroMQ message limit
+(``max_kernel_message_bytes``) must allow ``maxBytes * 4/3`` plus a little. For larger
+snapshots the gateway may pass a ``path`` instead, on a volume both it and the kernel pod
+mount; the kernel writes (save) or reads (restore) the raw payload there. Either way the
+kernel only ever handles the unsigned payload: the gateway seals what it gets
+(``format.seal``) and gives the kernel only a :class:`~.format.VerifiedSnapshot`'s payload.
+
+Usage with a jupyter_client ``AsyncKernelClient`` (the gateway will do the same over its own
+ZeroMQ channels)::
+
+    content = save_request(max_bytes=..., timeout=...)
+    reply = await execute(client, content, timeout=timeout + 30)
+    saved = read_save_reply(reply, max_bytes=...)
+    store.put(kernel_id, seal(saved.payload, key=key, kernel_id=kernel_id, owner=user))
+    ...
+    snapshot = verify_and_load(store.get(kernel_id), key=key, kernel_id=kernel_id, owner=user)
+    reply = await execute(new_client, restore_request(snapshot), timeout=...)
+    print(read_restore_reply(reply).report)
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import collect
+from .collect import SnapshotError, SnapshotTimeout, SnapshotTooLarge
+from .format import VerifiedSnapshot
+
+RESULT_KEY = "elastic_kernels_snapshot"
+_MODULE_NAME = "elastic_kernels_snapshot_kernel"
+_FILENAME = "<elastic-kernels snapshot>"
+
+
+def kernel_source() -> str:
+    """The source of the kernel side (collect.py), as sent to the kernel."""
+    return Path(collect.__file__).read_text(encoding="utf-8")
+
+
+def _expression(call: str) -> str:
+    """An expression that runs collect.py as a fresh module and evaluates ``call`` in it.
+
+    The module is put in ``sys.modules`` (dataclasses look their module up there), replacing
+    the one of an earlier call: each call runs the gateway's current source. Nothing lands in
+    the user's namespace.
+    """
+    return (
+        "(lambda m: (__import__('sys').modules.__setitem__(m.__name__, m), "
+        f"exec(compile({kernel_source()!r}, {_FILENAME!r}, 'exec'), m.__dict__), "
+        f"eval({call!r}, m.__dict__))[2])(__import__('types').ModuleType({_MODULE_NAME!r}))"
+    )
+
+
+def _content(expression: str) -> dict[str, Any]:
+    return {
+        "code": "",
+        "silent": True,
+        "store_history": False,
+        "user_expressions": {RESULT_KEY: expression},
+        "allow_stdin": False,
+        "stop_on_error": False,
+    }
+
+
+def save_request(*, max_bytes: int, timeout: float, path: str | None = None) -> dict[str, Any]:
+    """The ``execute_request`` content that makes the kernel collect its namespace.
+
+    With ``path`` the kernel writes the payload to that file (on a volume the gateway reads)
+    instead of returning it inline.
+    """
+    call = (f"kernel_save(__import__('IPython').get_ipython(), {int(max_bytes)!r}, "
+            f"{float(timeout)!r}, {path!r})")
+    return _content(_expression(call))
+
+
+def restore_request(snapshot: VerifiedSnapshot, *, path: str | None = None) -> dict[str, Any]:
+    """The ``execute_request`` content that restores a VERIFIED snapshot into a kernel.
+
+    Only a :class:`VerifiedSnapshot` is accepted, so the payload reaches a kernel only after
+    the gateway checked its signature, kernel id and owner. With ``path`` the caller has
+    written ``snapshot.payload`` to that file (readable by the kernel) and the request carries
+    only the path.
+    """
+    if not isinstance(snapshot, VerifiedSnapshot):
+        raise TypeError("restore_request takes a VerifiedSnapshot (format.verify_and_load)")
+    shell = "__import__('IPython').get_ipython()"
+    if path is None:
+        encoded = base64.b64encode(snapshot.payload).decode("ascii")
+        call = f"kernel_restore({shell}, payload_b64={encoded!r})"
+    else:
+        call = f"kernel_restore({shell}, path={path!r})"
+    return _content(_expression(call))
+
+
+def _result(reply_content: dict[str, Any]) -> dict[str, Any]:
+    """The JSON the kernel-side function returned, from an ``execute_reply``'s content."""
+    if reply_content.get("status") != "ok":
+        raise SnapshotError(f"the kernel refused the snapshot request: "
+                            f"{reply_content.get('ename', '')} {reply_content.get('evalue', '')}"
+                            .strip())
+    value = (reply_content.get("user_expressions") or {}).get(RESULT_KEY)
+    if not isinstance(value, dict):
+        raise SnapshotError("the kernel's reply has no snapshot result")
+    if value.get("status") != "ok":
+        raise SnapshotError(f"the snapshot code failed in the kernel: "
+                            f"{value.get('ename', '')}: {value.get('evalue', '')}")
+    text = (value.get("data") or {}).get("text/plain")
+    try:
+        literal = ast.literal_eval(text) if isinstance(text, str) else None
+        result = json.loads(literal) if isinstance(literal, str) else None
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        result = None
+    if not isinstance(result, dict):
+        raise SnapshotError("the kernel's snapshot result is unreadable")
+    if not result.get("ok"):
+        error = {"SnapshotTooLarge": SnapshotTooLarge, "SnapshotTimeout": SnapshotTimeout}.get(
+            str(result.get("kind")), SnapshotError)
+        raise error(str(result.get("error") or "the kernel could not take the snapshot"))
+    return result
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What the kernel saved: the payload (inline) or where it wrote it, and what it holds."""
+
+    payload: bytes | None
+    path: str | None
+    size: int
+    sha256: str
+    variables: list[str]
+    skipped: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What the kernel restored, and its one-line report for the user."""
+
+    report: str
+    restored: list[str]
+    not_restored: list[dict[str, str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_save_reply(reply_content: dict[str, Any], *, max_bytes: int) -> SaveResult:
+    """Read a save's ``execute_reply`` content; SnapshotError (SnapshotTooLarge past
+    ``max_bytes``: the kernel's word is not taken for it) says why there is no snapshot."""
+    result = _result(reply_content)
+    payload: bytes | None = None
+    if "payload_b64" in result:
+        encoded = result["payload_b64"]
+        if not isinstance(encoded, str) or len(encoded) > (max_bytes + 2) // 3 * 4:
+            raise SnapshotTooLarge(f"the snapshot would exceed maxBytes ({max_bytes} bytes)")
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise SnapshotError("the kernel's snapshot is not valid base64") from None
+        if hashlib.sha256(payload).hexdigest() != result.get("sha256"):
+            raise SnapshotError("the kernel's snapshot does not match its digest")
+    elif not isinstance(result.get("path"), str):
+        raise SnapshotError("the kernel's reply has neither a payload nor a path")
+    size = int(result.get("size", -1))
+    if size > max_bytes or (payload is not None and len(payload) > max_bytes):
+        raise SnapshotTooLarge(f"the snapshot would exceed maxBytes ({max_bytes} bytes)")
+    return SaveResult(payload=payload, path=result.get("path"), size=size,
+                      sha256=str(result.get("sha256", "")),
+                      variables=[str(v) for v in result.get("variables", [])],
+                      skipped=list(result.get("skipped", [])))
+
+
+def read_restore_reply(reply_content: dict[str, Any]) -> RestoreResult:
+    """Read a restore's ``execute_reply`` content; SnapshotError if the kernel could not."""
+    result = _result(reply_content)
+    return RestoreResult(report=str(result.get("report", "")),
+                         restored=[str(v) for v in result.get("restored", [])],
+                         not_restored=list(result.get("not_restored", [])),
+                         notes=[str(n) for n in result.get("notes", [])])
+
+
+async def execute(client: Any, content: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Send ``content`` as an execute_request with a jupyter_client ``AsyncKernelClient`` and
+    return its ``execute_reply`` content (other replies on the shell channel are skipped).
+    Raises TimeoutError past ``timeout`` seconds."""
+    msg_id = client.execute(**content)
+
+    async def reply() -> dict[str, Any]:
+        while True:
+            msg = await client.get_shell_msg()
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return dict(msg["content"])
+
+    return await asyncio.wait_for(reply(), timeout)

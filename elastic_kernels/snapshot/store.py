@@ -1,0 +1,170 @@
+"""Where sealed snapshots are kept: one object per kernel id under a directory-like URL.
+
+``open_store(url)`` takes a plain path or a ``file://`` URL (:class:`LocalStore`, standard
+library only), or any other URL that fsspec understands (``s3://bucket/prefix``,
+``gs://...``, ``memory://...``) when fsspec is installed (:class:`FsspecStore`; the
+``snapshot-fsspec`` extra). Every store offers ``put``, ``get``, ``delete`` and ``exists``.
+
+Keys are kernel ids, checked against a strict pattern (letters, digits, ``.``, ``_``, ``-``;
+not starting with a dot) before any path is built, so no key can climb out of the store's
+directory or name a hidden temporary file. Writes are atomic: the bytes go to a temporary
+object beside the final one, which is then renamed over it, so a reader sees the old snapshot
+or the new one, never half of one. The methods block (file or network I/O): the gateway calls
+them in a thread (``asyncio.to_thread``).
+
+The store holds only sealed containers (``format.seal``): whoever can write it cannot make
+the gateway restore what it did not sign.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+#: Kernel ids are UUIDs; this also admits other simple names (tests, other id schemes).
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SUFFIX = ".eksnap"
+
+
+class SnapshotStore(Protocol):
+    """A place for sealed snapshots, by kernel id."""
+
+    def put(self, kernel_id: str, data: bytes) -> None: ...
+
+    def get(self, kernel_id: str) -> bytes | None: ...
+
+    def delete(self, kernel_id: str) -> bool: ...
+
+    def exists(self, kernel_id: str) -> bool: ...
+
+
+def object_name(kernel_id: str) -> str:
+    """The object's name for a kernel id, or ValueError for a key that could escape the store."""
+    if not isinstance(kernel_id, str) or not _KEY.fullmatch(kernel_id) or ".." in kernel_id:
+        raise ValueError("a snapshot key must be a kernel id (letters, digits, '.', '_', '-')")
+    return kernel_id + SUFFIX
+
+
+class LocalStore:
+    """Snapshots as files ``<kernel id>.eksnap`` in a directory (created, mode 0700)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, kernel_id: str) -> Path:
+        return self.directory / object_name(kernel_id)
+
+    def put(self, kernel_id: str, data: bytes) -> None:
+        """Write atomically: a private temporary file, fsync, rename, fsync the directory."""
+        path = self._path(kernel_id)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass  # some filesystems cannot sync a directory; the rename is still atomic
+        finally:
+            os.close(dir_fd)
+
+    def get(self, kernel_id: str) -> bytes | None:
+        """The snapshot's bytes, or None when there is none."""
+        try:
+            return self._path(kernel_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, kernel_id: str) -> bool:
+        """Remove the snapshot; whether there was one."""
+        try:
+            self._path(kernel_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def exists(self, kernel_id: str) -> bool:
+        return self._path(kernel_id).is_file()
+
+
+class FsspecStore:
+    """Snapshots as objects ``<kernel id>.eksnap`` under an fsspec URL.
+
+    The atomic write is a put of a temporary object and a move; on object stores, where a
+    single put is already atomic, the move is a server-side copy and a delete.
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        try:
+            import fsspec  # optional: the snapshot-fsspec extra
+        except ImportError:
+            raise ValueError(f"snapshot store {url.split('://')[0]}:// needs fsspec "
+                             "(pip install 'elastic-kernels[snapshot-fsspec]')") from None
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = str(root).rstrip("/")
+
+    def _path(self, kernel_id: str) -> str:
+        return f"{self.root}/{object_name(kernel_id)}"
+
+    def put(self, kernel_id: str, data: bytes) -> None:
+        path = self._path(kernel_id)
+        tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.pipe_file(tmp, data)
+        try:
+            self.fs.mv(tmp, path)
+        except BaseException:
+            try:
+                self.fs.rm(tmp)
+            except Exception:
+                pass
+            raise
+
+    def get(self, kernel_id: str) -> bytes | None:
+        try:
+            data = self.fs.cat_file(self._path(kernel_id))
+        except FileNotFoundError:
+            return None
+        return bytes(data)
+
+    def delete(self, kernel_id: str) -> bool:
+        path = self._path(kernel_id)
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def exists(self, kernel_id: str) -> bool:
+        return bool(self.fs.exists(self._path(kernel_id)))
+
+
+def open_store(url: str, **storage_options: Any) -> LocalStore | FsspecStore:
+    """The store at ``url``: a path or ``file://`` URL, else an fsspec URL."""
+    if "://" not in url:
+        return LocalStore(url)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError("a file:// snapshot store must be local (file:///path)")
+        return LocalStore(unquote(parsed.path))
+    return FsspecStore(url, **storage_options)
