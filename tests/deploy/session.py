@@ -1,19 +1,17 @@
-"""Running the install's own command lines on this machine, and a representative kernel session.
+"""Running the install's own pods on the local cluster, and a representative kernel session.
 
-The gateway and cull commands come from the rendered manifests (``kubectl kustomize deploy/``),
-with the downward-API variables filled in as the kubelet would, so a test proves the manifests'
-command lines, not copies of them.
+The pods are made from the rendered manifests' pod templates (``kubectl kustomize deploy/``), as
+the Deployment's ReplicaSet or the CronJob's Job would make them, and created with kubectl; the
+local cluster's kubelet runs them as processes with the downward-API variables, the mounted
+Secrets and the ServiceAccount token filled in. So a test proves the manifests' command lines,
+environment and rights, not copies of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import os
-import re
 import secrets
-import sys
 import typing as t
 from collections import Counter
 from pathlib import Path
@@ -26,7 +24,6 @@ from tests.gateway.support import KernelWS, api, json_of
 from .manifests import JSON, NAMESPACE, find, pod_spec
 
 Request = tuple[str, str, str, str]  # verb, group, resource, subresource
-SERVING = re.compile(r"serving (http://\S+?)/? \[")
 
 
 def container_of(docs: list[JSON], kind: str, name: str) -> JSON:
@@ -34,31 +31,17 @@ def container_of(docs: list[JSON], kind: str, name: str) -> JSON:
     return t.cast(JSON, container)
 
 
-def expand(args: list[str], env: t.Mapping[str, str]) -> list[str]:
-    """``$(VAR)`` references, expanded as the kubelet does (unknown ones stay as written)."""
-    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), a)
-            for a in args]
-
-
-WILDCARD_FLAGS = ("--ip=0.0.0.0", "--ip=::", "--ip=")
-LOOPBACK_FLAG = "--ip=127.0.0.1"
-
-
-def host_command(container: JSON, env: t.Mapping[str, str],
-                 overrides: t.Sequence[str] = ()) -> list[str]:
-    """The container's command line for this host: the venv's console script, then its args.
-
-    ``overrides`` (``--flag=value``) replace the manifest's arguments of the same flag. The
-    manifests' servers listen on every interface (``--ip=0.0.0.0``), right in a pod's own network
-    namespace; here that would be every interface of this host, so they listen on loopback.
-    """
-    command = list(container["command"])
-    command[0] = str(Path(sys.executable).parent / command[0])
-    replaced = {o.split("=", 1)[0] for o in overrides}
-    args = [LOOPBACK_FLAG if a in WILDCARD_FLAGS else a
-            for a in expand(list(container.get("args", [])), env)
-            if a.split("=", 1)[0] not in replaced]
-    return command + args + list(overrides)
+def template_pod(template: JSON, name: str, namespace: str,
+                 labels: t.Mapping[str, str] | None = None) -> JSON:
+    """A pod as a controller makes one from its pod template (labels, annotations, spec)."""
+    template = copy.deepcopy(template)
+    meta = template.get("metadata") or {}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {**meta.get("labels", {}), **(labels or {})},
+                         **({"annotations": meta["annotations"]}
+                            if meta.get("annotations") else {})},
+            "spec": template["spec"]}
 
 
 def local_pod(deployment: JSON, name: str, namespace: str) -> JSON:
@@ -68,103 +51,84 @@ def local_pod(deployment: JSON, name: str, namespace: str) -> JSON:
     namespace) becomes ``--ip=$(POD_IP)``, the pod's private 127.x address: the local cluster's
     pods are processes on this host.
     """
-    template = copy.deepcopy(deployment["spec"]["template"])
-    (container,) = template["spec"]["containers"]
+    pod = template_pod(deployment["spec"]["template"], name, namespace,
+                       {"pod-template-hash": POD_TEMPLATE_HASH})
+    (container,) = pod["spec"]["containers"]
     assert "--ip=0.0.0.0" in container["args"]
     container["args"] = ["--ip=$(POD_IP)" if a == "--ip=0.0.0.0" else a
                          for a in container["args"]]
     container["env"].insert(0, {"name": "POD_IP",
                                 "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": template["metadata"]["labels"],
-                         **({"annotations": template["metadata"]["annotations"]}
-                            if template["metadata"].get("annotations") else {})},
-            "spec": template["spec"]}
+    return pod
 
 
-def admin_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
-    return cluster.write_kubeconfig(path, namespace=NAMESPACE)
+#: What a ReplicaSet's pods carry in their name and ``pod-template-hash`` label.
+POD_TEMPLATE_HASH = "5d8f7c9b64"
 
 
-def gateway_env(kubeconfig: Path, workdir: Path, token: str) -> dict[str, str]:
-    """What the gateway process gets: its token, a kubeconfig, and private Jupyter dirs."""
-    home = workdir / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JUPYTER", "ELASTIC_KERNELS", "KUBERNETES_"))}
-    env.update({"KUBECONFIG": str(kubeconfig), "ELASTIC_KERNELS_TOKEN": token,
-                "HOME": str(home), "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-                "JUPYTER_CONFIG_DIR": str(workdir / "config"),
-                "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_NO_CONFIG": "1"})
-    return env
+def replica_name(deployment: str) -> str:
+    """A new name as a Deployment's ReplicaSet gives its pods: ``<deployment>-<hash>-<5>``."""
+    return f"{deployment}-{POD_TEMPLATE_HASH}-{secrets.token_hex(3)[:5]}"
 
 
-class ServerProcess:
-    """A server (gateway, JupyterLab) as a child process; ``url`` once it serves.
+class Pods:
+    """Pods a test creates with kubectl, as the admin or a controller would; ``delete_all()``
+    (in the test's ``finally``) deletes every one still there, even when the test failed.
 
-    Always stopped by ``stop()`` (SIGTERM, then SIGKILL to its process group after ``grace``).
+    A create must pass admission without a warning: the install's namespace warns about (and
+    enforces) Pod Security ``restricted``, so a pod that would break it is named here.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.argv = argv
-        self.env = env
-        self.log = log
-        self.url = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
+    def __init__(self, kubectl: t.Any) -> None:
+        self.kubectl = kubectl
+        self.names: list[str] = []
 
-    async def start(self, timeout: float = 60, pattern: re.Pattern[str] = SERVING) -> str:
-        """Start the process; return the first URL ``pattern`` finds in its output."""
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-        assert self.proc.stdout is not None
-        out = self.log.open("ab")
-        try:
-            async with asyncio.timeout(timeout):
-                while not self.url:
-                    line = await self.proc.stdout.readline()
-                    if not line:
-                        raise AssertionError(f"{self.argv[0]} exited ({await self.proc.wait()}): "
-                                             f"{self.log.read_text()[-3000:]}")
-                    out.write(line)
-                    out.flush()
-                    m = pattern.search(line.decode(errors="replace"))
-                    if m:
-                        self.url = m.group(1)
-        except BaseException:
-            out.close()
-            raise
-        self._drain = asyncio.create_task(self._keep_reading(out))
-        return self.url
+    async def create(self, pod: JSON) -> str:
+        name = t.cast(str, pod["metadata"]["name"])
+        created = await self.kubectl.run("create", "-f", "-", stdin=yaml.safe_dump(pod))
+        assert created.returncode == 0, created.stderr
+        self.names.append(name)
+        assert "Warning" not in created.stderr, created.stderr
+        return name
 
-    async def _keep_reading(self, out: t.BinaryIO) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        try:
-            async for line in self.proc.stdout:
-                out.write(line)
-        finally:
-            out.close()
+    async def get(self, name: str) -> JSON:
+        return t.cast(JSON, await self.kubectl.json("get", "-n", NAMESPACE, "pod", name))
 
-    async def stop(self, grace: float = 20) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                await proc.wait()
-        if self._drain is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain, 5)
-        return proc.returncode
+    async def running(self, pod: JSON, timeout: int = 60) -> JSON:
+        """Create the pod; once it runs, the pod as the API shows it."""
+        name = await self.create(pod)
+        waited = await self.kubectl.run(
+            "wait", "-n", NAMESPACE, "--for=jsonpath={.status.phase}=Running", f"pod/{name}",
+            f"--timeout={timeout}s")
+        assert waited.returncode == 0, (waited.stderr, await self.get(name))
+        return await self.get(name)
+
+    async def completed(self, pod: JSON, timeout: float = 60) -> JSON:
+        """Create the pod and wait until it has ended (phase Succeeded or Failed)."""
+        name = await self.create(pod)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = await self.get(name)
+            if got.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                return got
+            assert loop.time() < deadline, f"pod {name} did not end: {got.get('status')}"
+            await asyncio.sleep(0.3)
+
+    async def logs(self, name: str) -> str:
+        return t.cast(str, await self.kubectl("logs", "-n", NAMESPACE, name))
+
+    async def delete(self, name: str) -> None:
+        """Delete the pod and wait until it is gone (its process has ended)."""
+        await self.kubectl("delete", "-n", NAMESPACE, "pod", name, "--wait=true",
+                           "--timeout=60s")
+        self.names.remove(name)
+
+    async def delete_all(self) -> None:
+        for name in reversed(self.names):
+            await self.kubectl.run("delete", "-n", NAMESPACE, "pod", name, "--wait=true",
+                                   "--timeout=60s")
+        self.names.clear()
 
 
 async def kernel_session(url: str, token: str, kernel_name: str) -> dict[str, t.Any]:
@@ -247,9 +211,6 @@ async def service_account_kubeconfig(cluster: LocalCluster, kubectl: t.Any, name
     with a token from ``kubectl create token`` (the cluster's CA, as in the admin's)."""
     token = (await kubectl("create", "token", name, "-n", NAMESPACE, "--duration=1h")).strip()
     return cluster.write_kubeconfig(path, namespace=NAMESPACE, token=token)
-
-
-GatewayProcess = ServerProcess
 
 
 async def wait_serving(url: str, timeout: float = 60) -> None:
