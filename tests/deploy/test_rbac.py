@@ -19,10 +19,11 @@ made from the shipped pod template and created with kubectl:
   here does not switch to the pod's ``runAsUser``.) A whole kernel session -- kernelspecs,
   start, execute, interrupt, restart, execute, shut down -- goes through it over HTTP and the
   websocket, as a browser's would, and it relays to the gateway pod.
-- the cull job, as ``kubectl create job --from=cronjob/elastic-kernels-cull`` would run it: the
-  local cluster has no Job controller, so the test creates the Job's pod from the CronJob's
-  ``jobTemplate`` and reads its exit and its log. One change: ``--orphan-grace=0`` instead of
-  five minutes, so the orphan it must delete need not be five minutes old.
+- the cull job, made as an admin makes one to cull now: ``kubectl create job
+  --from=cronjob/elastic-kernels-cull``. The local cluster has no Job controller, so the test
+  creates the Job's pod from the Job's template as the controller would, and reads its exit and
+  its log. One change: ``--orphan-grace=0`` instead of five minutes, so the orphan it must
+  delete need not be five minutes old.
 
 Against the gateway pod: GPU starts that queue on the node's one GPU, the second gated behind
 the first and each let through in order as the GPU frees; an idle GPU kernel reclaimed for a
@@ -262,14 +263,17 @@ def notebook_pod(docs: list[JSON], gateway_url: str) -> JSON:
     return pod
 
 
-def cull_job_pod(docs: list[JSON]) -> JSON:
-    """The pod of ``kubectl create job --from=cronjob/elastic-kernels-cull cull-now``, as the Job
-    controller would create it, with ``--orphan-grace=0``."""
-    cronjob = find(docs, "CronJob", CULL)
-    job = "cull-now"
-    pod = template_pod(cronjob["spec"]["jobTemplate"]["spec"]["template"],
-                       f"{job}-{replica_name('x')[-5:]}", NAMESPACE,
-                       {"batch.kubernetes.io/job-name": job, "job-name": job})
+def job_pod(job: JSON) -> JSON:
+    """The pod the Job controller creates for ``job`` (its template, the labels the API server
+    gives a Job's pods, the Job as controlling owner), with ``--orphan-grace=0``."""
+    meta = job["metadata"]
+    name, uid = meta["name"], meta["uid"]
+    pod = template_pod(job["spec"]["template"], f"{name}-{replica_name('x')[-5:]}", NAMESPACE,
+                       {"batch.kubernetes.io/job-name": name, "job-name": name,
+                        "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid})
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job",
+                                           "name": name, "uid": uid, "controller": True,
+                                           "blockOwnerDeletion": True}]
     (container,) = pod["spec"]["containers"]
     assert "--orphan-grace=5m" in container["args"]
     container["args"] = ["--orphan-grace=0" if a.startswith("--orphan-grace=") else a
@@ -341,7 +345,15 @@ async def the_cull_job_deletes_an_orphan(pods: Pods, docs: list[JSON], kubectl: 
               "spec": {"kernelId": kernel_id, "user": "alice", "kernelSpec": "python-cpu",
                        "gateway": "a-gateway-that-is-gone"}}
     await kubectl.apply_docs([record])
-    pod = await pods.completed(cull_job_pod(docs))
+    # What the admin runs to cull now. (kubectl sends a Job as protobuf, which the local API
+    # server does not decode for Jobs; the same object, rendered by kubectl, goes in as JSON.)
+    rendered = await kubectl("create", "job", "-n", NAMESPACE, f"--from=cronjob/{CULL}",
+                             "cull-now", "--dry-run=client", "-o", "json")
+    job = json.loads(await kubectl("create", "-f", "-", "-o", "json", stdin=rendered))
+    assert job["metadata"]["annotations"] == {"cronjob.kubernetes.io/instantiate": "manual"}
+    assert job["spec"]["template"] == find(docs, "CronJob", CULL)["spec"]["jobTemplate"][
+        "spec"]["template"]
+    pod = await pods.completed(job_pod(job))
     name = pod["metadata"]["name"]
     logs = await pods.logs(name)
     (status,) = pod["status"]["containerStatuses"]
