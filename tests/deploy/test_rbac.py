@@ -79,6 +79,10 @@ LEASES = "coordination.k8s.io"
 GATEWAY = "elastic-kernels-gateway"
 CULL = "elastic-kernels-cull"
 USERS_SECRET = "elastic-kernels-users"
+NOTEBOOK = "elastic-kernels-notebook"
+GATEWAY_TOKEN = "elastic-kernels-gateway-token"
+NOTEBOOK_TOKEN = "elastic-kernels-notebook-token"
+GATEWAY_SERVICE_URL = "http://elastic-kernels-gateway:8888"
 
 #: Granted and needed, but possibly not exercised by the session in this test -- with the reason.
 #: (Code that starts using one of them needs no change here; a grant outside these lists that
@@ -233,12 +237,6 @@ async def users_secret_is_watched(url: str, kubectl: Kubectl, alice: str, bob: s
     async def revoked() -> bool:
         return not await works(alice) and not await works(bob)
     await until(revoked, "the gateway saw the users Secret go", 30)
-
-
-NOTEBOOK = "elastic-kernels-notebook"
-GATEWAY_TOKEN = "elastic-kernels-gateway-token"
-NOTEBOOK_TOKEN = "elastic-kernels-notebook-token"
-GATEWAY_SERVICE_URL = "http://elastic-kernels-gateway:8888"
 
 
 def gateway_pod(docs: list[JSON]) -> JSON:
