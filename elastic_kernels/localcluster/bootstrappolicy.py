@@ -46,6 +46,18 @@ CLUSTER_ROLE_RULES: dict[str, list[JSON]] = {
         {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"],
          "verbs": ["create"]},
     ],
+    # What an external provisioner's ServiceAccount is bound to (no default binding, as real);
+    # this cluster's own provisioner runs inside it (``pvcontroller.py``).
+    "system:persistent-volume-provisioner": [
+        {"apiGroups": [""], "resources": ["persistentvolumes"],
+         "verbs": ["create", "delete", "get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+         "verbs": ["get", "list", "update", "watch"]},
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+         "verbs": ["create", "patch", "update", "watch"]},
+    ],
     "system:public-info-viewer": [
         {"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"],
          "verbs": ["get"]},

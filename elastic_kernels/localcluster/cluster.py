@@ -11,7 +11,9 @@ kubeconfig names the HTTPS listener and embeds the run's CA, as a real admin kub
 Every other identity (a ServiceAccount token, a pod's mounted token) may do only what RBAC
 bindings grant it, with the default cluster roles a real cluster starts with (``rbac.py``).
 
-It starts empty but for what a fresh cluster holds (namespaces, nodes, default RBAC). Putting
+It starts empty but for what a fresh cluster holds (namespaces, nodes, default RBAC, and a
+default StorageClass ``local-path`` whose claims get directories under ``<workdir>/volumes``:
+``localpath.py``, ``pvcontroller.py``). Putting
 CRDs and other manifests in is a client's job, done over HTTP with the kubeconfig as an admin's
 kubectl would (``elastic-kernels cluster --apply``, the tests' ``running_cluster``, the
 benchmarks' ``local_cluster``): the local cluster imports nothing of the product.
@@ -39,8 +41,11 @@ import yaml
 from .apiserver import APIServer
 from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
+from .claims import STORAGE_CLASSES
 from .kubelet import Kubelet
+from .localpath import default_storage_class
 from .nodes import default_nodes, node_object
+from .pvcontroller import PersistentVolumeController
 from .satokens import ServiceAccountTokens
 from .scheduler import Scheduler
 from .store import Store
@@ -92,6 +97,7 @@ class LocalCluster:
         self.apiserver: APIServer | None = None
         self.scheduler: Scheduler | None = None
         self.kubelet: Kubelet | None = None
+        self.volume_controller: PersistentVolumeController | None = None
 
     @property
     def url(self) -> str:
@@ -124,6 +130,7 @@ class LocalCluster:
             for cfg in default_nodes(self.node_count, self.gpus_per_node, self.cpu_per_node,
                                      self.memory_per_node):
                 self.store.create(("", "nodes"), None, node_object(cfg))
+            self.store.create(STORAGE_CLASSES, None, default_storage_class())
             cert = self._cert = await asyncio.to_thread(generate_serving_cert,
                                                         self.workdir / "pki")
             self._admin_token = secrets.token_urlsafe(32)
@@ -143,6 +150,9 @@ class LocalCluster:
             self.apiserver.log_provider = self.kubelet.log_provider
             self.scheduler = Scheduler(self.store)
             await self.scheduler.start()
+            self.volume_controller = PersistentVolumeController(self.store,
+                                                                self.workdir / "volumes")
+            await self.volume_controller.start()
             await self.kubelet.start()
             self.write_kubeconfig(self.kubeconfig_path)
         except BaseException:
@@ -217,7 +227,7 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop in reverse order; the kubelet last stops every pod process it started."""
-        for component in (self.scheduler, self.kubelet, self.apiserver):
+        for component in (self.volume_controller, self.scheduler, self.kubelet, self.apiserver):
             if component is None:
                 continue
             try:
@@ -225,6 +235,7 @@ class LocalCluster:
             except Exception:
                 log.exception("stopping %s failed", type(component).__name__)
         self.scheduler = self.kubelet = None
+        self.volume_controller = None
         self.apiserver = None
         if self._own_workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)

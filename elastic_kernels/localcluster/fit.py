@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from decimal import Decimal
 from typing import Any
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .quantities import QuantityError, parse_quantity
 
@@ -227,6 +227,11 @@ def _term_matches(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
             and all(_requirement_matches(r, node_fields) for r in fields))
 
 
+def term_matches(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
+    """One NodeSelectorTerm against a node (also what a volume's node affinity holds)."""
+    return _term_matches(term, node)
+
+
 def matches_node_selector(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     """``spec.nodeSelector`` AND the required node affinity (terms are ORed)."""
     spec = pod.get("spec") or {}
@@ -312,12 +317,14 @@ def least_allocated_score(requests: Mapping[str, Decimal], allocatable: Mapping[
 
 def choose_node(pod: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]],
                 used: Mapping[str, Resources], counts: Mapping[str, int],
-                scored: Mapping[str, Resources] | None = None
+                scored: Mapping[str, Resources] | None = None,
+                extra: Callable[[Mapping[str, Any]], list[str]] | None = None
                 ) -> tuple[str | None, dict[str, list[str]]]:
     """The best fitting node's name (ties broken by name), or None and each node's reasons.
 
     ``scored`` is the per-node usage for scoring (``allocated_by_node``'s third value); without
-    it the real requests are used.
+    it the real requests are used. ``extra`` is the filters that run after the resource fit
+    (the volume plugins, ``volumefit.py``), as kube-scheduler orders them.
     """
     requests = pod_requests(pod)
     score_requests = nonzero_requests(pod) if scored is not None else requests
@@ -327,6 +334,8 @@ def choose_node(pod: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]],
         name = (node.get("metadata") or {}).get("name", "")
         node_used = used.get(name, {})
         reasons = fit_failures(pod, node, node_used, counts.get(name, 0), requests)
+        if not reasons and extra is not None:
+            reasons = extra(node)
         if reasons:
             failures[name] = reasons
             continue

@@ -3,8 +3,8 @@
 Pods (defaults, validation, which fields an update may change, QoS class), Secrets (stringData,
 base64 data, immutability), ConfigMaps (keys, immutability), Namespaces (the ``kubernetes``
 finalizer and name label), Services (cluster IPs and port defaults) and events.k8s.io Events, each
-worded as the real server words it. ``prune_builtin`` decodes a body as the Go types would,
-dropping or refusing unknown fields.
+worded as the real server words it; the storage kinds' rules are in ``storagerules.py``.
+``prune_builtin`` decodes a body as the Go types would, dropping or refusing unknown fields.
 
 Called by the store (``store.py``) on create and update of a built-in kind; CRDs and custom
 resources have their own rules (``crdregistry.py``). A built-in kind not named here has only the
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import errors as E
+from . import storagerules
 from .errors import FieldError
 from .objectmeta import DNS_LABEL_RE, LABEL_MSG
 from .resources import ResourceType
@@ -64,6 +65,8 @@ def prepare_create(rtype: ResourceType, obj: dict[str, Any], errs: list[FieldErr
         obj["status"] = {"loadBalancer": {}}
     elif rtype.key == EVENTS_V1:
         validate_events_v1(obj, errs)
+    else:
+        storagerules.prepare_create(key, obj, errs)
 
 
 def prepare_update(rtype: ResourceType, old: dict[str, Any], new: dict[str, Any],
@@ -94,6 +97,8 @@ def prepare_update(rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]
         if old_ip and (new.get("spec") or {}).get("clusterIP") != old_ip:
             errs.append(E.invalid("spec.clusterIP", new["spec"].get("clusterIP"),
                                   "field is immutable"))
+    else:
+        storagerules.prepare_update(key, old, new, errs)
 
 
 def prune_builtin(rtype: ResourceType, obj: dict[str, Any], opts: WriteOptions) -> None:
@@ -227,6 +232,10 @@ def validate_pod(pod: dict, errs: list[FieldError]) -> None:
                                           "must be a string"))
                 else:
                     env_names.add(env["name"])
+            for mindex, mount in enumerate(container.get("volumeMounts") or []):
+                if isinstance(mount, dict) and mount.get("subPath"):
+                    validate_sub_path(mount["subPath"], f"{path}.volumeMounts[{mindex}].subPath",
+                                      errs)
     policy = spec.get("restartPolicy")
     if policy not in ("Always", "OnFailure", "Never"):
         errs.append(E.not_supported("spec.restartPolicy", policy, ["Always", "OnFailure", "Never"]))
@@ -242,6 +251,17 @@ def validate_pod(pod: dict, errs: list[FieldError]) -> None:
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
         errs.append(E.invalid("spec.terminationGracePeriodSeconds", grace,
                               "must be greater than or equal to 0"))
+
+
+def validate_sub_path(sub_path: Any, path: str, errs: list[FieldError]) -> None:
+    """validateLocalDescendingPath: a subPath stays inside its volume."""
+    if not isinstance(sub_path, str):
+        errs.append(E.invalid(path, sub_path, "must be a string"))
+        return
+    if sub_path.startswith("/"):
+        errs.append(E.invalid(path, sub_path, "must be a relative path"))
+    if ".." in sub_path.replace("\\", "/").split("/"):
+        errs.append(E.invalid(path, sub_path, "must not contain '..'"))
 
 
 _POD_MUTABLE_MSG = ("pod updates may not change fields other than `spec.containers[*].image`,"

@@ -4,9 +4,10 @@ For each pod bound to a node it knows, a ``PodWorker``:
 
 1. admits it (simulated GPU devices are taken from the node's inventory), gives it its own
    127.x.y.z address and reports ``Pending`` with containers ``Waiting/ContainerCreating``;
-2. materialises its volumes and service-account token (``volumes.py``), resolves each container's
-   env (``podenv.py``) -- missing Secrets/ConfigMaps keep it waiting and it retries when they
-   change (watched, not polled). Tokens are real ServiceAccount tokens bound to the pod
+2. materialises its volumes and service-account token (``volumes.py``; claims through
+   ``claimmounts.py``), resolves each container's env (``podenv.py``) -- missing
+   Secrets/ConfigMaps or unbound claims keep it waiting and it retries when they change
+   (watched, not polled). Tokens are real ServiceAccount tokens bound to the pod
    (``satokens.py``), requested like a real kubelet does (3607 s) and rewritten in place once
    80 % of their life has passed, so a pod that runs for days keeps a working credential and a
    copied token dies with its pod;
@@ -821,6 +822,11 @@ class Kubelet:
                                                self._on_config_event)),
             # A pod waiting for its ServiceAccount (FailedMount) retries when one appears.
             asyncio.create_task(self._informer(("", "serviceaccounts"), self._on_config_list,
+                                               self._on_config_event)),
+            # A pod waiting for its claim to exist or bind (FailedMount) retries when it does.
+            asyncio.create_task(self._informer(("", "persistentvolumeclaims"),
+                                               self._on_config_list, self._on_config_event)),
+            asyncio.create_task(self._informer(("", "persistentvolumes"), self._on_config_list,
                                                self._on_config_event)),
         ]
         await asyncio.sleep(0)

@@ -28,6 +28,8 @@ _META_NAMES = {
     "Condition", "Time", "MicroTime", "APIResource", "APIResourceList", "APIGroup",
     "APIGroupList", "GroupVersionForDiscovery", "ServerAddressByClientCIDR", "WatchEvent",
 }
+# storage.k8s.io/v1 models (the rest of the core-looking names are core/v1).
+_STORAGE_NAMES = {"StorageClass", "StorageClassList"}
 _APIEXT_PKG = "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1"
 _APIEXT_PREFIXES = ("CustomResource", "JSONSchemaProps", "WebhookConversion",
                     "WebhookClientConfig", "ExternalDocumentation", "ValidationRule",
@@ -66,6 +68,8 @@ def definition_name(model: str) -> str:
         return f"{_APIEXT_PKG}.{short}"
     if short.startswith("Lease"):
         return f"io.k8s.api.coordination.v1.{short}"
+    if short in _STORAGE_NAMES:
+        return f"io.k8s.api.storage.v1.{short}"
     return f"io.k8s.api.core.v1.{short}"
 
 

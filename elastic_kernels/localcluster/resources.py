@@ -145,12 +145,19 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  "selfsubjectaccessreview", "SelfSubjectAccessReview", False, verbs=("create",)),
     ResourceType("authorization.k8s.io", "v1", "selfsubjectrulesreviews",
                  "selfsubjectrulesreview", "SelfSubjectRulesReview", False, verbs=("create",)),
-    # Kinds an install of this project creates. Nothing acts on them here (there is no controller
-    # manager), but they are accepted, validated against their types, stored and listed, so that
-    # `kubectl apply -k deploy/...` and Helm work against the local cluster.
+    # Storage: claims, volumes and classes, acted on by the local-path provisioner
+    # (``pvcontroller.py``), the scheduler's volume filters (``volumefit.py``) and the kubelet
+    # (``claimmounts.py``); their rules are in ``storagerules.py``.
     ResourceType("", "v1", "persistentvolumeclaims", "persistentvolumeclaim",
                  "PersistentVolumeClaim", True, ("pvc",), status_subresource=True,
                  model="V1PersistentVolumeClaim"),
+    ResourceType("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", False,
+                 ("pv",), status_subresource=True, model="V1PersistentVolume"),
+    ResourceType("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", False,
+                 ("sc",), model="V1StorageClass"),
+    # Kinds an install of this project creates. Nothing acts on them here (there is no controller
+    # manager), but they are accepted, validated against their types, stored and listed, so that
+    # `kubectl apply -k deploy/...` and Helm work against the local cluster.
     ResourceType("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", True, ("quota",),
                  status_subresource=True, model="V1ResourceQuota"),
     ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ("deploy",),
@@ -193,6 +200,7 @@ BUILTIN_GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("authentication.k8s.io", "v1"), ("authorization.k8s.io", "v1"),
     ("admissionregistration.k8s.io", "v1"), ("apiextensions.k8s.io", "v1"), ("apps", "v1"),
     ("batch", "v1"), ("policy", "v1"), ("networking.k8s.io", "v1"), (_RBAC, "v1"),
+    ("storage.k8s.io", "v1"),
 )
 
 # Kinds whose names are DNS labels rather than DNS subdomains (real validation differs by kind).

@@ -9,6 +9,10 @@ events, never by a timer:
   removed, or a node being added or changed -- and are then retried in arrival order
   (priority first, then ``creationTimestamp``).
 
+Pods with ``persistentVolumeClaim`` volumes also pass the volume plugins (``volumefit.py``):
+missing or unbound claims keep them Pending, and access modes and volume node affinity narrow
+the nodes; claim, volume and class changes retry the waiting pods.
+
 A pod that is retried and still does not fit bumps the existing Event's count; its condition is
 only rewritten when the message changes, so waiting pods cause no write storms.
 """
@@ -16,6 +20,7 @@ only rewritten when the message changes, so waiting pods cause no write storms.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -24,9 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
-from .fit import (add_resources, allocated_by_node, choose_node, is_terminal, needs_scheduling,
-                  nonzero_requests, pod_requests, unschedulable_message)
+from .claims import PVCS, PVS, STORAGE_CLASSES
+from .fit import (NO_NODES_MESSAGE, add_resources, allocated_by_node, choose_node, is_terminal,
+                  needs_scheduling, nonzero_requests, pod_requests, unschedulable_message)
 from .tasks import cancel_all
+from .volumefit import WAIT, ClaimUsage, StorageView
+from .volumefit import node_failures as volume_node_failures
+from .volumefit import prefilter as volume_prefilter
 
 if TYPE_CHECKING:
     from .store import Store
@@ -43,6 +52,14 @@ def _rv(obj: JSON) -> int:
         return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _storage_key(obj: JSON) -> Any:
+    """Claims by (namespace, name); volumes and classes by name."""
+    meta = obj.get("metadata") or {}
+    if meta.get("namespace"):
+        return (meta["namespace"], meta.get("name"))
+    return meta.get("name")
 
 
 def _uid(obj: JSON) -> str:
@@ -136,6 +153,7 @@ class Scheduler:
         self._stopping = False
         # uid -> the Unschedulable message last written, to skip identical rewrites
         self._last_message: dict[str, str] = {}
+        self._storage = StorageView()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -148,6 +166,12 @@ class Scheduler:
                                 name="scheduler-pods"),
             asyncio.create_task(self._run(), name="scheduler-loop"),
         ]
+        for key, index in ((PVCS, self._storage.claims), (PVS, self._storage.volumes),
+                           (STORAGE_CLASSES, self._storage.classes)):
+            self._tasks.append(asyncio.create_task(
+                self._informer(key, functools.partial(self._on_storage_list, index),
+                               functools.partial(self._on_storage_event, index)),
+                name=f"scheduler-{key[1]}"))
         await asyncio.sleep(0)
 
     async def stop(self) -> None:
@@ -176,6 +200,22 @@ class Scheduler:
             return
         self._nodes[name] = node
         if old is None or _node_signature(old) != _node_signature(node):
+            self._capacity_changed()
+
+    def _on_storage_list(self, index: dict[Any, JSON], items: list[JSON]) -> None:
+        index.clear()
+        for obj in items:
+            index[_storage_key(obj)] = obj
+        self._capacity_changed()
+
+    def _on_storage_event(self, index: dict[Any, JSON], etype: str, obj: JSON) -> None:
+        """A claim, volume or class changed: waiting pods may now fit (a claim bound, say)."""
+        key = _storage_key(obj)
+        if etype == "DELETED":
+            index.pop(key, None)
+        else:
+            index[key] = obj
+        if self._queue:
             self._capacity_changed()
 
     def _on_pod_list(self, pods: list[JSON]) -> None:
@@ -258,6 +298,7 @@ class Scheduler:
             return
         candidates.sort(key=self._order)
         used, counts, scored = allocated_by_node(self._pods.values())
+        usage = ClaimUsage(self._pods.values())
         nodes = sorted(self._nodes.values(), key=lambda n: n["metadata"]["name"])
         for uid in candidates:
             pod = self._pods.get(uid)
@@ -265,7 +306,18 @@ class Scheduler:
             if pod is None or waiting is None:
                 continue
             try:
-                node_name, failures = choose_node(pod, nodes, used, counts, scored)
+                verdict = volume_prefilter(pod, self._storage)
+                if verdict is not None:
+                    waiting.attempted = True
+                    waiting.signature = _scheduling_signature(pod)
+                    if verdict != WAIT:
+                        self._unschedulable(pod, f"0/{len(nodes)} nodes are available: "
+                                                 f"{verdict}." if nodes else NO_NODES_MESSAGE)
+                    continue
+                node_name, failures = choose_node(
+                    pod, nodes, used, counts, scored,
+                    functools.partial(volume_node_failures, pod, view=self._storage,
+                                      usage=usage))
                 if node_name is None:
                     waiting.attempted = True
                     waiting.signature = _scheduling_signature(pod)
@@ -278,6 +330,7 @@ class Scheduler:
                     add_resources(used.setdefault(node_name, {}), pod_requests(pod))
                     add_resources(scored.setdefault(node_name, {}), nonzero_requests(pod))
                     counts[node_name] = counts.get(node_name, 0) + 1
+                    usage.add(bound, node_name)
             except Exception:
                 waiting.attempted = True
                 log.exception("scheduling pod %s/%s failed", pod["metadata"].get("namespace"),

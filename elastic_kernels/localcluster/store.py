@@ -42,6 +42,7 @@ from .objectmeta import (FOREGROUND, ORPHAN, PATH_SEGMENT_NAMES, deep_copy, gene
                          now_rfc3339, validate_meta)
 from .patching import apply_patch
 from .resources import CONVERTERS, Registry, ResourceKey, ResourceType
+from .storageadmission import admit_create
 from .selectors import FieldSelector, parse_field_selector, parse_label_selector
 from .watchcache import StoredEvent, TypeState, Watch, WatchEvent
 from .writeoptions import Admission, WriteOptions
@@ -56,6 +57,7 @@ PODS: ResourceKey = ("", "pods")
 NAMESPACES: ResourceKey = ("", "namespaces")
 CRDS: ResourceKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 SERVICE_ACCOUNTS: ResourceKey = ("", "serviceaccounts")
+STORAGE_CLASSES: ResourceKey = ("storage.k8s.io", "storageclasses")
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
@@ -463,9 +465,14 @@ class Store:
                 obj.pop("status", None)
             self.crds.prepare_custom(rtype, obj, opts, errs)
         else:
+            admit_create(rtype.storage_key, obj, self._storage_classes)
             kindrules.prepare_create(rtype, obj, errs, self._service_ips)
         if errs:
             raise E.invalid_object(rtype.qualified_kind, obj["metadata"]["name"], errs)
+
+    def _storage_classes(self) -> Objects:
+        state = self._states.get(STORAGE_CLASSES)
+        return list(state.iter_objects(None)) if state is not None else []
 
     def _prepare_update(self, rtype: ResourceType, old: dict, new: dict,
                         opts: WriteOptions) -> None:

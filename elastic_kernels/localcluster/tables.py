@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from .claims import access_modes_text, claim_class, is_default_class, volume_class
 from .resources import ResourceType
 
 _NAME_COL = {"name": "Name", "type": "string", "format": "name", "priority": 0,
@@ -235,6 +236,9 @@ def _builtin_table(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, dat
                     o.get("message") or o.get("note") or ""]
         return [_column("Last Seen"), _column("Type"), _column("Reason"), _column("Object"),
                 _column("Message")], event_row
+    storage = _storage_table(key)
+    if storage is not None:
+        return storage
     if key == ("coordination.k8s.io", "leases"):
         return [_NAME_COL, _column("Holder"), _AGE_COL], lambda o, now: [
             o["metadata"]["name"], (o.get("spec") or {}).get("holderIdentity", ""), _age(o, now)]
@@ -242,6 +246,57 @@ def _builtin_table(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, dat
         return [_NAME_COL, _column("Created At", "date")], lambda o, now: [
             o["metadata"]["name"], o["metadata"].get("creationTimestamp")]
     return [_NAME_COL, _AGE_COL], lambda o, now: [o["metadata"]["name"], _age(o, now)]
+
+
+def _pvc_row(o: dict, now: datetime) -> list:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    phase = "Terminating" if o["metadata"].get("deletionTimestamp") else status.get("phase", "")
+    capacity = modes = ""
+    if spec.get("volumeName"):  # a claim shows what it got, once it has a volume
+        capacity = str((status.get("capacity") or {}).get("storage") or "")
+        modes = access_modes_text(status.get("accessModes"))
+    return [o["metadata"]["name"], phase, spec.get("volumeName") or "", capacity, modes,
+            claim_class(o), spec.get("volumeAttributesClassName") or "<unset>", _age(o, now),
+            spec.get("volumeMode") or "<unset>"]
+
+
+def _pv_row(o: dict, now: datetime) -> list:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    ref = spec.get("claimRef") or {}
+    claim = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref else ""
+    phase = "Terminating" if o["metadata"].get("deletionTimestamp") else status.get("phase", "")
+    return [o["metadata"]["name"], str((spec.get("capacity") or {}).get("storage") or "0"),
+            access_modes_text(spec.get("accessModes")),
+            spec.get("persistentVolumeReclaimPolicy", ""), phase, claim, volume_class(o),
+            spec.get("volumeAttributesClassName") or "<unset>", status.get("reason") or "",
+            _age(o, now), spec.get("volumeMode") or "<unset>"]
+
+
+def _storage_class_row(o: dict, now: datetime) -> list:
+    name = o["metadata"]["name"] + (" (default)" if is_default_class(o) else "")
+    return [name, o.get("provisioner", ""), o.get("reclaimPolicy") or "Delete",
+            o.get("volumeBindingMode") or "Immediate", bool(o.get("allowVolumeExpansion")),
+            _age(o, now)]
+
+
+def _storage_table(key: tuple[str, str]
+                   ) -> tuple[list[dict], Callable[[dict, datetime], list]] | None:
+    """The columns of kube's printers.go for claims, volumes and classes."""
+    if key == ("", "persistentvolumeclaims"):
+        return [_NAME_COL, _column("Status"), _column("Volume"), _column("Capacity"),
+                _column("Access Modes"), _column("StorageClass"),
+                _column("VolumeAttributesClass"), _AGE_COL,
+                _column("VolumeMode", priority=1)], _pvc_row
+    if key == ("", "persistentvolumes"):
+        return [_NAME_COL, _column("Capacity"), _column("Access Modes"),
+                _column("Reclaim Policy"), _column("Status"), _column("Claim"),
+                _column("StorageClass"), _column("VolumeAttributesClass"), _column("Reason"),
+                _AGE_COL, _column("VolumeMode", priority=1)], _pv_row
+    if key == ("storage.k8s.io", "storageclasses"):
+        return [_NAME_COL, _column("Provisioner"), _column("ReclaimPolicy"),
+                _column("VolumeBindingMode"), _column("AllowVolumeExpansion"),
+                _AGE_COL], _storage_class_row
+    return None
 
 
 def table_for(rtype: ResourceType) -> tuple[list[dict], Callable[[dict, datetime], list]]:

@@ -2,7 +2,8 @@
 
 A pod's Secret, ConfigMap, projected, downward-API and emptyDir volumes are written as files
 under the pod's directory in the kubelet's workdir (``<pod dir>/volumes/<volume name>/``);
-hostPath volumes are the host path itself. The service account token (unless
+hostPath volumes are the host path itself, and persistentVolumeClaim volumes the directory of
+the volume the claim is bound to (``claimmounts.py``). The service account token (unless
 ``automountServiceAccountToken: false``) becomes ``<pod dir>/serviceaccount/{token,ca.crt,
 namespace}``, mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``. Tokens, there and in
 projected ``serviceAccountToken`` sources, are real ServiceAccount tokens bound to the pod that
@@ -32,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from collections.abc import Iterable, Mapping
 
+from .claimmounts import ClaimNotReady, claim_directory
 from .podenv import ConfigError, ObjectLookup, field_value, resource_value
 
 JSON = dict[str, Any]
@@ -222,7 +224,7 @@ def _volume_files(volume: JSON, pod: JSON, lookup: ObjectLookup,
     kinds = [k for k in volume if k != "name"]
     raise _failed(name, f"volume type {kinds[0] if kinds else '(none)'!r} is not supported by "
                         f"the local cluster (supported: secret, configMap, emptyDir, projected, "
-                        f"downwardAPI, hostPath)")
+                        f"downwardAPI, hostPath, persistentVolumeClaim)")
 
 
 def materialise_volumes(pod: JSON, pod_dir: Path, lookup: ObjectLookup, *,
@@ -241,6 +243,13 @@ def materialise_volumes(pod: JSON, pod_dir: Path, lookup: ObjectLookup, *,
         name = volume.get("name", "")
         if "hostPath" in volume:
             result[name] = Path((volume["hostPath"] or {}).get("path", "/"))
+            continue
+        if "persistentVolumeClaim" in volume:
+            namespace = (pod.get("metadata") or {}).get("namespace") or "default"
+            try:
+                result[name] = claim_directory(volume, namespace, lookup)
+            except ClaimNotReady as e:
+                raise VolumeError(e.message) from None
             continue
         files = _volume_files(volume, pod, lookup, tokens or {}, node_allocatable or {})
         target = root / name
@@ -288,13 +297,33 @@ def container_mounts(container: JSON, volume_dirs: Mapping[str, Path],
             continue  # "/" cannot be rewritten, and unknown volumes are rejected by validation
         sub = vm.get("subPath") or ""
         host = base / sub if sub else base
-        if sub and not host.exists() and base.is_dir():
-            host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath dir
+        if sub:
+            host = _sub_path(base, sub, str(vm.get("name") or ""), str(container.get("name")))
         mounts.append(Mount(mount_path, host, bool(vm.get("readOnly"))))
     if sa_dir is not None and not any(m.mount_path == SERVICE_ACCOUNT_MOUNT for m in mounts):
         mounts.append(Mount(SERVICE_ACCOUNT_MOUNT, sa_dir, True))
     mounts.sort(key=lambda m: len(m.mount_path), reverse=True)
     return mounts
+
+
+def _sub_path(base: Path, sub: str, volume: str, container: str) -> Path:
+    """``base/sub``, created if missing as the kubelet does, and never outside ``base`` (the API
+    refuses ``..`` and absolute subPaths; a symlink inside the volume must not lead out
+    either)."""
+    failed = ConfigError(f'failed to prepare subPath for volumeMount "{volume}" of container '
+                         f'"{container}"')
+    rel = PurePosixPath(sub)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise failed
+    host = base / Path(*rel.parts)
+    if base.is_dir() and not host.exists():
+        try:
+            host.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise failed from None
+    if not host.resolve().is_relative_to(base.resolve()):
+        raise failed
+    return host
 
 
 def rewrite_value(value: str, mounts: Iterable[Mount]) -> str:
