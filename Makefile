@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test lint demo bench dist clean
+.PHONY: test test-lowest lint demo bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,23 @@ lint: $(VENV)/.test-installed
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) test-lowest
+
+# The upstream-facing tests again, on the oldest jupyter_server/jupyter_client/tornado/pyzmq the
+# project supports (ci/lowest-constraints.txt); the full run above has the newest releases.
+LOWEST_VENV ?= .venv-lowest
+LOWEST_TESTS ?= tests/test_upstream_door.py tests/gateway tests/test_end_to_end.py \
+	tests/test_offline_buffer.py tests/test_pod_death.py tests/test_provisioner.py
+
+$(LOWEST_VENV)/.installed: setup.cfg pyproject.toml ci/lowest-constraints.txt
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+		-c ci/lowest-constraints.txt -e '.[test]'
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/pytest -q -p no:cacheprovider $(LOWEST_TESTS)
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/elastic-kernels demo
@@ -51,4 +68,4 @@ dist: $(VENV)/.test-installed
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(LOWEST_VENV) build dist *.egg-info

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+import typing as t
 from typing import Any
 
-from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.httpclient import HTTPResponse
+
+from elastic_kernels import testing
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -208,9 +208,7 @@ async def create_kernelspec(cluster: Any, doc: JSON) -> None:
 # --- processes ---------------------------------------------------------------------------------
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return testing.free_port(HOST)
 
 
 def private_jupyter_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -377,163 +375,35 @@ def proc_threads(pid: int) -> int:
 
 
 # --- HTTP and websocket clients ----------------------------------------------------------------
+# The same clients as the tests' (elastic_kernels.testing), with the benchmarks' longer timeout.
+
+V1_PROTOCOL = testing.V1_PROTOCOL
+json_of = testing.json_of
+
 
 async def api(base_url: str, method: str, path: str, body: Any = None, *,
               token: str | None = None, timeout: float = 120) -> HTTPResponse:
-    headers = {"Authorization": f"token {token}"} if token else {}
-    data: bytes | None = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    elif method in ("POST", "PUT", "PATCH"):
-        data = b""
-    request = HTTPRequest(base_url.rstrip("/") + path, method=method, headers=headers, body=data,
-                          request_timeout=timeout, connect_timeout=timeout,
-                          allow_nonstandard_methods=True)
-    return await AsyncHTTPClient(max_clients=100).fetch(request, raise_error=False)
+    return await testing.api(base_url, method, path, body, token=token, timeout=timeout)
 
 
-def json_of(response: HTTPResponse) -> Any:
-    return json.loads(response.body or b"null")
-
-
-#: The websocket subprotocol JupyterLab 4 asks for: raw message parts in one binary frame.
-V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
-
-
-def encode_v1(channel: str, parts: list[bytes]) -> bytes:
-    """One ``v1.kernel.websocket.jupyter.org`` frame: part count, offsets, channel, parts."""
-    chunks = [channel.encode(), *parts]
-    offsets = [8 * (len(chunks) + 2)]
-    for chunk in chunks:
-        offsets.append(offsets[-1] + len(chunk))
-    head = b"".join(n.to_bytes(8, "little") for n in [len(offsets), *offsets])
-    return head + b"".join(chunks)
-
-
-def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
-    count = int.from_bytes(frame[:8], "little")
-    offsets = [int.from_bytes(frame[8 * i:8 * i + 8], "little") for i in range(1, count + 1)]
-    chunks = [frame[a:b] for a, b in zip(offsets, offsets[1:])] + [frame[offsets[-1]:]]
-    return chunks[0].decode(), chunks[1:]
-
-
-class KernelWS:
-    """A kernel websocket client, as JupyterLab's: the v1 binary protocol, or the JSON one.
-
-    JupyterLab 4 offers ``v1.kernel.websocket.jupyter.org`` and uses it when the server agrees
-    (jupyter_server 2 and our gateway do); older clients, and jupyter_server's own gateway client
-    in a notebook server, speak JSON text frames. ``protocol`` picks one.
-    """
-
-    def __init__(self, ws: WebSocketClientConnection, protocol: str = "json") -> None:
-        self.ws = ws
-        self.protocol = protocol
-        self.session = Session(username="bench")
+class KernelWS(testing.KernelWS):
+    """The tests' websocket client, with the benchmarks' timeouts: a JupyterLab-like client
+    (``protocol="v1"``) or a notebook server's gateway client (``protocol="json"``)."""
 
     @classmethod
-    async def open(cls, base_url: str, kernel_id: str, token: str | None,
-                   timeout: float = 120, protocol: str = "json") -> KernelWS:
-        if protocol not in ("json", "v1"):
-            raise ValueError(f"protocol must be 'json' or 'v1', not {protocol!r}")
-        session_id = uuid.uuid4().hex
-        ws_url = base_url.replace("http://", "ws://").rstrip("/")
-        url = f"{ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}"
-        headers = {"Authorization": f"token {token}"} if token else {}
-        ws = await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=timeout,
-                                                 connect_timeout=timeout),
-                                     max_message_size=64 * 1024 * 1024,
-                                     subprotocols=[V1_PROTOCOL] if protocol == "v1" else None)
-        if protocol == "v1" and ws.selected_subprotocol != V1_PROTOCOL:
-            ws.close()
-            raise ConnectionError(f"the server did not accept {V1_PROTOCOL}")
-        ws.protocol.set_nodelay(True)  # type: ignore[union-attr]
-        return cls(ws, protocol)
+    async def open(cls, base_url: str, kernel_id: str, token: str | None = None, *,
+                   protocol: str = "json", in_query: bool = False,
+                   session_id: str | None = None, timeout: float = 120,
+                   max_message_size: int = 64 * 1024 * 1024) -> KernelWS:
+        ws = await super().open(base_url, kernel_id, token, protocol=protocol,
+                                in_query=in_query, session_id=session_id, timeout=timeout,
+                                max_message_size=max_message_size)
+        return t.cast(KernelWS, ws)
 
-    def send(self, msg_type: str, content: JSON, channel: str = "shell") -> str:
-        msg = self.session.msg(msg_type, content)
-        msg_id = uuid.uuid4().hex
-        msg["header"]["msg_id"] = msg["msg_id"] = msg_id
-        if self.protocol == "v1":
-            pack = self.session.pack
-            parts = [pack(msg["header"]), pack(msg["parent_header"]), pack(msg["metadata"]),
-                     pack(msg["content"])]
-            self.ws.write_message(encode_v1(channel, parts), binary=True)
-        else:
-            msg["channel"] = channel
-            self.ws.write_message(json.dumps(msg, default=json_default))
-        return msg_id
-
-    async def recv(self, timeout: float = 60) -> JSON:
-        raw = await asyncio.wait_for(self.ws.read_message(), timeout)
-        if raw is None:
-            raise ConnectionError(f"websocket closed ({self.ws.close_code} {self.ws.close_reason})")
-        if self.protocol == "v1":
-            if not isinstance(raw, bytes):
-                raise ConnectionError("unexpected text frame on a v1 websocket")
-            channel, parts = decode_v1(raw)
-            unpack = self.session.unpack
-            header = unpack(parts[0])
-            return {"channel": channel, "header": header, "msg_type": header.get("msg_type"),
-                    "parent_header": unpack(parts[1]), "metadata": unpack(parts[2]),
-                    "content": unpack(parts[3]), "buffers": parts[4:]}
-        if isinstance(raw, bytes):  # a binary-protocol frame; not expected with JSON clients
-            raise ConnectionError("unexpected binary websocket frame")
-        return json.loads(raw)
-
-    async def wait_reply(self, msg_id: str, reply_type: str, timeout: float = 60) -> JSON:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            msg = await self.recv(max(0.01, deadline - loop.time()))
-            if msg.get("msg_type") == reply_type and \
-                    msg.get("parent_header", {}).get("msg_id") == msg_id:
-                return msg
-
-    async def kernel_info(self, timeout: float = 120) -> JSON:
-        msg_id = self.send("kernel_info_request", {})
-        return await self.wait_reply(msg_id, "kernel_info_reply", timeout)
-
-    async def execute(self, code: str, timeout: float = 60,
-                      on_output: Callable[[JSON], None] | None = None) -> JSON:
-        """Send ``code``; return when both its reply and its idle status have arrived."""
-        msg_id = self.send("execute_request", {"code": code, "silent": False,
-                                               "store_history": False})
-        reply: JSON | None = None
-        idle = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while reply is None or not idle:
-            msg = await self.recv(max(0.01, deadline - loop.time()))
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg.get("msg_type")
-            if kind == "execute_reply":
-                reply = msg
-            elif kind == "status" and msg["content"].get("execution_state") == "idle":
-                idle = True
-            elif on_output is not None:
-                on_output(msg)
-        return reply
-
-    def keep_reading(self) -> None:
-        """Read and drop messages in the background from now on, as an open notebook tab does.
-
-        An idle client must still read: tornado's client holds one unread message at most and
-        stops reading frames behind it, pongs included, so a client that never reads is
-        dropped by the server's websocket ping timeout (jupyter_server's: 90 s) as a dead one.
-        """
-        async def drain() -> None:
-            while await self.ws.read_message() is not None:
-                pass
-
-        self._reader = asyncio.ensure_future(drain())
-
-    def close(self) -> None:
-        reader = getattr(self, "_reader", None)
-        if reader is not None:
-            reader.cancel()
-        self.ws.close()
+    async def execute(self, code: str, timeout: float = 60, *, store_history: bool = False,
+                      on_output: Callable[[JSON], None] | None = None) -> testing.Execution:
+        return await super().execute(code, timeout, store_history=store_history,
+                                     on_output=on_output)
 
 
 async def start_via_http(url: str, token: str, kernel_name: str,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -23,7 +22,8 @@ import pytest_asyncio
 import yaml
 
 from elastic_kernels import cli, cull
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticKernelManager
 from elastic_kernels.leases import format_micro_time, lease_name
 from elastic_kernels.kernelspecs import ElasticKernelSpecManager
@@ -31,6 +31,7 @@ from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, LEASES, PODS, SECRETS, KubeClient, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.localcluster.cluster import LocalCluster
+from elastic_kernels.testing import free_port
 
 from .conftest import REPO, derived_kernelspec
 
@@ -267,8 +268,8 @@ async def test_two_runs_that_decided_on_the_same_state_delete_each_kernel_once(
     assert len(first.results) == len(scenario.expected)
 
     a, b = await asyncio.gather(
-        C.cull_all(client, [r.decision for r in first.results], component=cull.COMPONENT),
-        C.cull_all(client, [r.decision for r in second.results], component=cull.COMPONENT))
+        A.cull_all(client, [r.decision for r in first.results], component=cull.COMPONENT),
+        A.cull_all(client, [r.decision for r in second.results], component=cull.COMPONENT))
 
     for ra, rb in zip(a, b):
         assert sorted([ra.outcome.name, rb.outcome.name]) == ["ALREADY_GONE", "DELETED"], (ra, rb)
@@ -291,7 +292,7 @@ async def test_defaults_from_the_command_line_apply_where_the_kernelspec_is_sile
     defaults = C.Policy(idle_timeout=args.idle_timeout, max_age=args.max_age)
     result = await cull.run_cull(client, "default", defaults, orphan_grace=args.orphan_grace)
     report = {r.decision.kernel.name: r.decision.reason.value for r in result.results}
-    assert all(r.outcome is C.CullOutcome.DELETED for r in result.results)
+    assert all(r.outcome is A.CullOutcome.DELETED for r in result.results)
     assert report == {silent["metadata"]["name"]: "IdleTimeout",
                       orphaned_spec["metadata"]["name"]: "IdleTimeout"}
     assert await names(client) == {never["metadata"]["name"]}
@@ -340,11 +341,6 @@ async def test_a_real_kernel_goes_with_its_pod_and_secret(
             except Exception:
                 pass
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_an_unreachable_api_exits_1_with_a_clear_message(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +36,7 @@ import pytest
 
 import elastic_kernels.data as data
 from elastic_kernels.localcluster.images import ImagePolicy
+from elastic_kernels.testing import free_port
 
 from .gateway.support import KernelWS, api, json_of
 from .gatewayproc import LEAKY_ENV, private_jupyter_dirs
@@ -271,11 +271,6 @@ def alive(process: tuple[int, str]) -> bool:
     entry = process_table().get(pid)
     return entry is not None and entry[2] == started and entry[1] != "Z"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -16,20 +16,15 @@ in a file, so the test knows how much output went past the client.
 from __future__ import annotations
 
 import asyncio
-import json
 import typing as t
 import uuid
 from pathlib import Path
 
 import pytest
-from jupyter_client.jsonutil import json_default
-from jupyter_client.session import Session
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from bench.common import V1_PROTOCOL, decode_v1, encode_v1, proc_rss_mib
+from bench.common import proc_rss_mib
 
-from .gateway.support import TOKEN, api, json_of
+from .gateway.support import TOKEN, KernelWS, api, json_of
 from .gatewayproc import GatewayProcess, Gateways, eventually
 
 pytestmark = pytest.mark.timeout(150)
@@ -62,48 +57,14 @@ while True:
 """
 
 
-class Client:
-    """A kernel websocket client of either protocol that reads only when asked to."""
-
-    def __init__(self, ws: WebSocketClientConnection, protocol: str) -> None:
-        self.ws = ws
-        self.protocol = protocol
-        self.session = Session(username="test")
+class Client(KernelWS):
+    """The shared kernel websocket client (either protocol), reading only when asked to."""
 
     @classmethod
-    async def open(cls, url: str, kernel_id: str, session_id: str, protocol: str) -> Client:
-        ws_url = url.replace("http://", "ws://").rstrip("/")
-        ws = await websocket_connect(
-            HTTPRequest(f"{ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}",
-                        headers={"Authorization": f"token {TOKEN}"}, request_timeout=30),
-            max_message_size=256 * MIB,
-            subprotocols=[V1_PROTOCOL] if protocol == "v1" else None)
-        assert (ws.selected_subprotocol == V1_PROTOCOL) == (protocol == "v1")
-        return cls(ws, protocol)
-
-    def send(self, msg_type: str, content: dict[str, t.Any]) -> str:
-        msg = self.session.msg(msg_type, content)
-        msg_id = msg["header"]["msg_id"] = msg["msg_id"] = uuid.uuid4().hex
-        if self.protocol == "v1":
-            pack = self.session.pack
-            self.ws.write_message(encode_v1("shell", [
-                pack(msg["header"]), pack(msg["parent_header"]), pack(msg["metadata"]),
-                pack(msg["content"])]), binary=True)
-        else:
-            msg["channel"] = "shell"
-            self.ws.write_message(json.dumps(msg, default=json_default))
-        return t.cast(str, msg_id)
-
-    async def recv(self, timeout: float = 30) -> dict[str, t.Any]:
-        raw = await asyncio.wait_for(self.ws.read_message(), timeout)
-        assert raw is not None, f"websocket closed ({self.ws.close_code} {self.ws.close_reason})"
-        if self.protocol == "json":
-            return t.cast("dict[str, t.Any]", json.loads(raw))
-        assert isinstance(raw, bytes)
-        channel, parts = decode_v1(raw)
-        header = json.loads(parts[0])
-        return {"channel": channel, "header": header, "msg_type": header["msg_type"],
-                "parent_header": json.loads(parts[1]), "content": json.loads(parts[3])}
+    async def connect(cls, url: str, kernel_id: str, session_id: str, protocol: str) -> Client:
+        ws = await cls.open(url, kernel_id, TOKEN, protocol=protocol, session_id=session_id,
+                            max_message_size=256 * MIB)
+        return t.cast(Client, ws)
 
     async def until(self, done: t.Callable[[dict[str, t.Any]], bool],
                     seen: t.Callable[[dict[str, t.Any]], None] = lambda m: None,
@@ -112,6 +73,8 @@ class Client:
         deadline = loop.time() + timeout
         while True:
             msg = await self.recv(max(0.1, deadline - loop.time()))
+            assert msg is not None, \
+                f"websocket closed ({self.ws.close_code} {self.ws.close_reason})"
             seen(msg)
             if done(msg):
                 return
@@ -174,7 +137,7 @@ async def test_a_client_that_never_reads_costs_a_bounded_amount(
     kernel_id = await gateway.start_kernel()
     session = uuid.uuid4().hex
     progress = tmp_path / "written"
-    client = await Client.open(gateway.url, kernel_id, session, protocol)
+    client = await Client.connect(gateway.url, kernel_id, session, protocol)
     flooding = True
     try:
         warm = client.send("execute_request", {"code": "import sys", "silent": False})
@@ -204,7 +167,7 @@ async def test_a_client_that_never_reads_costs_a_bounded_amount(
 
         # The same session comes back: it gets output (replayed, then live), as a client that
         # reads does.
-        client = await Client.open(gateway.url, kernel_id, session, protocol)
+        client = await Client.connect(gateway.url, kernel_id, session, protocol)
         output = {"bytes": 0}
 
         def count(msg: dict[str, t.Any]) -> None:

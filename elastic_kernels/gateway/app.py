@@ -391,8 +391,7 @@ class ElasticGatewayApp(ServerAppHooks):
         #: last_kernel_activity when kernels were last scanned for activity.
         self._active_kernels: dict[str, t.Any] = {}
         self._activity_mark: t.Any = None
-        # Every log record of the process is scrubbed of our tokens and kernel keys (redact.py).
-        self._stop_redacting = redact.install(redact.gateway_secrets(self))
+        self._stop_redacting: t.Callable[[], None] = lambda: None
 
     def _configure_logging(self) -> None:
         super()._configure_logging()
@@ -541,6 +540,10 @@ class ElasticGatewayApp(ServerAppHooks):
         )
 
     def start_app(self) -> None:
+        # From here every log record through the root's or our handlers is scrubbed of our tokens
+        # and kernel keys (redact.py); stopping detaches the filter again.
+        self._stop_redacting()
+        self._stop_redacting = redact.install(redact.gateway_secrets(self), [self.log])
         JupyterApp.start(self)
         # No server-info or browser-open files: they would hold the token in plain text, and a
         # gateway has no browser to open.

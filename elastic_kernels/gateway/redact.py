@@ -5,9 +5,14 @@ over a whole session at DEBUG. This is the net under that: the gateway runs thir
 (jupyter_server, jupyter_client, tornado, the Kubernetes client) whose debug output is not ours
 to change, and one careless ``%r`` of a connection dict or a request would put a key in the logs.
 
-It works at record creation (``logging.setLogRecordFactory``), not in a handler, so it covers
-every logger and every handler, including ones added later (a log shipper, pytest's capture).
-Each record's message, exception text and stack are checked for:
+It is a ``logging.Filter`` on handlers, not on loggers: a record from any logger (tornado's,
+the Kubernetes client's) passes through the handlers of the loggers it propagates to, and a
+handler's filter sees it there, whereas a logger's filter sees only records logged on that very
+logger. The gateway attaches the filter when it starts serving, to every handler of the root
+logger and of its own logger, and detaches it when it stops; nothing process-wide changes at
+construction. A handler added while the gateway runs is not covered: add it before starting,
+or attach :class:`RedactingFilter` to it too. Each record's message, exception text and stack
+are checked for:
 
 * the exact secrets the running gateway knows: its tokens (configured ones and those seen in
   use) and every kernel's key, as text and as the base64 of its Secret;
@@ -25,13 +30,12 @@ import base64
 import functools
 import logging
 import re
-import threading
 import typing as t
 import weakref
 from elastic_kernels.upstream import managed_kernels
 from collections.abc import Callable, Iterable
 
-__all__ = ["REDACTED", "SecretSource", "install", "redact_text", "uninstall"]
+__all__ = ["REDACTED", "RedactingFilter", "SecretSource", "install", "redact_text"]
 
 REDACTED = "[redacted]"
 
@@ -68,38 +72,38 @@ def _forms(secret: str) -> tuple[str, ...]:
     return (secret, base64.b64encode(secret.encode("utf-8", "surrogatepass")).decode("ascii"))
 
 
-class _Redactor:
-    """The process-wide record factory; gateways add and remove their secret sources."""
+class RedactingFilter(logging.Filter):
+    """Scrubs each record it sees, in place, and lets every record through.
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sources: dict[int, SecretSource] = {}
-        self.previous: Callable[..., logging.LogRecord] | None = None
+    A record reaches several handlers (each with this filter); it is scrubbed once.
+    """
+
+    def __init__(self, source: SecretSource) -> None:
+        super().__init__()
+        self.source = source
         self.formatter = logging.Formatter()
-        self._next = 0
 
     def exact(self) -> set[str]:
         found: set[str] = set()
-        for source in list(self.sources.values()):
-            try:
-                values = list(source())
-            except Exception:  # noqa: BLE001 - a source mid-change; the patterns still apply
-                continue
-            for value in values:
-                if isinstance(value, (bytes, bytearray)):
-                    value = bytes(value).decode("utf-8", "replace")
-                if isinstance(value, str) and len(value) >= _MIN_SECRET_CHARS:
-                    found.update(_forms(value))
+        try:
+            values = list(self.source())
+        except Exception:  # noqa: BLE001 - a source mid-change; the patterns still apply
+            values = []
+        for value in values:
+            if isinstance(value, (bytes, bytearray)):
+                value = bytes(value).decode("utf-8", "replace")
+            if isinstance(value, str) and len(value) >= _MIN_SECRET_CHARS:
+                found.update(_forms(value))
         return found
 
-    def make_record(self, *args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
-        previous = self.previous or logging.LogRecord
-        record = previous(*args, **kwargs)
-        try:
-            self.scrub(record)
-        except Exception:  # noqa: BLE001 - never lose a log record to the scrubber
-            pass
-        return record
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _SCRUBBED, None) is not self:
+            try:
+                self.scrub(record)
+            except Exception:  # noqa: BLE001 - never lose a log record to the scrubber
+                pass
+            setattr(record, _SCRUBBED, self)
+        return True
 
     def scrub(self, record: logging.LogRecord) -> None:
         exact = self.exact()
@@ -117,38 +121,27 @@ class _Redactor:
             record.stack_info = redact_text(record.stack_info, exact)
 
 
-_redactor = _Redactor()
-_factory = _redactor.make_record  # one bound method, so that "is" finds it again
+_SCRUBBED = "_elastic_kernels_scrubbed_by"
 
 
-def install(source: SecretSource) -> Callable[[], None]:
-    """Scrub every log record of this process; ``source()`` lists the exact secrets to remove.
-
-    Returns the function that removes ``source`` again (the factory stays installed: another
-    factory may have wrapped it since, and with no sources it only applies the patterns).
-    """
-    with _redactor.lock:
-        if logging.getLogRecordFactory() is not _factory:
-            _redactor.previous = logging.getLogRecordFactory()
-            logging.setLogRecordFactory(_factory)
-        _redactor._next += 1
-        handle = _redactor._next
-        _redactor.sources[handle] = source
+def install(source: SecretSource, loggers: Iterable[logging.Logger] = ()
+            ) -> Callable[[], None]:
+    """Attach a :class:`RedactingFilter` for ``source`` to every handler of the root logger
+    and of ``loggers``; returns the function that detaches it again."""
+    flt = RedactingFilter(source)
+    handlers: list[logging.Handler] = []
+    for logger in (logging.getLogger(), *loggers):
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.addFilter(flt)
+                handlers.append(handler)
 
     def remove() -> None:
-        with _redactor.lock:
-            _redactor.sources.pop(handle, None)
+        for handler in handlers:
+            handler.removeFilter(flt)
+        handlers.clear()
 
     return remove
-
-
-def uninstall() -> None:
-    """Remove the factory if it is still the current one (tests)."""
-    with _redactor.lock:
-        _redactor.sources.clear()
-        if logging.getLogRecordFactory() is _factory:
-            logging.setLogRecordFactory(_redactor.previous or logging.LogRecord)
-            _redactor.previous = None
 
 
 def gateway_secrets(app: t.Any) -> SecretSource:

@@ -24,6 +24,7 @@ from traitlets.config import LoggingConfigurable
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.notebook import NoDelayGatewayWebSocketConnection
+from elastic_kernels.testing import free_port
 
 from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of
 
@@ -57,7 +58,8 @@ async def notebook_app(
         app.initialize(
             argv=[
                 "--ServerApp.ip=127.0.0.1",
-                "--ServerApp.port=0",
+                # A chosen port: jupyter_server before 2.17 never reads back port 0's choice.
+                f"--ServerApp.port={free_port()}",
                 "--ServerApp.port_retries=0",
                 "--ServerApp.open_browser=False",
                 f"--ServerApp.root_dir={root}",

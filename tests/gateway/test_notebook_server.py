@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.testing import free_port
 
 from .support import KERNEL_NAME, TOKEN, KernelWS, api, json_of
 
@@ -31,11 +32,6 @@ class NotebookServer:
     token: str
     log: Path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_until_ready(
