@@ -64,6 +64,7 @@ __all__ = [
     "offline_buffers",
     "open_kernel_connections",
     "owns_context",
+    "patch_gateway_request",
     "pending_starts",
     "queued_write",
     "set_activity_stream",
@@ -257,6 +258,23 @@ def open_kernel_connections() -> list[ZMQChannelsWebsocketConnection]:
     """Every open kernel websocket connection of this process
     (``ZMQChannelsWebsocketConnection._open_sockets``, a class-level list upstream keeps)."""
     return list(ZMQChannelsWebsocketConnection._open_sockets)
+
+
+def patch_gateway_request(wrap: Callable[[Callable[..., t.Any]], Callable[..., t.Any]]) -> None:
+    """Replace ``jupyter_server.gateway.managers.gateway_request`` by ``wrap(original)``, once.
+
+    The project's one monkeypatch (the notebook-server extension's readable gateway errors):
+    jupyter_server raises gateway errors as ``HTTPError(code, "Error from Gateway: [%s] %s.
+    ...", message, reason)`` and its API handlers show the unformatted template. It can go when
+    those handlers format ``log_message`` with its arguments.
+    """
+    from jupyter_server.gateway import managers
+
+    if getattr(managers.gateway_request, "_elastic_kernels_wrapped", False):
+        return
+    wrapped = wrap(managers.gateway_request)
+    wrapped._elastic_kernels_wrapped = True  # type: ignore[attr-defined]
+    managers.gateway_request = wrapped
 
 
 class GatewayWebSocketConnectionHooks(GatewayWebSocketConnection):

@@ -47,7 +47,6 @@ import mimetypes
 import typing as t
 
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.gateway import managers as gateway_managers
 from jupyter_server.gateway.connections import GatewayWebSocketConnection
 from jupyter_server.services.kernelspecs.handlers import kernel_name_regex
 from jupyter_server.utils import url_path_join
@@ -55,7 +54,11 @@ from tornado import web
 from traitlets import TraitError
 
 from elastic_kernels.kernelspec_handlers import InMemoryResourceHandler
-from elastic_kernels.upstream import GatewayWebSocketConnectionHooks, http_error_text
+from elastic_kernels.upstream import (
+    GatewayWebSocketConnectionHooks,
+    http_error_text,
+    patch_gateway_request,
+)
 
 __all__ = [
     "NoDelayGatewayWebSocketConnection",
@@ -103,7 +106,6 @@ def _with_readable_errors(request: t.Callable[..., t.Any]) -> t.Callable[..., t.
                 raise
             raise web.HTTPError(e.status_code, http_error_text(e), reason=e.reason) from e
 
-    gateway_request._elastic_readable_errors = True  # type: ignore[attr-defined]
     return gateway_request
 
 
@@ -134,8 +136,7 @@ def _load_jupyter_server_extension(serverapp: t.Any) -> None:
     if gateway is None or not getattr(gateway, "gateway_enabled", False):
         serverapp.log.info("%s: no gateway configured; nothing to do", __name__)
         return
-    if not getattr(gateway_managers.gateway_request, "_elastic_readable_errors", False):
-        gateway_managers.gateway_request = _with_readable_errors(gateway_managers.gateway_request)
+    patch_gateway_request(_with_readable_errors)
     # GatewayKernelManager sends only KERNEL_* and allowed_envs; the gateway passes the
     # notebook's path on to the kernel (jupyter_server sets it for local kernels).
     allowed = [name for name in gateway.allowed_envs.split(",") if name]
