@@ -19,8 +19,11 @@ kernel has answered (or when the kernel is busy, as upstream, because then reque
 the execution).  As upstream, the nudge also continues until the kernel manager's activity
 watcher (another iopub subscriber, with the same subscription race) has seen the kernel leave the
 "starting" state; it learns that only from iopub traffic, so it needs the nudge's requests too
-(about 1 kernel start in 30 here loses that race on the first request).  That state is observed
-through the ``execution_state`` trait instead of being polled every 50 ms.
+(about 1 kernel start in 30 here loses that race on the first request).  That state is checked
+at each retry (10 ms doubling to 250 ms), and observed at once where the kernel manager has an
+``execution_state`` trait (jupyter_server's kernel managers set it as a plain attribute, so in
+the gateway a late change is seen at the next retry, up to 250 ms later; upstream polls every
+50 ms). ``tests/gateway/test_forked_upstream.py`` compares this nudge with upstream's.
 
 While waiting, any input pending on the nudge's sockets is re-checked at every retry, so a lost
 ZeroMQ wakeup (see :mod:`elastic_kernels.gateway.transport.zmqguard`) cannot stall an open either.

@@ -71,7 +71,8 @@ def bound_buffering(manager: t.Any, kernel_id: str, max_bytes: int, max_seconds:
             "recent", kernel_id, max_bytes)
 
     buffer = OfflineBuffer(max_bytes, full)
-    buffer.extend(info.get("buffer") or ())
+    for channel, parts in info.get("buffer") or ():
+        buffer.add(channel, parts)  # counted, in case upstream buffered before us
     info["buffer"] = buffer
     for channel, stream in info["channels"].items():
         stream.on_recv(functools.partial(buffer.add, channel))
