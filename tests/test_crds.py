@@ -52,6 +52,7 @@ PRESERVE_UNKNOWN = {
         "spec.pod.volumes[]",
         "spec.pod.volumeMounts[]",
         "spec.pod.env[].valueFrom",
+        "spec.userVolumes[].volume",
     },
     "JupyterKernel": set(),
 }
@@ -300,6 +301,7 @@ def test_defaults_are_declared_and_satisfy_their_own_schema() -> None:
         "JupyterKernelSpec:spec.clientOverrides.workingDir": False,
         "JupyterKernelSpec:spec.clientOverrides.image": False,
         "JupyterKernelSpec:spec.restartPolicy": "Restart",
+        "JupyterKernelTemplate:spec.usernameScheme": "safe",
     }
 
 

@@ -21,13 +21,14 @@ import binascii
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, NoReturn
 
 from .client import Resource
+from .slugs import SCHEMES, PatternError, check_pattern
 
 # --- API coordinates ---------------------------------------------------------------------------
 
@@ -699,6 +700,109 @@ def _gpu_count(resources: ResourceRequirements, reader: _Reader | None) -> int:
 
 
 @dataclass(frozen=True)
+class UserVolume:
+    """One ``spec.userVolumes`` entry of a template: a volume of the kernel's user.
+
+    ``volume`` is a Pod volume source (``{persistentVolumeClaim: {claimName: claim-{username}}}``)
+    whose strings, like ``sub_path``, may hold user placeholders (see :mod:`.slugs`); they are
+    expanded with the authenticated user's name when a kernel is rendered, never from anything
+    the client sends. ``notebook_path`` is where the user's notebook server sees the mount's
+    root (by default ``mount_path``): KERNEL_WORKING_DIR is mapped from it to ``mount_path``.
+    """
+
+    name: str
+    volume: Mapping[str, Any]
+    mount_path: str
+    sub_path: str = ""
+    read_only: bool = False
+    notebook_path: str = ""
+
+    @property
+    def notebook_root(self) -> str:
+        return self.notebook_path or self.mount_path
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """``spec.runAs``: the uid and gid kernels run as (those of the users' notebook servers)."""
+
+    uid: int
+    gid: int
+
+
+def _clean_absolute(path: str) -> bool:
+    return path.startswith("/") and ".." not in path.split("/") and "\x00" not in path
+
+
+def _user_volumes(r: _Reader, pod_volume_names: set[str]) -> tuple[UserVolume, ...]:
+    """Read ``spec.userVolumes``; every failure names the entry and the field."""
+    result: list[UserVolume] = []
+    seen: set[str] = set()
+    mount_paths: set[str] = set()
+    for index, item in enumerate(r.objects("spec.userVolumes", required_keys=("name",
+                                                                            "mountPath"))):
+        where = f"spec.userVolumes[{index}]"
+        name = str(item["name"])
+        if len(name) > 63 or not DNS_LABEL_RE.match(name):
+            r.fail(f"{where}.name", f"{name!r} is not a DNS label (a volume name)")
+        if name in seen or name in pod_volume_names:
+            r.fail(f"{where}.name", f"volume name {name!r} is used twice")
+        seen.add(name)
+        source = item.get("volume")
+        if not isinstance(source, Mapping) or len(source) != 1 or "name" in source:
+            r.fail(f"{where}.volume", "must be one volume source, e.g. {persistentVolumeClaim: "
+                                      "{claimName: claim-{username}}}")
+        (kind, body), = source.items()
+        if not isinstance(body, Mapping):
+            r.fail(f"{where}.volume.{kind}", "must be an object")
+        for path, text in _strings(source, f"{where}.volume"):
+            try:
+                check_pattern(text)
+            except PatternError as e:
+                r.fail(path, str(e))
+        mount_path = str(item["mountPath"]).rstrip("/") or "/"
+        if not _clean_absolute(mount_path) or mount_path == "/":
+            r.fail(f"{where}.mountPath", "must be an absolute path below / without '..'")
+        if mount_path in mount_paths:
+            r.fail(f"{where}.mountPath", f"{mount_path} is mounted twice")
+        mount_paths.add(mount_path)
+        sub_path = item.get("subPath", "")
+        if not isinstance(sub_path, str) or sub_path.startswith("/") or (
+                ".." in sub_path.split("/")):
+            r.fail(f"{where}.subPath", "must be a relative path without '..'")
+        try:
+            check_pattern(sub_path)
+        except PatternError as e:
+            r.fail(f"{where}.subPath", str(e))
+        read_only = item.get("readOnly", False)
+        if not isinstance(read_only, bool):
+            r.fail(f"{where}.readOnly", f"must be true or false, not {read_only!r}")
+        notebook_path = item.get("notebookPath", "")
+        if not isinstance(notebook_path, str) or (
+                notebook_path and not _clean_absolute(notebook_path)):
+            r.fail(f"{where}.notebookPath", "must be an absolute path without '..'")
+        try:
+            check_pattern(notebook_path)
+        except PatternError as e:
+            r.fail(f"{where}.notebookPath", str(e))
+        result.append(UserVolume(name, freeze(source), mount_path, sub_path, read_only,
+                                 notebook_path.rstrip("/") or notebook_path))
+    return tuple(result)
+
+
+def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value, with its dotted path."""
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _strings(value, f"{path}[{index}]")
+
+
+@dataclass(frozen=True)
 class TemplateView:
     """A checked JupyterKernelTemplate. Pod fragments stay frozen JSON; ``thaw`` them to use."""
 
@@ -719,6 +823,12 @@ class TemplateView:
     image_pull_secrets: tuple[str, ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
     termination_grace_period_seconds: int | None = None
+    #: Per-user volumes (``spec.userVolumes``), patterns not yet expanded; see UserVolume.
+    user_volumes: tuple[UserVolume, ...] = ()
+    #: How ``{username}`` is written (``spec.usernameScheme``): KubeSpawner's slug scheme.
+    username_scheme: str = "safe"
+    #: ``spec.runAs``: the uid and gid of the users' notebook servers, or None.
+    run_as: RunAs | None = None
     uid: str = ""
     resource_version: str = ""
 
@@ -766,6 +876,15 @@ class TemplateView:
         def dns_name(path: str) -> str | None:
             return r.string(path, pattern=DNS_SUBDOMAIN_RE, max_length=253, hint="not a DNS name")
 
+        user_volumes = _user_volumes(r, set(names))
+        run_as = None
+        if r.mapping("spec.runAs") is not None:
+            uid = r.integer("spec.runAs.uid", None, minimum=1, maximum=2**31 - 1)
+            gid = r.integer("spec.runAs.gid", None, minimum=0, maximum=2**31 - 1)
+            if uid is None or gid is None:
+                r.fail("spec.runAs", "needs both uid and gid")
+            run_as = RunAs(uid, gid)
+
         return cls(
             name=r.name,
             namespace=r.namespace,
@@ -786,6 +905,10 @@ class TemplateView:
             termination_grace_period_seconds=r.integer(
                 "spec.pod.terminationGracePeriodSeconds", None, minimum=0, maximum=86400
             ),
+            user_volumes=user_volumes,
+            username_scheme=str(r.string("spec.usernameScheme", default="safe",
+                                         choices=SCHEMES)),
+            run_as=run_as,
             uid=str(r.meta.get("uid") or ""),
             resource_version=str(r.meta.get("resourceVersion") or ""),
         )

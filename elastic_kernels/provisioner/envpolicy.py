@@ -23,7 +23,9 @@ The policy, and why:
 * The only pod fields a client can choose are opt-in per kernelspec (``clientOverrides``):
   ``KERNEL_WORKING_DIR`` (an absolute path) sets the container's working directory when
   ``workingDir`` is true, and ``KERNEL_IMAGE`` replaces the image when ``image`` is true.
-  Without the opt-in these two are dropped like any unknown name.
+  Without the opt-in these two are dropped like any unknown name, except that a template with
+  user volumes always reads ``KERNEL_WORKING_DIR`` (``EnvDecision.working_dir``) to start the
+  kernel in the notebook's folder, *inside the user's volumes only* (see uservolumes.py).
 """
 
 from __future__ import annotations
@@ -94,10 +96,16 @@ class ClientEnvError(ValueError):
 
 @dataclass(frozen=True)
 class EnvDecision:
-    """The accepted variables and the names that were dropped (never their values)."""
+    """The accepted variables and the names that were dropped (never their values).
+
+    ``working_dir`` is the client's KERNEL_WORKING_DIR as sent (None if absent), whether or not
+    it is accepted as a variable: a template with user volumes maps it onto them (see
+    uservolumes.decide_working_dir), which never lets it leave the user's volumes.
+    """
 
     accepted: Mapping[str, str]
     dropped: tuple[str, ...]
+    working_dir: object = None
 
 
 def _value_problem(value: object) -> str | None:
@@ -133,6 +141,7 @@ def decide_client_env(client_env: Mapping[str, object] | None, spec: KernelSpecV
         raise ClientEnvError(
             "env", f"must be an object of names to strings, not {type(client_env).__name__}"
         )
+    working_dir = client_env.get(WORKING_DIR_VAR)
     allowed = _allowed_names(spec)
     accepted: dict[str, str] = {}
     dropped: list[str] = []
@@ -157,18 +166,28 @@ def decide_client_env(client_env: Mapping[str, object] | None, spec: KernelSpecV
                 name, f"{value!r} is not an image reference such as registry/name:tag"
             )
         accepted[name] = value
-    return EnvDecision(MappingProxyType(dict(sorted(accepted.items()))), tuple(sorted(dropped)))
+    return EnvDecision(MappingProxyType(dict(sorted(accepted.items()))), tuple(sorted(dropped)),
+                       working_dir)
 
 
 def filter_client_env(
     client_env: Mapping[str, object] | None, spec: KernelSpecView
 ) -> dict[str, str]:
-    """The client variables that reach the kernel; dropped names are logged at debug level."""
+    """The client variables that reach the renderer; dropped names are logged at debug level.
+
+    KERNEL_WORKING_DIR is kept as sent even when the kernelspec does not accept it as a
+    variable: the renderer decides (decide_client_env again) whether it is one, and a template
+    with user volumes maps it onto them.
+    """
     decision = decide_client_env(client_env, spec)
-    if decision.dropped:
+    dropped = [name for name in decision.dropped if name != WORKING_DIR_VAR]
+    if dropped:
         log.debug(
             "kernelspec %s: client environment variables not allowed, dropped: %s",
             spec.name,
-            ", ".join(decision.dropped),
+            ", ".join(dropped),
         )
-    return dict(decision.accepted)
+    result = dict(decision.accepted)
+    if isinstance(decision.working_dir, str) and WORKING_DIR_VAR not in result:
+        result[WORKING_DIR_VAR] = decision.working_dir
+    return result

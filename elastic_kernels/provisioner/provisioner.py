@@ -696,7 +696,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     def _started_status(self) -> JSON:
         cause, self.restart_cause = self.restart_cause, None
         if self._restart_count <= 0:
-            return {"reason": "Started", "message": ""}
+            # e.g. a KERNEL_WORKING_DIR outside the user's volumes (render.py's warnings)
+            warnings = self._rendered.warnings if self._rendered is not None else ()
+            return {"reason": "Started", "message": "; ".join(warnings)[:1024]}
         if cause is None:
             return {"reason": "Restarted", "message": "restarted on request"}
         return {"reason": "Restarted",

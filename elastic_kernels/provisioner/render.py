@@ -74,6 +74,14 @@ from ..kube.resources import (
     thaw,
 )
 from .envpolicy import IMAGE_VAR, WORKING_DIR_VAR, decide_client_env
+from .uservolumes import (
+    UserMounts,
+    UserVolumeError,
+    WorkingDir,
+    decide_working_dir,
+    launcher_env,
+    render_user_volumes,
+)
 
 LAUNCHER = "elastic-kernel-launcher"
 
@@ -191,6 +199,9 @@ class RenderedKernel:
     kernel_status: dict[str, Any]
     client_env: Mapping[str, str]
     dropped_env: tuple[str, ...]
+    #: For the kernel's status and the gateway's log, e.g. a KERNEL_WORKING_DIR outside the
+    #: user's volumes (the launcher logs the same text in the kernel's log).
+    warnings: tuple[str, ...] = ()
 
     @property
     def pod_name(self) -> str:
@@ -268,6 +279,12 @@ def render_kernel(request: RenderRequest) -> RenderedKernel:
     template = request.template
     decision = decide_client_env(request.client_env, spec)
     client_env = dict(decision.accepted)
+    try:
+        user_mounts = render_user_volumes(template, request.user)
+    except (UserVolumeError, ValueError) as e:
+        raise RenderError(str(e)) from None
+    working_dir = decide_working_dir(decision.working_dir, user_mounts.roots)
+    warnings = (working_dir.warning,) if working_dir and working_dir.warning else ()
 
     kernel_name = kernel_object_name(request.kernel_id)
     secret_name = request.key_secret_name or key_secret_name(request.kernel_id)
@@ -331,7 +348,7 @@ def render_kernel(request: RenderRequest) -> RenderedKernel:
                 ANNOTATION_RESTART_COUNT: str(request.restart_count),
             },
         },
-        "spec": _pod_spec(request, client_env, secret_name, gpus),
+        "spec": _pod_spec(request, client_env, secret_name, gpus, user_mounts, working_dir),
     }
 
     if request.owner is not None:
@@ -344,6 +361,8 @@ def render_kernel(request: RenderRequest) -> RenderedKernel:
         "restartCount": request.restart_count,
         "podName": pod_name,
     }
+    if warnings:
+        status["message"] = "; ".join(warnings)
     return RenderedKernel(
         kernel=kernel,
         secret=secret,
@@ -351,6 +370,7 @@ def render_kernel(request: RenderRequest) -> RenderedKernel:
         kernel_status=status,
         client_env=MappingProxyType(client_env),
         dropped_env=decision.dropped,
+        warnings=warnings,
     )
 
 
@@ -395,12 +415,27 @@ def _check(request: RenderRequest) -> None:
             raise RenderError(
                 f"template {template.name}: volume name {KEY_VOLUME_NAME!r} is reserved for the key"
             )
-        for mount in template.volume_mounts:
-            path = str(mount.get("mountPath", "")).rstrip("/")
+        if any(v.name == KEY_VOLUME_NAME for v in template.user_volumes):
+            raise RenderError(
+                f"template {template.name}: volume name {KEY_VOLUME_NAME!r} is reserved for the key"
+            )
+        paths = [str(m.get("mountPath", "")) for m in template.volume_mounts]
+        for path in [*paths, *(v.mount_path for v in template.user_volumes)]:
+            path = path.rstrip("/")
             if path == KEY_MOUNT_DIR or path.startswith(KEY_MOUNT_DIR + "/"):
                 raise RenderError(
                     f"template {template.name}: mount path {KEY_MOUNT_DIR} is reserved for the key"
                 )
+        user_paths = {v.mount_path for v in template.user_volumes}
+        clash = sorted(user_paths & {p.rstrip("/") for p in paths})
+        if clash:
+            raise RenderError(f"template {template.name}: {clash[0]} is both a user volume's and "
+                              "a pod volume's mount path")
+        container_sc = template.container_security_context or {}
+        if template.run_as is not None and ({"runAsUser", "runAsGroup"} & set(container_sc)):
+            raise RenderError(f"template {template.name}: spec.runAs and "
+                              "spec.pod.containerSecurityContext.runAsUser/runAsGroup disagree; "
+                              "set one of them")
     wanted = request.spec.template_name
     if wanted and (template is None or template.name != wanted):
         found = "none" if template is None else repr(template.name)
@@ -415,7 +450,8 @@ def _literal(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _container_env(request: RenderRequest, client_env: Mapping[str, str]) -> list[dict[str, Any]]:
+def _container_env(request: RenderRequest, client_env: Mapping[str, str],
+                   launcher: Mapping[str, str]) -> list[dict[str, Any]]:
     ours: dict[str, dict[str, Any]] = {}
 
     def put(name: str, value: str) -> None:
@@ -432,6 +468,8 @@ def _container_env(request: RenderRequest, client_env: Mapping[str, str]) -> lis
     put(ENV_TRANSPORT, TRANSPORT)
     put(ENV_SIGNATURE_SCHEME, SIGNATURE_SCHEME)
     put(ENV_KEY_FILE, KEY_FILE)
+    for name, value in launcher.items():
+        put(name, _literal(value))  # may quote the client's KERNEL_WORKING_DIR
     put("KERNEL_ID", request.kernel_id)
     put("KERNEL_USERNAME", _literal(request.user))
     if not request.spec.gpus:
@@ -480,7 +518,8 @@ def _security_context(
 
 
 def _pod_spec(
-    request: RenderRequest, client_env: Mapping[str, str], secret_name: str, gpus: int
+    request: RenderRequest, client_env: Mapping[str, str], secret_name: str, gpus: int,
+    user_mounts: UserMounts, working_dir: WorkingDir | None,
 ) -> dict[str, Any]:
     spec = request.spec
     template = request.template
@@ -492,10 +531,11 @@ def _pod_spec(
         if overrides.image and IMAGE_VAR in client_env
         else spec.image,
         "command": [LAUNCHER, "--", *spec.argv],
-        "env": _container_env(request, client_env),
+        "env": _container_env(request, client_env, launcher_env(working_dir, user_mounts.roots)),
         "resources": _resources(spec, gpus),
         "volumeMounts": [
             *(thaw(m) for m in (template.volume_mounts if template else ())),
+            *user_mounts.mounts,
             {"name": KEY_VOLUME_NAME, "mountPath": KEY_MOUNT_DIR, "readOnly": True},
         ],
         "securityContext": _security_context(
@@ -506,8 +546,19 @@ def _pod_spec(
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
-    if overrides.working_dir and WORKING_DIR_VAR in client_env:
+    if working_dir is not None:
+        # The volume root, which exists; the launcher changes into the notebook's folder.
+        container["workingDir"] = working_dir.root
+    elif overrides.working_dir and WORKING_DIR_VAR in client_env:
         container["workingDir"] = client_env[WORKING_DIR_VAR]
+    pod_security = _security_context(
+        DEFAULT_POD_SECURITY_CONTEXT, template.security_context if template else None
+    )
+    if template is not None and template.run_as is not None:
+        # The users' notebook servers' uid and gid, so files the kernel writes in the user's
+        # volumes belong to the user; fsGroup keeps the key file and the volumes readable.
+        pod_security.update(runAsUser=template.run_as.uid, runAsGroup=template.run_as.gid,
+                            fsGroup=template.run_as.gid)
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the gateway owns restarts: a new pod, same kernel id
@@ -515,12 +566,11 @@ def _pod_spec(
         "terminationGracePeriodSeconds": template.termination_grace_period_seconds
         if template and template.termination_grace_period_seconds is not None
         else DEFAULT_TERMINATION_GRACE_SECONDS,
-        "securityContext": _security_context(
-            DEFAULT_POD_SECURITY_CONTEXT, template.security_context if template else None
-        ),
+        "securityContext": pod_security,
         "containers": [container],
         "volumes": [
             *(thaw(v) for v in (template.volumes if template else ())),
+            *user_mounts.volumes,
             {
                 "name": KEY_VOLUME_NAME,
                 "secret": {

@@ -7,7 +7,7 @@ the one set as that server's ``GatewayClient.auth_token`` (``--GatewayClient.aut
 ``JUPYTER_GATEWAY_AUTH_TOKEN``); one token per notebook server therefore means one gateway user
 per notebook server, and a user can reach only the kernels their own server started.
 
-Tokens come from three places, merged into one table:
+Tokens come from three places, merged into one table, and optionally from JupyterHub:
 
 * ``--token`` / ``$ELASTIC_KERNELS_TOKEN`` (jupyter_server's ``IdentityProvider.token``): the
   operator's token, an **admin** named ``admin_username`` (``admin``). When neither a users file
@@ -20,6 +20,12 @@ Tokens come from three places, merged into one table:
   item (``users.yaml``) holds the same document. It is watched (``metadata.name`` field
   selector, so RBAC can restrict the gateway to that one Secret with ``resourceNames``):
   adding, rotating or revoking a token takes effect without a restart.
+
+* ``hub_api_url``: a JupyterHub. A token that is in none of the above is asked of the hub
+  (:mod:`~elastic_kernels.gateway.web.hubauth`, JupyterHub's own ``HubAuth``, cached briefly):
+  a single-user server that presents its ``$JUPYTERHUB_API_TOKEN`` is its user, an admin if the
+  hub says so or if the user is in one of ``hub_admin_groups``. The table above is checked first,
+  so the operator's token and a users file keep working beside the hub.
 
 The document::
 
@@ -59,12 +65,14 @@ from pathlib import Path
 import yaml
 from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
-from traitlets import Float, Int, Unicode, default, observe
+from traitlets import Bool, Float, Int, List, Unicode, default, observe
 
 from elastic_kernels.kube.client import SECRETS, JSON, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels.upstream import default_token
+
+from .hubauth import HubUsers
 
 __all__ = [
     "TOKEN_ENV",
@@ -77,6 +85,9 @@ __all__ = [
 ]
 
 TOKEN_ENV = "ELASTIC_KERNELS_TOKEN"
+HUB_API_URL_ENV = "ELASTIC_KERNELS_HUB_API_URL"
+HUB_API_TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+DEFAULT_HUB_SERVICE = "elastic-kernels-gateway"
 
 USERNAME_MAX_CHARS = 128
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -222,6 +233,50 @@ class ElasticIdentityProvider(IdentityProvider):
         16, config=True,
         help="Shortest plaintext token accepted in a users document (hashes are always 256 bit).",
     )
+    hub_api_url = Unicode(
+        config=True,
+        help="JupyterHub's API URL (e.g. http://hub:8081/hub/api; default "
+        f"${HUB_API_URL_ENV}). When set, a token not in the users table is asked of the hub: "
+        "a single-user server's $JUPYTERHUB_API_TOKEN names its user.",
+    )
+    hub_api_token = Unicode(
+        config=True,
+        help=f"The gateway's own JupyterHub service token (default ${HUB_API_TOKEN_ENV}). Users' "
+        "tokens are checked with themselves; this one is HubAuth's api_token.",
+    )
+    hub_api_token_file = Unicode(
+        "", config=True,
+        help="A file (e.g. a mounted Secret) holding hub_api_token; read at startup.",
+    )
+    hub_service_name = Unicode(
+        DEFAULT_HUB_SERVICE, config=True,
+        help="The gateway's service name in JupyterHub's c.JupyterHub.services.",
+    )
+    hub_access_scopes = List(
+        Unicode(), default_value=None, allow_none=True, config=True,
+        help="A hub token must hold one of these scopes (default: "
+        "access:services!service=<hub_service_name>); [] accepts any token of a user.",
+    )
+    hub_admins = Bool(
+        True, config=True, help="JupyterHub admins are gateway admins.",
+    )
+    hub_admin_groups = List(
+        Unicode(), config=True,
+        help="Members of these JupyterHub groups are gateway admins.",
+    )
+    hub_cache_seconds = Int(
+        60, config=True,
+        help="How long the hub's answer about a token (yes or no) is kept; a token the hub "
+        "revoked keeps working at most this long.",
+    )
+
+    @default("hub_api_url")
+    def _hub_api_url_default(self) -> str:
+        return os.environ.get(HUB_API_URL_ENV, "")
+
+    @default("hub_api_token")
+    def _hub_api_token_default(self) -> str:
+        return os.environ.get(HUB_API_TOKEN_ENV, "")
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
@@ -234,7 +289,14 @@ class ElasticIdentityProvider(IdentityProvider):
         self._file_missing = False
         self._secret_informer: Informer | None = None
         self._secret_version: str | None = None
+        self._hub: HubUsers | None = None
         self._set_admin_token()
+        if self.hub_api_url:
+            try:
+                self._hub = self._make_hub()
+            except (OSError, RuntimeError, ValueError) as e:
+                self.log.critical("Cannot use JupyterHub users: %s", _file_problem(e))
+                raise SystemExit(1) from None
         if self.users_file:
             try:
                 self._load_file()
@@ -250,7 +312,7 @@ class ElasticIdentityProvider(IdentityProvider):
         if value:
             self.token_generated = False
             return value
-        if self.users_file or self.users_secret:
+        if self.users_file or self.users_secret or self.hub_api_url:
             # Users are configured: nobody should be an admin by a token nobody chose.
             if not (os.environ.get("JUPYTER_TOKEN") or os.environ.get("JUPYTER_TOKEN_FILE")):
                 self.token_generated = False
@@ -269,6 +331,23 @@ class ElasticIdentityProvider(IdentityProvider):
             self._set_source("token", [entry], set() if self.token_generated else {token})
         else:
             self._set_source("token", [], set())
+
+    # -- JupyterHub ---------------------------------------------------------------------------
+
+    def _make_hub(self) -> HubUsers:
+        token = self.hub_api_token
+        if self.hub_api_token_file:
+            token = Path(self.hub_api_token_file).read_text().strip()
+        if token:
+            self._plaintext["hub"] = {token}
+        scopes = self.hub_access_scopes
+        if scopes is None:
+            scopes = [f"access:services!service={self.hub_service_name}"]
+        return HubUsers(
+            api_url=self.hub_api_url, api_token=token, access_scopes=scopes,
+            admin_groups=self.hub_admin_groups, hub_admins=self.hub_admins,
+            cache_seconds=self.hub_cache_seconds,
+        )
 
     # -- sources ------------------------------------------------------------------------------
 
@@ -439,12 +518,28 @@ class ElasticIdentityProvider(IdentityProvider):
     async def get_user_token(self, handler: web.RequestHandler) -> User | None:
         self._maybe_reload_file()
         offered = self.get_token(handler)
-        entry = self.lookup(offered) if offered else None
-        if entry is None or not offered:
+        if not offered:
             return None
-        if offered not in self._seen_tokens:
-            self._seen_tokens.add(offered)  # so that logs can be scrubbed of it, see redact.py
-        return ElasticUser(username=entry.user, admin=entry.admin)
+        entry = self.lookup(offered)
+        if entry is not None:
+            self._seen(offered)
+            return ElasticUser(username=entry.user, admin=entry.admin)
+        if self._hub is None:
+            return None
+        hub_user = await self._hub.user_for_token(offered)
+        if hub_user is None:
+            return None
+        try:
+            name = _check_username(hub_user.name, "JupyterHub user")
+        except UsersFileError as e:
+            self.log.warning("Refusing a JupyterHub token: %s", e)
+            return None
+        self._seen(offered)
+        return ElasticUser(username=name, admin=hub_user.admin)
+
+    def _seen(self, token: str) -> None:
+        if token not in self._seen_tokens:
+            self._seen_tokens.add(token)  # so that logs can be scrubbed of it, see redact.py
 
     def get_user_cookie(self, handler: web.RequestHandler) -> User | None:
         return None  # tokens only: a cookie would outlive a revoked token
@@ -493,6 +588,8 @@ class ElasticIdentityProvider(IdentityProvider):
             where.append(f"users file {self.users_file}")
         if self.users_secret:
             where.append(f"users Secret {self._secret_where()}")
+        if self._hub is not None:
+            where.append(self._hub.describe())
         if not self.token and not where:
             where.append("none configured: every request is refused")
         return "; ".join([head, *where])
