@@ -66,6 +66,9 @@ def test_usernames_are_written_as_kubespawner_writes_them(name: str, safe: str,
     assert escape_slug(name) == escaped
     assert expand("claim-{username}", user_slugs(name, "safe")) == f"claim-{safe}"
     assert expand("claim-{username}", user_slugs(name, "escape")) == f"claim-{escaped}"
+    # z2jh's template for the default server names the same claim.
+    assert expand("claim-{username}{servername}", user_slugs(name, "safe")) == f"claim-{safe}"
+    assert expand("claim-{user_server}", user_slugs(name, "escape")) == f"claim-{escaped}"
 
 
 # --- templates -----------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ The rules are KubeSpawner's (``kubespawner/slugs.py``, ``KubeSpawner._expand_use
 
 Patterns (:func:`expand`) name the user with ``{username}`` (the template's scheme),
 ``{safe_username}`` or ``{escaped_username}`` (a scheme regardless of the template). There is no
-placeholder for the raw name: it could put ``/`` or ``..`` in a path. Any other ``{...}`` is an
+placeholder for the raw name: it could put ``/`` or ``..`` in a path. ``{servername}`` is empty and
+``{user_server}`` is ``{username}`` (the default server's), so KubeSpawner's claim templates
+such as ``claim-{username}{servername}`` can be copied as they are. Any other ``{...}`` is an
 error, found when the template is read (:func:`check_pattern`).
 """
 
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 SCHEMES = ("safe", "escape")
-PLACEHOLDERS = ("username", "safe_username", "escaped_username")
+PLACEHOLDERS = ("username", "safe_username", "escaped_username", "servername", "user_server")
 
 _SAFE_CHARS = frozenset(string.ascii_lowercase + string.digits)
 _OBJECT_NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
@@ -98,6 +100,10 @@ def user_slugs(username: str, scheme: str) -> dict[str, str]:
         "username": safe if scheme == "safe" else escaped,
         "safe_username": safe,
         "escaped_username": escaped,
+        # A kernel belongs to its user, not to one of the user's named servers: the default
+        # server's names, so that z2jh's "claim-{username}{servername}" names the same claim.
+        "servername": "",
+        "user_server": safe if scheme == "safe" else escaped,
     }
 
 
