@@ -29,8 +29,13 @@ Scheduler:
     nodes), ``quantities``, ``eventrecorder`` (Events, shared with the kubelet).
 Kubelet:
     ``kubelet``, ``processes`` (a container as a process group), ``podenv`` (its environment),
-    ``podstatus`` (phase and conditions), ``volumes``, ``images`` (how an image "runs" here),
-    ``allocators`` (pod IPs and GPUs).
+    ``podstatus`` (phase and conditions), ``volumes``, ``claimmounts`` (a claim as its volume's
+    directory), ``images`` (how an image "runs" here), ``allocators`` (pod IPs and GPUs).
+Storage:
+    ``claims`` (facts about claims, volumes and classes), ``storagerules`` (their validation),
+    ``storageadmission`` (default class, protection finalizers), ``pvcontroller`` (binding,
+    provisioning, reclaim), ``localpath`` (the local-path provisioner and default class),
+    ``volumefit`` (the scheduler's volume plugins).
 
 See DESIGN section 6 for what it must honour and enforce.
 """

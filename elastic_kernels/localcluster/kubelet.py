@@ -372,6 +372,9 @@ class PodWorker:
 
     async def _setup_volumes(self) -> None:
         while True:
+            # Noted before the attempt: a change while the files are written in a thread (a
+            # claim binding, say) must still wake the retry.
+            seen = self.k.config_generation
             try:
                 self._issue_tokens()
                 projected = {key: issued.token.encode() for key, issued in self.tokens.items()
@@ -387,7 +390,7 @@ class PodWorker:
                 return
             except VolumeError as e:
                 self.event("Warning", "FailedMount", e.message)
-                await self.k.wait_config_change()
+                await self.k.wait_config_change(seen)
 
     # -- service-account tokens --------------------------------------------------------------------
 
@@ -799,6 +802,8 @@ class Kubelet:
         self._by_name: dict[tuple[str, str], PodWorker] = {}
         self._unplaced: dict[str, JSON] = {}  # bound to a node we do not know (yet)
         self._config_changed = asyncio.Event()
+        #: Bumped by every Secret, ConfigMap, ServiceAccount, claim or volume change.
+        self.config_generation = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -939,11 +944,15 @@ class Kubelet:
         self._notify_config()
 
     def _notify_config(self) -> None:
+        self.config_generation += 1
         self._config_changed.set()
         self._config_changed = asyncio.Event()
 
-    async def wait_config_change(self) -> None:
-        """Until some Secret or ConfigMap changes (or the longest back-off, as a safety net)."""
+    async def wait_config_change(self, since: int | None = None) -> None:
+        """Until some Secret, ConfigMap, claim or volume changes (or the longest back-off, as a
+        safety net); at once if one changed after ``config_generation`` was ``since``."""
+        if since is not None and since != self.config_generation:
+            return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._config_changed.wait(), self.max_backoff_seconds)
 

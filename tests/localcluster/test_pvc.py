@@ -11,6 +11,7 @@ is stopped by the fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -18,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import pytest_asyncio
@@ -90,46 +91,69 @@ class Api:
     async def until(self, collection: str, name: str,
                     predicate: Callable[[JSON | None], bool]) -> JSON | None:
         """Watch one object until ``predicate`` holds for it (None: it is gone)."""
-        done: asyncio.Future[JSON | None] = asyncio.get_running_loop().create_future()
-        buffer = b""
-        state: dict[str, JSON | None] = {"current": None}
-
-        def on_chunk(chunk: bytes) -> None:
-            nonlocal buffer
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip() or done.done():
-                    continue
-                event = json.loads(line)
-                obj = None if event["type"] == "DELETED" else event["object"]
-                state["current"] = obj
-                if event["type"] != "BOOKMARK" and predicate(obj):
-                    done.set_result(obj)
-
         # Read it first; then watch from exactly that version, so no change in between is
         # missed (a missing object: a watch from "now", which first lists what exists).
         code, current = await self.call("GET", f"{collection}/{name}")
         found = current if code == 200 else None
         if predicate(found):
             return found
-        query = f"watch=1&fieldSelector={quote(f'metadata.name={name}')}"
-        if found is not None:
-            query += f"&resourceVersion={found['metadata']['resourceVersion']}"
-        request = self._request("GET", f"{collection}?{query}", streaming_callback=on_chunk,
-                                request_timeout=55)
-        client = AsyncHTTPClient(force_instance=True)
-        fetch = asyncio.ensure_future(client.fetch(request))
+        return await self.first(collection, f"metadata.name={name}", predicate,
+                                None if found is None else found["metadata"]["resourceVersion"])
+
+    async def first(self, collection: str, field_selector: str,
+                    predicate: Callable[[JSON | None], bool],
+                    resource_version: str | None = None) -> JSON | None:
+        """Watch the selected objects (from ``resource_version``, else from a list of what
+        exists now) until one event's object satisfies ``predicate`` (None: deleted)."""
+        query = f"watch=1&fieldSelector={quote(field_selector)}"
+        if resource_version is not None:
+            query += f"&resourceVersion={resource_version}"
+        found: JSON | None = None
+        async for line in self._stream_lines(f"{collection}?{query}"):
+            event = json.loads(line)
+            if event["type"] == "BOOKMARK":
+                continue
+            found = None if event["type"] == "DELETED" else event["object"]
+            if predicate(found):
+                return found
+        raise AssertionError(f"the watch of {field_selector} ended first; last seen: {found}")
+
+    async def _stream_lines(self, path: str) -> AsyncIterator[bytes]:
+        """The lines of a streamed (chunked) response; the connection closes when the caller
+        stops reading."""
+        url = urlsplit(self.base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port, ssl=self.ssl)
         try:
-            await asyncio.wait([done, fetch], return_when=asyncio.FIRST_COMPLETED)
-            if not done.done():
-                raise AssertionError(f"the watch of {name} ended before the condition held "
-                                     f"({fetch.exception()!r}); last seen: {state['current']}")
-            return done.result()
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                         f"Authorization: Bearer {self.token}\r\nAccept: application/json\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            status = await reader.readline()
+            assert status.split()[1:2] == [b"200"], status
+            chunked = False
+            while (header := await reader.readline()) not in (b"\r\n", b""):
+                chunked = chunked or header.lower().replace(b" ", b"") == (
+                    b"transfer-encoding:chunked\r\n")
+            buffer = b""
+            while True:
+                if chunked:
+                    size = int((await reader.readline()).strip() or b"0", 16)
+                    if size == 0:
+                        return
+                    buffer += (await reader.readexactly(size + 2))[:-2]
+                else:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield line
         finally:
-            fetch.cancel()
-            client.close()
-            await asyncio.gather(fetch, return_exceptions=True)
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
 
     async def log(self, pod: str) -> str:
         code, text = await self.call("GET", f"{PODS}/{pod}/log")
@@ -296,6 +320,64 @@ async def test_a_volume_pre_bound_to_a_claim_binds_to_it(cluster: LocalCluster,
     assert bound["status"]["capacity"] == {"storage": "10Gi"}
     big = await api.until(PVS, "big", has_phase("Available"))
     assert big is not None and "claimRef" not in big["spec"]
+
+
+async def test_a_pod_placed_by_hand_waits_in_the_kubelet_for_its_claim(
+        cluster: LocalCluster) -> None:
+    api = Api(cluster)
+    body = pod("placed", "soon", WRITE, "/data/y", "2")
+    body["spec"]["nodeName"] = "local-node-1"  # no scheduler: the kubelet must wait
+    await api.ok("POST", PODS, body)
+    event = await api.first(f"{NS}/events", "involvedObject.name=placed,reason=FailedMount",
+                            lambda e: e is not None)
+    assert event is not None and event["message"] == (
+        "Unable to attach or mount volumes: unmounted volumes=[data], unattached volumes=[], "
+        "failed to process volumes=[data]: error processing PVC default/soon: failed to fetch "
+        'PVC from API server: persistentvolumeclaims "soon" not found')
+    assert phase(await api.ok("GET", f"{PODS}/placed")) == "Pending"
+    await api.ok("POST", PVCS, claim("soon"))
+    assert phase(await api.until(PODS, "placed", has_phase("Succeeded", "Failed"))) == "Succeeded"
+
+
+async def test_a_wait_for_first_consumer_class_provisions_once_a_pod_uses_the_claim(
+        cluster: LocalCluster) -> None:
+    api = Api(cluster)
+    await api.ok("POST", CLASSES, {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                                   "metadata": {"name": "lazy"},
+                                   "provisioner": "elastic-kernels.local/local-path",
+                                   "volumeBindingMode": "WaitForFirstConsumer"})
+    await api.ok("POST", PVCS, claim("deferred", storageClassName="lazy"))
+    waiting = await api.first(f"{NS}/events", "involvedObject.name=deferred",
+                              lambda e: e is not None)
+    assert waiting is not None and (waiting["reason"], waiting["message"]) == (
+        "WaitForFirstConsumer", "waiting for first consumer to be created before binding")
+    assert phase(await api.ok("GET", f"{PVCS}/deferred")) == "Pending"
+    await api.ok("POST", PODS, pod("consumer", "deferred", WRITE, "/data/z", "3"))
+    assert phase(await api.until(PODS, "consumer", has_phase("Succeeded", "Failed"))) == (
+        "Succeeded")
+    assert phase(await api.ok("GET", f"{PVCS}/deferred")) == "Bound"
+
+
+async def test_deleting_a_hand_made_volume_never_removes_host_files(cluster: LocalCluster,
+                                                                     tmp_path: Path) -> None:
+    api = Api(cluster)
+    host = tmp_path / "important"
+    host.mkdir()
+    (host / "keep").write_text("me")
+    await api.ok("POST", PVS, {"apiVersion": "v1", "kind": "PersistentVolume",
+                               "metadata": {"name": "byhand"},
+                               "spec": {"capacity": {"storage": "1Gi"},
+                                        "accessModes": ["ReadWriteOnce"],
+                                        "persistentVolumeReclaimPolicy": "Delete",
+                                        "storageClassName": "", "hostPath": {"path": str(host)}}})
+    await api.ok("POST", PVCS, claim("borrow", storageClassName=""))
+    await api.until(PVCS, "borrow", has_phase("Bound"))
+    await api.ok("DELETE", f"{PVCS}/borrow")
+    failed = await api.until(PVS, "byhand", has_phase("Failed"))
+    assert failed is not None and failed["status"]["message"] == (
+        'error getting deleter volume plugin for volume "byhand": no deletable volume plugin '
+        "matched")
+    assert (host / "keep").read_text() == "me"
 
 
 # --- access modes across nodes ------------------------------------------------------------------
