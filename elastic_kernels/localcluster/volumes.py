@@ -316,13 +316,15 @@ def _sub_path(base: Path, sub: str, volume: str, container: str) -> Path:
     if rel.is_absolute() or ".." in rel.parts:
         raise failed
     host = base / Path(*rel.parts)
+    # Checked before anything is created (resolving the symlinks of the part that exists), so
+    # a link inside the volume cannot make the kubelet create directories elsewhere.
+    if not host.resolve().is_relative_to(base.resolve()):
+        raise failed
     if base.is_dir() and not host.exists():
         try:
             host.mkdir(parents=True, exist_ok=True)
         except OSError:
             raise failed from None
-    if not host.resolve().is_relative_to(base.resolve()):
-        raise failed
     return host
 
 

@@ -27,6 +27,8 @@ import yaml
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from elastic_kernels.localcluster.cluster import LocalCluster
+from elastic_kernels.localcluster.podenv import ConfigError
+from elastic_kernels.localcluster.volumes import container_mounts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -565,3 +567,24 @@ async def test_kubectl_prints_claims_volumes_and_classes(cluster: LocalCluster) 
     assert sc_block[1].split()[:6] == ["storageclass.storage.k8s.io/local-path", "(default)",
                                        "elastic-kernels.local/local-path", "Delete", "Immediate",
                                        "false"]
+
+
+# --- the kubelet's subPath, on disk -------------------------------------------------------------
+
+
+def test_a_sub_path_never_leads_out_of_its_volume(tmp_path: Path) -> None:
+    volume, outside = tmp_path / "volume", tmp_path / "outside"
+    volume.mkdir()
+    outside.mkdir()
+    (volume / "link").symlink_to(outside)
+    container = {"name": "main", "volumeMounts": [
+        {"name": "data", "mountPath": "/data", "subPath": "made/here"}]}
+    mounts = container_mounts(container, {"data": volume})
+    assert mounts[0].host_path == volume / "made" / "here" and mounts[0].host_path.is_dir()
+    for sub in ("link", "link/deeper", "../outside"):
+        container["volumeMounts"][0]["subPath"] = sub
+        with pytest.raises(ConfigError) as info:
+            container_mounts(container, {"data": volume})
+        assert info.value.message == ('failed to prepare subPath for volumeMount "data" of '
+                                      'container "main"')
+    assert not (outside / "deeper").exists()
