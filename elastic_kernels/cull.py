@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from . import culling as C
+from .culling import actions as A
+from .culling import policy as C
 from .leases import LEASE_SELECTOR, gateway_lease, leases_by_gateway
 from .kube import resources as R
 from .kube.client import JSON, LEASES, PODS, KubeClient, KubeError
@@ -136,13 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclass
 class CullReport:
     checked: int = 0
-    results: list[C.CullResult] = field(default_factory=list)
+    results: list[A.CullResult] = field(default_factory=list)
     #: Things an operator should see that are not failures (unreadable records or kernelspecs).
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[C.CullResult]:
-        return [r for r in self.results if r.outcome is C.CullOutcome.FAILED]
+    def failed(self) -> list[A.CullResult]:
+        return [r for r in self.results if r.outcome is A.CullOutcome.FAILED]
 
 
 class CullError(Exception):
@@ -238,16 +239,16 @@ async def run_cull(
             decisions.append(decision)
 
     if dry_run:
-        report.results = [C.CullResult(d, C.CullOutcome.WOULD_DELETE) for d in decisions]
+        report.results = [A.CullResult(d, A.CullOutcome.WOULD_DELETE) for d in decisions]
         return report
 
-    results = await C.cull_all(client, decisions, concurrency=concurrency, component=COMPONENT)
+    results = await A.cull_all(client, decisions, concurrency=concurrency, component=COMPONENT)
     # A record written between our list and our delete (fresh activity, adoption, a status
     # update) is judged once more on its current state, so an unrelated write does not spare
     # a kernel that is still due, and a kernel that became active is spared.
     again: list[tuple[int, C.CullDecision]] = []
     for index, result in enumerate(results):
-        if result.outcome is not C.CullOutcome.CHANGED or result.current is None:
+        if result.outcome is not A.CullOutcome.CHANGED or result.current is None:
             continue
         try:
             # The pod list is older than this record: judge it without (never for LaunchAbandoned).
@@ -261,7 +262,7 @@ async def run_cull(
         else:
             again.append((index, fresh))
     if again:
-        retried = await C.cull_all(client, [d for _, d in again], concurrency=concurrency,
+        retried = await A.cull_all(client, [d for _, d in again], concurrency=concurrency,
                                    component=COMPONENT)
         for (index, _), result in zip(again, retried):
             results[index] = result
@@ -290,13 +291,13 @@ def _duration(seconds: float | None) -> str:
     return "0s"
 
 
-def _action(result: C.CullResult) -> str:
-    if result.outcome is C.CullOutcome.CHANGED:
+def _action(result: A.CullResult) -> str:
+    if result.outcome is A.CullOutcome.CHANGED:
         return "kept (changed)"
     return str(result.outcome)
 
 
-def result_json(result: C.CullResult) -> JSON:
+def result_json(result: A.CullResult) -> JSON:
     d = result.decision
     k = d.kernel
     return {
@@ -316,7 +317,7 @@ def result_json(result: C.CullResult) -> JSON:
     }
 
 
-def render_table(results: Sequence[C.CullResult]) -> str:
+def render_table(results: Sequence[A.CullResult]) -> str:
     rows: list[tuple[str, ...]] = [COLUMNS, *[
         (r.decision.kernel.kernel_id, r.decision.kernel.user, r.decision.kernel.kernel_spec,
          r.decision.reason.value, _duration(r.decision.idle), _duration(r.decision.age),
@@ -348,8 +349,8 @@ def write_report(report: CullReport, output: str, dry_run: bool, out: TextIO,
     else:
         print(f"no kernels to cull ({report.checked} checked)", file=out)
     for r in report.results:
-        if r.outcome is C.CullOutcome.FAILED or (r.detail and
-                                                 r.outcome is C.CullOutcome.DELETED):
+        if r.outcome is A.CullOutcome.FAILED or (r.detail and
+                                                 r.outcome is A.CullOutcome.DELETED):
             print(f"elastic-kernels cull: {r.decision.kernel.name}: {r.detail}", file=err)
     counts: dict[str, int] = {}
     for r in report.results:

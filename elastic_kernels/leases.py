@@ -4,9 +4,9 @@ Why a Lease per gateway and not a timestamp per kernel: the claim costs one writ
 period per gateway, however many kernels it holds. A kernel names its gateway in
 ``JupyterKernel.spec.gateway``; the cron (``elastic-kernels cull``) looks up that gateway's Lease
 and treats the kernel as orphaned once the Lease is missing or expired beyond a grace period
-(:func:`elastic_kernels.culling.orphan_message`). A gateway that takes a kernel over (hydrating
-it after another replica died) rewrites ``spec.gateway`` to itself with :func:`adopt`, so its
-own Lease protects the kernel from then on.
+(:func:`elastic_kernels.culling.policy.orphan_message`). A gateway that takes a kernel over
+(hydrating it after another replica died) rewrites ``spec.gateway`` to itself with
+:func:`adopt`, so its own Lease protects the kernel from then on.
 
 The Lease is named ``elastic-kernels-gateway-<gateway id>`` (see :func:`lease_name`) in the
 kernels' namespace; ``holderIdentity`` is the gateway id, ``renewTime`` the last renewal (client
@@ -31,7 +31,7 @@ from typing import Any
 from traitlets import Bool, Integer, default
 from traitlets.config import LoggingConfigurable
 
-from .culling import LeaseFacts
+from .culling.policy import LeaseFacts
 from .kube import resources as R
 from .kube.client import JSON, LEASES, KubeClient, KubeError
 

@@ -33,7 +33,8 @@ import pytest
 import pytest_asyncio
 
 from elastic_kernels import cull
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient
@@ -171,7 +172,7 @@ async def test_kernels_outlive_an_api_server_outage(
                                  activity_slack=0,
                                  now=datetime.now(timezone.utc) + timedelta(hours=1))
     culled = {r.decision.kernel.kernel_id for r in report.results
-              if r.outcome is C.CullOutcome.DELETED}
+              if r.outcome is A.CullOutcome.DELETED}
     assert culled == {idle}, report.results
     await wait_until(lambda: idle not in gateway.kernel_manager,
                      "the gateway dropped the culled kernel", timeout=30, interval=0.02)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from elastic_kernels import cull
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.lifecycle.culler import GatewayCuller
 from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
@@ -106,7 +107,7 @@ async def cron(kube: KubeClient) -> set[str]:
     report = await cull.run_cull(kube, "default", CRON_POLICY, orphan_grace=300)
     assert not report.failed, report.results
     return {r.decision.kernel.kernel_id for r in report.results
-            if r.outcome is C.CullOutcome.DELETED}
+            if r.outcome is A.CullOutcome.DELETED}
 
 
 async def test_a_connected_idle_kernel_is_recorded_once_then_never_written(

@@ -15,7 +15,8 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS
 from elastic_kernels.kube.connection import ClusterConnection
@@ -403,7 +404,7 @@ async def test_cull_records_the_reason_then_deletes_once_with_one_event(
     informer.add_listener(lambda kind, obj, old: seen.append((kind, obj)))
     decision = idle_decision(record)
 
-    results = await asyncio.gather(*(C.cull_kernel(conn.client, decision) for _ in range(3)))
+    results = await asyncio.gather(*(A.cull_kernel(conn.client, decision) for _ in range(3)))
 
     outcomes = sorted(r.outcome.name for r in results)
     assert outcomes == ["ALREADY_GONE", "ALREADY_GONE", "DELETED"], results
@@ -426,9 +427,9 @@ async def test_a_record_written_after_the_decision_is_not_culled(
         R.JUPYTERKERNELS, name, {"status": {"lastActivity": R.format_timestamp(
             datetime.now(timezone.utc))}}, subresource="status")
 
-    result = await C.cull_kernel(conn.client, decision)
+    result = await A.cull_kernel(conn.client, decision)
 
-    assert result.outcome is C.CullOutcome.CHANGED
+    assert result.outcome is A.CullOutcome.CHANGED
     assert result.current is not None
     assert result.current["metadata"]["resourceVersion"] == fresh["metadata"]["resourceVersion"]
     kept = await conn.client.get(R.JUPYTERKERNELS, name)
@@ -444,18 +445,18 @@ async def test_unmark_restores_the_status_only_if_the_mark_is_still_ours(
     record = await make_record(conn, lastActivity="2024-01-01T00:00:00Z", message="ok")
     name = record["metadata"]["name"]
     decision = idle_decision(record)
-    await C.mark_culled(conn.client, decision)
-    await C._unmark(conn.client, decision)
+    await A.mark_culled(conn.client, decision)
+    await A._unmark(conn.client, decision)
     restored = (await conn.client.get(R.JUPYTERKERNELS, name))["status"]
     assert (restored["phase"], restored["reason"], restored["message"]) == (
         "Running", "Started", "ok")
 
-    marked = await C.mark_culled(conn.client, replace(
+    marked = await A.mark_culled(conn.client, replace(
         decision, kernel=C.KernelFacts.from_object(await conn.client.get(R.JUPYTERKERNELS, name))))
     assert marked["status"]["reason"] == "IdleTimeout"
     await conn.client.patch(R.JUPYTERKERNELS, name,
                             {"status": {"reason": "ShutdownRequested"}}, subresource="status")
-    await C._unmark(conn.client, decision)
+    await A._unmark(conn.client, decision)
     assert (await conn.client.get(R.JUPYTERKERNELS, name))["status"]["reason"] == \
         "ShutdownRequested"
 
@@ -466,13 +467,13 @@ async def test_cull_all_runs_culls_concurrently_and_keeps_order(conn: ClusterCon
     gone = replace(decisions[2].kernel, uid=str(uuid.uuid4()))  # a record that is not there
     decisions[2] = replace(decisions[2], kernel=replace(gone, name="kernel-" + str(uuid.uuid4())))
 
-    results = await C.cull_all(conn.client, decisions, concurrency=2)
+    results = await A.cull_all(conn.client, decisions, concurrency=2)
 
     assert [r.decision for r in results] == decisions
     assert [r.outcome for r in results] == [
-        C.CullOutcome.DELETED, C.CullOutcome.DELETED, C.CullOutcome.ALREADY_GONE,
-        C.CullOutcome.DELETED, C.CullOutcome.DELETED]
+        A.CullOutcome.DELETED, A.CullOutcome.DELETED, A.CullOutcome.ALREADY_GONE,
+        A.CullOutcome.DELETED, A.CullOutcome.DELETED]
     listed = await conn.client.list(R.JUPYTERKERNELS)
     assert [o["metadata"]["name"] for o in listed["items"]] == [records[2]["metadata"]["name"]]
     with pytest.raises(ValueError):
-        await C.cull_all(conn.client, decisions, concurrency=0)
+        await A.cull_all(conn.client, decisions, concurrency=0)

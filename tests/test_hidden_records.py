@@ -37,7 +37,7 @@ import pytest
 import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
-from elastic_kernels import culling as C
+from elastic_kernels.culling import policy as C
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, PODS, SECRETS, KubeClient, KubeError
 from elastic_kernels.kube.informer import Informer

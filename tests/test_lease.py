@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from elastic_kernels import cull
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.leases import (
     LEASE_SELECTOR, GatewayLease, adopt, format_micro_time, is_expired, lease_facts, lease_name,
 )
@@ -180,7 +181,7 @@ async def test_a_gateway_killed_with_sigkill_leaves_its_kernels_orphaned(
 
         report = await cull.run_cull(client, "default", C.Policy(), orphan_grace=0)
         assert [(r.decision.kernel.name, r.decision.reason, r.outcome) for r in report.results] \
-            == [(dead_kernel["metadata"]["name"], C.CullReason.ORPHANED, C.CullOutcome.DELETED)]
+            == [(dead_kernel["metadata"]["name"], C.CullReason.ORPHANED, A.CullOutcome.DELETED)]
         assert "gw-killed" in report.results[0].decision.message
         remaining = {o["metadata"]["name"] for o in (await client.list(R.JUPYTERKERNELS))["items"]}
         assert remaining == {live_kernel["metadata"]["name"]}
@@ -209,8 +210,8 @@ async def test_adoption_protects_a_kernel_and_only_one_of_two_racers_wins(
     with pytest.raises(KubeError) as lost:
         await adopt(client, record, "gw-other")
     assert lost.value.conflict
-    culled = await C.cull_kernel(client, stale_decision)
-    assert culled.outcome is C.CullOutcome.CHANGED
+    culled = await A.cull_kernel(client, stale_decision)
+    assert culled.outcome is A.CullOutcome.CHANGED
     assert (await client.get(R.JUPYTERKERNELS, record["metadata"]["name"]))["spec"]["gateway"] \
         == "gw-survivor"
 

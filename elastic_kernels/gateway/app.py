@@ -97,7 +97,7 @@ from elastic_kernels.upstream import (
     utcnow,
 )
 
-from elastic_kernels.culling import CullingDefaults
+from elastic_kernels.culling.policy import CullingDefaults
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner
 from elastic_kernels.leases import GatewayLease

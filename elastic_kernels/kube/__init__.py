@@ -4,7 +4,8 @@ Layer 1, the only code that talks to the Kubernetes API. ``config`` (kubeconfig,
 explicit), ``client`` (``KubeClient``: async requests on plain JSON, ``KubeError``),
 ``connection`` (the process-wide client and one informer per watched kind), ``informer``
 (list+watch caches with resync, 410 Gone relist and back-off), ``resources`` (our CRs' names and
-typed views), ``apply`` (create-or-update of manifests).
+typed views), ``apply`` (create-or-update of manifests), ``records`` (every JupyterKernel status
+write and kernel Event, and the timestamps they carry).
 """
 
 from .client import KubeClient, KubeError, Resource

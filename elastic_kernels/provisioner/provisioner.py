@@ -21,27 +21,30 @@ A normal start costs four writes (three creates and one status patch) and no rea
 Use in any jupyter_server: kernelspecs served by
 :class:`elastic_kernels.kernelspecs.ElasticKernelSpecManager` name this provisioner in their
 ``metadata.kernel_provisioner``; ``c.ClusterConnection`` says which cluster and namespace.
+Our gateway hands each start its fair GPU queue (:data:`GPU_QUEUE_KWARG`, a :class:`GpuQueueDoor`);
+without one (a plain jupyter_server) GPU pods are created ungated and wait for the scheduler.
+Every status write and Event goes through :mod:`elastic_kernels.kube.records`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import getpass
 import logging
 import secrets
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, List, Unicode, default
 
-from ..kube.client import EVENTS, PODS, SECRETS, JSON, KubeError
+from ..kube.client import PODS, SECRETS, JSON, KubeError
 from ..kube.connection import ClusterConnection
 from ..kube.informer import Informer
+from ..kube import records
 from ..kube import resources as R
 from .envpolicy import filter_client_env
 from .errors import KernelLaunchError
@@ -55,12 +58,31 @@ from .render import RenderError, RenderRequest, connection_info, render_kernel, 
 log = logging.getLogger(__name__)
 
 
-def utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 #: The ``start_kernel`` keyword that makes the provisioner re-attach instead of launching.
 ATTACH_KWARG = "elastic_attach"
+#: The ``start_kernel`` keyword by which our gateway hands the provisioner its GPU queue.
+GPU_QUEUE_KWARG = "elastic_gpu_queue"
+
+
+class GpuQueueDoor(Protocol):
+    """What a start asks of the gateway's fair GPU queue (``gateway/lifecycle/gpuqueue.py``)."""
+
+    def has_waiting(self) -> bool:
+        """Whether a new GPU start must queue behind others (then its pod starts gated)."""
+
+    def enqueue(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
+                *, gated: bool) -> Any:
+        """Join the queue with a pod created gated."""
+
+    def unschedulable(self, kernel_id: str, user: str, gpus: int, namespace: str,
+                      pod_name: str, message: str) -> None:
+        """The scheduler found no room for the pod: wait (joining if not queued yet)."""
+
+    def leave(self, kernel_id: str) -> None:
+        """The pod was bound, or the start ended."""
+
+    def describe(self, kernel_id: str) -> str:
+        """Where the start stands, in words ("" when it is not waiting)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     _attaching: bool = False
     #: Why the running pod died, when the restarter restarts the kernel (for its status).
     restart_cause: PodAssessment | None = None
+    #: The gateway's fair GPU queue, handed over with each start (``GPU_QUEUE_KWARG``); None
+    #: in a plain jupyter_server, whose GPU pods are then created ungated.
+    gpu_queue: GpuQueueDoor | None = None
 
     @property
     def connection(self) -> ClusterConnection:
@@ -160,6 +185,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Render the kernel's objects from cached CRs; nothing is written yet."""
         attachment = kwargs.pop(ATTACH_KWARG, None)
+        queue = kwargs.pop(GPU_QUEUE_KWARG, None)
+        if queue is not None:
+            self.gpu_queue = queue
         if attachment is not None and self._restart_count < 0:
             return await self._pre_attach(attachment, kwargs)
         user = kwargs.pop("elastic_user", None)
@@ -307,7 +335,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             "podIP": self._pod_ip,
             "node": (running.get("spec") or {}).get("nodeName", ""),
             "gpus": self._spec.gpus,
-            "startedAt": utcnow(),
+            "startedAt": records.now_timestamp(),
             "restartCount": self._restart_count,
         })
         # jupyter_client types connection info as a TypedDict; ours has its keys and values.
@@ -402,20 +430,17 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
                 "KernelNotAnswering",
                 f"the kernel's pod runs but the kernel did not answer: {e}", 504) from None
 
-    def _gpu_queue(self) -> Any:
-        """The gateway's fair GPU queue, if this kernel has GPUs and runs under our gateway."""
+    def _gpu_queue(self) -> GpuQueueDoor | None:
+        """The gateway's fair GPU queue, if this kernel has GPUs and the gateway gave one."""
         if not (self._spec and self._spec.gpus):
             return None
-        mapping_manager = getattr(self.parent, "parent", None)
-        return getattr(mapping_manager, "gpu_queue", None)
+        return self.gpu_queue
 
     async def _patch_status(self, status: JSON) -> None:
         """Best effort: a failed status write must not fail the kernel itself."""
         try:
-            await self.connection.client.patch(
-                R.JUPYTERKERNELS, self.kernel_cr_name, {"status": status}, self._ns,
-                subresource="status",
-            )
+            await records.patch_kernel_status(self.connection.client, self.kernel_cr_name,
+                                              self._ns, status)
         except KubeError as e:
             self.log.warning("Kernel %s: could not record status %s: %s",
                              self.kernel_id, status.get("phase"), e)
@@ -455,24 +480,10 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         """
         client = self.connection.client
         if self._kernel_uid and client.reachable:
-            event = {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"generateName": f"{self.kernel_cr_name}.", "namespace": self._ns},
-                "involvedObject": {
-                    "apiVersion": R.API_VERSION, "kind": R.JUPYTERKERNELS.kind,
-                    "name": self.kernel_cr_name, "namespace": self._ns, "uid": self._kernel_uid,
-                },
-                "reason": reason,
-                "message": message[:1024],
-                "type": "Warning",
-                "source": {"component": "elastic-kernels"},
-                "firstTimestamp": utcnow(),
-                "lastTimestamp": utcnow(),
-                "count": 1,
-            }
             try:
-                await client.create(EVENTS, event, self._ns)
+                await records.record_kernel_event(
+                    client, self.kernel_cr_name, self._ns, uid=self._kernel_uid, reason=reason,
+                    message=message, type="Warning", component="elastic-kernels")
             except KubeError:
                 pass
         await self._delete_record(grace_period_seconds=0)

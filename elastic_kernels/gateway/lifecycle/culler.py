@@ -11,41 +11,86 @@ needs and cannot see (``status.connections``, ``status.executionState``, ``statu
 see :mod:`elastic_kernels.culling`), each only when it changed: a kernel that stays as it was
 costs no write, however long it stays. The one write not left to the pass is a client connecting
 to a kernel the record shows unconnected (:meth:`GatewayCuller.connected`).
+
+The culler is given what it needs, not the kernel manager (issue 12): the kernels this gateway
+holds with their live state (``held``, ``lookup``), the kernelspecs, how to shut a kernel down,
+where to remember why, what to poke after a pass (the GPU queue), and a clock. Its decisions are
+:mod:`elastic_kernels.culling.policy`'s; its writes go through :mod:`elastic_kernels.kube.records`
+and :mod:`elastic_kernels.culling.actions`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from elastic_kernels.culling import (MIRROR_INTERVAL, CullConflict, CullDecision, CullingDefaults,
-                                     KernelFacts,
-                       PolicyBook, decide, mark_culled, reclaim_candidates, record_cull_event,
-                       status_to_mirror)
+from elastic_kernels.culling.actions import CullConflict, mark_culled, record_cull_event
+from elastic_kernels.culling.policy import (MIRROR_INTERVAL, CullDecision, CullingDefaults,
+                                            KernelFacts, PolicyBook, decide, reclaim_candidates,
+                                            status_to_mirror)
+from elastic_kernels.kube import records
 from elastic_kernels.kube import resources as R
-from elastic_kernels.kube.client import KubeError
+from elastic_kernels.kube.client import KubeClient, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.tasks import cancel_all, cancel_and_wait
-from elastic_kernels.upstream import connection_count, managed_kernels
-
-if TYPE_CHECKING:
-    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "elastic-kernels-gateway"
 
 
+@dataclass(frozen=True)
+class HeldKernel:
+    """One kernel this gateway holds: its record from the watch cache (None: not there) and
+    what only the gateway knows of it (jupyter_server's activity, state and websockets)."""
+
+    kernel_id: str
+    record: dict[str, Any] | None
+    last_activity: datetime | None = None
+    execution_state: str | None = None
+    connections: int = 0
+
+
+def _nothing() -> None:
+    return None
+
+
 class GatewayCuller:
     """Runs the periodic pass and performs culls (idle ones, and reclaims for the GPU queue)."""
 
-    def __init__(self, manager: ElasticMappingKernelManager, defaults: CullingDefaults,
-                 concurrency: int = 8) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        defaults: CullingDefaults,
+        *,
+        gateway_id: Callable[[], str],
+        kernelspecs: Callable[[], list[dict[str, Any]]],
+        held: Callable[[], list[HeldKernel]],
+        lookup: Callable[[str], HeldKernel | None],
+        shutdown: Callable[[str, bool], Awaitable[Any]],
+        remember_cull: Callable[[str, str, str], None],
+        after_pass: Callable[[], None] = _nothing,
+        clock: records.Clock = time.time,
+        concurrency: int = 8,
+    ) -> None:
         self.defaults = defaults
+        #: This gateway's id, read when needed (the app sets it after the manager is made).
+        self.gateway_id = gateway_id
+        self.kernelspecs = kernelspecs
+        self.held = held
+        self.lookup = lookup
+        #: ``shutdown(kernel_id, now)``: the kernel manager's shutdown (KeyError: not held).
+        self.shutdown = shutdown
+        #: ``remember_cull(kernel_id, reason, message)``: for the 404 and the websocket's close.
+        self.remember_cull = remember_cull
+        #: Called after each pass's decisions (the GPU queue looks again: idle kernels cross
+        #: their reclaimAfter as time passes, with no event to say so).
+        self.after_pass = after_pass
+        self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
         self._mirrored: dict[str, datetime] = {}
         #: Least time between two activity writes for one kernel (tests shorten it).
@@ -60,11 +105,17 @@ class GatewayCuller:
         if self.on_cull is not None:
             self.on_cull(reason)
 
+    @staticmethod
+    def _client() -> KubeClient:
+        return ClusterConnection.instance().client
+
+    def _now(self) -> datetime:
+        return records.utc_now(self.clock)
+
     # -- facts ----------------------------------------------------------------------------------
 
     def policies(self) -> PolicyBook:
-        specs = self.manager.kernelspec_records()
-        return PolicyBook.from_objects(self.defaults.as_policy(), specs)
+        return PolicyBook.from_objects(self.defaults.as_policy(), self.kernelspecs())
 
     def facts(self) -> list[KernelFacts]:
         """What this gateway knows of each kernel it holds: its record plus live state."""
@@ -73,29 +124,29 @@ class GatewayCuller:
     def _held(self) -> list[tuple[KernelFacts, R.KernelView]]:
         """Each kernel this gateway holds and claims (or nobody claims): live facts, record."""
         found = []
-        for kernel_id in list(self.manager.list_kernel_ids()):
-            record = self.manager.kernel_record(kernel_id)
-            kernel = managed_kernels(self.manager).get(kernel_id)
-            if record is None or kernel is None:
+        for kernel in self.held():
+            record = kernel.record
+            if record is None:
                 continue
             claimant = (record.get("spec") or {}).get("gateway") or ""
-            if claimant and claimant != self.manager.gateway_id:
+            if claimant and claimant != self.gateway_id():
                 continue  # another live replica claims it and culls it; don't race it
             try:
                 view = R.KernelView.from_object(record)
             except ValueError as e:
-                log.warning("Kernel %s: its record is not usable for culling: %s", kernel_id, e)
+                log.warning("Kernel %s: its record is not usable for culling: %s",
+                            kernel.kernel_id, e)
                 continue
             found.append((KernelFacts.from_view(
                 view,
-                last_activity=getattr(kernel, "last_activity", None),
-                execution_state=getattr(kernel, "execution_state", None),
-                connections=connection_count(self.manager, kernel_id),
+                last_activity=kernel.last_activity,
+                execution_state=kernel.execution_state,
+                connections=kernel.connections,
             ), view))
         return found
 
     def reclaim_candidates(self) -> list[CullDecision]:
-        return reclaim_candidates(self.facts(), self.policies(), _now())
+        return reclaim_candidates(self.facts(), self.policies(), self._now())
 
     # -- the periodic pass -----------------------------------------------------------------------
 
@@ -119,16 +170,15 @@ class GatewayCuller:
 
     async def run_once(self) -> list[CullDecision]:
         """One pass: cull what policy says, concurrently; mirror what changed. Returns the culls."""
-        now = _now()
+        now = self._now()
         book = self.policies()
         held = self._held()
         decisions = [d for d in (decide(f, book(f), now) for f, _ in held) if d is not None]
         culled = {d.kernel.kernel_id for d in decisions}
         # Kernels cross their reclaimAfter as time passes, with no event to say so: let the GPU
         # queue look again for anyone still waiting.
-        self.manager.gpu_queue.poke()
-        dead = [kid for kid in self.manager.list_kernel_ids()
-                if getattr(managed_kernels(self.manager).get(kid), "execution_state", "") == "dead"]
+        self.after_pass()
+        dead = [k.kernel_id for k in self.held() if k.execution_state == "dead"]
         for gone in set(self._mirrored) - {f.kernel_id for f, _ in held}:
             del self._mirrored[gone]
         await asyncio.gather(
@@ -142,13 +192,13 @@ class GatewayCuller:
         async with self._limit:
             log.warning("Culling dead kernel %s", kernel_id)
             # Keep why it died for the user's next request (its record says, until deleted).
-            status = (self.manager.kernel_record(kernel_id) or {}).get("status") or {}
+            kernel = self.lookup(kernel_id)
+            status = ((kernel.record if kernel else None) or {}).get("status") or {}
             reason = str(status.get("reason") or "KernelDied")
-            self.manager.remember_cull(kernel_id, reason,
-                                       str(status.get("message") or "the kernel died"))
+            self.remember_cull(kernel_id, reason, str(status.get("message") or "the kernel died"))
             self._counted("KernelDied")
             try:
-                await self.manager.shutdown_kernel(kernel_id, now=True)
+                await self.shutdown(kernel_id, True)
             except Exception:
                 log.exception("Kernel %s: shutting down a dead kernel failed", kernel_id)
 
@@ -160,9 +210,8 @@ class GatewayCuller:
             return
         async with self._limit:
             try:
-                await ClusterConnection.instance().client.patch(
-                    R.JUPYTERKERNELS, live.name, {"status": body}, live.namespace,
-                    subresource="status")
+                await records.patch_kernel_status(self._client(), live.name, live.namespace,
+                                                  body)
             except KubeError as e:
                 log.info("Kernel %s: could not mirror its state: %s", live.kernel_id, e)
                 return
@@ -183,14 +232,13 @@ class GatewayCuller:
         """
         if self._task is None or kernel_id in self._connecting:
             return
-        if connection_count(self.manager, kernel_id) <= 0:
+        kernel = self.lookup(kernel_id)
+        if kernel is None or kernel.connections <= 0 or kernel.record is None:
             return
-        record = self.manager.kernel_record(kernel_id)
-        if record is None:
-            return
+        record = kernel.record
         spec = record.get("spec") or {}
         status = record.get("status") or {}
-        if spec.get("gateway") and spec.get("gateway") != self.manager.gateway_id:
+        if spec.get("gateway") and spec.get("gateway") != self.gateway_id():
             return  # the claimant's view, not ours, is what its record carries
         if (record.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -211,7 +259,7 @@ class GatewayCuller:
             view = R.KernelView.from_object(record)
         except ValueError:
             return True
-        spec = next((o for o in self.manager.kernelspec_records()
+        spec = next((o for o in self.kernelspecs()
                      if (o.get("metadata") or {}).get("name") == view.kernel_spec), None)
         try:
             culling = R.KernelSpecView.from_object(spec).culling if spec is not None else None
@@ -221,18 +269,18 @@ class GatewayCuller:
             return True
         if culling.cull_connected or culling.idle_timeout <= 0:
             return False  # connections do not protect it, or idleness never culls it
-        idle = KernelFacts.from_view(view).idle_seconds(_now())
+        idle = KernelFacts.from_view(view).idle_seconds(self._now())
         return idle is None or idle + self.defaults.interval >= culling.idle_timeout
 
     async def _write_connected(self, kernel_id: str, record: dict[str, Any]) -> None:
         meta = record.get("metadata") or {}
-        count = connection_count(self.manager, kernel_id)
+        kernel = self.lookup(kernel_id)
+        count = kernel.connections if kernel is not None else 0
         if count <= 0:
             return  # closed again already: the record's 0 is right
         try:
-            await ClusterConnection.instance().client.patch(
-                R.JUPYTERKERNELS, str(meta.get("name")), {"status": {"connections": count}},
-                meta.get("namespace"), subresource="status")
+            await records.patch_kernel_status(self._client(), str(meta.get("name")),
+                                              meta.get("namespace"), {"connections": count})
         except KubeError as e:
             log.info("Kernel %s: could not record its new connection (the next culling pass "
                      "will): %s", kernel_id, e)
@@ -246,7 +294,7 @@ class GatewayCuller:
 
         False if we lost a race."""
         kernel_id = decision.kernel.kernel_id
-        client = ClusterConnection.instance().client
+        client = self._client()
         async with self._limit:
             try:
                 await mark_culled(client, decision)
@@ -258,11 +306,11 @@ class GatewayCuller:
                 return False
             log.warning("Culling kernel %s of %s (%s): %s", kernel_id, decision.kernel.user,
                         decision.reason.value, decision.message)
-            self.manager.remember_cull(kernel_id, decision.reason.value, decision.message)
+            self.remember_cull(kernel_id, decision.reason.value, decision.message)
             self._counted(decision.reason.value)
             self._mirrored.pop(kernel_id, None)
             try:
-                await self.manager.shutdown_kernel(kernel_id)
+                await self.shutdown(kernel_id, False)
             except KeyError:
                 pass  # already gone
             try:
@@ -270,7 +318,3 @@ class GatewayCuller:
             except KubeError as e:
                 log.info("Kernel %s: could not record the cull event: %s", kernel_id, e)
             return True
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -19,6 +19,13 @@ would starve everyone behind them. The gateway keeps its own queue instead:
 Everything here is driven by events (a start joining, a scheduler verdict, a pod binding); nothing
 polls. The queue lives in this gateway's memory: with several replicas each orders its own
 starts (see the issue note).
+
+The queue is given what it needs and nothing more (issue 12): who may be reclaimed
+(``reclaim_candidates``, the culler's view through the culling policy), how to reclaim one
+(``reclaim``, the culler's cull), how to lift a pod's gate and how to record a waiter's position
+(by default through the Kubernetes API: :func:`ungate_pod`, :func:`report_position`), and a
+clock. So its order and its reclaim choices run unchanged without a cluster, on a virtual
+clock: ``tests/test_gpuqueue_unit.py`` and the day simulation (``bench/bench_day.py``).
 """
 
 from __future__ import annotations
@@ -26,22 +33,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
+from elastic_kernels.culling.policy import CullDecision
+from elastic_kernels.kube import records
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
+from elastic_kernels.provisioner.gates import GPU_QUEUE_GATE  # noqa: F401 (the gate it lifts)
 from elastic_kernels.tasks import cancel_and_wait
 
-if TYPE_CHECKING:
-    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
-
 log = logging.getLogger(__name__)
-
-from elastic_kernels.provisioner.gates import GPU_QUEUE_GATE  # noqa: E402,F401 (the gate this queue lifts)
 
 
 def ordinal(n: int) -> str:
@@ -73,7 +79,7 @@ class Waiter:
             "user": self.user,
             "gpus": self.gpus,
             "position": position,
-            "waiting_since": R.format_timestamp(self.since),
+            "waiting_since": records.format_timestamp(self.since),
             "gated": self.gated,
             "scheduler": self.unschedulable,
             # Whether an idle kernel was reclaimed for this one; whose it was is for admins only
@@ -83,19 +89,63 @@ class Waiter:
         }
 
 
+async def ungate_pod(waiter: Waiter) -> bool:
+    """Remove the pod's scheduling gate through the API; False when the pod is gone."""
+    try:
+        await ClusterConnection.instance().client.patch(
+            PODS, waiter.pod_name, {"spec": {"schedulingGates": None}}, waiter.namespace)
+    except KubeError as e:
+        if e.not_found:
+            return False
+        raise
+    return True
+
+
+async def report_position(waiter: Waiter, status: dict[str, Any]) -> None:
+    """Write a waiter's place in the queue onto its JupyterKernel (best effort: the queue works
+    without it; the record only tells ``kubectl`` and other replicas)."""
+    try:
+        await records.patch_kernel_status(ClusterConnection.instance().client,
+                                          R.kernel_object_name(waiter.kernel_id),
+                                          waiter.namespace, status)
+    except KubeError as e:
+        log.info("GPU queue: could not record the position of %s: %s", waiter.kernel_id, e)
+
+
 class GpuQueue:
     """One gateway's queue of kernel starts waiting for GPUs."""
 
-    def __init__(self, manager: ElasticMappingKernelManager) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        *,
+        reclaim_candidates: Callable[[], Sequence[CullDecision]],
+        reclaim: Callable[[CullDecision], Awaitable[bool]],
+        ungate: Callable[[Waiter], Awaitable[bool]] = ungate_pod,
+        report: Callable[[Waiter, dict[str, Any]], Awaitable[None]] = report_position,
+        clock: records.Clock = time.time,
+    ) -> None:
+        #: Idle GPU kernels that may be shut down for a waiter, best first (the culler's
+        #: :meth:`~.culler.GatewayCuller.reclaim_candidates`).
+        self.reclaim_candidates = reclaim_candidates
+        #: Carry one reclaim out; False when it lost a race (the culler's ``cull``).
+        self.reclaim = reclaim
+        self.ungate = ungate
+        self.report = report
+        self.clock = clock
         self._waiters: dict[str, Waiter] = {}
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[str] = set()  # kernels already chosen for reclaim
         #: Told how long each waiter waited, in seconds, when it leaves (the gateway's metrics;
         #: set by ElasticGatewayApp).
         self.on_wait_ended: Callable[[float], None] | None = None
+
+    def __repr__(self) -> str:
+        # The queue travels in a start's keyword arguments, which jupyter_server logs at DEBUG.
+        return f"<GpuQueue: {len(self._waiters)} waiting>"
 
     def __len__(self) -> int:
         """Starts waiting (the metrics' queue length)."""
@@ -114,7 +164,7 @@ class GpuQueue:
             # The rank is fixed on arrival: how many of this user's starts are already waiting.
             rank = sum(1 for w in self._waiters.values() if w.user == user)
             waiter = Waiter(kernel_id, user, gpus, namespace, pod_name, next(self._seq), rank,
-                            datetime.now(timezone.utc), gated)
+                            records.utc_now(self.clock), gated)
             self._waiters[kernel_id] = waiter
         waiter.pod_name = pod_name
         self._changed()
@@ -132,7 +182,7 @@ class GpuQueue:
         if waiter is None:
             return
         if self.on_wait_ended is not None:
-            self.on_wait_ended((datetime.now(timezone.utc) - waiter.since).total_seconds())
+            self.on_wait_ended(max(0.0, self.clock() - waiter.since.timestamp()))
         self._changed()
 
     def is_waiting(self, kernel_id: str) -> bool:
@@ -177,21 +227,37 @@ class GpuQueue:
 
     def _changed(self) -> None:
         self._wake.set()
+        self._quiet.clear()
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        while self._waiters or self._wake.is_set():
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("GPU queue: reconcile failed")
+        try:
+            while self._waiters or self._wake.is_set():
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self.reconcile()
+                except Exception:
+                    log.exception("GPU queue: reconcile failed")
+                if not self._wake.is_set():
+                    self._quiet.set()
+        finally:
+            self._quiet.set()
+
+    async def settled(self) -> None:
+        """Return once the reconciler has acted on every change so far.
+
+        The gateway never waits for it; tests and the day simulation do, instead of sleeping:
+        with instant fakes for the cluster calls the queue then has done all it will do.
+        """
+        while not self._quiet.is_set():
+            await self._quiet.wait()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        self._quiet.set()
 
     async def reconcile(self) -> None:
         order = self.ordered()
@@ -209,35 +275,29 @@ class GpuQueue:
             return
         waiter.reported = text
         position = self.position(waiter.kernel_id)
-        status = {"phase": R.PHASE_PENDING, "reason": "QueuedForGPU", "message": text,
-                  "queuePosition": position, "podName": waiter.pod_name}
-        try:
-            await ClusterConnection.instance().client.patch(
-                R.JUPYTERKERNELS, R.kernel_object_name(waiter.kernel_id), {"status": status},
-                waiter.namespace, subresource="status")
-        except KubeError as e:
-            log.info("GPU queue: could not record the position of %s: %s", waiter.kernel_id, e)
+        await self.report(waiter, {"phase": R.PHASE_PENDING, "reason": "QueuedForGPU",
+                                   "message": text, "queuePosition": position,
+                                   "podName": waiter.pod_name})
 
     async def _ungate(self, waiter: Waiter) -> None:
         try:
-            await ClusterConnection.instance().client.patch(
-                PODS, waiter.pod_name, {"spec": {"schedulingGates": None}}, waiter.namespace)
-            waiter.gated = False
-            log.info("GPU queue: %s (%s) is next; its pod may now be scheduled",
-                     waiter.kernel_id, waiter.user)
+            ungated = await self.ungate(waiter)
         except KubeError as e:
-            if e.not_found:
-                self.leave(waiter.kernel_id)
-            else:
-                log.warning("GPU queue: could not ungate %s: %s", waiter.pod_name, e)
+            log.warning("GPU queue: could not ungate %s: %s", waiter.pod_name, e)
+            return
+        if not ungated:
+            self.leave(waiter.kernel_id)  # its pod is gone: the start ends on its own
+            return
+        waiter.gated = False
+        log.info("GPU queue: %s (%s) is next; its pod may now be scheduled",
+                 waiter.kernel_id, waiter.user)
 
     async def _reclaim_for_waiters(self, order: list[Waiter]) -> None:
         """One reclaim per waiting start whose pod the scheduler could not place."""
         needy = [w for w in order if not w.gated and w.unschedulable and not w.reclaimed]
         if not needy:
             return
-        culler = self.manager.culler
-        candidates = [d for d in culler.reclaim_candidates()
+        candidates = [d for d in self.reclaim_candidates()
                       if d.kernel.kernel_id not in self._claimed]
         for waiter, decision in zip(needy, candidates):
             victim = decision.kernel.kernel_id
@@ -246,7 +306,7 @@ class GpuQueue:
             log.warning("GPU queue: reclaiming kernel %s of %s for %s of %s: %s", victim,
                         decision.kernel.user, waiter.kernel_id, waiter.user, decision.message)
             try:
-                culled = await culler.cull(decision)
+                culled = await self.reclaim(decision)
             finally:
                 self._claimed.discard(victim)
             if not culled:

@@ -43,6 +43,11 @@ whose start is not under way in this process and that has no pod (the watch cach
 one list) is deleted with reason ``LaunchAbandoned``, an Event and a log line. A kernel waiting
 in the GPU queue has its (gated or Pending) pod and is never taken; records claimed by other
 gateways are theirs (and the cull cron's).
+
+The hydrator is given what it needs, not the kernel manager (issue 12): this gateway's id,
+whether a kernel is held (``holds``) or being started here (``pending_start``), how to attach
+one (``attach``: jupyter_server's own start path, given the attachment), the kernelspecs, and a
+clock for its judgements of records that never started.
 """
 
 from __future__ import annotations
@@ -50,28 +55,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
 
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from elastic_kernels import culling as C
+from elastic_kernels.culling import actions as A
+from elastic_kernels.culling import policy as C
 from elastic_kernels.kube import resources as R
+from elastic_kernels.kube.records import Clock, utc_now
 from elastic_kernels.kube.client import JSON, LEASES, PODS, SECRETS, KubeError, Resource
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels.provisioner import leftovers
-from elastic_kernels.provisioner.provisioner import ATTACH_KWARG, ElasticKernelProvisioner
+from elastic_kernels.provisioner.provisioner import Attachment, ElasticKernelProvisioner
 from elastic_kernels.provisioner.render import KEY_SECRET_ITEM
 from elastic_kernels.leases import adopt, is_expired, lease_facts, lease_name
-from elastic_kernels.upstream import pending_starts
-
-if TYPE_CHECKING:
-    from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
 
 __all__ = ["KernelHydrator", "ClusterUnavailable"]
 
@@ -116,9 +119,33 @@ class KernelHydrator(LoggingConfigurable):
             raise TraitError(f"launch_grace must be >= 0 seconds, not {value!r}")
         return value
 
-    def __init__(self, manager: ElasticMappingKernelManager, **kwargs: Any) -> None:
-        super().__init__(parent=manager, **kwargs)
-        self.manager = manager
+    def __init__(
+        self,
+        *,
+        gateway_id: Callable[[], str],
+        holds: Callable[[str], bool],
+        pending_start: Callable[[str], Any],
+        attach: Callable[[str, R.KernelView, Attachment], Awaitable[Any]],
+        kernelspecs: Callable[[], list[JSON]],
+        clock: Clock = time.time,
+        **kwargs: Any,
+    ) -> None:
+        """``kwargs`` are the Configurable's (``parent``: the kernel manager, for its config and
+        log only)."""
+        super().__init__(**kwargs)
+        #: This gateway's id, read when needed (the app sets it after the manager is made).
+        self.gateway_id = gateway_id
+        #: Whether this gateway holds the kernel now.
+        self.holds = holds
+        #: The start of a kernel under way in this process (jupyter_server's pending task), or
+        #: None.
+        self.pending_start = pending_start
+        #: ``attach(kernel_id, record, attachment)``: hold the kernel through jupyter_server's
+        #: start path (the provisioner connects instead of creating); returns the kernel's
+        #: manager, raises if it could not.
+        self.attach = attach
+        self.kernelspecs = kernelspecs
+        self.clock = clock
         self._inflight: dict[str, asyncio.Future[bool]] = {}
         self._foreign: dict[str, set[str]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -141,9 +168,9 @@ class KernelHydrator(LoggingConfigurable):
         """
         if not isinstance(kernel_id, str) or not R.KERNEL_ID_RE.match(kernel_id):
             return False
-        if kernel_id in self.manager:
+        if self.holds(kernel_id):
             return True
-        if kernel_id in pending_starts(self.manager):
+        if self.pending_start(kernel_id) is not None:
             return False  # this gateway is starting it right now
         attempt = self._inflight.get(kernel_id)
         if attempt is None:
@@ -161,7 +188,7 @@ class KernelHydrator(LoggingConfigurable):
             kernel_id = ((record.get("spec") or {}).get("kernelId"))
             meta = record.get("metadata") or {}
             phase = (record.get("status") or {}).get("phase")
-            if (isinstance(kernel_id, str) and kernel_id not in self.manager
+            if (isinstance(kernel_id, str) and not self.holds(kernel_id)
                     and not meta.get("deletionTimestamp") and phase == R.PHASE_RUNNING):
                 found.append((kernel_id, record))
         limit = asyncio.Semaphore(max(1, self.concurrency))
@@ -246,25 +273,13 @@ class KernelHydrator(LoggingConfigurable):
         except ValueError as e:
             self.log.warning("Kernel %s cannot be re-attached: %s", kernel_id, e)
             return False
-        manager = self.manager
         try:
-            # jupyter_server's own start path does all the bookkeeping (the kernel table,
-            # activity watching, connection counts, the "dead" callback, the culler); the
-            # provisioner, given the attachment, connects instead of creating anything. It is
-            # called past ElasticMappingKernelManager.start_kernel: quotas and the GPU queue
-            # concern new kernels, not this one.
-            attach: dict[str, Any] = {ATTACH_KWARG: attachment}
-            await AsyncMappingKernelManager.start_kernel(
-                manager, kernel_id=kernel_id, kernel_name=view.kernel_spec, env={},
-                elastic_client_env=dict(view.client_env), **attach,
-            )
+            kernel: Any = await self.attach(kernel_id, view, attachment)
         except Exception as e:  # noqa: BLE001 - e.g. its kernelspec was deleted meanwhile
-            pending_starts(manager).pop(kernel_id, None)
             self.log.warning("Kernel %s could not be re-attached: %s: %s", kernel_id,
                              type(e).__name__, e)
             return False
         # jupyter_server adds last_activity to the kernel managers it holds.
-        kernel: Any = manager.get_kernel(kernel_id)
         if view.last_activity is not None:
             # Idle time continues from the record: restarting gateways must not keep idle
             # kernels alive for ever.
@@ -353,7 +368,7 @@ class KernelHydrator(LoggingConfigurable):
 
     async def _claim(self, kernel_id: str, records: Informer) -> None:
         """Claim the kernel unless a live gateway does (see the module docstring)."""
-        me = self.manager.gateway_id
+        me = self.gateway_id()
         record = records.get(R.kernel_object_name(kernel_id))
         if record is None:
             return
@@ -368,7 +383,7 @@ class KernelHydrator(LoggingConfigurable):
         await self._adopt(record)
 
     async def _adopt(self, record: JSON) -> bool:
-        me = self.manager.gateway_id
+        me = self.gateway_id()
         name = (record.get("metadata") or {}).get("name")
         client = self.connection.client
         for attempt in range(2):
@@ -416,13 +431,13 @@ class KernelHydrator(LoggingConfigurable):
         except ValueError:
             return False  # not a usable gateway id: nothing can hold a lease for it
         facts = lease_facts(lease)
-        return facts.holder == gateway_id and not is_expired(facts, datetime.now(timezone.utc))
+        return facts.holder == gateway_id and not is_expired(facts, utc_now(self.clock))
 
     async def _claim_when_dead(self, holder: str) -> None:
         """Wake when ``holder``'s Lease runs out; then claim its kernels this gateway holds."""
         try:
             while True:
-                if not any(k in self.manager for k in self._foreign.get(holder, ())):
+                if not any(self.holds(k) for k in self._foreign.get(holder, ())):
                     return  # none of its kernels is held here any more
                 try:
                     lease = await self.connection.client.get(LEASES, lease_name(holder))
@@ -432,7 +447,7 @@ class KernelHydrator(LoggingConfigurable):
                         continue
                     lease = None
                 facts = lease_facts(lease) if lease is not None else None
-                now = datetime.now(timezone.utc)
+                now = utc_now(self.clock)
                 if facts is None or facts.holder != holder or is_expired(facts, now):
                     break
                 expires = facts.expires_at()
@@ -442,7 +457,7 @@ class KernelHydrator(LoggingConfigurable):
             records = await self.connection.informer(R.JUPYTERKERNELS)
             for kernel_id in sorted(kernels):
                 record = records.get(R.kernel_object_name(kernel_id))
-                if (kernel_id in self.manager and record is not None
+                if (self.holds(kernel_id) and record is not None
                         and (record.get("spec") or {}).get("gateway") == holder):
                     self.log.info("Gateway %s is gone; claiming kernel %s", holder, kernel_id)
                     await self._adopt(record)
@@ -478,14 +493,14 @@ class KernelHydrator(LoggingConfigurable):
             return None
         # Cheap checks first: this runs on every JupyterKernel event of the namespace.
         status = record.get("status") or {}
-        if (record.get("spec") or {}).get("gateway") != self.manager.gateway_id or \
+        if (record.get("spec") or {}).get("gateway") != self.gateway_id() or \
                 status.get("startedAt") or (record.get("metadata") or {}).get("deletionTimestamp"):
             return None
         try:
             view = R.KernelView.from_object(record)
         except ValueError:
             return None
-        if view.gateway != self.manager.gateway_id or view.deleting:
+        if view.gateway != self.gateway_id() or view.deleting:
             return None
         if view.started_at is not None or view.phase not in C.STARTING_PHASES:
             return None
@@ -520,12 +535,12 @@ class KernelHydrator(LoggingConfigurable):
         if view.created_at is None:
             return self.launch_grace
         due = view.created_at + timedelta(seconds=self._launch_timeout(view) + self.launch_grace)
-        return max(0.0, (due - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (due - utc_now(self.clock)).total_seconds())
 
     def _launch_timeout(self, view: R.KernelView) -> float:
         """The start's limit as the provisioner applies it: the kernelspec's launchTimeout,
         else the configured ``ElasticKernelProvisioner.launch_timeout``."""
-        for obj in self.manager.kernelspec_records():
+        for obj in self.kernelspecs():
             meta = obj.get("metadata") or {}
             if meta.get("name") != view.kernel_spec or \
                     (meta.get("namespace") or view.namespace) != view.namespace:
@@ -549,9 +564,9 @@ class KernelHydrator(LoggingConfigurable):
         """Whether this process is starting (or holds, or is attaching) the kernel."""
         if leftovers.in_progress(view.namespace, view.name):
             return True
-        if view.kernel_id in self.manager or view.kernel_id in self._inflight:
+        if self.holds(view.kernel_id) or view.kernel_id in self._inflight:
             return True
-        pending = pending_starts(self.manager).get(view.kernel_id)
+        pending = self.pending_start(view.kernel_id)
         return pending is not None and not getattr(pending, "done", lambda: True)()
 
     async def _has_pod(self, view: R.KernelView) -> bool:
@@ -585,7 +600,7 @@ class KernelHydrator(LoggingConfigurable):
                 return
             if await self._has_pod(view):
                 return  # e.g. waiting in the GPU queue: its start owns it
-            now = datetime.now(timezone.utc)
+            now = utc_now(self.clock)
             facts = C.KernelFacts.from_view(view, has_pod=False)
             message = C.launch_abandoned_message(facts, self._launch_timeout(view), now,
                                                  self.launch_grace)
@@ -593,18 +608,18 @@ class KernelHydrator(LoggingConfigurable):
                 return
             decision = C.CullDecision(facts, C.CullReason.LAUNCH_ABANDONED, message,
                                       facts.idle_seconds(now), facts.age_seconds(now))
-            result = await C.cull_kernel(self.connection.client, decision, component=COMPONENT,
+            result = await A.cull_kernel(self.connection.client, decision, component=COMPONENT,
                                          grace_period_seconds=0)
         except KubeError as e:
             self.log.info("Cannot judge JupyterKernel %s now (%s); looking again in %.0fs",
                           name, e, SWEEP_RETRY)
             self._schedule(name, SWEEP_RETRY)
             return
-        if result.outcome is C.CullOutcome.DELETED:
+        if result.outcome is A.CullOutcome.DELETED:
             self.log.warning("Deleted JupyterKernel %s (kernel %s of user %s, kernelspec %s): "
                              "%s: %s", name, view.kernel_id, view.user, view.kernel_spec,
                              decision.reason.value, message)
-        elif result.outcome is C.CullOutcome.FAILED:
+        elif result.outcome is A.CullOutcome.FAILED:
             self.log.warning("Could not delete JupyterKernel %s (%s): %s; looking again in "
                              "%.0fs", name, decision.reason.value, result.detail, SWEEP_RETRY)
             self._schedule(name, SWEEP_RETRY)

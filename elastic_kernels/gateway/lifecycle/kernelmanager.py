@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default, observe
 
@@ -28,11 +29,17 @@ from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
-from elastic_kernels.culling import CullingDefaults
+from elastic_kernels.culling.policy import CullingDefaults
 from elastic_kernels.provisioner.errors import KernelLaunchError
-from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner, start_kernel_watches
+from elastic_kernels.provisioner.provisioner import (
+    ATTACH_KWARG,
+    GPU_QUEUE_KWARG,
+    Attachment,
+    ElasticKernelProvisioner,
+    start_kernel_watches,
+)
 from elastic_kernels.gateway.lifecycle.activity import watch_activity
-from elastic_kernels.gateway.lifecycle.culler import GatewayCuller
+from elastic_kernels.gateway.lifecycle.culler import GatewayCuller, HeldKernel
 from elastic_kernels.gateway.lifecycle.gpuqueue import GpuQueue
 from elastic_kernels.gateway.lifecycle.hydration import KernelHydrator
 from elastic_kernels.leases import GatewayLease
@@ -43,8 +50,10 @@ from elastic_kernels.upstream import (
     KernelManagerHooks,
     MappingKernelManagerHooks,
     activity_stream,
+    connection_count,
     managed_kernels,
     offline_buffers,
+    pending_starts,
 )
 
 
@@ -238,8 +247,19 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self._kernelspecs: Informer | None = None
         self._starting_gpus: dict[str, tuple[str, int]] = {}
         self._culls: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self.gpu_queue = GpuQueue(self)
-        self.culler = GatewayCuller(self, CullingDefaults(parent=self))
+        # Each part gets the few callables it needs (issue 12), not this manager.
+        self.culler = GatewayCuller(
+            CullingDefaults(parent=self),
+            gateway_id=lambda: self.gateway_id,
+            kernelspecs=self.kernelspec_records,
+            held=self._held_kernels,
+            lookup=self._held_kernel,
+            shutdown=self._shutdown_for_culler,
+            remember_cull=self.remember_cull,
+            after_pass=lambda: self.gpu_queue.poke(),
+        )
+        self.gpu_queue = GpuQueue(reclaim_candidates=self.culler.reclaim_candidates,
+                                  reclaim=self.culler.cull)
         self.lease: GatewayLease | None = None
 
     async def start_watching(self) -> None:
@@ -275,6 +295,31 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
 
     def kernelspec_records(self) -> list[dict[str, Any]]:
         return self._kernelspecs.items() if self._kernelspecs is not None else []
+
+    def _held_kernel(self, kernel_id: str) -> HeldKernel | None:
+        """What the culler knows of a kernel this manager holds (None: not held)."""
+        kernel = managed_kernels(self).get(kernel_id)
+        if kernel is None:
+            return None
+        return HeldKernel(kernel_id, self.kernel_record(kernel_id),
+                          last_activity=getattr(kernel, "last_activity", None),
+                          execution_state=getattr(kernel, "execution_state", None),
+                          connections=connection_count(self, kernel_id))
+
+    def _held_kernels(self) -> list[HeldKernel]:
+        return [k for k in map(self._held_kernel, list(self.list_kernel_ids())) if k is not None]
+
+    async def _shutdown_for_culler(self, kernel_id: str, now: bool) -> None:
+        await self.shutdown_kernel(kernel_id, now=now)
+
+    def pre_start_kernel(self, kernel_name: str | None, kwargs: Any
+                         ) -> tuple[Any, str, str]:
+        """jupyter_client's step that makes the per-kernel manager; the GPU queue joins the
+        start's keyword arguments here, so the provisioner gets it on every start, restart
+        (jupyter_client replays them) and re-attach alike."""
+        km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
+        kwargs[GPU_QUEUE_KWARG] = self.gpu_queue
+        return km, name, kernel_id
 
     def remember_cull(self, kernel_id: str, reason: str, message: str) -> None:
         """Keep why a kernel was culled, and tell its open websockets before it goes."""
@@ -453,8 +498,34 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         """Re-attaches kernels this gateway did not start (created on first use)."""
         hydrator: KernelHydrator | None = getattr(self, "_elastic_hydrator", None)
         if hydrator is None:
-            hydrator = self._elastic_hydrator = KernelHydrator(self)
+            hydrator = self._elastic_hydrator = KernelHydrator(
+                gateway_id=lambda: self.gateway_id,
+                holds=self.__contains__,
+                pending_start=lambda kernel_id: pending_starts(self).get(kernel_id),
+                attach=self._attach,
+                kernelspecs=self.kernelspec_records,
+                parent=self,
+            )
         return hydrator
+
+    async def _attach(self, kernel_id: str, view: R.KernelView, attachment: Attachment) -> Any:
+        """Hold a kernel that runs already (for the hydrator); returns its kernel manager.
+
+        jupyter_server's own start path does all the bookkeeping (the kernel table, activity
+        watching, connection counts, the "dead" callback, the culler); the provisioner, given
+        the attachment, connects instead of creating anything. It is called past
+        :meth:`start_kernel`: quotas concern new kernels, not this one.
+        """
+        attach: dict[str, Any] = {ATTACH_KWARG: attachment}
+        try:
+            await AsyncMappingKernelManager.start_kernel(
+                self, kernel_id=kernel_id, kernel_name=view.kernel_spec, env={},
+                elastic_client_env=dict(view.client_env), **attach,
+            )
+        except Exception:
+            pending_starts(self).pop(kernel_id, None)
+            raise
+        return self.get_kernel(kernel_id)
 
     async def hydrate_kernel(self, kernel_id: str) -> bool:
         """Hold ``kernel_id`` if the cluster has it running (another replica started it, or a
