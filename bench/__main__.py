@@ -26,6 +26,7 @@ BENCHMARKS: list[tuple[str, str, list[str], int]] = [
     ("eg", "bench.bench_eg", [], 1500),
     ("apiserver", "bench.bench_apiserver", [], 300),
     ("slowreader", "bench.bench_slowreader", [], 900),
+    ("day", "bench.bench_day", [], 300),
 ]
 #: Benchmarks that print their figures instead of writing results JSON (the report quotes them).
 TEXT_ONLY = {"apiserver"}

@@ -15,7 +15,9 @@ from . import common as C
 
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
-NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader")
+NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader", "day")
+#: The day simulation's own chart (users per GPU, waits, utilization per policy).
+DAY_CHART = C.BENCH / "REPORT-day.png"
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -181,6 +183,16 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{u['after_stop_ratio']:.2f}x after)", "bounded; given back",
                      _met(b["peak_mib"] - b["idle_mib"] <= 256 * b["clients"]
                           and b["after_stop_ratio"] <= 1.5)))
+    day = r.get("day")
+    if day and day.get("users_per_gpu"):
+        u = day["users_per_gpu"]
+        x = u["elastic"] / u["static"] if u["static"] else float("inf")
+        rows.append((f"Users per GPU at p95 wait ≤ 2 min, simulated day on "
+                     f"{day['config']['gpus']} GPUs (bench_day)",
+                     f"elastic with Suspend {u['elastic']:.2f} vs static {u['static']:.2f} "
+                     f"({x:.2f}x), states lost {day['elastic_suspend']['states_lost']}",
+                     "≥ 3x, 0 lost",
+                     _met(x >= 3 and day["elastic_suspend"]["states_lost"] == 0)))
     return rows
 
 
@@ -272,7 +284,7 @@ def _lines(name: str, result: dict[str, Any]) -> list[str]:
     import importlib
     module = {"start": "bench_start", "roundtrip": "bench_roundtrip", "apiload": "bench_apiload",
               "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg",
-              "slowreader": "bench_slowreader"}[name]
+              "slowreader": "bench_slowreader", "day": "bench_day"}[name]
     try:
         lines: list[str] = importlib.import_module(f"bench.{module}").report(result)
         return lines
@@ -330,7 +342,8 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
               "scale-post": "5. Scale, a start = POST only "
                             "(`bench.bench_scale --attach post --name scale-post`)",
               "eg": "6. Enterprise Gateway on the same cluster (`bench.bench_eg`)",
-              "slowreader": "7. Clients that never read (`bench.bench_slowreader`)"}
+              "slowreader": "7. Clients that never read (`bench.bench_slowreader`)",
+              "day": "8. A simulated day: static GPUs vs elastic kernels (`bench.bench_day`)"}
     for name in NAMES:
         if name not in r:
             continue
@@ -341,6 +354,11 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
                     + (f"; load average when it finished: "
                        f"{', '.join(f'{x:.1f}' for x in r[name]['loadavg_at_end'])}"
                        if r[name].get("loadavg_at_end") else ""), ""]
+        if name == "day":
+            from . import bench_day
+            day_png = bench_day.chart(r[name], chart_path.with_name(DAY_CHART.name))
+            if day_png:
+                out += [f"![users per GPU, waits and utilization per policy]({day_png.name})", ""]
         if name == "eg" and r[name].get("eg_error"):
             out += ["Error text:", "", "```", r[name]["eg_error"][:3000], "```", ""]
     apiserver_log = results / "apiserver.log"
@@ -358,8 +376,8 @@ NOTES = """## How to read and rerun this
 - `make bench` (= `.venv/bin/python -m bench`) runs everything and rewrites this file and
   `REPORT.png`; `--quick` runs small configurations (a few minutes). Each benchmark runs alone:
   `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
-  `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`;
-  `--help` lists the knobs.
+  `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`,
+  `bench.bench_day` (a simulated day on a virtual clock); `--help` lists the knobs.
   Raw figures are in `bench/results/*.json` (not committed).
 - Everything runs on loopback: the local cluster in the benchmark process, each server under
   test (our gateway, the notebook server, Enterprise Gateway) as its own process.

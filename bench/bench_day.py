@@ -1,0 +1,751 @@
+"""A day of GPU notebook sessions: static allocation against elastic kernels (issue 15, item 4).
+
+Run ``.venv/bin/python -m bench.bench_day [--gpus G] [--trace FILE] [--json OUT] [--seed N]``.
+It is a discrete-event simulation on a virtual clock, so a day takes seconds, not a day.
+
+**The workload model** (``make_sessions``; each user's sessions come from their own seeded random
+stream, so a larger population keeps the smaller one as its first users):
+
+* a workday of 10 hours (``DAY`` seconds); each user has 3 sessions, one starting in each of the
+  morning, midday and afternoon windows (30 users give the reference day of 90 sessions);
+* a session lasts a log-normal time (median 75 min, clipped to 20 min - 3 h) and starts at least
+  10 minutes after the user's previous one ended; it asks for 1 GPU;
+* inside a session the kernel is busy in bursts: think time before each burst is exponential
+  (mean 11 min), a burst is log-normal (median 2 min, clipped to 5 s - 45 min). The kernel is
+  then busy about 22 % of the session time (the run prints the measured share).
+
+A trace (``--trace FILE``) replaces the model: one session per JSON line,
+``{"user": "u1", "start": 3600.0, "end": 14400.0, "gpus": 1, "active": [[3650.0, 3900.0]]}``
+(seconds from the day's start; ``active``: periods the kernel is busy). ``--write-trace FILE``
+writes the model in that form, and replaying it gives the same figures.
+
+**A wait delays the rest of its session**: a session whose kernel is not ready when the user
+needs it (at the session's start, or at a burst after its kernel was culled or reclaimed) starts
+the rest of its timeline (bursts, think times, end) when the kernel is ready.
+
+**The policies**, each on the same G GPUs (pods are simulated at the capacity level: a pod needs
+a free GPU to bind, and nothing else takes time unless stated):
+
+* ``static``: a GPU is held for the whole session, as Kubeflow notebooks or KubeSpawner with a
+  GPU profile do; a session that finds no free GPU waits for one, first come first served (the
+  default scheduler's order for equal pods).
+* ``elastic``: each session's kernel is a pod holding a GPU from its start to the session's end,
+  unless culled or reclaimed. Starts go through the gateway's real
+  :class:`~elastic_kernels.gateway.lifecycle.gpuqueue.GpuQueue` (gated pods behind waiters,
+  fair order, reclaim for unschedulable waiters), whose reclaim candidates are the culling
+  policy's own :func:`~elastic_kernels.culling.policy.reclaim_candidates`, and the culler's
+  passes apply :func:`~elastic_kernels.culling.policy.decide` every ``--interval`` seconds, all
+  on the virtual clock through the narrow interfaces (callables and an injected clock). The
+  policy comes from a JupyterKernelSpec's ``spec.culling`` read by
+  :class:`~elastic_kernels.culling.policy.PolicyBook`: ``reclaimAfter`` (default 1m),
+  ``idleTimeout`` (default 30m), ``cullConnected: true`` (an open tab does not keep a GPU),
+  ``cullBusy: false`` (never a busy kernel). A kernel culled or reclaimed while its session goes
+  on has lost its state (``states_lost``); the next burst starts a new kernel through the queue.
+* ``elastic_suspend``: the same, for a kernelspec with ``onCull: Suspend`` (not in the gateway
+  yet; modelled at the capacity level): a culled or reclaimed kernel keeps its state in a
+  snapshot, releases its GPU ``--suspend-delay`` seconds later (default 10 s: the snapshot is
+  written while the GPU is still held), and its next burst resumes it through the same queue,
+  ready ``--resume-delay`` seconds after its pod binds (default 30 s: about 5 s to start a pod on
+  a node with the image cached, plus about 20 s to read and restore a few GB of snapshot at
+  ~200 MB/s, rounded up). The resume delay counts as waiting, and the GPU is held meanwhile.
+
+**Figures** per policy: ``p50_wait_s``/``p95_wait_s`` over every time a session needed a kernel
+(start, restart, resume; 0 when it was ready at once; resumes include the resume delay),
+``gpu_utilization`` (busy GPU-seconds / held GPU-seconds), ``allocations`` (pods bound),
+``states_lost`` and ``resumes``. ``users_per_gpu`` is the largest population (users of the model;
+for a trace, its users cycled with their sessions shifted by up to ±30 min) whose p95 wait is at
+most 2 minutes, divided by G; its ``elastic`` is elastic kernels with Suspend (the issue's
+comparison), ``elastic_without_suspend`` the same search without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from elastic_kernels.culling.policy import (CullDecision, KernelFacts, Policy, PolicyBook,
+                                            decide, reclaim_candidates)
+from elastic_kernels.gateway.lifecycle.gpuqueue import GpuQueue, Waiter
+from elastic_kernels.kube import resources as R
+
+JSON = dict[str, Any]
+
+DAY = 10 * 3600.0
+#: The day's start on the virtual clock (any fixed instant: only differences matter).
+EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc).timestamp()
+#: The wait the population search allows at p95.
+WAIT_GOAL = 120.0
+POLICIES = ("static", "elastic", "elastic_suspend")
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    user: str
+    start: float
+    end: float
+    gpus: int
+    active: tuple[tuple[float, float], ...]
+
+    def to_json(self) -> JSON:
+        return {"user": self.user, "start": self.start, "end": self.end, "gpus": self.gpus,
+                "active": [list(p) for p in self.active]}
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> Session:
+        active = tuple((float(a), float(b)) for a, b in obj.get("active") or [])
+        start, end = float(obj["start"]), float(obj["end"])
+        if end < start or any(not start <= a <= b <= end for a, b in active) or any(
+                b1 > a2 for (_, b1), (a2, _) in zip(active, active[1:])):
+            raise ValueError(f"session of {obj.get('user')!r} at {start}: its active periods "
+                             "must be ordered, disjoint and inside [start, end]")
+        return cls(str(obj["user"]), start, end, int(obj.get("gpus", 1)), active)
+
+
+def _user_sessions(user: str, rng: random.Random) -> list[Session]:
+    sessions: list[Session] = []
+    free_at = 0.0
+    for window in (0.0, 3.5 * 3600, 6.5 * 3600):
+        start = max(free_at + 600.0, window + rng.uniform(0.0, 1.5 * 3600))
+        length = min(3 * 3600.0, max(1200.0, rng.lognormvariate(math.log(75 * 60.0), 0.45)))
+        end = start + length
+        active: list[tuple[float, float]] = []
+        t = start
+        while True:
+            t += rng.expovariate(1 / 660.0)
+            burst = min(2700.0, max(5.0, rng.lognormvariate(math.log(120.0), 1.0)))
+            if t + burst > end:
+                break
+            active.append((round(t, 3), round(t + burst, 3)))
+            t += burst
+        sessions.append(Session(user, round(start, 3), round(end, 3), 1, tuple(active)))
+        free_at = end
+    return sessions
+
+
+def make_sessions(users: int, seed: int = 1) -> list[Session]:
+    """The model's day for ``users`` users (see the module docstring)."""
+    out: list[Session] = []
+    for i in range(users):
+        out += _user_sessions(f"u{i + 1}", random.Random(f"{seed}:{i}"))
+    return sorted(out, key=lambda s: (s.start, s.user))
+
+
+def scale_trace(sessions: Sequence[Session], users: int, seed: int = 1) -> list[Session]:
+    """A population of ``users`` from a trace: its users cycled, each copy after the first
+    shifted by a seeded offset of up to ±30 minutes."""
+    by_user: dict[str, list[Session]] = {}
+    for s in sessions:
+        by_user.setdefault(s.user, []).append(s)
+    names = list(by_user)
+    out: list[Session] = []
+    for i in range(users):
+        base = names[i % len(names)]
+        copy = i // len(names)
+        shift = random.Random(f"{seed}:trace:{i}").uniform(-1800, 1800) if copy else 0.0
+        for s in by_user[base]:
+            out.append(Session(base if not copy else f"{base}~{copy}", s.start + shift,
+                               s.end + shift, s.gpus,
+                               tuple((a + shift, b + shift) for a, b in s.active)))
+    return sorted(out, key=lambda s: (s.start, s.user))
+
+
+def read_trace(path: Path) -> list[Session]:
+    sessions = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                sessions.append(Session.from_json(json.loads(line)))
+            except (KeyError, TypeError, ValueError) as e:
+                raise SystemExit(f"{path}:{n}: not a session: {e}") from None
+    return sessions
+
+
+def write_trace(sessions: Sequence[Session], path: Path) -> None:
+    path.write_text("".join(json.dumps(s.to_json()) + "\n" for s in sessions))
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    waits: list[float] = field(default_factory=list)
+    busy: float = 0.0
+    held: float = 0.0
+    allocations: int = 0
+    states_lost: int = 0
+    resumes: int = 0
+    sessions_done: int = 0
+    max_in_use: int = 0
+
+    def result(self) -> JSON:
+        waits = sorted(self.waits)
+        return {
+            "p50_wait_s": round(_percentile(waits, 50), 3),
+            "p95_wait_s": round(_percentile(waits, 95), 3),
+            "max_wait_s": round(waits[-1], 3) if waits else 0.0,
+            "gpu_utilization": round(self.busy / self.held, 4) if self.held else 0.0,
+            "allocations": self.allocations,
+            "states_lost": self.states_lost,
+            "resumes": self.resumes,
+            "busy_gpu_s": round(self.busy, 3),
+            "held_gpu_s": round(self.held, 3),
+            "sessions_served": self.sessions_done,
+            "max_gpus_in_use": self.max_in_use,
+        }
+
+
+def _percentile(data: Sequence[float], p: float) -> float:
+    """Nearest rank, as bench/common.py's percentile."""
+    if not data:
+        return 0.0
+    rank = max(1, min(len(data), int(round(p / 100.0 * len(data) + 0.4999))))
+    return data[rank - 1]
+
+
+class OverAllocated(AssertionError):
+    """More GPUs bound than exist: a bug in the simulation, never a result."""
+
+
+# --- static ------------------------------------------------------------------------------------
+
+
+def run_static(sessions: Sequence[Session], gpus: int) -> JSON:
+    """A GPU per session for the whole session; FIFO when none is free."""
+    tally = Tally()
+    free = gpus
+    waiting: list[Session] = []
+    events: list[tuple[float, int, str, Session]] = []
+    seq = itertools.count()
+    for s in sessions:
+        heapq.heappush(events, (s.start, next(seq), "arrive", s))
+    while events:
+        now, _, kind, s = heapq.heappop(events)
+        if kind == "arrive":
+            waiting.append(s)
+        else:
+            free += s.gpus
+            tally.sessions_done += 1
+        while waiting and waiting[0].gpus <= free:
+            s = waiting.pop(0)
+            free -= s.gpus
+            tally.max_in_use = max(tally.max_in_use, gpus - free)
+            tally.allocations += 1
+            tally.waits.append(now - s.start)
+            tally.held += (s.end - s.start) * s.gpus
+            tally.busy += sum(b - a for a, b in s.active) * s.gpus
+            heapq.heappush(events, (now + s.end - s.start, next(seq), "end", s))
+        if free < 0 or gpus - free > gpus:
+            raise OverAllocated(f"{gpus - free} GPUs bound of {gpus}")
+    return tally.result()
+
+
+# --- elastic -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The elastic policy (a GPU kernelspec's ``spec.culling``) and the Suspend model."""
+
+    reclaim_after: str = "1m"
+    idle_timeout: str = "30m"
+    interval: float = 15.0
+    resume_delay: float = 30.0
+    suspend_delay: float = 10.0
+
+    def kernelspec(self) -> JSON:
+        """The JupyterKernelSpec whose ``spec.culling`` the PolicyBook reads."""
+        return {"apiVersion": R.API_VERSION, "kind": R.KERNELSPEC_KIND,
+                "metadata": {"name": "gpu", "namespace": "sim"},
+                "spec": {"displayName": "GPU", "language": "python",
+                         "argv": ["python", "-m", "ipykernel_launcher", "-f",
+                                  "{connection_file}"],
+                         "image": "sim", "gpus": 1,
+                         "culling": {"idleTimeout": self.idle_timeout,
+                                     "reclaimAfter": self.reclaim_after,
+                                     "cullConnected": True, "cullBusy": False}}}
+
+
+@dataclass
+class Kernel:
+    """One session's kernel (a new one after each loss of state)."""
+
+    kernel_id: str
+    session: SessionRun
+    phase: str = "waiting"  # waiting (pod pending), starting (bound, not ready), running,
+    #                         suspending (snapshot, GPU still held), gone
+    gated: bool = False
+    unschedulable: bool = False
+    bound_at: float = 0.0
+    created_at: float = 0.0
+    last_activity: float = 0.0
+    busy: bool = False
+    resume: bool = False
+
+
+@dataclass
+class SessionRun:
+    session: Session
+    index: int
+    shift: float = 0.0
+    next_burst: int = 0
+    kernel: Kernel | None = None
+    suspended: bool = False
+    blocked_since: float | None = None
+    started: bool = False
+    done: bool = False
+
+
+class ElasticDay:
+    """The elastic policies on a virtual clock, through the real GPU queue and culling policy."""
+
+    def __init__(self, sessions: Sequence[Session], gpus: int, settings: Settings,
+                 suspend: bool) -> None:
+        self.runs = [SessionRun(s, i) for i, s in enumerate(sessions)]
+        self.gpus = gpus
+        self.free = gpus
+        self.settings = settings
+        self.suspend = suspend
+        self.now = 0.0
+        self.tally = Tally()
+        self.book = PolicyBook.from_objects(Policy(), [settings.kernelspec()])
+        if self.book.problems:
+            raise ValueError("; ".join(self.book.problems))
+        self.kernels: dict[str, Kernel] = {}  # pods that exist, by kernel id, in creation order
+        self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self.queue = GpuQueue(reclaim_candidates=self._candidates, reclaim=self._reclaim,
+                              ungate=self._ungate, report=self._report, clock=self.clock)
+
+    # -- the clock and the event list ----------------------------------------------------------
+
+    def clock(self) -> float:
+        return EPOCH + self.now
+
+    def _moment(self, t: float) -> datetime:
+        return datetime.fromtimestamp(EPOCH + t, timezone.utc)
+
+    def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), fn, args))
+
+    async def run(self) -> JSON:
+        for run in self.runs:
+            self.at(run.session.start, self._session_start, run)
+        self.at(self.settings.interval, self._culler_pass)
+        while self._events and not all(r.done for r in self.runs):
+            t, _, fn, args = heapq.heappop(self._events)
+            self.now = t
+            fn(*args)
+            await self._settle()
+        await self.queue.stop()
+        return self.tally.result()
+
+    async def _settle(self) -> None:
+        """Let the queue act, then the scheduler, until neither has anything left to do."""
+        while True:
+            await self.queue.settled()
+            if not self._schedule():
+                return
+
+    # -- the scheduler (capacity only) ------------------------------------------------------------
+
+    def _schedule(self) -> bool:
+        """Bind pending ungated pods in creation order while GPUs are free; tell the queue
+        about pods that do not fit (the provisioner's reading of the scheduler's verdict)."""
+        changed = False
+        for k in list(self.kernels.values()):
+            if k.phase != "waiting" or k.gated:
+                continue
+            gpus = k.session.session.gpus
+            if gpus <= self.free:
+                self.free -= gpus
+                self.tally.max_in_use = max(self.tally.max_in_use, self.gpus - self.free)
+                if self.free < 0:
+                    raise OverAllocated(f"{self.gpus - self.free} GPUs bound of {self.gpus}")
+                self.tally.allocations += 1
+                k.phase, k.bound_at = "starting", self.now
+                self.queue.leave(k.kernel_id)  # bound: the next may go
+                delay = self.settings.resume_delay if k.resume else 0.0
+                self.at(self.now + delay, self._ready, k)
+                changed = True
+            elif not k.unschedulable:
+                k.unschedulable = True
+                self.queue.unschedulable(k.kernel_id, k.session.session.user, gpus, "sim",
+                                         f"pod-{k.kernel_id}", "0/1 nodes are available: "
+                                         f"Insufficient {R.GPU_RESOURCE}.")
+                changed = True
+        return changed
+
+    def _release(self, k: Kernel) -> None:
+        self.free += k.session.session.gpus
+        self.tally.held += (self.now - k.bound_at) * k.session.session.gpus
+        k.phase = "gone"
+        self.kernels.pop(k.kernel_id, None)
+
+    # -- the queue's callables ----------------------------------------------------------------
+
+    def _facts(self, k: Kernel) -> KernelFacts:
+        return KernelFacts(
+            name=f"kernel-{k.kernel_id}", namespace="sim", kernel_id=k.kernel_id,
+            user=k.session.session.user, kernel_spec="gpu",
+            phase=R.PHASE_RUNNING if k.phase == "running" else R.PHASE_STARTING,
+            gpus=k.session.session.gpus, created_at=self._moment(k.created_at),
+            started_at=self._moment(k.bound_at), last_activity=self._moment(k.last_activity),
+            execution_state=R.EXECUTION_BUSY if k.busy else R.EXECUTION_IDLE, connections=1,
+            deleting=k.phase in ("suspending", "gone"))
+
+    def _candidates(self) -> list[CullDecision]:
+        return reclaim_candidates((self._facts(k) for k in self.kernels.values()
+                                   if k.phase == "running"), self.book, self._moment(self.now))
+
+    async def _reclaim(self, decision: CullDecision) -> bool:
+        k = self.kernels.get(decision.kernel.kernel_id)
+        if k is None or k.phase != "running":
+            return False
+        self._cull(k)
+        return True
+
+    async def _ungate(self, waiter: Waiter) -> bool:
+        k = self.kernels.get(waiter.kernel_id)
+        if k is None:
+            return False
+        k.gated = False
+        return True
+
+    async def _report(self, waiter: Waiter, status: JSON) -> None:
+        return None  # the record's message; nothing to simulate
+
+    # -- kernels ---------------------------------------------------------------------------------
+
+    def _request(self, run: SessionRun, resume: bool) -> None:
+        """The session needs its kernel: create its pod as the provisioner would."""
+        kernel_id = f"k{next(self._ids)}"
+        k = Kernel(kernel_id, run, created_at=self.now, resume=resume)
+        run.kernel = k
+        run.blocked_since = self.now
+        self.kernels[kernel_id] = k
+        if self.queue.has_waiting():
+            k.gated = True  # behind the others; the queue lifts the gate in fair order
+            self.queue.enqueue(kernel_id, run.session.user, run.session.gpus, "sim",
+                               f"pod-{kernel_id}", gated=True)
+
+    def _ready(self, k: Kernel) -> None:
+        if k.phase != "starting":
+            return
+        run = k.session
+        k.phase = "running"
+        k.last_activity = self.now
+        if k.resume:
+            self.tally.resumes += 1
+        assert run.blocked_since is not None
+        wait = self.now - run.blocked_since
+        self.tally.waits.append(wait)
+        run.shift += wait
+        run.blocked_since = None
+        run.suspended = False
+        if not run.started:
+            run.started = True
+            self._next(run, run.session.start)
+        else:
+            self._burst(run)
+
+    def _cull(self, k: Kernel) -> None:
+        """An idle cull or a reclaim: the kernel goes; Suspend keeps its state."""
+        run = k.session
+        run.kernel = None
+        if self.suspend:
+            run.suspended = True
+            k.phase = "suspending"
+            self.at(self.now + self.settings.suspend_delay, self._suspended, k)
+        else:
+            self.tally.states_lost += 1  # the session goes on (its end shuts it down)
+            self._release(k)
+
+    def _suspended(self, k: Kernel) -> None:
+        self._release(k)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _session_start(self, run: SessionRun) -> None:
+        self._request(run, resume=False)
+
+    def _next(self, run: SessionRun, after: float) -> None:
+        """Schedule what follows ``after`` (a time of the session's own timeline)."""
+        s = run.session
+        if run.next_burst < len(s.active):
+            a, _ = s.active[run.next_burst]
+            self.at(self.now + (a - after), self._burst_due, run)
+        else:
+            self.at(self.now + (s.end - after), self._session_end, run)
+
+    def _burst_due(self, run: SessionRun) -> None:
+        k = run.kernel
+        if k is not None and k.phase == "running":
+            self._burst(run)
+        elif k is None:
+            self._request(run, resume=run.suspended)
+        # else: its kernel is starting; _ready runs the burst
+
+    def _burst(self, run: SessionRun) -> None:
+        k = run.kernel
+        assert k is not None
+        a, b = run.session.active[run.next_burst]
+        k.busy, k.last_activity = True, self.now
+        self.tally.busy += (b - a) * run.session.gpus
+        self.at(self.now + (b - a), self._burst_end, run)
+
+    def _burst_end(self, run: SessionRun) -> None:
+        k = run.kernel
+        assert k is not None  # a busy kernel is never culled nor reclaimed
+        k.busy, k.last_activity = False, self.now
+        _, b = run.session.active[run.next_burst]
+        run.next_burst += 1
+        self._next(run, b)
+
+    def _session_end(self, run: SessionRun) -> None:
+        k = run.kernel
+        if k is not None:
+            run.kernel = None
+            self._release(k)
+        run.done = True
+        self.tally.sessions_done += 1
+
+    # -- the culler's pass ------------------------------------------------------------------------
+
+    def _culler_pass(self) -> None:
+        now = self._moment(self.now)
+        for k in list(self.kernels.values()):
+            if k.phase != "running":
+                continue
+            facts = self._facts(k)
+            if decide(facts, self.book(facts), now) is not None:
+                self._cull(k)
+        self.queue.poke()  # idle kernels crossed their reclaimAfter: the queue looks again
+        self.at(self.now + self.settings.interval, self._culler_pass)
+
+
+def run_elastic(sessions: Sequence[Session], gpus: int, settings: Settings,
+                suspend: bool) -> JSON:
+    return asyncio.run(ElasticDay(sessions, gpus, settings, suspend).run())
+
+
+def run_policy(name: str, sessions: Sequence[Session], gpus: int, settings: Settings) -> JSON:
+    if name == "static":
+        return run_static(sessions, gpus)
+    return run_elastic(sessions, gpus, settings, suspend=name == "elastic_suspend")
+
+
+# --- the population search -----------------------------------------------------------------------
+
+
+def most_users(policy: str, population: Callable[[int], list[Session]], gpus: int,
+               settings: Settings, limit: int) -> int:
+    """The largest population whose p95 wait is at most WAIT_GOAL (exponential, then binary
+    search; 0 when even one user waits longer)."""
+    def ok(users: int) -> bool:
+        return bool(run_policy(policy, population(users), gpus, settings)["p95_wait_s"]
+                    <= WAIT_GOAL)
+
+    if not ok(1):
+        return 0
+    good, bad = 1, None
+    step = max(1, gpus)
+    while bad is None:
+        trial = min(limit, good + step)
+        if ok(trial):
+            good = trial
+            if good >= limit:
+                return good
+            step *= 2
+        else:
+            bad = trial
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def simulate(sessions: Sequence[Session], gpus: int, settings: Settings,
+             population: Callable[[int], list[Session]] | None, limit: int) -> JSON:
+    result: JSON = {name: run_policy(name, sessions, gpus, settings) for name in POLICIES}
+    session_time = sum(s.end - s.start for s in sessions)
+    result["model"] = {
+        "sessions": len(sessions), "users": len({s.user for s in sessions}),
+        "busy_share": round(sum(b - a for s in sessions for a, b in s.active)
+                            / session_time, 4) if session_time else 0.0,
+    }
+    if population is not None:
+        users = {name: most_users(name, population, gpus, settings, limit) for name in POLICIES}
+        # "elastic" is elastic kernels with Suspend, the issue's comparison (without Suspend the
+        # same population loses kernel state; its figure is given beside it).
+        result["users_per_gpu"] = {"static": users["static"] / gpus,
+                                   "elastic": users["elastic_suspend"] / gpus,
+                                   "elastic_without_suspend": users["elastic"] / gpus}
+        result["users_served"] = users
+    return result
+
+
+def report(result: JSON) -> list[str]:
+    cfg = result["config"]
+    m = result["model"]
+    lines = [f"{m['sessions']} sessions of {m['users']} users on {cfg['gpus']} GPUs "
+             f"({cfg['source']}); kernel busy {m['busy_share'] * 100:.1f} % of session time"]
+    for name in POLICIES:
+        r = result[name]
+        lines.append(f"  {name:16s} p50 wait {r['p50_wait_s']:6.1f} s, p95 "
+                     f"{r['p95_wait_s']:6.1f} s, GPU utilization "
+                     f"{r['gpu_utilization'] * 100:5.1f} %, allocations "
+                     f"{r['allocations']}, states lost {r['states_lost']}, resumes "
+                     f"{r['resumes']}")
+    upg = result.get("users_per_gpu")
+    if upg:
+        ratio = upg["elastic"] / upg["static"] if upg["static"] else float("inf")
+        lines.append(f"users per GPU at p95 wait <= {WAIT_GOAL:.0f} s: static {upg['static']:.2f}, "
+                     f"elastic with Suspend {upg['elastic']:.2f} ({ratio:.2f}x; "
+                     f"{result['users_served']['elastic_suspend']} vs "
+                     f"{result['users_served']['static']} users; without Suspend "
+                     f"{upg.get('elastic_without_suspend', float('nan')):.2f}, losing state)")
+    s = cfg["settings"]
+    lines.append(f"policy: reclaimAfter {s['reclaim_after']}, idleTimeout {s['idle_timeout']}, "
+                 f"cullConnected true, cullBusy false, culler interval {s['interval']:g} s; "
+                 f"Suspend: suspend delay {s['suspend_delay']:g} s, resume delay "
+                 f"{s['resume_delay']:g} s; seed {cfg['seed']}; simulated in "
+                 f"{result['wall_s']:.1f} s")
+    return lines
+
+
+def chart(result: JSON, path: Path) -> Path | None:
+    """Users per GPU, p95 wait and GPU utilization per policy (matplotlib, the bench extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    labels = ["static", "elastic (loses state)", "elastic + Suspend"]
+    colours = ["#969696", "#6caadc", "#1f77b4"]
+    panels: list[tuple[str, list[float]]] = [
+        ("p95 wait (s), reference day", [result[p]["p95_wait_s"] for p in POLICIES]),
+        ("GPU utilization (%)", [result[p]["gpu_utilization"] * 100 for p in POLICIES]),
+    ]
+    upg = result.get("users_per_gpu")
+    if upg:
+        panels.insert(0, (f"Users per GPU at p95 wait <= {WAIT_GOAL:.0f} s",
+                          [upg["static"], upg.get("elastic_without_suspend", float("nan")),
+                           upg["elastic"]]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.6 * len(panels) + 0.6),
+                             squeeze=False)
+    try:
+        for ax, (title, values) in zip(axes[:, 0], panels):
+            shown = [v if v == v else 0.0 for v in values]
+            ax.barh(range(3), shown, color=colours)
+            ax.set_yticks(range(3), labels)
+            ax.invert_yaxis()
+            ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+            top = max(shown) or 1.0
+            ax.set_xlim(0, top * 1.18)
+            for y, v in enumerate(values):
+                ax.text((v if v == v else 0) + top * 0.01, y, f"{v:.2f}" if v == v else "-",
+                        va="center", fontsize=9)
+            ax.spines[["top", "right"]].set_visible(False)
+        fig.text(0.01, 0.005, f"bench_day: {result['config']['gpus']} GPUs, simulated day; "
+                 "see bench/REPORT.md", fontsize=9, color="#5a5a5a")
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> JSON:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_day",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=16, help="GPUs in the cluster (default 16)")
+    parser.add_argument("--users", type=int, default=30,
+                        help="users of the model's reference day (default 30: 90 sessions)")
+    parser.add_argument("--trace", type=Path, help="replay this JSONL trace instead of the model")
+    parser.add_argument("--write-trace", type=Path, help="write the day's sessions as a trace")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reclaim-after", default=Settings.reclaim_after)
+    parser.add_argument("--idle-timeout", default=Settings.idle_timeout)
+    parser.add_argument("--interval", type=float, default=Settings.interval,
+                        help="seconds between the culler's passes (CullingDefaults.interval)")
+    parser.add_argument("--resume-delay", type=float, default=Settings.resume_delay)
+    parser.add_argument("--suspend-delay", type=float, default=Settings.suspend_delay)
+    parser.add_argument("--max-users", type=int, default=0,
+                        help="upper bound of the population search (default 20 per GPU)")
+    parser.add_argument("--no-search", action="store_true",
+                        help="skip the users-per-GPU search (users_per_gpu is then absent)")
+    parser.add_argument("--quick", action="store_true", help="same as the default (it is quick)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not write bench/results/day.json")
+    args = parser.parse_args(argv)
+    # The queue logs each reclaim at WARNING, as the gateway should; here they are the point.
+    logging.getLogger("elastic_kernels").setLevel(logging.ERROR)
+    if args.gpus < 1:
+        parser.error("--gpus must be at least 1")
+    settings = Settings(args.reclaim_after, args.idle_timeout, args.interval, args.resume_delay,
+                        args.suspend_delay)
+    population: Callable[[int], list[Session]]
+    if args.trace:
+        trace = read_trace(args.trace)
+        if not trace:
+            parser.error(f"{args.trace} holds no session")
+        sessions = trace
+
+        def population(users: int) -> list[Session]:
+            return scale_trace(trace, users, args.seed)
+        source = f"trace {args.trace.name}"
+    else:
+        sessions = make_sessions(args.users, args.seed)
+
+        def population(users: int) -> list[Session]:
+            return make_sessions(users, args.seed)
+        source = "the model"
+    if args.write_trace:
+        write_trace(sessions, args.write_trace)
+    t0 = time.perf_counter()
+    result = simulate(sessions, args.gpus, settings, None if args.no_search else population,
+                      args.max_users or 20 * args.gpus)
+    result["wall_s"] = time.perf_counter() - t0
+    result["config"] = {"gpus": args.gpus, "seed": args.seed, "source": source,
+                        "users": args.users if not args.trace else None,
+                        "settings": asdict(settings)}
+    result["lines"] = report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if not args.no_save:
+        from . import common as C
+        C.save_results("day", result)
+    print("\n".join(result["lines"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
