@@ -25,6 +25,11 @@ KNOWN: dict[tuple[str, str], Resource] = {
     ("v1", "ConfigMap"): Resource("", "v1", "configmaps", "ConfigMap"),
     ("v1", "Secret"): Resource("", "v1", "secrets", "Secret"),
     ("v1", "ServiceAccount"): Resource("", "v1", "serviceaccounts", "ServiceAccount"),
+    # The demo's notebooks folder as the user's volume: a static volume and its claim.
+    ("v1", "PersistentVolume"): Resource("", "v1", "persistentvolumes", "PersistentVolume",
+                                         namespaced=False),
+    ("v1", "PersistentVolumeClaim"): Resource("", "v1", "persistentvolumeclaims",
+                                              "PersistentVolumeClaim"),
     (R.API_VERSION, R.KERNELSPECS.kind): R.KERNELSPECS,
     (R.API_VERSION, R.TEMPLATES.kind): R.TEMPLATES,
     (R.API_VERSION, R.JUPYTERKERNELS.kind): R.JUPYTERKERNELS,
