@@ -17,8 +17,24 @@ would starve everyone behind them. The gateway keeps its own queue instead:
   2nd in queue"); it is rewritten only when that text changes.
 
 Everything here is driven by events (a start joining, a scheduler verdict, a pod binding); nothing
-polls. The queue lives in this gateway's memory: with several replicas each orders its own
-starts (see the issue note).
+polls.
+
+**One queue across replicas (issue 14).** Given a board (:meth:`GpuQueue.share`; in the gateway
+:class:`~.queueboard.ClusterQueueBoard`), the queue is the namespace's, not this replica's:
+
+* the replica that takes a start writes it onto its pod once (user, GPUs, since, round); every
+  replica reads every waiter from its shared pod watch and orders them with the same pure
+  function (:mod:`elastic_kernels.queueorder`), so positions, the ``/api/elastic/status``
+  listing and each kernel's queue fields agree whichever replica answers;
+* only the replica holding the queue's Lease ungates the head, whoever's start it is (one actor
+  on one cache: never two heads let through; see :mod:`.queueboard` for why a leader rather
+  than each replica ungating its own waiters through a conditional update);
+* a replica holding an idle kernel reclaims it for a waiter only after claiming that waiter
+  with a conditional write on its pod, so each waiter gets one reclaim, not one per replica;
+* each replica writes the position onto the records of its own waiters only.
+
+Without a board (the unit tests, the day simulation) the queue is this process's alone and
+behaves the same with one replica.
 
 The queue is given what it needs and nothing more (issue 12): who may be reclaimed
 (``reclaim_candidates``, the culler's view through the culling policy), how to reclaim one
@@ -36,8 +52,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from elastic_kernels.culling.policy import CullDecision
 from elastic_kernels.kube import records
@@ -45,7 +61,10 @@ from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.provisioner.gates import GPU_QUEUE_GATE  # noqa: F401 (the gate it lifts)
+from elastic_kernels.queueorder import QueueEntry, order_key, round_for
 from elastic_kernels.tasks import cancel_and_wait
+
+from .queueboard import ClusterQueueBoard
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +91,25 @@ class Waiter:
     unschedulable: str = ""
     reclaimed: str = ""
     reported: str = field(default="", repr=False)
+    #: The idle kernel another replica reclaimed for this one (from the board).
+    claimed: str = ""
+    #: Whether the board shows it (its pod carries the entry); only this replica's starts.
+    published: bool = field(default=False, repr=False)
+    #: Whether the board has shown it (so its absence there means bound or gone).
+    shown: bool = field(default=False, repr=False)
+    #: Whether this replica took the start (else it is another replica's, seen on the board).
+    local: bool = field(default=True, repr=False)
+
+    @property
+    def reclaimed_for(self) -> str:
+        return self.reclaimed or self.claimed
+
+    @classmethod
+    def seen(cls, entry: QueueEntry) -> Waiter:
+        """Another replica's waiter, as the board shows it."""
+        return cls(entry.kernel_id, entry.user, entry.gpus, entry.namespace, entry.pod_name, -1,
+                   entry.round, entry.since, entry.gated, entry.unschedulable,
+                   claimed=entry.reclaimed, published=True, local=False)
 
     def model(self, position: int) -> dict[str, Any]:
         return {
@@ -84,8 +122,8 @@ class Waiter:
             "scheduler": self.unschedulable,
             # Whether an idle kernel was reclaimed for this one; whose it was is for admins only
             # (KernelOwnership.status_for removes reclaimed_kernel for everyone else).
-            "reclaimed": bool(self.reclaimed),
-            "reclaimed_kernel": self.reclaimed or None,
+            "reclaimed": bool(self.reclaimed_for),
+            "reclaimed_kernel": self.reclaimed_for or None,
         }
 
 
@@ -112,8 +150,36 @@ async def report_position(waiter: Waiter, status: dict[str, Any]) -> None:
         log.info("GPU queue: could not record the position of %s: %s", waiter.kernel_id, e)
 
 
+class QueueBoard(Protocol):
+    """The queue's shared state: every replica's waiters, and who ungates (``queueboard.py``)."""
+
+    def entries(self) -> Sequence[QueueEntry]:
+        """Every waiting start the cluster shows (this replica's included, once published)."""
+
+    def leading(self) -> bool:
+        """Whether this replica ungates the head."""
+
+    def subscribe(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` whenever the entries or the leadership may have changed."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
+                      since: datetime, round_: int) -> bool:
+        """Show a waiter of this replica to all (False: its pod is not visible yet)."""
+
+    async def claim(self, namespace: str, pod_name: str, victim: str) -> bool:
+        """Claim the waiter for a reclaim; False when someone else has, or it changed."""
+
+    async def unclaim(self, namespace: str, pod_name: str) -> None:
+        """Withdraw this replica's claim (its reclaim failed)."""
+
+
 class GpuQueue:
-    """One gateway's queue of kernel starts waiting for GPUs."""
+    """The queue of kernel starts waiting for GPUs: this gateway's, or with a board, the
+    namespace's."""
 
     def __init__(
         self,
@@ -139,6 +205,10 @@ class GpuQueue:
         self._quiet.set()
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[str] = set()  # kernels already chosen for reclaim
+        #: The namespace's view (None: this process alone), see :meth:`share`.
+        self.board: QueueBoard | None = None
+        self._ungated: set[tuple[str, str]] = set()  # (kernel, pod) we ungated, until seen
+        self._last_since: datetime | None = None
         #: Told how long each waiter waited, in seconds, when it leaves (the gateway's metrics;
         #: set by ElasticGatewayApp).
         self.on_wait_ended: Callable[[float], None] | None = None
@@ -148,27 +218,58 @@ class GpuQueue:
         return f"<GpuQueue: {len(self._waiters)} waiting>"
 
     def __len__(self) -> int:
-        """Starts waiting (the metrics' queue length)."""
+        """Starts waiting at this replica (the metrics' queue length: summed over replicas it
+        is the namespace's)."""
         return len(self._waiters)
+
+    async def share(self, board: QueueBoard) -> None:
+        """Serve the namespace's one queue through ``board`` from now on (the gateway calls
+        this once its watches run)."""
+        self.board = board
+        board.subscribe(self._changed)
+        await board.start()
+        self._changed()
+
+    async def share_cluster(self, gateway_id: str, namespace: str | None = None) -> None:
+        """:meth:`share` the namespace's queue through the cluster (pod watch and a Lease);
+        once."""
+        if self.board is not None:
+            return
+        conn = ClusterConnection.instance()
+        ns = namespace or conn.default_namespace
+        pods = await conn.informer(PODS, ns, label_selector=R.KERNEL_POD_SELECTOR)
+        await self.share(ClusterQueueBoard(conn.client, pods, ns, gateway_id))
 
     # -- membership (called by the provisioner on the event loop) ----------------------------
 
     def has_waiting(self) -> bool:
         """Whether a new GPU kernel must queue behind others (then its pod starts gated)."""
-        return any(w.gated or w.unschedulable for w in self._waiters.values())
+        return any(w.gated or w.unschedulable for w in self.ordered())
 
     def enqueue(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
                 *, gated: bool) -> Waiter:
         waiter = self._waiters.get(kernel_id)
         if waiter is None:
-            # The rank is fixed on arrival: how many of this user's starts are already waiting.
-            rank = sum(1 for w in self._waiters.values() if w.user == user)
+            # The rank is fixed on arrival: how many of this user's starts are already waiting
+            # (every replica's, with a board).
+            rank = round_for(user, (w.user for w in self.ordered()))
             waiter = Waiter(kernel_id, user, gpus, namespace, pod_name, next(self._seq), rank,
-                            records.utc_now(self.clock), gated)
+                            self._arrival(), gated)
             self._waiters[kernel_id] = waiter
-        waiter.pod_name = pod_name
+        if waiter.pod_name != pod_name:
+            waiter.pod_name = pod_name
+            waiter.published = waiter.shown = False
         self._changed()
         return waiter
+
+    def _arrival(self) -> datetime:
+        """Now, but strictly after this replica's previous arrival: the time a wait began is
+        what orders a user's starts on every replica, so two of ours must never tie."""
+        now = records.utc_now(self.clock)
+        if self._last_since is not None and now <= self._last_since:
+            now = self._last_since + timedelta(microseconds=1)
+        self._last_since = now
+        return now
 
     def unschedulable(self, kernel_id: str, user: str, gpus: int, namespace: str,
                       pod_name: str, message: str) -> None:
@@ -186,17 +287,36 @@ class GpuQueue:
         self._changed()
 
     def is_waiting(self, kernel_id: str) -> bool:
-        return kernel_id in self._waiters
+        return any(w.kernel_id == kernel_id for w in self.ordered())
 
     # -- order --------------------------------------------------------------------------------
 
     def ordered(self) -> list[Waiter]:
-        """Round-robin across users, arrival order within a round.
+        """Round-robin across users, arrival order within a round; every replica's starts, with
+        a board (:func:`elastic_kernels.queueorder.order_key`, the same on every replica).
 
         A start's round is fixed when it arrives (its user's starts already waiting), so a user
         who was just served does not jump back ahead of one who was not.
         """
-        return sorted(self._waiters.values(), key=lambda w: (w.rank, w.seq))
+        merged: dict[str, Waiter] = {}
+        if self.board is not None:
+            for entry in self.board.entries():
+                merged[entry.kernel_id] = Waiter.seen(entry)
+        for waiter in self._waiters.values():
+            seen = merged.get(waiter.kernel_id)
+            if seen is not None and seen.pod_name == waiter.pod_name:
+                waiter.gated = waiter.gated and seen.gated  # the leader may have ungated it
+                waiter.claimed = seen.claimed
+                waiter.published = waiter.shown = True
+            elif waiter.shown and self.board is not None:
+                continue  # bound or gone on the watch; its start leaves in a moment
+            merged[waiter.kernel_id] = waiter
+        if self._ungated:
+            self._ungated &= {(w.kernel_id, w.pod_name) for w in merged.values()}
+            for waiter in merged.values():
+                if (waiter.kernel_id, waiter.pod_name) in self._ungated:
+                    waiter.gated = False  # ours did it; the watch has not shown it yet
+        return sorted(merged.values(), key=lambda w: order_key(w.rank, w.since, w.kernel_id))
 
     def position(self, kernel_id: str) -> int | None:
         for i, waiter in enumerate(self.ordered(), 1):
@@ -205,13 +325,16 @@ class GpuQueue:
         return None
 
     def describe(self, kernel_id: str) -> str:
-        waiter = self._waiters.get(kernel_id)
-        position = self.position(kernel_id)
-        if waiter is None or position is None:
-            return ""
+        for position, waiter in enumerate(self.ordered(), 1):
+            if waiter.kernel_id == kernel_id:
+                return self._describe(waiter, position)
+        return ""
+
+    @staticmethod
+    def _describe(waiter: Waiter, position: int) -> str:
         what = f"{waiter.gpus} {R.GPU_RESOURCE}"
         text = f"waiting for {what}: {ordinal(position)} in queue"
-        if waiter.reclaimed:
+        if waiter.reclaimed_for:
             text += " (an idle GPU kernel was reclaimed for it)"
         return text
 
@@ -220,7 +343,8 @@ class GpuQueue:
 
     def poke(self) -> None:
         """Look again (the culler's timer calls this: idle kernels become reclaimable)."""
-        if any(w.unschedulable and not w.reclaimed for w in self._waiters.values()):
+        if any(w.unschedulable and not w.gated and not w.reclaimed_for
+               for w in self.ordered()):
             self._changed()
 
     # -- the reconciler -------------------------------------------------------------------------
@@ -258,23 +382,42 @@ class GpuQueue:
         await cancel_and_wait(self._task)
         self._task = None
         self._quiet.set()
+        board, self.board = self.board, None
+        if board is not None:
+            await board.stop()
+
+    def _leading(self) -> bool:
+        return self.board is None or self.board.leading()
 
     async def reconcile(self) -> None:
+        await self._publish()
         order = self.ordered()
-        await asyncio.gather(*(self._report(w) for w in order))
+        await asyncio.gather(*(self._report(w, i) for i, w in enumerate(order, 1) if w.local))
         if not order:
             return
         head = order[0]
-        if head.gated:
+        if head.gated and self._leading():
             await self._ungate(head)
         await self._reclaim_for_waiters(order)
 
-    async def _report(self, waiter: Waiter) -> None:
-        text = self.describe(waiter.kernel_id)
-        if not text or text == waiter.reported:
+    async def _publish(self) -> None:
+        """Show this replica's new waiters to the others (once each; see queueboard.py)."""
+        board = self.board
+        if board is None:
+            return
+        for waiter in [w for w in self._waiters.values() if not w.published]:
+            try:
+                waiter.published = await board.publish(
+                    waiter.kernel_id, waiter.user, waiter.gpus, waiter.namespace,
+                    waiter.pod_name, waiter.since, waiter.rank)
+            except KubeError as e:
+                log.warning("GPU queue: could not publish %s: %s", waiter.kernel_id, e)
+
+    async def _report(self, waiter: Waiter, position: int) -> None:
+        text = self._describe(waiter, position)
+        if text == waiter.reported:
             return
         waiter.reported = text
-        position = self.position(waiter.kernel_id)
         await self.report(waiter, {"phase": R.PHASE_PENDING, "reason": "QueuedForGPU",
                                    "message": text, "queuePosition": position,
                                    "podName": waiter.pod_name})
@@ -289,18 +432,22 @@ class GpuQueue:
             self.leave(waiter.kernel_id)  # its pod is gone: the start ends on its own
             return
         waiter.gated = False
+        self._ungated.add((waiter.kernel_id, waiter.pod_name))
         log.info("GPU queue: %s (%s) is next; its pod may now be scheduled",
                  waiter.kernel_id, waiter.user)
 
     async def _reclaim_for_waiters(self, order: list[Waiter]) -> None:
         """One reclaim per waiting start whose pod the scheduler could not place."""
-        needy = [w for w in order if not w.gated and w.unschedulable and not w.reclaimed]
+        needy = [w for w in order if not w.gated and w.unschedulable and not w.reclaimed_for]
         if not needy:
             return
         candidates = [d for d in self.reclaim_candidates()
                       if d.kernel.kernel_id not in self._claimed]
         for waiter, decision in zip(needy, candidates):
             victim = decision.kernel.kernel_id
+            if self.board is not None and not await self.board.claim(
+                    waiter.namespace, waiter.pod_name, victim):
+                continue  # another replica reclaims for it, or its pod moved on (the watch says)
             self._claimed.add(victim)
             waiter.reclaimed = victim
             log.warning("GPU queue: reclaiming kernel %s of %s for %s of %s: %s", victim,
@@ -311,4 +458,6 @@ class GpuQueue:
                 self._claimed.discard(victim)
             if not culled:
                 waiter.reclaimed = ""  # someone else got there first; try another next time
+                if self.board is not None:
+                    await self.board.unclaim(waiter.namespace, waiter.pod_name)
             waiter.reported = ""  # the message mentions the reclaim

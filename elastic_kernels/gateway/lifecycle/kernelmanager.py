@@ -275,6 +275,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                                       parent=self)
             await self.lease.start()
         self.culler.start()
+        # One fair queue across replicas: waiters on the shared pod watch, one ungater (#14).
+        await self.gpu_queue.share_cluster(self.gateway_id, conn.default_namespace)
         await self.adopt_existing()
 
     async def stop_watching(self) -> None:
