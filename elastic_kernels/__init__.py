@@ -2,14 +2,18 @@
 
 Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enforces them):
 
-1. ``kube`` - the only code that talks to the Kubernetes API.
+1. ``kube`` - the only code that talks to the Kubernetes API (``kube.records``: every status
+   patch and Event of a JupyterKernel); ``upstream`` - the only code that
+   touches private names of jupyter_server, jupyter_client, tornado and pyzmq.
 2. ``kernelspecs`` (kernelspecs from ``JupyterKernelSpec`` CRs, for any jupyter_server),
    ``kernelspec_handlers`` (their models and logos, never from disk), ``leases`` (each gateway's
-   claim on its kernels), ``culling`` (the idle policy, pure), ``snapshot`` (kernel-namespace
+   claim on its kernels), ``queueorder`` (the fair order of GPU waiters, pure), ``culling``
+   (``policy``: when to cull, pure; ``actions``: carrying a decision out), ``snapshot`` (kernel-namespace
    snapshots for suspend: the kernel side sent as source, the gateway's signed container and
    its store).
 3. ``provisioner`` - ``ElasticKernelProvisioner``: one kernel, one pod.
-4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron).
+4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron),
+   ``notebook`` (the extension for the notebook server in front of the gateway).
 5. ``cli``, ``demo`` - the ``elastic-kernels`` command.
 
 Beside them, ``localcluster`` is a Kubernetes for the demo and the tests, reached only over HTTP.

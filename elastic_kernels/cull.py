@@ -41,6 +41,7 @@ from .leases import LEASE_SELECTOR, gateway_lease, leases_by_gateway
 from .kube import resources as R
 from .kube.client import JSON, LEASES, PODS, KubeClient, KubeError
 from .kube.config import KubeConfigError, load_cluster_config
+from .snapshot.store import SnapshotStore, open_store
 
 log = logging.getLogger("elastic_kernels.cull")
 
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{R.format_duration(DEFAULT_LAUNCH_GRACE)})")
     p.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
                    help="deletions in flight at once (default: 8)")
+    p.add_argument("--snapshot-store", default="", metavar="URL",
+                   help="the gateway's snapshot store (its snapshot_store): the snapshots of "
+                   "the kernels this run deletes (e.g. suspended ones past maxAge) go too")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--log-level", default="WARNING",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
@@ -200,6 +204,7 @@ async def run_cull(
     dry_run: bool = False,
     concurrency: int = 8,
     now: datetime | None = None,
+    snapshots: SnapshotStore | None = None,
 ) -> CullReport:
     """List once, decide per kernel, cull concurrently. Raises CullError when it cannot list."""
     warnings: list[str] = []
@@ -267,7 +272,24 @@ async def run_cull(
         for (index, _), result in zip(again, retried):
             results[index] = result
     report.results = results
+    if snapshots is not None:
+        await _drop_snapshots(snapshots, results, report)
     return report
+
+
+async def _drop_snapshots(store: SnapshotStore, results: Sequence[A.CullResult],
+                          report: CullReport) -> None:
+    """Delete the snapshots of the kernels that are gone (a suspended kernel past its maxAge
+    leaves one; the gateway drops those of the kernels it ends itself)."""
+    gone = (A.CullOutcome.DELETED, A.CullOutcome.ALREADY_GONE)
+    for result in results:
+        if result.outcome not in gone:
+            continue
+        kernel_id = result.decision.kernel.kernel_id
+        try:
+            await asyncio.to_thread(store.delete, kernel_id)
+        except (OSError, ValueError) as e:
+            report.warnings.append(f"could not delete the snapshot of kernel {kernel_id}: {e}")
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -373,9 +395,18 @@ async def _main(args: argparse.Namespace) -> int:
                         max_workers=max(4, args.concurrency))
     defaults = replace(C.CullingDefaults().as_policy(), idle_timeout=args.idle_timeout,
                        max_age=args.max_age, launch_timeout=args.launch_timeout)
+    store: SnapshotStore | None = None
+    if args.snapshot_store:
+        try:
+            store = open_store(args.snapshot_store)
+        except (ValueError, ImportError) as e:
+            print(f"elastic-kernels cull: --snapshot-store: {e}", file=sys.stderr)
+            await client.close()
+            return 1
     try:
         report = await run_cull(
             client, cluster.namespace, defaults, orphan_grace=args.orphan_grace,
+            snapshots=store,
             activity_slack=args.activity_slack, launch_grace=args.launch_grace,
             dry_run=args.dry_run,
             concurrency=args.concurrency,

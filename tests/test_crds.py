@@ -298,6 +298,7 @@ def test_defaults_are_declared_and_satisfy_their_own_schema() -> None:
         "JupyterKernelSpec:spec.interruptMode": "message",
         "JupyterKernelSpec:spec.culling.cullConnected": False,
         "JupyterKernelSpec:spec.culling.cullBusy": False,
+        "JupyterKernelSpec:spec.culling.onCull": "Delete",
         "JupyterKernelSpec:spec.clientOverrides.workingDir": False,
         "JupyterKernelSpec:spec.clientOverrides.image": False,
         "JupyterKernelSpec:spec.restartPolicy": "Restart",
@@ -531,7 +532,7 @@ def test_store_applies_the_schema_defaults(store: Store) -> None:
     assert created["spec"]["interruptMode"] == "message"
     assert created["spec"]["restartPolicy"] == "Restart"
     assert created["spec"]["culling"] == {
-        "idleTimeout": "1h", "cullConnected": False, "cullBusy": False
+        "idleTimeout": "1h", "cullConnected": False, "cullBusy": False, "onCull": "Delete"
     }
     assert created["spec"]["clientOverrides"] == {"workingDir": False, "image": False}
     view = KernelSpecView.from_object(doc)  # the view applies the same defaults without a server

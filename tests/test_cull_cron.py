@@ -393,3 +393,34 @@ def test_durations_accept_seconds_and_the_cr_syntax() -> None:
     args = parse(["--idle-timeout", "90", "--max-age", "1h30m", "--orphan-grace", "2.5"])
     assert (args.idle_timeout, args.max_age, args.orphan_grace) == (90.0, 5400.0, 2.5)
     assert parse([]).orphan_grace == C.CullingDefaults().orphan_grace
+
+
+async def test_a_suspended_kernel_past_max_age_goes_with_its_snapshot(
+        cluster: LocalCluster, conn: ClusterConnection, tmp_path: Path) -> None:
+    """Suspended kernels are not idle-culled or orphaned (no gateway needs to hold them), but
+    maxAge ends them, and ``--snapshot-store`` removes their snapshots with them."""
+    client = conn.client
+    await add_kernelspec(client, "python-gpu", "cron-suspend", idleTimeout="1s", maxAge="3s",
+                         onCull="Suspend")
+    await put_lease(client, "gw-dead", utcnow() - timedelta(hours=1), duration=30)
+    long_ago = utcnow() - timedelta(hours=2)
+    young = await make_kernel(client, "cron-suspend", phase="Suspended", gateway="gw-dead",
+                              last_activity=long_ago)
+    store = tmp_path / "snapshots"
+    store.mkdir()
+    young_id = young["spec"]["kernelId"]
+    (store / f"{young_id}.eksnap").write_bytes(b"sealed")
+    code, out, err = await run_cull("--orphan-grace", "0", "--snapshot-store", str(store),
+                                    "--output", "json", kubeconfig=cluster.kubeconfig_path)
+    assert code == 0, err
+    assert json.loads(out) == []  # idle for hours, its gateway gone: still kept
+    assert (store / f"{young_id}.eksnap").exists()
+
+    await wait_until_older_than(young, 3.0)
+    code, out, err = await run_cull("--orphan-grace", "0", "--snapshot-store", str(store),
+                                    "--output", "json", kubeconfig=cluster.kubeconfig_path)
+    assert code == 0, err
+    assert [(r["name"], r["reason"]) for r in json.loads(out)] == [
+        (young["metadata"]["name"], "MaxAge")]
+    assert not (store / f"{young_id}.eksnap").exists()
+    assert young["metadata"]["name"] not in await names(client)

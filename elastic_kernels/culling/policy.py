@@ -114,6 +114,14 @@ class Policy:
     #: The kernelspec's launchTimeout (else the gateway's default); 0: pod-less records of
     #: this kernelspec are not judged (see :func:`launch_abandoned_message`).
     launch_timeout: float = 0.0
+    #: What an idle cull or a reclaim does (``R.ON_CULL``), and Suspend's save limits.
+    on_cull: str = R.ON_CULL_DELETE
+    suspend_max_bytes: int = 1 << 30
+    suspend_timeout: float = 60.0
+
+    @property
+    def suspends(self) -> bool:
+        return self.on_cull == R.ON_CULL_SUSPEND
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "max_age", "reclaim_after", "launch_timeout"):
@@ -210,6 +218,9 @@ def effective_policy(spec: R.CullingPolicy | R.KernelSpecView | None, defaults: 
         cull_busy=spec.cull_busy,
         max_age=pick(spec.max_age, defaults.max_age),
         reclaim_after=pick(spec.reclaim_after, defaults.reclaim_after),
+        on_cull=spec.on_cull,
+        suspend_max_bytes=spec.suspend_max_bytes or defaults.suspend_max_bytes,
+        suspend_timeout=pick(spec.suspend_timeout, defaults.suspend_timeout),
     )
 
 
@@ -396,6 +407,8 @@ def orphan_message(kernel: KernelFacts, now: datetime, grace: float) -> str | No
     """
     if not kernel.lease_checked or not kernel.gateway:
         return None
+    if kernel.phase == R.PHASE_SUSPENDED:
+        return None  # no gateway holds a suspended kernel: any one resumes it when asked
     claimed = max((t for t in (kernel.created_at, kernel.lease_renewed_at) if t is not None),
                   default=None)
     if claimed is not None and (now - claimed).total_seconds() <= grace:
@@ -492,8 +505,9 @@ def decide(
     if abandoned is not None:
         return CullDecision(kernel, CullReason.LAUNCH_ABANDONED, abandoned, idle, age)
 
-    if policy.idle_timeout <= 0 or idle is None or kernel.phase in STARTING_PHASES:
-        return None
+    if (policy.idle_timeout <= 0 or idle is None or kernel.phase in STARTING_PHASES
+            or kernel.phase == R.PHASE_SUSPENDED):
+        return None  # a suspended kernel holds nothing but its snapshot; only maxAge ends it
     if kernel.busy and not policy.cull_busy:
         return None
     if (kernel.connections or 0) > 0 and not policy.cull_connected:

@@ -78,7 +78,13 @@ PHASE_STARTING = "Starting"
 PHASE_RUNNING = "Running"
 PHASE_TERMINATING = "Terminating"
 PHASE_FAILED = "Failed"
-PHASES = (PHASE_PENDING, PHASE_STARTING, PHASE_RUNNING, PHASE_TERMINATING, PHASE_FAILED)
+#: Culled or reclaimed with ``onCull: Suspend``: no pod, the namespace saved; resumed on return.
+PHASE_SUSPENDED = "Suspended"
+PHASES = (PHASE_PENDING, PHASE_STARTING, PHASE_RUNNING, PHASE_TERMINATING, PHASE_FAILED,
+          PHASE_SUSPENDED)
+ON_CULL_DELETE = "Delete"
+ON_CULL_SUSPEND = "Suspend"
+ON_CULL = (ON_CULL_DELETE, ON_CULL_SUSPEND)
 
 #: ``JupyterKernel.status.executionState``: the holding gateway's view, sampled at its culler
 #: passes (see elastic_kernels/culling.py); only "busy" matters to the policy.
@@ -492,6 +498,11 @@ class CullingPolicy:
     cull_busy: bool = False
     max_age: float | None = None
     reclaim_after: float | None = None
+    #: What an idle cull or a reclaim does: Delete, or Suspend (save the namespace first).
+    on_cull: str = ON_CULL_DELETE
+    #: Suspend's limits; None: the gateway's defaults.
+    suspend_max_bytes: int | None = None
+    suspend_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -609,6 +620,10 @@ class KernelSpecView:
                 cull_busy=r.boolean("spec.culling.cullBusy", False),
                 max_age=r.duration("spec.culling.maxAge"),
                 reclaim_after=r.duration("spec.culling.reclaimAfter"),
+                on_cull=r.string("spec.culling.onCull", default=ON_CULL_DELETE,
+                                 choices=ON_CULL) or ON_CULL_DELETE,
+                suspend_max_bytes=r.integer("spec.culling.suspend.maxBytes", None, minimum=1),
+                suspend_timeout=r.duration("spec.culling.suspend.timeout"),
             ),
             launch_timeout=r.duration("spec.launchTimeout"),
             allowed_client_env=frozenset(allowed),
@@ -660,6 +675,7 @@ class KernelSpecView:
             "cull_busy": self.culling.cull_busy,
             "max_age": self.culling.max_age,
             "reclaim_after": self.culling.reclaim_after,
+            "on_cull": self.culling.on_cull,
         }
         elastic["culling"] = culling
         if self.launch_timeout is not None:

@@ -597,6 +597,21 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             await self._patch_status({"phase": "Terminating", "reason": "ShutdownRequested",
                                       "message": ""})
 
+    async def suspend(self, reason: str, message: str) -> None:
+        """Let the pod and its GPUs go, keeping the JupyterKernel, its Secret and the kernel id:
+        phase Suspended until a resume starts a new pod for the same record (a restart).
+
+        The status is written first, so that every gateway holding the kernel reads the pod's
+        deletion that follows as a suspension, not as a death to restart from.
+        """
+        await self._patch_status({"phase": R.PHASE_SUSPENDED, "reason": reason,
+                                  "message": message[:4096], "gpus": 0})
+        # Not forced: the pod object stays until the kubelet has stopped it and released its
+        # GPUs, so the scheduler never hands them to the waiter while they are still in use.
+        await self._delete_pod()
+        self._pod_name = None
+        self._pod_ip = ""
+
     async def announce_restart(self, why: str) -> None:
         """Say on the record that this kernel is being restarted (phase Starting), before its
         pod goes: other gateways holding the kernel then wait for the new pod instead of

@@ -25,14 +25,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from elastic_kernels.culling.actions import CullConflict, mark_culled, record_cull_event
 from elastic_kernels.culling.policy import (MIRROR_INTERVAL, CullDecision, CullingDefaults,
-                                            KernelFacts, PolicyBook, decide, reclaim_candidates,
-                                            status_to_mirror)
+                                            CullReason, KernelFacts, Policy, PolicyBook, decide,
+                                            reclaim_candidates, status_to_mirror)
 from elastic_kernels.kube import records
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeClient, KubeError
@@ -42,6 +42,8 @@ from elastic_kernels.tasks import cancel_all, cancel_and_wait
 log = logging.getLogger(__name__)
 
 COMPONENT = "elastic-kernels-gateway"
+#: Culls that ``onCull: Suspend`` turns into a suspension; maxAge ends a kernel for good.
+SUSPENDABLE = frozenset({CullReason.IDLE_TIMEOUT, CullReason.RECLAIMED})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class GatewayCuller:
         shutdown: Callable[[str, bool], Awaitable[Any]],
         remember_cull: Callable[[str, str, str], None],
         after_pass: Callable[[], None] = _nothing,
+        suspend: Callable[[CullDecision, Policy], Awaitable[str]] | None = None,
         clock: records.Clock = time.time,
         concurrency: int = 8,
     ) -> None:
@@ -90,6 +93,9 @@ class GatewayCuller:
         #: Called after each pass's decisions (the GPU queue looks again: idle kernels cross
         #: their reclaimAfter as time passes, with no event to say so).
         self.after_pass = after_pass
+        #: ``suspend(decision, policy)`` for kernelspecs with ``onCull: Suspend``: "" once the
+        #: kernel is saved and its pod gone, else why not (then it is culled as usual).
+        self.suspend = suspend
         self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
         self._mirrored: dict[str, datetime] = {}
@@ -290,10 +296,17 @@ class GatewayCuller:
     # -- one cull ---------------------------------------------------------------------------------
 
     async def cull(self, decision: CullDecision) -> bool:
-        """Record why, tell the user, shut the kernel down, leave an Event.
+        """Record why, tell the user, shut the kernel down, leave an Event; or, for a
+        kernelspec with ``onCull: Suspend``, suspend the kernel instead when that works.
 
         False if we lost a race."""
         kernel_id = decision.kernel.kernel_id
+        policy = self.policies()(decision.kernel)
+        if policy.suspends and decision.reason in SUSPENDABLE and self.suspend is not None:
+            why_not = await self._suspend(decision, policy)
+            if not why_not:
+                return True
+            decision = replace(decision, message=f"{decision.message}; not suspended: {why_not}")
         client = self._client()
         async with self._limit:
             try:
@@ -318,3 +331,30 @@ class GatewayCuller:
             except KubeError as e:
                 log.info("Kernel %s: could not record the cull event: %s", kernel_id, e)
             return True
+
+    async def _suspend(self, decision: CullDecision, policy: Policy) -> str:
+        """Suspend instead of deleting; "" when done, else why not."""
+        assert self.suspend is not None
+        kernel = decision.kernel
+        async with self._limit:
+            log.warning("Suspending kernel %s of %s (%s): %s", kernel.kernel_id, kernel.user,
+                        decision.reason.value, decision.message)
+            try:
+                why_not = await self.suspend(decision, policy)
+            except Exception as e:  # noqa: BLE001 - then it is culled as usual
+                log.exception("Kernel %s: suspending failed", kernel.kernel_id)
+                why_not = f"{type(e).__name__}: {e}"
+            if why_not:
+                log.warning("Kernel %s not suspended (%s); culling it instead", kernel.kernel_id,
+                            why_not)
+                return why_not
+            self._counted("Suspended")
+            self._mirrored.pop(kernel.kernel_id, None)
+            try:
+                await records.record_kernel_event(
+                    self._client(), kernel.name, kernel.namespace, uid=kernel.uid,
+                    reason="Suspended", message=decision.message, type="Normal",
+                    component=COMPONENT, action="Suspend")
+            except KubeError as e:
+                log.info("Kernel %s: could not record the suspend event: %s", kernel.kernel_id, e)
+        return ""

@@ -29,7 +29,8 @@ from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
-from elastic_kernels.culling.policy import CullingDefaults
+from elastic_kernels import snapshot
+from elastic_kernels.culling.policy import CullDecision, CullingDefaults, Policy
 from elastic_kernels.provisioner.errors import KernelLaunchError
 from elastic_kernels.provisioner.provisioner import (
     ATTACH_KWARG,
@@ -45,6 +46,7 @@ from elastic_kernels.gateway.lifecycle.hydration import KernelHydrator
 from elastic_kernels.leases import GatewayLease
 from elastic_kernels.gateway.transport.msgsize import SizeGuard
 from elastic_kernels.gateway.lifecycle.liveness import kernel_died, renudge_connections
+from elastic_kernels.gateway.lifecycle.suspension import Snapshots, SuspendLimits, read_key
 from elastic_kernels.gateway.transport.offlinebuffer import bound_buffering
 from elastic_kernels.upstream import (
     KernelManagerHooks,
@@ -232,6 +234,18 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         help="Bytes of output kept per kernel for a client that disconnected, replayed if it "
         "reconnects; beyond it the oldest messages are dropped (upstream keeps all of it).",
     )
+    snapshot_store = Unicode(
+        "", config=True,
+        help="Where suspended kernels' snapshots are kept: a directory, a file:// URL or an "
+        "fsspec URL (s3://..., with the snapshot-fsspec extra). Empty: kernelspecs with "
+        "culling.onCull Suspend are culled as with Delete, the reason saying why.",
+    )
+    snapshot_key_file = Unicode(
+        "", config=True,
+        help="File holding the key that signs snapshots (a Secret mounted into the gateway's "
+        "pod only, at least 32 bytes). Empty: $ELASTIC_KERNELS_SNAPSHOT_KEY.",
+    )
+
     offline_buffer_max_seconds = Float(
         3600.0, config=True,
         help="Seconds a disconnected client's output is kept waiting for it to reconnect; "
@@ -247,6 +261,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self._kernelspecs: Informer | None = None
         self._starting_gpus: dict[str, tuple[str, int]] = {}
         self._culls: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.snapshots = self._open_snapshots()
+        self._resumes: dict[str, asyncio.Task[str]] = {}
         # Each part gets the few callables it needs (issue 12), not this manager.
         self.culler = GatewayCuller(
             CullingDefaults(parent=self),
@@ -257,6 +273,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             shutdown=self._shutdown_for_culler,
             remember_cull=self.remember_cull,
             after_pass=lambda: self.gpu_queue.poke(),
+            suspend=self._suspend_for_culler,
         )
         self.gpu_queue = GpuQueue(reclaim_candidates=self.culler.reclaim_candidates,
                                   reclaim=self.culler.cull)
@@ -322,6 +339,116 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
         kwargs[GPU_QUEUE_KWARG] = self.gpu_queue
         return km, name, kernel_id
+
+    # -- suspend and resume (lifecycle/suspension.py) ---------------------------------------------
+
+    def _open_snapshots(self) -> Snapshots | None:
+        """The snapshot store and key, if configured; a bad configuration stops the gateway
+        with what is wrong (a Suspend kernelspec must never silently lose state)."""
+        if not self.snapshot_store:
+            return None
+        try:
+            key = read_key(self.snapshot_key_file)
+            store = snapshot.open_store(self.snapshot_store)
+        except (ValueError, ImportError, OSError) as e:
+            self.log.critical("Cannot use the snapshot store: %s", e)
+            raise SystemExit(1) from None
+        return Snapshots(store, key, self.log)
+
+    def is_suspended(self, kernel_id: str) -> bool:
+        return bool(getattr(managed_kernels(self).get(kernel_id), "suspended", False))
+
+    async def _suspend_for_culler(self, decision: CullDecision, policy: Policy) -> str:
+        """Save the kernel's namespace, then let its pod go; "" when suspended, else why not
+        (the culler then culls it as with Delete)."""
+        if self.snapshots is None:
+            return ("this gateway has no snapshot store "
+                    "(ElasticMappingKernelManager.snapshot_store)")
+        kernel_id = decision.kernel.kernel_id
+        km = managed_kernels(self).get(kernel_id)
+        prov = getattr(km, "provisioner", None)
+        if km is None or not isinstance(prov, ElasticKernelProvisioner):
+            return "the kernel is not held by this gateway"
+        if getattr(km, "suspended", False):
+            return ""
+        try:
+            saved = await self.snapshots.save(
+                km, kernel_id, prov.user,
+                SuspendLimits(max_bytes=policy.suspend_max_bytes, timeout=policy.suspend_timeout))
+        except snapshot.SnapshotError as e:
+            return str(e)
+        km.stop_restarter()  # its pod goes on purpose
+        km.suspended = True
+        km.execution_state = "suspended"
+        if kernel_id in offline_buffers(self):
+            self.stop_buffering(kernel_id)  # nothing comes from a pod that is gone
+        await prov.suspend("Suspended", f"{decision.message}; {saved.summary()}")
+        self.log.info("Kernel %s of %s suspended: %s (%d bytes)", kernel_id, prov.user,
+                      saved.summary(), saved.size)
+        return ""
+
+    async def resume_kernel(self, kernel_id: str) -> str:
+        """Start a suspended kernel in a new pod (through the GPU queue) and restore its
+        snapshot; returns the line the user reads. Concurrent callers share one resume."""
+        task = self._resumes.get(kernel_id)
+        if task is None:
+            task = asyncio.ensure_future(self._resume(kernel_id))
+            self._resumes[kernel_id] = task
+            task.add_done_callback(lambda _: self._resumes.pop(kernel_id, None))
+        return await asyncio.shield(task)
+
+    async def _resume(self, kernel_id: str) -> str:
+        km = managed_kernels(self).get(kernel_id)
+        prov = getattr(km, "provisioner", None)
+        if km is None or not getattr(km, "suspended", False) \
+                or not isinstance(prov, ElasticKernelProvisioner) or self.snapshots is None:
+            return ""
+        policy = self.culler.policies().for_spec(km.kernel_name)
+        self.log.info("Resuming kernel %s of %s", kernel_id, prov.user)
+        km.suspended = False  # so that restart_kernel below keeps the snapshot
+        km.execution_state = "starting"
+        try:
+            ready = await super().restart_kernel(kernel_id, now=True)
+            await ready
+        except BaseException as e:
+            km.suspended, km.execution_state = True, "suspended"
+            await prov.suspend("Suspended", f"resuming failed: {e}; the next connect tries again")
+            raise
+        try:
+            result = await self.snapshots.restore(km, kernel_id, prov.user,
+                                                  policy.suspend_timeout)
+            line = f"Resumed after suspension: {result.report}"
+        except snapshot.SnapshotRefused as e:
+            line = f"Resumed after suspension, but the saved variables were refused: {e}"
+        except snapshot.SnapshotError as e:
+            line = f"Resumed after suspension, but the saved variables are lost: {e}"
+        self.log.info("Kernel %s: %s", kernel_id, line)
+        await self.snapshots.discard(kernel_id)
+        return f"[elastic-kernels] {line}\n"
+
+    async def restart_kernel(self, kernel_id: str,  # type: ignore[override]
+                             now: bool = False) -> Any:
+        """A user's restart of a suspended kernel starts it fresh: the snapshot is dropped."""
+        km = managed_kernels(self).get(kernel_id)
+        if km is not None and getattr(km, "suspended", False):
+            km.suspended = False
+            if self.snapshots is not None:
+                await self.snapshots.discard(kernel_id)
+            now = True  # nothing runs to be asked to stop
+        return await super().restart_kernel(kernel_id, now=now)
+
+    async def shutdown_kernel(self, kernel_id: str, now: bool = False,  # type: ignore[override]
+                              restart: bool = False) -> None:
+        if self.is_suspended(kernel_id):
+            now = True  # no kernel to ask; its record (and so its Secret) goes, and its snapshot
+            if self.snapshots is not None:
+                await self.snapshots.discard(kernel_id)
+        await super().shutdown_kernel(kernel_id, now=now, restart=restart)
+
+    async def interrupt_kernel(self, kernel_id: str) -> None:  # type: ignore[override]
+        if self.is_suspended(kernel_id):
+            return  # nothing runs
+        await super().interrupt_kernel(kernel_id)  # type: ignore[misc]  # async upstream
 
     def remember_cull(self, kernel_id: str, reason: str, message: str) -> None:
         """Keep why a kernel was culled, and tell its open websockets before it goes."""

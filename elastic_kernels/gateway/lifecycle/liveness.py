@@ -125,6 +125,8 @@ def kernel_fate(prov: ElasticKernelProvisioner, records: Informer, pods: Informe
     if meta.get("deletionTimestamp") or not _same_uid(record, prov):
         return KernelFate(Fate.DELETED)
     status = record.get("status") or {}
+    if status.get("phase") == R.PHASE_SUSPENDED:
+        return KernelFate(Fate.WAIT)  # its pod went on purpose; a resume brings the next one
     try:
         recorded = int(status.get("restartCount") or 0)
     except (TypeError, ValueError):

@@ -48,8 +48,10 @@ payload, which may hold user data) and keep the connection.
 from __future__ import annotations
 
 import asyncio
+import json
 import typing as t
 
+from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado.websocket import WebSocketClosedError
 from traitlets import Float, HasTraits, Integer, default
@@ -62,7 +64,7 @@ from elastic_kernels.gateway.transport.writelimit import (
     notice_frame,
     release_memory_soon,
 )
-from elastic_kernels.gateway.transport.wsframes import V1_PROTOCOL
+from elastic_kernels.gateway.transport.wsframes import V1_PROTOCOL, FrameError, deliver
 from elastic_kernels.gateway.transport.wsjson import json_frame
 from elastic_kernels.gateway.transport.zmqguard import recheck_stream
 
@@ -283,6 +285,68 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
                 self.write_message(payload, binary=binary)
         return True
 
+    # -- a suspended kernel (gateway/lifecycle/suspension.py) ------------------------------------
+
+    #: Client messages held while the kernel resumes (None: not resuming through this socket).
+    _held: list[t.Any] | None = None
+
+    def _pending_report(self) -> str:
+        """The resume's one line for the user, not yet shown (set by the handler or below)."""
+        return str(getattr(self.websocket_handler, "resume_report", "") or "")
+
+    def _show_report(self, incoming_msg: t.Any) -> None:
+        """Show the resume's line in the cell of the first execute_request after the resume."""
+        header = _header_of(incoming_msg)
+        if header.get("msg_type") != "execute_request":
+            return
+        report = self._pending_report()
+        handler: t.Any = self.websocket_handler
+        handler.resume_report = ""
+        payload, binary = notice_frame(self.session, self.subprotocol == V1_PROTOCOL, header,
+                                       report)
+        try:
+            self.write_message(payload, binary=binary)
+        except WebSocketClosedError:
+            pass
+
+    async def _resume_then_deliver(self) -> None:
+        """The kernel was suspended while this client stayed connected: resume it (through the
+        GPU queue) with the client's frames held, then deliver them in order."""
+        try:
+            report = await self.multi_kernel_manager.resume_kernel(self.kernel_id)
+        except Exception as e:  # noqa: BLE001 - the client is told; the kernel stays suspended
+            self.log.warning("Kernel %s could not be resumed: %s", self.kernel_id, e)
+            self._held = None
+            self.websocket_handler.close(4000, f"ResumeFailed: {e}".encode()[:123].decode(
+                errors="ignore"))
+            return
+        if report:
+            handler: t.Any = self.websocket_handler
+            handler.resume_report = report
+        held, self._held = self._held or [], None
+        for frame in held:
+            if self._pending_report():
+                self._show_report(frame)
+            try:
+                deliver(self, frame)
+            except FrameError as e:
+                self.log.warning("Dropped websocket message for kernel %s: %s", self.kernel_id,
+                                 e)
+
+    def hold_if_suspended(self, frame: t.Any) -> bool:
+        """Called with each client frame before it is delivered: True if it is held (the
+        kernel is suspended, or resuming for this client), and the resume is started."""
+        if self._held is not None:
+            self._held.append(frame)
+            return True
+        if getattr(self.kernel_manager, "suspended", False):
+            self._held = [frame]
+            asyncio.ensure_future(self._resume_then_deliver())
+            return True
+        if self._pending_report():
+            self._show_report(frame)
+        return False
+
     def handle_incoming_message(self, incoming_msg: str) -> None:
         try:
             super().handle_incoming_message(incoming_msg)
@@ -292,3 +356,16 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
                 self.kernel_id,
                 type(e).__name__,
             )
+
+
+def _header_of(incoming_msg: t.Any) -> dict[str, t.Any]:
+    """A client message's header, of either protocol ({} if unreadable)."""
+    try:
+        if isinstance(incoming_msg, bytes):
+            _channel, parts = deserialize_msg_from_ws_v1(incoming_msg)
+            header = json.loads(parts[0])
+        else:
+            header = json.loads(incoming_msg).get("header")
+    except (ValueError, IndexError, AttributeError, TypeError):
+        return {}
+    return header if isinstance(header, dict) else {}

@@ -343,7 +343,23 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
                 f"(max_websockets_per_user: {slots.limit})", "TooManyWebsockets")
         self._slot_user = user
         await require_kernel(self, self.kernel_id)
+        await self._resume_if_suspended()
         await super().pre_get()
+
+    #: The resumed kernel's line for the user, shown in the first cell run (transport/connection).
+    resume_report = ""
+
+    async def _resume_if_suspended(self) -> None:
+        """A connect to a suspended kernel resumes it before the upgrade: the client's first
+        messages can only follow, so none is lost while the new pod starts (or queues)."""
+        km: t.Any = self.kernel_manager
+        if not getattr(km, "is_suspended", lambda _k: False)(self.kernel_id):
+            return
+        try:
+            self.resume_report = await km.resume_kernel(self.kernel_id)
+        except Exception as e:  # noqa: BLE001 - the kernel stays suspended; say why
+            raise GatewayHTTPError(503, _short(f"Kernel {self.kernel_id} could not be resumed: "
+                                               f"{e}"), "ResumeFailed") from None
 
     async def open(self, kernel_id: str) -> None:
         # Must be set after the upgrade: tornado re-enables Nagle when the 101 response is done.
@@ -361,6 +377,8 @@ class ElasticKernelWebsocketHandler(JSONErrorsMixin, KernelWebsocketHandler):
         if connection is None:
             return  # already closed
         try:
+            if connection.hold_if_suspended(ws_message):
+                return  # delivered once the kernel has resumed (transport/connection.py)
             deliver(connection, ws_message)  # checks the frame first (see wsframes)
         except FrameError as e:
             self._dropped(str(e))
