@@ -8,9 +8,9 @@ Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enfo
 2. ``kernelspecs`` (kernelspecs from ``JupyterKernelSpec`` CRs, for any jupyter_server),
    ``kernelspec_handlers`` (their models and logos, never from disk), ``leases`` (each gateway's
    claim on its kernels), ``queueorder`` (the fair order of GPU waiters, pure), ``culling``
-   (``policy``: when to cull, pure; ``actions``: carrying a decision out), ``snapshot`` (kernel-namespace
-   snapshots for suspend: the kernel side sent as source, the gateway's signed container and
-   its store).
+   (``policy``: when to cull, pure; ``actions``: carrying a decision out), ``snapshot``
+   (kernel-namespace snapshots for suspend: the kernel side sent as source, the gateway's signed
+   container and its store).
 3. ``provisioner`` - ``ElasticKernelProvisioner``: one kernel, one pod.
 4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron),
    ``notebook`` (the extension for the notebook server in front of the gateway).
