@@ -40,10 +40,9 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
-from . import collect
 from .collect import SnapshotError, SnapshotTimeout, SnapshotTooLarge
 from .format import VerifiedSnapshot
 
@@ -54,7 +53,8 @@ _FILENAME = "<elastic-kernels snapshot>"
 
 def kernel_source() -> str:
     """The source of the kernel side (collect.py), as sent to the kernel."""
-    return Path(collect.__file__).read_text(encoding="utf-8")
+    return (resources.files("elastic_kernels.snapshot") / "collect.py").read_text(
+        encoding="utf-8")
 
 
 def _expression(call: str) -> str:
