@@ -111,6 +111,7 @@ from elastic_kernels.gateway.web.httplimits import (
     add_accept_handler,
     default_max_connections,
     install_log_flood_filter,
+    raise_open_files_limit,
 )
 from elastic_kernels.gateway.transport.connection import ElasticChannelsConnection
 from elastic_kernels.gateway.web.ownership import KernelOwnership
@@ -544,6 +545,7 @@ class ElasticGatewayApp(ServerAppHooks):
         # and kernel keys (redact.py); stopping detaches the filter again.
         self._stop_redacting()
         self._stop_redacting = redact.install(redact.gateway_secrets(self), [self.log])
+        raise_open_files_limit()
         JupyterApp.start(self)
         # No server-info or browser-open files: they would hold the token in plain text, and a
         # gateway has no browser to open.

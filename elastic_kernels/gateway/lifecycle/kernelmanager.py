@@ -256,7 +256,6 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         super().__init__(**kwargs)
         # Set before any socket exists: libzmq reads it when the context starts its I/O.
         self.context.set(zmq.MAX_SOCKETS, self.zmq_max_sockets)
-        _raise_open_files_limit()
         self._kernel_records: Informer | None = None
         self._kernelspecs: Informer | None = None
         self._starting_gpus: dict[str, tuple[str, int]] = {}
@@ -684,22 +683,6 @@ class _EnvValuesHidden(dict):
 
     def __repr__(self) -> str:
         return f"<env: {', '.join(sorted(self))}>"
-
-
-def _raise_open_files_limit() -> None:
-    """Lift the soft RLIMIT_NOFILE to the hard one: every kernel costs the gateway file
-    descriptors (ZeroMQ sockets and their TCP connections), and distributions default the soft
-    limit to 1,024."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft != resource.RLIM_INFINITY and soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass  # not permitted or not POSIX: keep what we have
 
 
 def _validated_kernel_id(kernel_id: Any) -> str:

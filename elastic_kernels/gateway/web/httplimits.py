@@ -44,6 +44,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
 __all__ = ["ConnectionCap", "LogFloodFilter", "UserSlots", "add_accept_handler",
+           "raise_open_files_limit",
            "default_max_connections", "install_log_flood_filter"]
 
 #: Errors of accept() that say the process or system is out of a resource, not that this one
@@ -317,3 +318,18 @@ def install_log_flood_filter(log: logging.Logger, burst: int, window: float) -> 
         if flood not in target.filters:
             target.addFilter(flood)
     return flood
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one: every kernel costs the gateway file
+    descriptors (ZeroMQ sockets and their TCP connections), and distributions default the soft
+    limit to 1,024. Process-wide, so the gateway app calls it when it starts serving, never a
+    constructor."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # not permitted: keep what we have
