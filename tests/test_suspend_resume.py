@@ -106,6 +106,20 @@ async def start_and_define(gw: ElasticGatewayApp, km: ElasticMappingKernelManage
     return kernel_id, ws
 
 
+async def alice_reclaimed_for_bob(start_gateway: GatewayFactory, kube: KubeClient
+                                  ) -> tuple[ElasticGatewayApp, ElasticMappingKernelManager,
+                                             str, str]:
+    """A gateway; Alice's kernel with the notebook's variables, idle; Bob's start, which
+    reclaims the GPU from it (so Alice's is suspended, or about to be)."""
+    gw = await start_gateway()
+    km: ElasticMappingKernelManager = gw.kernel_manager
+    await apply_spec(kube, km)
+    alice, alice_ws = await start_and_define(gw, km, "alice")
+    alice_ws.close()
+    bob = await asyncio.wait_for(km.start_kernel(kernel_name=SPEC, user="bob"), 120)
+    return gw, km, alice, bob
+
+
 async def test_a_reclaimed_kernel_is_suspended_and_resumes_with_its_variables(
         start_gateway: GatewayFactory, kube: KubeClient, store: Path) -> None:
     gw = await start_gateway()
@@ -165,12 +179,7 @@ async def test_a_reclaimed_kernel_is_suspended_and_resumes_with_its_variables(
 
 async def test_a_modified_or_foreign_snapshot_is_refused(
         start_gateway: GatewayFactory, kube: KubeClient, store: Path) -> None:
-    gw = await start_gateway()
-    km: ElasticMappingKernelManager = gw.kernel_manager
-    await apply_spec(kube, km)
-    alice, alice_ws = await start_and_define(gw, km, "alice")
-    alice_ws.close()
-    bob = await asyncio.wait_for(km.start_kernel(kernel_name=SPEC, user="bob"), 120)
+    gw, km, alice, bob = await alice_reclaimed_for_bob(start_gateway, kube)
     bob_ws = await KernelWS.open(gw.url, bob)
     assert (await bob_ws.execute("bobs_secret = 'plans'"))["reply"]["status"] == "ok"
     bob_ws.close()
@@ -216,12 +225,7 @@ async def test_a_modified_or_foreign_snapshot_is_refused(
 
 async def test_restart_and_shutdown_of_a_suspended_kernel(
         start_gateway: GatewayFactory, kube: KubeClient, store: Path) -> None:
-    gw = await start_gateway()
-    km: ElasticMappingKernelManager = gw.kernel_manager
-    await apply_spec(kube, km)
-    alice, alice_ws = await start_and_define(gw, km, "alice")
-    alice_ws.close()
-    bob = await asyncio.wait_for(km.start_kernel(kernel_name=SPEC, user="bob"), 120)
+    gw, km, alice, bob = await alice_reclaimed_for_bob(start_gateway, kube)
     await wait_until(lambda: phase(km, alice) == R.PHASE_SUSPENDED, "alice suspended")
     await km.shutdown_kernel(bob, now=True)  # frees the GPU for the restart below
 

@@ -727,7 +727,7 @@ def kernel_save(shell: Any, max_bytes: int, timeout: float, path: str | None = N
         if path is None:
             reply["payload_b64"] = base64.b64encode(got.payload).decode("ascii")
         else:
-            _write_atomically(path, got.payload)
+            write_atomically(path, got.payload)
             reply["path"] = path
         return json.dumps(reply)
     except SnapshotError as exc:
@@ -760,10 +760,11 @@ def kernel_restore(shell: Any, payload_b64: str | None = None, path: str | None 
         return json.dumps({"ok": False, "error": _short(message)})
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+def write_atomically(path: str, data: bytes, prefix: str = ".ek-snapshot-") -> None:
+    """Write to a private temporary file beside ``path``, fsync, then rename: readers never
+    see half a file. (Also the store's writer: this module is the stdlib-only one.)"""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ek-snapshot-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
+
+from .collect import write_atomically
 
 #: Kernel ids are UUIDs; this also admits other simple names (tests, other id schemes).
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -63,19 +64,7 @@ class LocalStore:
         """Write atomically: a private temporary file, fsync, rename, fsync the directory."""
         path = self._path(kernel_id)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomically(str(path), data, prefix=".tmp-")
         try:
             dir_fd = os.open(self.directory, os.O_RDONLY)
         except OSError:
