@@ -16,6 +16,9 @@ exactly as in jupyter_server:
 ``POST /api/kernels/{id}/restart``     (ours)
 ``WS /api/kernels/{id}/channels``      kernel messages (ours; TCP_NODELAY, fast nudge)
 ``GET /api/elastic/status``            gateway id, version, kernel and connection counts
+``GET /api/elastic/kernels[/stream]``  each user's kernels' status, once or live (SSE)
+``POST /api/elastic/kernels/{id}/keepalive``  activity on a kernel (statusstream.py)
+``GET /elastic/``                      the admin page (adminpage.py)
 ``GET /metrics``                       Prometheus text: kernels, websocket connections, ...
 =====================================  ===========================================================
 
@@ -102,6 +105,7 @@ from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner
 from elastic_kernels.leases import GatewayLease
 from elastic_kernels.gateway.web import handlers as gateway_handlers
+from elastic_kernels.gateway.web import statusstream
 from elastic_kernels.gateway import redact
 from elastic_kernels.gateway.web.auth import TOKEN_ENV, ElasticIdentityProvider
 from elastic_kernels.gateway.web.bodylimit import limit_body
@@ -434,6 +438,8 @@ class ElasticGatewayApp(ServerAppHooks):
             except Exception as e:  # the gateway keeps serving; starts answer 503 meanwhile
                 self.log.error("Cannot watch the cluster yet (%s); retrying in the background",
                                e)
+        # The kernel status stream listens from now on, so its list of culls covers them all.
+        await statusstream.start_hub(self.web_app.settings)
 
     def find_server_extensions(self) -> None:
         """Load only explicitly configured extensions (see the module docstring)."""
@@ -566,6 +572,7 @@ class ElasticGatewayApp(ServerAppHooks):
 
     async def before_cleanup(self) -> None:
         self._zmq_guard.stop()
+        statusstream.close_hub(self.web_app.settings)  # ends every status stream
         for handler in list(self.open_websockets):
             try:
                 handler.close(1001, "gateway stopping")

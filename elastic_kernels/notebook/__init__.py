@@ -3,10 +3,12 @@
 A notebook server (or JupyterLab) started with ``--gateway-url`` relays kernels to the gateway;
 with ``jpserver_extensions = {"elastic_kernels.notebook": True}`` it also relays them without
 Nagle delays, shows the gateway's error messages instead of their templates, and serves
-CR-backed kernelspecs' resources from the gateway's models.
+CR-backed kernelspecs' resources from the gateway's models, and relays the gateway's per-user
+kernel status (``/elastic-kernels/api/status`` and ``/stream``).
 
 Modules:
-    ``gatewayclient`` (the websocket connection class and the extension's loader).
+    ``gatewayclient`` (the websocket connection class and the extension's loader);
+    ``statusproxy`` (the kernel status routes).
 
 Layer 4 beside ``gateway`` and ``cull``: it talks to the gateway over HTTP only and imports
 nothing of it.

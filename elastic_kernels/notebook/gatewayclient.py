@@ -54,6 +54,7 @@ from tornado import web
 from traitlets import TraitError
 
 from elastic_kernels.kernelspec_handlers import InMemoryResourceHandler
+from elastic_kernels.notebook.statusproxy import status_proxy_handlers
 from elastic_kernels.upstream import (
     GatewayWebSocketConnectionHooks,
     http_error_text,
@@ -131,7 +132,8 @@ class GatewayKernelSpecResourceHandler(InMemoryResourceHandler):
 
 def _load_jupyter_server_extension(serverapp: t.Any) -> None:
     """Use :class:`NoDelayGatewayWebSocketConnection`, readable errors, resources only from
-    the gateway, and pass the notebook's path (``JPY_SESSION_NAME``) to the kernel."""
+    the gateway, pass the notebook's path (``JPY_SESSION_NAME``) to the kernel, and relay the
+    gateway's kernel status (:mod:`.statusproxy`)."""
     gateway = getattr(serverapp, "gateway_config", None)
     if gateway is None or not getattr(gateway, "gateway_enabled", False):
         serverapp.log.info("%s: no gateway configured; nothing to do", __name__)
@@ -146,7 +148,7 @@ def _load_jupyter_server_extension(serverapp: t.Any) -> None:
     serverapp.web_app.add_handlers(".*$", [(
         url_path_join(base_url, rf"/kernelspecs/{kernel_name_regex}/(?P<path>.*)"),
         GatewayKernelSpecResourceHandler,
-    )])
+    ), *status_proxy_handlers(base_url)])
     current = serverapp.kernel_websocket_connection_class
     if isinstance(current, type) and issubclass(current, NoDelayGatewayWebSocketConnection):
         return

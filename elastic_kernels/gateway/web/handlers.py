@@ -434,6 +434,10 @@ class MetricsHandler(JSONErrorsMixin, JupyterHandler):
 
 def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
     """URL patterns (relative to base_url) that take precedence over jupyter_server's."""
+    # They build on this module's handlers, so they are imported here, not at the top.
+    from elastic_kernels.gateway.web.adminpage import admin_handlers
+    from elastic_kernels.gateway.web.statusstream import status_handlers
+
     return [
         (r"/api/kernels", MainKernelHandler),
         (rf"/api/kernels/{kernel_id_regex}", KernelHandler),
@@ -441,6 +445,8 @@ def default_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"/api/kernels/{kernel_id_regex}/channels", ElasticKernelWebsocketHandler),
         (r"/api/kernels/(?P<kernel_id>[^/]+)(?P<rest>/.*)?", InvalidKernelIdHandler),
         (r"/api/elastic/status", StatusHandler),
+        *status_handlers(),
+        *admin_handlers(),
         (r"/metrics", MetricsHandler),
         *kernelspec_handlers(),
     ]
