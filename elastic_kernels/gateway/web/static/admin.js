@@ -65,6 +65,11 @@
     return when(c.idle_deadline) || "never";
   }
 
+  function onCull(c) {
+    if (c.on_cull !== "Suspend") return "delete";
+    return c.saved ? "suspend (variables saved)" : "delete (no snapshot store)";
+  }
+
   function render() {
     pending = false;
     const list = [...kernels.values()].sort((a, b) =>
@@ -76,7 +81,7 @@
     fill("kernels", list, (k) => [
       [k.user], [k.display_name + " (" + k.kernelspec + ")"], [k.node],
       [k.phase, "phase-" + k.phase], [k.state], [k.resources && k.resources.summary],
-      [cullText(k)], [(k.cull || {}).saved ? "suspend (saved)" : "delete"], [k.id, "id"],
+      [cullText(k)], [onCull(k.cull || {})], [k.id, "id"],
     ], "No kernels.");
     fill("queue", overview.gpu_queue || [], (w) => [
       [w.position, "num"], [w.user || "(another user)"], [w.gpus, "num"],
