@@ -20,7 +20,7 @@ from elastic_kernels.leases import lease_name
 from elastic_kernels.kube.client import LEASES, PODS, KubeClient, KubeError
 
 from .gateway.support import KernelWS, api, json_of
-from .gatewayproc import Gateways
+from .gatewayproc import Gateways, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,7 +39,8 @@ async def test_kernel_started_on_a_is_used_restarted_and_shut_down_on_b(
         kube: KubeClient, gateways: Gateways) -> None:
     a, b = await asyncio.gather(gateways.start("a"), gateways.start("b"))
     kernel_id = await a.start_kernel("python-cpu")
-    assert kernel_id not in await b.kernel_ids()
+    # Every replica lists the same kernels (B from the shared records, before it holds this one).
+    await eventually(lambda: _listed_alike(a, b, kernel_id))
 
     ws_a = await KernelWS.open(a.url, kernel_id)
     ws_b: KernelWS | None = None
@@ -112,3 +113,8 @@ async def test_unknown_and_malformed_kernel_ids_are_404_without_side_effects(
         response = await api(b.url, "GET", f"/api/kernels/{kernel_id}")
         assert response.code == 404, response.body
     assert await b.kernel_ids() == set()
+
+
+async def _listed_alike(a: Any, b: Any, kernel_id: str) -> bool:
+    listed_a, listed_b = await a.kernel_ids(), await b.kernel_ids()
+    return kernel_id in listed_a and listed_a == listed_b

@@ -31,7 +31,7 @@ from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .conftest import GatewayFactory, derived_kernelspec, running_cluster
 from .gateway.support import KernelWS, api, json_of
-from .gatewayproc import wait_until
+from .gatewayproc import Gateways, eventually, wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -74,12 +74,16 @@ def start_gateway(make_cluster_gateway: GatewayFactory, store: Path,
     return start
 
 
-async def apply_spec(kube: KubeClient, km: ElasticMappingKernelManager) -> None:
+def suspend_spec() -> dict[str, Any]:
     doc = derived_kernelspec("python-gpu", SPEC, launchTimeout="120s")
     doc["spec"]["culling"] = {"idleTimeout": "0", "maxAge": "0", "reclaimAfter": "1s",
                               "onCull": "Suspend",
                               "suspend": {"maxBytes": 8 * 1024 * 1024, "timeout": "30s"}}
-    await kube.create(R.KERNELSPECS, doc)
+    return doc
+
+
+async def apply_spec(kube: KubeClient, km: ElasticMappingKernelManager) -> None:
+    await kube.create(R.KERNELSPECS, suspend_spec())
     specs = km._kernelspecs
     assert specs is not None
     await specs.wait_for(lambda o: o is not None, SPEC, timeout=10)
@@ -250,3 +254,42 @@ async def test_restart_and_shutdown_of_a_suspended_kernel(
     assert not (store / f"{alice}.eksnap").exists()
     await wait_until(lambda: km.kernel_record(alice) is None, "alice's record deleted")
     assert carol in km
+
+
+async def test_another_gateway_resumes_a_suspended_kernel(
+        gateways: Gateways, kube: KubeClient, store: Path, tmp_path: Path) -> None:
+    """A suspended kernel needs no gateway to hold it: a second replica (or the next gateway
+    after a restart) lists it, answers for it and resumes it from the shared store. The
+    replicas are processes, as in a Deployment."""
+    key = tmp_path / "snapshot-key"
+    key.write_text("k" * 64)
+    args = ("--CullingDefaults.interval=0.3",
+            f"--ElasticMappingKernelManager.snapshot_store={store}",
+            f"--ElasticMappingKernelManager.snapshot_key_file={key}")
+    await kube.create(R.KERNELSPECS, suspend_spec())
+    a = await gateways.start("a", *args)
+    alice = await a.start_kernel(SPEC)
+    assert (await a.execute(alice, NOTEBOOK))["reply"]["status"] == "ok"
+    bob = await a.start_kernel(SPEC)  # reclaims Alice's GPU: she is suspended
+    await eventually(lambda: record_phase(kube, alice, R.PHASE_SUSPENDED))
+
+    b = await gateways.start("b", *args)
+    listed = json_of(await api(b.url, "GET", "/api/kernels"))
+    assert {k["id"]: k["execution_state"] for k in listed}.get(alice) == "suspended"
+    model = json_of(await api(b.url, "GET", f"/api/kernels/{alice}"))
+    assert model["execution_state"] == "suspended"
+
+    ws = await KernelWS.open(b.url, alice)  # resumes at B (A reclaims Bob's idle kernel)
+    try:
+        result = await ws.execute("print(x, b.v, inc(1))", timeout=120)
+        assert result["stdout"] == "41 42 2\n", result
+    finally:
+        ws.close()
+    assert await record_phase(kube, alice, R.PHASE_RUNNING)
+    assert not (store / f"{alice}.eksnap").exists()
+    await eventually(lambda: record_phase(kube, bob, R.PHASE_SUSPENDED))
+
+
+async def record_phase(kube: KubeClient, kernel_id: str, wanted: str) -> bool:
+    record = await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))
+    return (record.get("status") or {}).get("phase") == wanted

@@ -641,8 +641,9 @@ def _settled(record: Mapping[str, Any] | None) -> bool:
 
 
 def _running(record: Mapping[str, Any] | None) -> bool:
+    """Holdable: running, or suspended (held without a pod until a connect resumes it)."""
     if record is None:
         return False
     if (record.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    return (record.get("status") or {}).get("phase") == R.PHASE_RUNNING
+    return (record.get("status") or {}).get("phase") in (R.PHASE_RUNNING, R.PHASE_SUSPENDED)

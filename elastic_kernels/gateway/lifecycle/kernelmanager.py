@@ -55,6 +55,7 @@ from elastic_kernels.upstream import (
     connection_count,
     managed_kernels,
     offline_buffers,
+    isoformat,
     pending_starts,
 )
 
@@ -74,6 +75,9 @@ class ElasticKernelManager(KernelManagerHooks):
 
     def __init__(self, **kwargs: Any) -> None:
         #: Every socket connected towards the kernel, with its endpoint (see _kernel_moved).
+    #: Saved and without a pod (onCull: Suspend); the next connect or execute resumes it.
+    suspended = False
+
         self._elastic_endpoints: weakref.WeakKeyDictionary[zmq.Socket, str] = \
             weakref.WeakKeyDictionary()
         self._elastic_drop_listeners: weakref.WeakKeyDictionary[
@@ -440,7 +444,10 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                               restart: bool = False) -> None:
         if self.is_suspended(kernel_id):
             now = True  # no kernel to ask; its record (and so its Secret) goes, and its snapshot
-            if self.snapshots is not None:
+            prov = getattr(managed_kernels(self).get(kernel_id), "provisioner", None)
+            # Only when this shutdown ends the kernel: a released one (another replica resumed
+            # it, or its record is gone) is only forgotten here, and its snapshot is not ours.
+            if self.snapshots is not None and getattr(prov, "attached", False):
                 await self.snapshots.discard(kernel_id)
         await super().shutdown_kernel(kernel_id, now=now, restart=restart)
 
@@ -584,6 +591,38 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             spec = record.get("spec") or {}
             model.update({
                 "phase": status.get("phase") or "Pending",
+    def cluster_kernel_ids(self) -> list[str]:
+        """Every kernel of the namespace from the shared record cache, whichever replica holds
+        it (or none, while it waits for a GPU or is suspended), so that every replica lists the
+        same kernels."""
+        ids = []
+        for record in (self._kernel_records.items() if self._kernel_records else []):
+            kernel_id = (record.get("spec") or {}).get("kernelId")
+            if (isinstance(kernel_id, str) and R.KERNEL_ID_RE.match(kernel_id)
+                    and not (record.get("metadata") or {}).get("deletionTimestamp")
+                    and (record.get("status") or {}).get("phase") != R.PHASE_TERMINATING):
+                ids.append(kernel_id)
+        return ids
+
+    def record_model(self, kernel_id: str) -> dict[str, Any] | None:
+        """jupyter_server's kernel model of a kernel this replica does not hold, from its
+        record (None: no usable record). Its state is the one last mirrored there."""
+        record = self.kernel_record(kernel_id)
+        if record is None or (record.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        try:
+            view = R.KernelView.from_object(record)
+        except ValueError:
+            return None
+        state = {R.PHASE_SUSPENDED: "suspended", R.PHASE_FAILED: "dead",
+                 R.PHASE_PENDING: "starting", R.PHASE_STARTING: "starting"}.get(
+            view.phase, view.execution_state or "idle")
+        since = view.last_activity or view.started_at or view.created_at
+        return {"id": kernel_id, "name": view.kernel_spec,
+                "last_activity": isoformat(since) if since is not None else None,
+                "execution_state": state, "connections": view.connections or 0,
+                "elastic": self.elastic_model(kernel_id)}
+
                 "reason": status.get("reason", ""),
                 "message": status.get("message", ""),
                 "pod": status.get("podName") or model.get("pod"),
@@ -653,7 +692,14 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         except Exception:
             pending_starts(self).pop(kernel_id, None)
             raise
-        return self.get_kernel(kernel_id)
+        kernel: Any = self.get_kernel(kernel_id)
+        if view.phase == R.PHASE_SUSPENDED:
+            # Held without a pod (suspended by another replica or an earlier gateway): the
+            # next connect or execute resumes it here, from its snapshot.
+            kernel.stop_restarter()
+            kernel.suspended = True
+            kernel.execution_state = "suspended"
+        return kernel
 
     async def hydrate_kernel(self, kernel_id: str) -> bool:
         """Hold ``kernel_id`` if the cluster has it running (another replica started it, or a

@@ -164,11 +164,21 @@ class MainKernelHandler(GatewayAPIHandler):
     async def get(self) -> None:
         km = self.kernel_manager
         models = []
-        for kernel_id in ownership(self).visible_ids(self.current_user, km):
+        held = ownership(self).visible_ids(self.current_user, km)
+        for kernel_id in held:
             try:
                 models.append(await kernel_model(self, kernel_id))
             except (KeyError, web.HTTPError):
                 continue  # it went away while we were listing
+        # The kernels other replicas hold (or that wait for a GPU, or are suspended): every
+        # replica lists the same kernels, from the shared records.
+        others: list[str] = getattr(km, "cluster_kernel_ids", lambda: [])()
+        record_model = getattr(km, "record_model", lambda _k: None)
+        for kernel_id in sorted(set(others) - set(held)):
+            if ownership(self).may_use(self.current_user, km, kernel_id):
+                model = record_model(kernel_id)
+                if model is not None:
+                    models.append(model)
         self.finish(json.dumps(models, default=json_default))
 
     @web.authenticated
@@ -244,7 +254,16 @@ class KernelHandler(GatewayAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
-        await require_kernel(self, kernel_id)
+        try:
+            await require_kernel(self, kernel_id)
+        except GatewayHTTPError as e:
+            # Not holdable here (it waits for a GPU at another replica): its record answers.
+            model = getattr(self.kernel_manager, "record_model", lambda _k: None)(kernel_id)
+            if e.status_code != 404 or model is None or not ownership(self).may_use(
+                    self.current_user, self.kernel_manager, kernel_id):
+                raise
+            self.finish(json.dumps(model, default=json_default))
+            return
         self.finish(json.dumps(await kernel_model(self, kernel_id), default=json_default))
 
     @web.authenticated
