@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import random
 import sys
@@ -32,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from . import common as C
 
@@ -42,13 +40,7 @@ CULL_NAMESPACE = "cull-bench"
 
 def kernelspec(name: str, **changes: Any) -> C.JSON:
     """The shipped python-cpu JupyterKernelSpec, renamed and changed."""
-    for doc in yaml.safe_load_all((C.KERNELSPECS / "python-cpu.yaml").read_text()):
-        if doc and doc.get("kind") == "JupyterKernelSpec":
-            doc = copy.deepcopy(doc)
-            doc["metadata"] = {"name": name}
-            doc["spec"].update(changes)
-            return doc
-    raise LookupError("no JupyterKernelSpec in kernelspecs/python-cpu.yaml")
+    return C.shipped_kernelspec(name, "python-cpu", **changes)
 
 
 def tiny_kernelspec() -> C.JSON:

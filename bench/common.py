@@ -196,6 +196,21 @@ async def kube_client(cluster: Any) -> Any:
     return KubeClient(cfg.api_client, cfg.namespace, max_workers=16)
 
 
+def shipped_kernelspec(name: str, base: str = "python-cpu", **changes: Any) -> JSON:
+    """A shipped JupyterKernelSpec (``kernelspecs/<base>.yaml``), renamed, ``spec`` changed."""
+    import copy
+
+    import yaml
+
+    for doc in yaml.safe_load_all((KERNELSPECS / f"{base}.yaml").read_text()):
+        if doc and doc.get("kind") == "JupyterKernelSpec":
+            doc = copy.deepcopy(doc)
+            doc["metadata"] = {"name": name}
+            doc["spec"].update(changes)
+            return dict(doc)
+    raise LookupError(f"no JupyterKernelSpec in kernelspecs/{base}.yaml")
+
+
 async def create_kernelspec(cluster: Any, doc: JSON) -> None:
     client = await kube_client(cluster)
     try:
