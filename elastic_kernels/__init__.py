@@ -16,7 +16,10 @@ Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enfo
    ``notebook`` (the extension for the notebook server in front of the gateway).
 5. ``cli``, ``demo`` - the ``elastic-kernels`` command.
 
-Beside them, ``localcluster`` is a Kubernetes for the demo and the tests, reached only over HTTP.
+Beside them, ``localcluster`` is a Kubernetes for the demo and the tests, reached only over HTTP;
+``testing`` holds the HTTP and websocket clients the tests and benchmarks drive a gateway with;
+``tasks`` (cancel a task and wait) serves every layer; ``data`` is the files the package ships
+(CRDs, example kernelspecs, the launcher).
 
 As a jupyter_server extension (``jpserver_extensions = {"elastic_kernels": True}``) this package
 starts the kernelspec watch at startup and serves CR-backed kernelspecs without the disk.

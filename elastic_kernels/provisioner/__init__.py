@@ -4,8 +4,9 @@ Layer 3. ``provisioner`` (``ElasticKernelProvisioner``, the jupyter_client entry
 ``render`` (the pure function: JupyterKernel, Secret, Pod), ``podstate`` (a pod's state read to
 fail fast), ``readiness`` (the first kernel_info reply), ``gates`` (the GPU queue's scheduling
 gate), ``envpolicy`` (which client variables reach a kernel), ``templatepolicy`` (what a template
-may not ask for), ``leftovers`` (what a failed start left behind), ``errors``
-(``KernelLaunchError``).
+may not ask for), ``uservolumes`` (the user's volumes and the kernel's working directory),
+``pool`` (warm pools: pods started ahead, claimed by starts), ``leftovers`` (what a failed start
+left behind), ``errors`` (``KernelLaunchError``).
 """
 
 from .errors import KernelLaunchError

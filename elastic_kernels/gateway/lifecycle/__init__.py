@@ -2,7 +2,9 @@
 
 Modules:
     ``kernelmanager`` (jupyter_server's kernel manager for kernels in pods, GPU quota),
-    ``gpuqueue`` (fair GPU queue and reclaim), ``culler`` (per-kernelspec idle policy),
+    ``gpuqueue`` (fair GPU queue and reclaim), ``queueboard`` (the queue's state shared across
+    replicas), ``culler`` (per-kernelspec idle policy), ``suspension`` (suspend and resume:
+    snapshots saved and restored), ``warmpool`` (keeping warm pools filled),
     ``hydration`` (taking on kernels from their records), ``liveness`` (pod death, restarts),
     ``activity`` (busy/idle from iopub).
 
