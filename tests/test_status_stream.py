@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from elastic_kernels import testing
 from elastic_kernels.gateway.app import ElasticGatewayApp
+from elastic_kernels.gateway.web.statusstream import Subscriber
 from elastic_kernels.localcluster.cluster import LocalCluster
 
 from .conftest import running_cluster
@@ -220,3 +221,18 @@ async def test_stream_through_the_notebook_server(users_gateway: ElasticGatewayA
                             token=server.token)
         assert refused.code == 404
         await stream.close()
+
+
+# --- a slow reader -------------------------------------------------------------------------------
+
+
+async def test_a_reader_that_does_not_keep_up_is_dropped() -> None:
+    """Each stream's queue is bounded: past it the stream ends (the client reconnects and gets
+    a fresh snapshot) instead of the gateway holding its backlog."""
+    sub = Subscriber("alice", admin=False, limit=2)
+    sub.push("kernel", {"id": "1"})
+    sub.push("kernel", {"id": "2"})
+    assert not sub.ended.is_set()
+    sub.push("kernel", {"id": "3"})
+    assert sub.dropped and sub.ended.is_set()
+    assert sub.may_see("alice") and not sub.may_see("bob")
