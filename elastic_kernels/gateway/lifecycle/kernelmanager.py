@@ -53,9 +53,9 @@ from elastic_kernels.upstream import (
     MappingKernelManagerHooks,
     activity_stream,
     connection_count,
+    isoformat,
     managed_kernels,
     offline_buffers,
-    isoformat,
     pending_starts,
 )
 
@@ -73,11 +73,11 @@ class ElasticKernelManager(KernelManagerHooks):
         1000, config=True, help="Upper bound of ZeroMQ's reconnect back-off towards a kernel."
     )
 
-    def __init__(self, **kwargs: Any) -> None:
-        #: Every socket connected towards the kernel, with its endpoint (see _kernel_moved).
     #: Saved and without a pod (onCull: Suspend); the next connect or execute resumes it.
     suspended = False
 
+    def __init__(self, **kwargs: Any) -> None:
+        #: Every socket connected towards the kernel, with its endpoint (see _kernel_moved).
         self._elastic_endpoints: weakref.WeakKeyDictionary[zmq.Socket, str] = \
             weakref.WeakKeyDictionary()
         self._elastic_drop_listeners: weakref.WeakKeyDictionary[
@@ -576,21 +576,6 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         """Notebook paths mean nothing inside a kernel pod; the image decides the cwd."""
         return ""
 
-    def elastic_model(self, kernel_id: str) -> dict[str, Any]:
-        """The pod's side of a kernel: what ``kubectl get jupyterkernel`` would say."""
-        km = managed_kernels(self).get(kernel_id)
-        prov = getattr(km, "elastic_provisioner", None)
-        model: dict[str, Any] = {}
-        if prov is not None:
-            model.update({"user": prov.user, "pod": prov.pod_name})
-        record = None
-        if self._kernel_records is not None:
-            record = self._kernel_records.get(R.kernel_object_name(kernel_id))
-        if record is not None:
-            status = record.get("status") or {}
-            spec = record.get("spec") or {}
-            model.update({
-                "phase": status.get("phase") or "Pending",
     def cluster_kernel_ids(self) -> list[str]:
         """Every kernel of the namespace from the shared record cache, whichever replica holds
         it (or none, while it waits for a GPU or is suspended), so that every replica lists the
@@ -623,6 +608,21 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                 "execution_state": state, "connections": view.connections or 0,
                 "elastic": self.elastic_model(kernel_id)}
 
+    def elastic_model(self, kernel_id: str) -> dict[str, Any]:
+        """The pod's side of a kernel: what ``kubectl get jupyterkernel`` would say."""
+        km = managed_kernels(self).get(kernel_id)
+        prov = getattr(km, "elastic_provisioner", None)
+        model: dict[str, Any] = {}
+        if prov is not None:
+            model.update({"user": prov.user, "pod": prov.pod_name})
+        record = None
+        if self._kernel_records is not None:
+            record = self._kernel_records.get(R.kernel_object_name(kernel_id))
+        if record is not None:
+            status = record.get("status") or {}
+            spec = record.get("spec") or {}
+            model.update({
+                "phase": status.get("phase") or "Pending",
                 "reason": status.get("reason", ""),
                 "message": status.get("message", ""),
                 "pod": status.get("podName") or model.get("pod"),
