@@ -158,11 +158,13 @@ async def test_chart_installs_the_same_objects_as_kustomize(
         if doc["kind"] in UNKNOWN_CLUSTER_SCOPED:
             doc["metadata"].pop("namespace")
 
-    # Helm adds the token Secrets it generates (see test_token_secrets_are_generated_and_kept),
-    # and names the cluster-scoped admission policy per namespace (one pair per release).
+    # Helm adds the token Secrets and the snapshot key it generates (see
+    # test_token_secrets_are_generated_and_kept), and names the cluster-scoped admission policy
+    # per namespace (one pair per release).
     generated = [d for d in rendered if d["kind"] == "Secret"]
     assert sorted(d["metadata"]["name"] for d in generated) == [
-        "elastic-kernels-gateway-token", "elastic-kernels-notebook-token"]
+        "elastic-kernels-gateway-token", "elastic-kernels-notebook-token",
+        "elastic-kernels-snapshot-key"]
     rendered = [_base_policy_names(d) for d in rendered if d["kind"] != "Secret"]
     ours, theirs = by_ident(reference), by_ident(rendered)
     assert set(theirs) == set(ours)
@@ -203,8 +205,6 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
     docs = await install(install_cluster, kubectl, tmp_path, "team-a", {
         "images": {"gateway": {"repository": "registry.example/ek/gateway", "tag": "1.2.3"},
                    "notebook": {"repository": "registry.example/ek/notebook", "tag": "1.2.3"}},
-        "gateway": {"replicas": 3, "config": {"ElasticGatewayApp.zmq_recheck_interval": 0.25,
-                                              "CullingDefaults.reclaim_after": 900}},
         "culling": {"idleTimeout": "2h", "maxAge": 86400, "orphanGrace": "10m",
                     "schedule": "*/10 * * * *"},
         "quotas": {"namespaceGPUs": 8},
@@ -212,6 +212,10 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
                         "images": {"python-gpu": "registry.example/ek/kernel-gpu:9.9.9"}},
         "notebook": {"enabled": False},
         "networkPolicy": {"enabled": False},
+        "gateway": {"replicas": 3, "config": {"ElasticGatewayApp.zmq_recheck_interval": 0.25,
+                                              "CullingDefaults.reclaim_after": 900},
+                    # Snapshots in an object store: no claim, no volume, the URL in both.
+                    "snapshots": {"url": "s3://bucket/elastic-kernels"}},
     })
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert not any("notebook" in name for _, name in kinds)
@@ -232,6 +236,10 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
     assert container["image"] == "registry.example/ek/gateway:1.2.3"
     assert container["args"][-2:] == ["--CullingDefaults.reclaim_after=900",
                                       "--ElasticGatewayApp.zmq_recheck_interval=0.25"]
+    assert "--ElasticMappingKernelManager.snapshot_store=s3://bucket/elastic-kernels" in \
+        container["args"]
+    assert not any("persistentVolumeClaim" in v for v in pod_spec(gateway)["volumes"])
+    assert ("PersistentVolumeClaim", "elastic-kernels-snapshots") not in kinds
     binding = find(docs, "RoleBinding", "elastic-kernels-gateway")
     assert binding["subjects"][0]["namespace"] == "team-a"
 
@@ -243,6 +251,8 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
     args = build_parser().parse_args([a.replace("$(POD_NAMESPACE)", "team-a")
                                       for a in cull["args"]])
     assert (args.idle_timeout, args.max_age, args.orphan_grace) == (7200, 86400, 600)
+    assert args.snapshot_store == "s3://bucket/elastic-kernels"
+    assert not any("persistentVolumeClaim" in v for v in pod_spec(cron)["volumes"])
 
     quota = find(docs, "ResourceQuota", "elastic-kernels-gpus")
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
@@ -255,8 +265,10 @@ async def test_values_shape_the_install(install_cluster: LocalCluster, kubectl: 
 async def test_the_users_secret_is_one_name_in_the_gateway_and_its_role(
         install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path,
         users_secret: str) -> None:
+    # (With no users Secret, this install also turns snapshots off: see the end.)
     docs = await install(install_cluster, kubectl, tmp_path, "team-b",
-                         {"gateway": {"usersSecret": users_secret}})
+                         {"gateway": {"usersSecret": users_secret,
+                                      "snapshots": {"enabled": bool(users_secret)}}})
     (container,) = pod_spec(find(docs, "Deployment", "elastic-kernels-gateway"))["containers"]
     flags = [a for a in container["args"] if a.startswith("--users-secret")]
     rules = find(docs, "Role", "elastic-kernels-gateway")["rules"]
@@ -271,6 +283,11 @@ async def test_the_users_secret_is_one_name_in_the_gateway_and_its_role(
     base = find(kustomize(DEPLOY), "Role", "elastic-kernels-gateway")["rules"]
     assert [r for r in rules if not r.get("resourceNames")] == [
         r for r in base if not r.get("resourceNames")]
+    # snapshots.enabled false: no store, no key, no claim (Suspend kernelspecs cull as Delete).
+    snapshot_words = ("snapshot", "elastic-kernels-snapshots")
+    text = json.dumps([d for d in docs if d["kind"] in ("Deployment", "CronJob",
+                                                        "PersistentVolumeClaim", "Secret")])
+    assert any(w in text for w in snapshot_words) is bool(users_secret)
 
 
 @pytest.mark.parametrize("values, words", [
@@ -279,6 +296,7 @@ async def test_the_users_secret_is_one_name_in_the_gateway_and_its_role(
     ({"culling": {"idleTimeout": "soon"}}, "idleTimeout"),
     ({"gatway": {"replicas": 2}}, "gatway"),
     ({"gateway": {"usersSecret": "Users_Secret"}}, "usersSecret"),
+    ({"gateway": {"snapshots": {"accessModes": ["ReadOnlyMany"]}}}, "accessModes"),
 ])
 async def test_bad_values_are_refused_with_the_field(
         install_cluster: LocalCluster, kubectl: Kubectl, tmp_path: Path, values: JSON,
@@ -322,13 +340,22 @@ async def test_token_secrets_are_generated_and_kept(
     assert "pod-security.kubernetes.io/enforce=restricted" in notes
     installed = load_docs(result["install"]["manifest"], "install")
     upgraded = load_docs(result["upgrade"]["manifest"], "upgrade")
-    (secret,) = [d for d in installed if d["kind"] == "Secret"]
+    (secret, key) = sorted((d for d in installed if d["kind"] == "Secret"),
+                           key=lambda d: d["metadata"]["name"])
     assert secret["metadata"]["name"] == "elastic-kernels-gateway-token"
+    # The snapshot key: generated the same way (64 characters, at least the 32 bytes the
+    # gateway requires), kept across upgrades and on uninstall.
+    assert key["metadata"]["name"] == "elastic-kernels-snapshot-key"
+    assert key["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key_value = base64.b64decode(key["data"]["key"]).decode()
+    assert len(key_value) == 64 and key_value.isalnum() and key_value != _token(secret)
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     token = _token(secret)
     assert len(token) == 64 and token.isalnum()
-    (again,) = [d for d in upgraded if d["kind"] == "Secret"]
+    (again, key_again) = sorted((d for d in upgraded if d["kind"] == "Secret"),
+                                key=lambda d: d["metadata"]["name"])
     assert _token(again) == token
+    assert key_again["data"]["key"] == key["data"]["key"]
     assert find(upgraded, "Deployment", "elastic-kernels-gateway")["spec"]["replicas"] == 3
     stored = await kubectl.json("get", "secret", "-n", namespace, "elastic-kernels-gateway-token")
     assert _token(stored) == token
@@ -350,7 +377,9 @@ async def test_gateway_pod_options(install_cluster: LocalCluster, kubectl: Kubec
                   "crd/servicemonitors.monitoring.coreos.com")
     docs = await install(install_cluster, kubectl, tmp_path, "team-o", {
         "global": {"imageRegistry": "ignored.example"},
-        "gateway": {"extraEnv": env, "extraVolumes": [volume], "extraVolumeMounts": [mount],
+        "gateway": {"snapshots": {"existingClaim": "team-snapshots",
+                                  "mountPath": "/srv/snapshots"},
+                    "extraEnv": env, "extraVolumes": [volume], "extraVolumeMounts": [mount],
                     "podAnnotations": {"example.com/scrape": "true"}, "affinity": affinity,
                     "priorityClassName": "system-cluster-critical", "listenAddress": "::",
                     "podDisruptionBudget": {"maxUnavailable": 2}},
@@ -370,6 +399,16 @@ async def test_gateway_pod_options(install_cluster: LocalCluster, kubectl: Kubec
     (container,) = spec["containers"]
     assert env[0] in container["env"] and mount in container["volumeMounts"]
     assert "--ip=::" in container["args"]
+    # An existing claim for the snapshots: mounted where asked, the chart makes none.
+    assert not any(d["kind"] == "PersistentVolumeClaim" and "snapshots" in d["metadata"]["name"]
+                   for d in docs)
+    for workload in (gateway, find(docs, "CronJob", "elastic-kernels-cull")):
+        wspec = pod_spec(workload)
+        (claim,) = [v for v in wspec["volumes"] if "persistentVolumeClaim" in v]
+        assert claim["persistentVolumeClaim"] == {"claimName": "team-snapshots"}
+        assert {"name": claim["name"], "mountPath": "/srv/snapshots"} in \
+            wspec["containers"][0]["volumeMounts"]
+    assert "--ElasticMappingKernelManager.snapshot_store=/srv/snapshots" in container["args"]
     pdb = find(docs, "PodDisruptionBudget", "elastic-kernels-gateway")
     assert pdb["spec"]["maxUnavailable"] == 2 and "minAvailable" not in pdb["spec"]
 

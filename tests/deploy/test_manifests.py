@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import ipaddress
+import json
 import os
 import re
 import tempfile
@@ -57,6 +58,7 @@ EXPECTED_BASE = {
     *((kind, NAMESPACE, "elastic-kernels-notebook") for kind in (
         "ServiceAccount", "Deployment", "Service")),
     ("PersistentVolumeClaim", NAMESPACE, "elastic-kernels-notebooks"),
+    ("PersistentVolumeClaim", NAMESPACE, "elastic-kernels-snapshots"),
     ("NetworkPolicy", NAMESPACE, "elastic-kernels-kernels"),
     ("NetworkPolicy", NAMESPACE, "elastic-kernels-kernel-egress"),
     ("ValidatingAdmissionPolicy", "", "elastic-kernels-kernel-pods"),
@@ -202,6 +204,55 @@ def test_gateway_command_line_is_understood_by_the_gateway(base: list[JSON]) -> 
     assert "kernel_manager_class" not in app.config.ServerApp
     # No kubeconfig: in a pod the gateway configures itself from its service account.
     assert not any(a.startswith("--kubeconfig") for a in args)
+
+
+SNAPSHOT_KEY_SECRET = "elastic-kernels-snapshot-key"
+
+
+def test_snapshots_store_and_key(base: list[JSON]) -> None:
+    """Suspend's store is the snapshots claim, mounted by the gateway and the cull job at the
+    path they are told; its key is a Secret mounted as a file into the gateway only (never an
+    environment value, never the cull job's), which the gateway reads as its key file."""
+    claim = find(base, "PersistentVolumeClaim", "elastic-kernels-snapshots")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    gateway = pod_spec(find(base, "Deployment", "elastic-kernels-gateway"))
+    cull = pod_spec(find(base, "CronJob", "elastic-kernels-cull"))
+    (container,) = gateway["containers"]
+    app = ElasticGatewayApp()
+    app.parse_command_line(_expand(container["args"], {"POD_NAMESPACE": NAMESPACE,
+                                                       "POD_NAME": "g"}))
+    km = app.config.ElasticMappingKernelManager
+    store, key_file = km.snapshot_store, km.snapshot_key_file
+    (cull_container,) = cull["containers"]
+    args = cull_parser().parse_args(_expand(cull_container["args"], {"POD_NAMESPACE": NAMESPACE}))
+    assert args.snapshot_store == store
+    for spec, c in ((gateway, container), (cull, cull_container)):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == store]
+        assert not mount.get("readOnly")
+        assert volumes[mount["name"]]["persistentVolumeClaim"] == {
+            "claimName": claim["metadata"]["name"]}
+        # Both write as uid 1000 into a volume the kubelet gives group 100.
+        assert spec["securityContext"]["fsGroup"] == 100
+    volumes = {v["name"]: v for v in gateway["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"]
+                if key_file.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == SNAPSHOT_KEY_SECRET
+    assert {"key": "key", "path": key_file[len(mount["mountPath"]):].strip("/")} in \
+        secret["items"]
+    assert secret["defaultMode"] == 0o440
+    # The key is never an environment value of any workload (nor the cull job's at all).
+    for kind, name in (("Deployment", "elastic-kernels-gateway"),
+                       ("Deployment", "elastic-kernels-notebook"),
+                       ("CronJob", "elastic-kernels-cull")):
+        text = json.dumps(pod_spec(find(base, kind, name)))
+        if name != "elastic-kernels-gateway":
+            assert SNAPSHOT_KEY_SECRET not in text, name
+        for c in pod_spec(find(base, kind, name))["containers"]:
+            assert SNAPSHOT_KEY_SECRET not in json.dumps(c.get("env", [])), name
+            assert "ELASTIC_KERNELS_SNAPSHOT_KEY" not in json.dumps(c.get("env", [])), name
 
 
 def test_cull_cronjob(base: list[JSON]) -> None:

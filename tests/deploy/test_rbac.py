@@ -11,26 +11,32 @@ made from the shipped pod template and created with kubectl:
   HTTPS; its shared token comes from the Secret. One change: ``--ip=0.0.0.0`` (every interface
   of the pod's own network namespace) becomes ``--ip=$(POD_IP)``, the pod's private 127.x
   address, because the local cluster's pods are processes on this host.
-- the notebook server (JupyterLab), from its Deployment, with the same ``--ip`` change and two
+  Its snapshot store is the ``elastic-kernels-snapshots`` claim (a local-path volume here) and
+  its snapshot key the Secret ``elastic-kernels-snapshot-key``, mounted as a file, created with
+  the admin guide's command.
+- the notebook server (JupyterLab), from its Deployment, with the same ``--ip`` change and one
   more, for what the local cluster does not have: no Service proxy or cluster DNS, so
   ``--gateway-url`` names the gateway pod's IP instead of the ``elastic-kernels-gateway``
-  Service; no volume provisioner, so its ``home`` volume is an emptyDir instead of the
-  PersistentVolumeClaim. (And ``--allow-root`` when this host runs the test as root: the kubelet
-  here does not switch to the pod's ``runAsUser``.) A whole kernel session -- kernelspecs,
+  Service. (And ``--allow-root`` when this host runs the test as root: the kubelet here does
+  not switch to the pod's ``runAsUser``.) A whole kernel session -- kernelspecs,
   start, execute, interrupt, restart, execute, shut down -- goes through it over HTTP and the
   websocket, as a browser's would, and it relays to the gateway pod.
 - the cull job, made as an admin makes one to cull now: ``kubectl create job
   --from=cronjob/elastic-kernels-cull``. The local cluster has no Job controller, so the test
   creates the Job's pod from the Job's template as the controller would, and reads its exit and
   its log. One change: ``--orphan-grace=0`` instead of five minutes, so the orphan it must
-  delete need not be five minutes old.
+  delete need not be five minutes old. It mounts the snapshot store too, and deletes the
+  orphan's snapshot with it.
 
 Against the gateway pod: GPU starts that queue on the node's one GPU, the second gated behind
-the first and each let through in order as the GPU frees; an idle GPU kernel reclaimed for a
-waiting start; a start that fails (its image cannot be pulled); per-user tokens from the users
-Secret, watched by name; and a gateway restart -- its pod deleted and a new one made from the
-same template -- after which a kernel started before is still running and usable through the new
-pod. Then the cull job pod deletes an orphaned kernel.
+the first and each let through in order as the GPU frees; an idle GPU kernel of a kernelspec
+with ``onCull: Suspend``, started through the notebook server, reclaimed for another user's
+waiting start -- suspended: its variables saved, its pod gone, its record Suspended -- then
+resumed by a websocket connect through the notebook server, its variables back; a start that
+fails (its image cannot be pulled); per-user tokens from the users Secret, watched by name;
+and a gateway restart -- its pod deleted and a new one made from the same template -- after
+which a kernel started before is still running and usable through the new pod. Then the cull
+job pod deletes an orphaned kernel and its snapshot.
 
 Not one request of these pods was refused, and every grant of the two Roles is used, except the
 few listed below with the reason they are needed although these scenarios do not exercise them.
@@ -42,6 +48,7 @@ import asyncio
 import copy
 import json
 import os
+import secrets
 import sys
 import typing as t
 from pathlib import Path
@@ -82,6 +89,8 @@ USERS_SECRET = "elastic-kernels-users"
 NOTEBOOK = "elastic-kernels-notebook"
 GATEWAY_TOKEN = "elastic-kernels-gateway-token"
 NOTEBOOK_TOKEN = "elastic-kernels-notebook-token"
+SNAPSHOT_KEY = "elastic-kernels-snapshot-key"
+SNAPSHOTS_CLAIM = "elastic-kernels-snapshots"
 GATEWAY_SERVICE_URL = "http://elastic-kernels-gateway:8888"
 
 #: Granted and needed, but possibly not exercised by the session in this test -- with the reason.
@@ -209,15 +218,55 @@ async def gpu_starts_queue_and_are_let_through(url: str, token: str) -> None:
                              return_exceptions=True)
 
 
-async def an_idle_gpu_kernel_is_reclaimed_for_a_waiter(url: str, token: str) -> None:
-    """The node's one GPU is held by an idle kernel past its spec's reclaimAfter: a new GPU start
-    waits, and the gateway reclaims the idle one for it (status, Event and delete, as its
-    Role allows)."""
-    idle = await start_kernel(url, token, RECLAIMABLE)
-    waiter = await asyncio.wait_for(start_kernel(url, token, RECLAIMABLE), 90)
-    gone = await api(url, "GET", f"/api/kernels/{idle}", token=token)
-    assert gone.code == 404 and json_of(gone)["reason"] == "ReclaimedForWaitingKernel", gone.body
-    await shut_down(url, token, waiter)
+async def kernel_record(kubectl: Kubectl, kernel_id: str) -> JSON:
+    return t.cast(JSON, await kubectl.json("get", "-n", NAMESPACE, "jupyterkernel",
+                                           R.kernel_object_name(kernel_id)))
+
+
+async def an_idle_gpu_kernel_is_suspended_for_a_waiter_and_resumed(
+        lab_url: str, lab_token: str, url: str, token: str, alice: str,
+        kubectl: Kubectl) -> None:
+    """The node's one GPU is held by an idle kernel past its spec's reclaimAfter, started
+    through the notebook server; alice's GPU start waits, and the gateway reclaims the idle one
+    for her -- its spec says onCull Suspend, so it saves the kernel's variables, lets the pod
+    go (status patch, pod delete, Event, as its Role allows) and keeps the kernel. A websocket
+    connect through the notebook server resumes it in a new pod, the variable restored."""
+    started = await api(lab_url, "POST", "/api/kernels", {"name": RECLAIMABLE}, token=lab_token)
+    assert started.code == 201, started.body
+    idle = json_of(started)["id"]
+    await execute(lab_url, lab_token, idle, "kept = 6 * 7")
+    old_pod = json_of(await api(url, "GET", f"/api/kernels/{idle}", token=token))[
+        "elastic"]["pod"]
+    assert old_pod
+    waiter = await asyncio.wait_for(start_kernel(url, alice, RECLAIMABLE), 90)
+    model = await api(url, "GET", f"/api/kernels/{idle}", token=token)
+    assert model.code == 200 and json_of(model)["execution_state"] == "suspended", model.body
+    status = (await kernel_record(kubectl, idle))["status"]
+    assert status["phase"] == "Suspended" and status["gpus"] == 0, status
+    assert "saved 1 variable (kept)" in status["message"], status
+    gone = await kubectl.run("get", "-n", NAMESPACE, "pod", old_pod)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone
+    await shut_down(url, alice, waiter)
+
+    notices: list[str] = []
+    ws = await KernelWS.open(lab_url, idle, token=lab_token)
+    try:
+        result = await ws.execute("print(kept)", timeout=90, on_output=lambda m: notices.append(
+            str((m.get("content") or {}).get("text", ""))))
+    finally:
+        ws.close()
+    assert result["reply"] is not None and result["reply"]["status"] == "ok", result
+    assert result["stdout"].strip() == "42"
+    assert any("Resumed after suspension" in n and "kept" in n for n in notices), notices
+    status = (await kernel_record(kubectl, idle))["status"]
+    assert status["phase"] == "Running", status
+    new_pod = json_of(await api(url, "GET", f"/api/kernels/{idle}", token=token))[
+        "elastic"]["pod"]
+    assert new_pod and new_pod != old_pod
+    # The new kernel pod has no part of the key: neither its Secret nor a variable naming it.
+    pod = await kubectl.json("get", "-n", NAMESPACE, "pod", new_pod)
+    assert SNAPSHOT_KEY not in json.dumps(pod["spec"]), pod["spec"]
+    await shut_down(lab_url, lab_token, idle)
 
 
 async def users_secret_is_watched(url: str, kubectl: Kubectl, alice: str, bob: str) -> None:
@@ -246,8 +295,8 @@ def gateway_pod(docs: list[JSON]) -> JSON:
 
 def notebook_pod(docs: list[JSON], gateway_url: str) -> JSON:
     """The notebook server's pod as its Deployment's ReplicaSet creates it, with the changes the
-    module docstring lists: the gateway pod's URL for the Service's, an emptyDir for the
-    PersistentVolumeClaim (and ``--allow-root`` if this host is root)."""
+    module docstring lists: the gateway pod's URL for the Service's (and ``--allow-root`` if
+    this host is root)."""
     pod = local_pod(find(docs, "Deployment", NOTEBOOK), replica_name(NOTEBOOK), NAMESPACE)
     (container,) = pod["spec"]["containers"]
     assert f"--gateway-url={GATEWAY_SERVICE_URL}" in container["args"]
@@ -255,9 +304,6 @@ def notebook_pod(docs: list[JSON], gateway_url: str) -> JSON:
                          for a in container["args"]]
     if os.geteuid() == 0:
         container["args"].append("--allow-root")
-    (home,) = [v for v in pod["spec"]["volumes"] if v["name"] == "home"]
-    assert home.pop("persistentVolumeClaim") == {"claimName": "elastic-kernels-notebooks"}
-    home["emptyDir"] = {}
     return pod
 
 
@@ -334,10 +380,20 @@ async def a_kernel_outlives_its_gateway_pod(pods: Pods, docs: list[JSON], old: J
     return new["metadata"]["name"], new_url
 
 
+async def snapshots_directory(kubectl: Kubectl) -> Path:
+    """Where the snapshots claim's local-path volume is on this host."""
+    claim = await kubectl.json("get", "-n", NAMESPACE, "pvc", SNAPSHOTS_CLAIM)
+    volume = await kubectl.json("get", "pv", claim["spec"]["volumeName"])
+    return Path(volume["spec"]["hostPath"]["path"])
+
+
 async def the_cull_job_deletes_an_orphan(pods: Pods, docs: list[JSON], kubectl: Kubectl) -> None:
     """A kernel record whose gateway is gone (no Lease, never adopted) is deleted by the cull
-    job's pod, which succeeds and says why in its log."""
+    job's pod, which succeeds and says why in its log; the kernel's snapshot in the gateway's
+    store goes with it."""
     kernel_id = "5b1f0c3e-8a52-4d0e-9d0a-0c1de2a3b4c5"
+    snapshot = await snapshots_directory(kubectl) / f"{kernel_id}.eksnap"
+    snapshot.write_bytes(b"a suspended kernel's snapshot")
     record = {"apiVersion": R.API_VERSION, "kind": "JupyterKernel",
               "metadata": {"name": R.kernel_object_name(kernel_id), "namespace": NAMESPACE},
               "spec": {"kernelId": kernel_id, "user": "alice", "kernelSpec": "python-cpu",
@@ -361,6 +417,7 @@ async def the_cull_job_deletes_an_orphan(pods: Pods, docs: list[JSON], kubectl: 
     gone = await kubectl.run("get", "-n", NAMESPACE, "jupyterkernel",
                              R.kernel_object_name(kernel_id))
     assert gone.returncode != 0 and "NotFound" in gone.stderr
+    assert not snapshot.exists(), "the cull job deleted the orphan's snapshot"
     await pods.delete(name)
 
 
@@ -374,7 +431,9 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
     await kubectl("apply", "-n", NAMESPACE, "-k", str(KERNELSPECS))
     # A GPU kernelspec whose idle kernels may be reclaimed for a waiting start after 1 s.
     reclaimable = derived_kernelspec("python-gpu", RECLAIMABLE, launchTimeout="90s")
-    reclaimable["spec"]["culling"] = {"reclaimAfter": "1s"}
+    # It suspends them instead of deleting them.
+    reclaimable["spec"]["culling"] = {"reclaimAfter": "1s", "onCull": "Suspend",
+                                      "suspend": {"maxBytes": 8 << 20, "timeout": "30s"}}
     await kubectl.apply_docs([reclaimable], "-n", NAMESPACE)
     # A kernelspec whose image cannot be pulled: the failure path writes status and an Event.
     await kubectl.apply_docs([derived_kernelspec("python-cpu", "broken-image",
@@ -387,6 +446,10 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
     for secret, value in ((GATEWAY_TOKEN, token), (NOTEBOOK_TOKEN, lab_token)):
         await kubectl("create", "secret", "generic", "-n", NAMESPACE, secret,
                       f"--from-literal=token={value}")
+    # And the snapshot key, as the admin guide has it created (`openssl rand -hex 32`).
+    snapshot_key = secrets.token_hex(32)
+    await kubectl("create", "secret", "generic", "-n", NAMESPACE, SNAPSHOT_KEY,
+                  f"--from-literal=key={snapshot_key}")
     gateway_user = service_account_user(GATEWAY)
     cull_user = service_account_user(CULL)
     container = find(base_docs, "Deployment", GATEWAY)["spec"]["template"]["spec"][
@@ -409,7 +472,8 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
         lab_url, notebook = await serving(pods, notebook_pod(base_docs, url))
         facts = await a_session_through_the_notebook_server(lab_url, lab_token, url, token)
         await gpu_starts_queue_and_are_let_through(url, token)
-        await an_idle_gpu_kernel_is_reclaimed_for_a_waiter(url, token)
+        await an_idle_gpu_kernel_is_suspended_for_a_waiter_and_resumed(
+            lab_url, lab_token, url, token, alice, kubectl)
         failed = await api(url, "POST", "/api/kernels", {"name": "broken-image"}, token=token)
         assert failed.code >= 400 and "ErrImagePull" in json_of(failed).get("message", ""), \
             failed.body
@@ -427,7 +491,7 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
     finally:
         await pods.delete_all()
     for log in logs:
-        assert token not in log and lab_token not in log
+        assert token not in log and lab_token not in log and snapshot_key not in log
         assert "is forbidden" not in log, log[-3000:]  # no API 403 reached a pod
     assert facts["first"][0] == "42" and facts["after_restart"] == "False"
     assert facts["kernelspecs"] == ["broken-image", "python-cpu", "python-gpu", RECLAIMABLE]

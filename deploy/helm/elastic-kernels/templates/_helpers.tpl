@@ -66,3 +66,21 @@ capabilities:
   drop:
     - ALL
 {{- end }}
+
+{{/*
+Suspend's snapshot store (gateway.snapshots): "url" when it is an object store, else a volume
+("claim": existingClaim or the chart's elastic-kernels-snapshots) mounted at mountPath; the
+gateway's snapshot_store and the cull job's --snapshot-store name "store". Empty when disabled.
+*/}}
+{{- define "ek.snapshots" -}}
+{{- $s := .Values.gateway.snapshots -}}
+{{- if $s.enabled -}}
+{{- if $s.url -}}
+{{- dict "store" $s.url | toJson -}}
+{{- else -}}
+{{- dict "store" $s.mountPath "claim" ($s.existingClaim | default "elastic-kernels-snapshots") "mountPath" $s.mountPath | toJson -}}
+{{- end -}}
+{{- else -}}
+{{- dict | toJson -}}
+{{- end -}}
+{{- end }}
