@@ -186,9 +186,10 @@ def test_crd_names_versions_and_columns(kind: str) -> None:
     assert names["categories"] == ["jupyter"]
     [version] = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
-    # Only JupyterKernel has a status, written by the gateway; nothing writes one for a spec or
-    # a template, so they declare none (an unwritten status would only mislead).
-    if kind == "JupyterKernel":
+    # JupyterKernel and JupyterKernelSpec (its warm pool, issue 15) have a status, written by
+    # the gateway; nothing writes one for a template, so it declares none (an unwritten status
+    # would only mislead).
+    if kind in ("JupyterKernel", "JupyterKernelSpec"):
         assert version["subresources"] == {"status": {}}
     else:
         assert "subresources" not in version
@@ -198,7 +199,7 @@ def test_crd_names_versions_and_columns(kind: str) -> None:
         "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"
     }
     if kind == "JupyterKernelSpec":
-        assert list(columns)[:5] == ["DISPLAY NAME", "LANGUAGE", "GPUS", "IMAGE", "AGE"]
+        assert list(columns)[:6] == ["DISPLAY NAME", "LANGUAGE", "GPUS", "IMAGE", "POOL", "AGE"]
         assert columns["GPUS"]["jsonPath"] == r".spec.resources.limits.nvidia\.com/gpu"
     if kind == "JupyterKernel":
         assert list(columns)[:6] == ["USER", "SPEC", "PHASE", "GPUS", "IDLE", "AGE"]
@@ -553,20 +554,24 @@ def test_unknown_fields_are_pruned_not_kept(store: Store) -> None:
 # --- rules the schema alone cannot state: CEL, judged by the local cluster's API store -----------
 
 
-def test_nothing_declares_what_nothing_writes() -> None:
-    """No warm pool (a later issue; a field accepted and ignored is a defect) and no conditions
-    (no component writes them)."""
+def test_only_the_kernelspec_declares_a_warm_pool_and_conditions() -> None:
+    """The warm pool (issue 15) is the kernelspec's, and the gateway writes its conditions;
+    nothing writes conditions on the other kinds."""
     for kind in EXPECTED:
         paths = [p for p, _ in walk(schema_of(kind))]
-        assert not [p for p in paths if "warmPool" in p or "conditions" in p], kind
+        found = [p for p in paths if "warmPool" in p or "conditions" in p]
+        assert bool(found) == (kind == "JupyterKernelSpec"), kind
 
 
-def test_warm_pool_is_pruned_not_kept(store: Store) -> None:
+def test_warm_pool_is_validated_and_kept(store: Store) -> None:
     doc = _spec()
-    doc["spec"]["warmPool"] = {"size": 2}
-    assert schema_errors(doc), "kubectl --validate=strict refuses it"
+    doc["spec"]["warmPool"] = {"size": 2, "imports": ["numpy", "torch.nn"]}
+    assert schema_errors(doc) == []
     created = create_in_store(store, doc)
-    assert "warmPool" not in created["spec"]
+    assert created["spec"]["warmPool"] == {"size": 2, "imports": ["numpy", "torch.nn"]}
+    assert KernelSpecView.from_object(created).warm_pool.imports == ("numpy", "torch.nn")
+    doc["spec"]["warmPool"] = {"size": 65, "imports": ["not a module"]}
+    assert len(schema_errors(doc)) == 2
 
 
 @pytest.mark.parametrize("section", ["limits", "requests"])

@@ -54,6 +54,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "elastic-kernels"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_KERNEL = "kernel"
+#: Warm-pool pods (``spec.warmPool``): not kernels until claimed, so not in KERNEL_SELECTOR.
+COMPONENT_POOL = "kernel-pool"
 LABEL_KERNEL_ID = f"{GROUP}/kernel-id"
 LABEL_KERNELSPEC = f"{GROUP}/kernelspec"
 #: A label-safe form of the user (see sanitize_label_value); the exact user is in ANNOTATION_USER
@@ -66,6 +68,7 @@ ANNOTATION_RESTART_COUNT = f"{GROUP}/restart-count"
 KERNEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_KERNEL}"
 #: The label selector of the shared kernel-pod watch (the same labels; pods are one kind).
 KERNEL_POD_SELECTOR = KERNEL_SELECTOR
+POOL_POD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_POOL}"
 
 # --- other well-known values -------------------------------------------------------------------
 
@@ -506,6 +509,15 @@ class CullingPolicy:
 
 
 @dataclass(frozen=True)
+class WarmPool:
+    """``spec.warmPool``: pods started ahead, imports done, waiting to be claimed."""
+
+    size: int = 0
+    #: Modules the pooled process imports before it waits (besides the kernel's own).
+    imports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClientOverrides:
     """Pod fields the kernelspec lets a client choose. All off by default."""
 
@@ -542,6 +554,7 @@ class KernelSpecView:
     metadata: Mapping[str, Any] = field(default_factory=_empty)
     restart_policy: str = "Restart"
     logos: Mapping[str, bytes] = field(default_factory=_empty)
+    warm_pool: WarmPool = field(default_factory=WarmPool)
     uid: str = ""
     resource_version: str = ""
     generation: int = 0
@@ -637,6 +650,7 @@ class KernelSpecView:
             )
             or "Restart",
             logos=MappingProxyType(r.logos("spec.logos")),
+            warm_pool=_warm_pool(r),
             uid=str(r.meta.get("uid") or ""),
             resource_version=str(r.meta.get("resourceVersion") or ""),
             generation=int(r.meta.get("generation") or 0),
@@ -690,6 +704,18 @@ class KernelSpecView:
             "interrupt_mode": self.interrupt_mode,
             "metadata": metadata,
         }
+
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _warm_pool(r: _Reader) -> WarmPool:
+    size = r.integer("spec.warmPool.size", 0, minimum=0, maximum=64) or 0
+    imports = r.array("spec.warmPool.imports")
+    for index, name in enumerate(imports):
+        if not isinstance(name, str) or not _MODULE_RE.match(name) or len(name) > 256:
+            r.fail(f"spec.warmPool.imports[{index}]", f"{name!r} is not a module name")
+    return WarmPool(size=size, imports=tuple(imports))
 
 
 def _gpu_count(resources: ResourceRequirements, reader: _Reader | None) -> int:

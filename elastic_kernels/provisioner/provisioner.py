@@ -54,6 +54,7 @@ from .leftovers import START_ID_ANNOTATION, Leftover, cause_of, cleaner_for, liv
 from .readiness import KernelNotReady, wait_kernel_info
 from .templatepolicy import check_template, default_forbidden_service_accounts
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
+from . import pool
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 ATTACH_KWARG = "elastic_attach"
 #: The ``start_kernel`` keyword by which our gateway hands the provisioner its GPU queue.
 GPU_QUEUE_KWARG = "elastic_gpu_queue"
+#: The ``start_kernel`` keyword by which our gateway hands the provisioner its warm pools.
+WARM_POOL_KWARG = "elastic_warm_pool"
 
 
 class GpuQueueDoor(Protocol):
@@ -155,6 +158,10 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     #: The gateway's fair GPU queue, handed over with each start (``GPU_QUEUE_KWARG``); None
     #: in a plain jupyter_server, whose GPU pods are then created ungated.
     gpu_queue: GpuQueueDoor | None = None
+    #: The gateway's warm pools (``WARM_POOL_KWARG``): starts claim a pool pod when they can.
+    warm_pool: pool.WarmPoolDoor | None = None
+    #: Set by the gateway before a resume's restart: that restart may claim a pool pod too.
+    resume_from_pool: bool = False
 
     @property
     def connection(self) -> ClusterConnection:
@@ -188,6 +195,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         queue = kwargs.pop(GPU_QUEUE_KWARG, None)
         if queue is not None:
             self.gpu_queue = queue
+        door = kwargs.pop(WARM_POOL_KWARG, None)
+        if door is not None:
+            self.warm_pool = door
         if attachment is not None and self._restart_count < 0:
             return await self._pre_attach(attachment, kwargs)
         user = kwargs.pop("elastic_user", None)
@@ -294,14 +304,18 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             pod = with_owner(rendered.pod, owner)
             self._pod_name = pod["metadata"]["name"]
             self._exit_code = None
+            claimed = await self._claim_pool_pod(client, owner, pod)
             queue = self._gpu_queue()
-            if queue is not None and queue.has_waiting():
+            if claimed:
+                self._pod_name = claimed  # a warm pool pod, now this kernel's (pool.py)
+            elif queue is not None and queue.has_waiting():
                 # Others wait for GPUs already: queue behind them; the gateway ungates our pod
                 # when it is our turn (fair across users, see gateway/lifecycle/gpuqueue.py).
                 pod["spec"]["schedulingGates"] = [{"name": GPU_QUEUE_GATE}]
                 queue.enqueue(self.kernel_id, self._user, self._spec.gpus, self._ns,
                               self._pod_name, gated=True)
-            await self._create_pod(client, pod)
+            if not claimed:
+                await self._create_pod(client, pod)
         except KubeError as e:
             queue = self._gpu_queue()
             if queue is not None:
@@ -429,6 +443,31 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             raise KernelLaunchError(
                 "KernelNotAnswering",
                 f"the kernel's pod runs but the kernel did not answer: {e}", 504) from None
+
+    async def _claim_pool_pod(self, client: Any, owner: dict[str, str], pod: JSON) -> str:
+        """Claim a warm pool pod of the kernelspec instead of creating one (pool.py): its
+        name, or "" (no pool, none ready, or the claim failed: the start goes cold)."""
+        resuming, self.resume_from_pool = self.resume_from_pool, False
+        spec, door = self._spec, self.warm_pool
+        if spec is None or door is None or not spec.warm_pool.size:
+            return ""
+        if self._restart_count > 0 and not resuming:
+            return ""  # a restart's pod is named by its count: replicas agree on it (see below)
+        container = pod["spec"]["containers"][0]
+        claim = pool.Claim(
+            namespace=self._ns, spec=spec, kernel_id=self.kernel_id, user=self._user,
+            key=self._key, client_env=dict(self._rendered.client_env),
+            working_dir=str(container.get("workingDir") or ""),
+            restart_count=self._restart_count, image=str(container.get("image") or ""))
+        pools = await self.connection.informer(PODS, self._ns,
+                                               label_selector=R.POOL_POD_SELECTOR)
+        taken, outcome = await pool.claim_pool_pod(client, pools, claim, owner)
+        door.claimed(spec.name, outcome)
+        if taken is None:
+            return ""
+        self.log.info("Kernel %s: claimed warm pool pod %s", self.kernel_id,
+                      taken["metadata"]["name"])
+        return str(taken["metadata"]["name"])
 
     def _gpu_queue(self) -> GpuQueueDoor | None:
         """The gateway's fair GPU queue, if this kernel has GPUs and the gateway gave one."""

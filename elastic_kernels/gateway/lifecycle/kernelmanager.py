@@ -35,6 +35,7 @@ from elastic_kernels.provisioner.errors import KernelLaunchError
 from elastic_kernels.provisioner.provisioner import (
     ATTACH_KWARG,
     GPU_QUEUE_KWARG,
+    WARM_POOL_KWARG,
     Attachment,
     ElasticKernelProvisioner,
     start_kernel_watches,
@@ -43,6 +44,7 @@ from elastic_kernels.gateway.lifecycle.activity import watch_activity
 from elastic_kernels.gateway.lifecycle.culler import GatewayCuller, HeldKernel
 from elastic_kernels.gateway.lifecycle.gpuqueue import GpuQueue
 from elastic_kernels.gateway.lifecycle.hydration import KernelHydrator
+from elastic_kernels.gateway.lifecycle.warmpool import WarmPools
 from elastic_kernels.leases import GatewayLease
 from elastic_kernels.gateway.transport.msgsize import SizeGuard
 from elastic_kernels.gateway.lifecycle.liveness import kernel_died, renudge_connections
@@ -278,8 +280,16 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             after_pass=lambda: self.gpu_queue.poke(),
             suspend=self._suspend_for_culler,
         )
-        self.gpu_queue = GpuQueue(reclaim_candidates=self.culler.reclaim_candidates,
-                                  reclaim=self.culler.cull)
+        # Warm pools (warmpool.py): kept by the queue board's leader; their GPU pods are the
+        # first reclaimed, and GPU pools are not refilled while starts wait for GPUs.
+        self.warm_pools = WarmPools(
+            leading=lambda: self.gpu_queue.board is None or self.gpu_queue.board.leading(),
+            gpu_waiting=lambda: bool(self.gpu_queue.ordered()))
+        self.gpu_queue = GpuQueue(
+            reclaim_candidates=lambda: [*self.warm_pools.reclaim_candidates(),
+                                        *self.culler.reclaim_candidates()],
+            reclaim=lambda d: (self.warm_pools.reclaim(d) if self.warm_pools.owns(d)
+                               else self.culler.cull(d)))
         self.lease: GatewayLease | None = None
 
     async def start_watching(self) -> None:
@@ -297,10 +307,13 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self.culler.start()
         # One fair queue across replicas: waiters on the shared pod watch, one ungater (#14).
         await self.gpu_queue.share_cluster(self.gateway_id, conn.default_namespace)
+        self.warm_pools.follow_leadership(self.gpu_queue.board)
+        await self.warm_pools.start(conn.default_namespace)
         await self.adopt_existing()
 
     async def stop_watching(self) -> None:
         await self.culler.stop()
+        await self.warm_pools.stop()
         await self.gpu_queue.stop()
         await self.hydrator.close()
         if self.lease is not None:
@@ -341,6 +354,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         (jupyter_client replays them) and re-attach alike."""
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
         kwargs[GPU_QUEUE_KWARG] = self.gpu_queue
+        kwargs[WARM_POOL_KWARG] = self.warm_pools
         return km, name, kernel_id
 
     # -- suspend and resume (lifecycle/suspension.py) ---------------------------------------------
@@ -410,6 +424,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self.log.info("Resuming kernel %s of %s", kernel_id, prov.user)
         km.suspended = False  # so that restart_kernel below keeps the snapshot
         km.execution_state = "starting"
+        prov.resume_from_pool = True  # a warm pool pod of its kernelspec, if one is ready
         try:
             ready = await super().restart_kernel(kernel_id, now=True)
             await ready

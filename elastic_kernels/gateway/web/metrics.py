@@ -162,6 +162,7 @@ class _StateCollector(Collector):
                      gid, len(app.open_websockets))
         yield _counter("elastic_kernels_kernel_start_failures",
                        "Kernel start requests that failed.", gid, app.kernel_start_failures)
+        yield from _warm_pool_metrics(gid, getattr(km, "warm_pools", None))
         guard = app._zmq_guard
         yield _counter("elastic_kernels_zmq_recheck_deliveries",
                        "Kernel messages delivered by the periodic ZeroMQ re-check instead of a "
@@ -169,6 +170,36 @@ class _StateCollector(Collector):
         yield _counter("elastic_kernels_zmq_recheck_streams",
                        "Kernel ZeroMQ streams the lost-wakeup re-check has looked at (its cost).",
                        gid, guard.checked)
+
+
+def _warm_pool_metrics(gid: str, pools: t.Any) -> Iterator[Metric]:
+    """Warm pools (gateway/lifecycle/warmpool.py): size, ready and starting pods per kernelspec
+    (the namespace's, as the watch shows them), and this gateway's claims and reclaims."""
+    if pools is None:
+        return
+    state = pools.snapshot()
+    for key, doc in (("size", "Warm-pool pods asked for (0 when the kernelspec cannot pool)."),
+                     ("ready", "Warm-pool pods ready to be claimed."),
+                     ("starting", "Warm-pool pods starting (scheduled, importing).")):
+        family = GaugeMetricFamily(f"elastic_kernels_warm_pool_{key}", doc,
+                                   labels=("gateway_id", "kernelspec"))
+        for spec, numbers in sorted(state.items()):
+            family.add_metric((gid, spec), numbers[key])
+        yield family
+    claims = CounterMetricFamily(
+        "elastic_kernels_warm_pool_claims",
+        "Starts that tried to claim a warm-pool pod, by outcome (ok; empty, raced, failed or "
+        "error: the start went cold).", labels=("gateway_id", "kernelspec", "outcome"))
+    for (spec, outcome), n in sorted(pools.claims.items()):
+        claims.add_metric((gid, spec, outcome), n)
+    yield claims
+    reclaims = CounterMetricFamily(
+        "elastic_kernels_warm_pool_reclaims",
+        "Warm-pool pods this gateway deleted to free GPUs for a waiting kernel.",
+        labels=("gateway_id", "kernelspec"))
+    for spec, n in sorted(pools.reclaims.items()):
+        reclaims.add_metric((gid, spec), n)
+    yield reclaims
 
 
 def _sync_model(model: Callable[[str], t.Any] | None, kernel_id: str) -> dict[str, t.Any]:
