@@ -391,7 +391,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         try:
             saved = await self.snapshots.save(
                 km, kernel_id, prov.user,
-                SuspendLimits(max_bytes=policy.suspend_max_bytes, timeout=policy.suspend_timeout))
+                SuspendLimits(max_bytes=self._snapshot_bytes(policy.suspend_max_bytes),
+                              timeout=policy.suspend_timeout))
         except snapshot.SnapshotError as e:
             return str(e)
         km.stop_restarter()  # its pod goes on purpose
@@ -403,6 +404,16 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self.log.info("Kernel %s of %s suspended: %s (%d bytes)", kernel_id, prov.user,
                       saved.summary(), saved.size)
         return ""
+
+    def _snapshot_bytes(self, wanted: int) -> int:
+        """``maxBytes``, cut to what one kernel message may carry: the snapshot comes back
+        base64-encoded in one reply, and a reply over ``max_kernel_message_bytes`` would be
+        dropped, leaving the save to fail only at its timeout. So the kernel refuses at once
+        ("would exceed maxBytes") and the kernel is culled as with Delete, saying why."""
+        bound = self.max_kernel_message_bytes
+        if bound <= 0:
+            return wanted
+        return max(1, min(wanted, (bound - (1 << 16)) * 3 // 4))
 
     async def resume_kernel(self, kernel_id: str) -> str:
         """Start a suspended kernel in a new pod (through the GPU queue) and restore its
