@@ -102,6 +102,9 @@ class GatewayCuller:
         #: Least time between two activity writes for one kernel (tests shorten it).
         self.mirror_interval = MIRROR_INTERVAL
         self._connecting: dict[str, asyncio.Task[None]] = {}
+        #: Kernels being culled or suspended now: a save can take longer than a pass, and the
+        #: next pass (or a reclaim) must not start a second one.
+        self._in_flight: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         #: Told the reason of each cull this gateway performs (the gateway's metrics; set by
         #: ElasticGatewayApp).
@@ -179,7 +182,8 @@ class GatewayCuller:
         now = self._now()
         book = self.policies()
         held = self._held()
-        decisions = [d for d in (decide(f, book(f), now) for f, _ in held) if d is not None]
+        decisions = [d for d in (decide(f, book(f), now) for f, _ in held
+                                 if f.kernel_id not in self._in_flight) if d is not None]
         culled = {d.kernel.kernel_id for d in decisions}
         # Kernels cross their reclaimAfter as time passes, with no event to say so: let the GPU
         # queue look again for anyone still waiting.
@@ -300,6 +304,16 @@ class GatewayCuller:
         kernelspec with ``onCull: Suspend``, suspend the kernel instead when that works.
 
         False if we lost a race."""
+        kernel_id = decision.kernel.kernel_id
+        if kernel_id in self._in_flight:
+            return False  # a cull or suspension of it is under way
+        self._in_flight.add(kernel_id)
+        try:
+            return await self._cull(decision)
+        finally:
+            self._in_flight.discard(kernel_id)
+
+    async def _cull(self, decision: CullDecision) -> bool:
         kernel_id = decision.kernel.kernel_id
         policy = self.policies()(decision.kernel)
         if policy.suspends and decision.reason in SUSPENDABLE and self.suspend is not None:
