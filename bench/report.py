@@ -15,7 +15,8 @@ from . import common as C
 
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
-NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader", "day")
+NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader", "day",
+         "warmpool")
 #: The day simulation's own chart (users per GPU, waits, utilization per policy).
 DAY_CHART = C.BENCH / "REPORT-day.png"
 
@@ -193,6 +194,13 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"({x:.2f}x), states lost {day['elastic_suspend']['states_lost']}",
                      "≥ 3x, 0 lost",
                      _met(x >= 3 and day["elastic_suspend"]["states_lost"] == 0)))
+    pool = r.get("warmpool")
+    if pool and pool.get("ratio_p50") is not None:
+        rows.append(("Start from a warm pool / cold start of the same kernelspec, p50 "
+                     "(bench_warmpool)",
+                     f"{pool['ratio_p50']:.2f}x ({C.ms(pool['warm']['p50'])} vs "
+                     f"{C.ms(pool['cold']['p50'])})", "≤ 0.3x",
+                     _met(pool["ratio_p50"] <= 0.3)))
     return rows
 
 
@@ -284,7 +292,8 @@ def _lines(name: str, result: dict[str, Any]) -> list[str]:
     import importlib
     module = {"start": "bench_start", "roundtrip": "bench_roundtrip", "apiload": "bench_apiload",
               "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg",
-              "slowreader": "bench_slowreader", "day": "bench_day"}[name]
+              "slowreader": "bench_slowreader", "day": "bench_day",
+              "warmpool": "bench_warmpool"}[name]
     try:
         lines: list[str] = importlib.import_module(f"bench.{module}").report(result)
         return lines
@@ -343,7 +352,9 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
                             "(`bench.bench_scale --attach post --name scale-post`)",
               "eg": "6. Enterprise Gateway on the same cluster (`bench.bench_eg`)",
               "slowreader": "7. Clients that never read (`bench.bench_slowreader`)",
-              "day": "8. A simulated day: static GPUs vs elastic kernels (`bench.bench_day`)"}
+              "day": "8. A simulated day: static GPUs vs elastic kernels (`bench.bench_day`)",
+              "warmpool": "9. Warm pools: a claimed pool pod vs a cold start "
+                          "(`bench.bench_warmpool`)"}
     for name in NAMES:
         if name not in r:
             continue
@@ -377,7 +388,8 @@ NOTES = """## How to read and rerun this
   `REPORT.png`; `--quick` runs small configurations (a few minutes). Each benchmark runs alone:
   `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
   `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`,
-  `bench.bench_day` (a simulated day on a virtual clock); `--help` lists the knobs.
+  `bench.bench_day` (a simulated day on a virtual clock), `bench.bench_warmpool`; `--help`
+  lists the knobs.
   Raw figures are in `bench/results/*.json` (not committed).
 - Everything runs on loopback: the local cluster in the benchmark process, each server under
   test (our gateway, the notebook server, Enterprise Gateway) as its own process.

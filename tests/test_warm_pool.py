@@ -230,3 +230,34 @@ def test_pool_pod_renders_without_any_kernel_secret() -> None:
         "elastic-kernel-launcher", "--pool", "--"]
     assert rendered.pod["metadata"]["labels"][R.LABEL_COMPONENT] == R.COMPONENT_POOL
     assert "s" * 64 not in text
+
+
+def _launcher() -> Any:
+    """launchers/elastic-kernel-launcher as a module (it is a script without .py)."""
+    import importlib.machinery
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "launchers" / "elastic-kernel-launcher"
+    loader = importlib.machinery.SourceFileLoader("ek_launcher", str(path))
+    spec = importlib.util.spec_from_loader("ek_launcher", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_the_launcher_opens_what_the_gateway_seals_and_nothing_else() -> None:
+    launcher = _launcher()
+    secret, nonce = b"p" * 64, bytes(range(32))
+    claim = {"kernel_id": "k-1", "key": "a" * 64, "user": "alice",
+             "env": {"KERNEL_USERNAME": "alice"}, "working_dir": ""}
+    line = pool.seal_claim(secret, nonce, claim).strip()
+    assert b"a" * 64 not in line and b"alice" not in line  # sealed, not just signed
+    assert launcher.open_claim(secret, nonce, line) == claim
+    for wrong_secret, wrong_nonce in ((b"q" * 64, nonce), (secret, bytes(32))):
+        with pytest.raises(launcher.LaunchError, match="does not verify"):
+            launcher.open_claim(wrong_secret, wrong_nonce, line)
+    sealed = json.loads(line)
+    flipped = base64.b64decode(sealed["ct"])
+    sealed["ct"] = base64.b64encode(bytes([flipped[0] ^ 1]) + flipped[1:]).decode()
+    with pytest.raises(launcher.LaunchError, match="does not verify"):
+        launcher.open_claim(secret, nonce, json.dumps(sealed).encode())
