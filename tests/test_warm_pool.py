@@ -261,3 +261,43 @@ def test_the_launcher_opens_what_the_gateway_seals_and_nothing_else() -> None:
     sealed["ct"] = base64.b64encode(bytes([flipped[0] ^ 1]) + flipped[1:]).decode()
     with pytest.raises(launcher.LaunchError, match="does not verify"):
         launcher.open_claim(secret, nonce, json.dumps(sealed).encode())
+
+
+async def test_a_resume_claims_a_pool_pod(make_cluster_gateway: GatewayFactory,
+                                          kube: KubeClient, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from elastic_kernels.gateway.lifecycle.suspension import KEY_ENV
+    monkeypatch.setenv(KEY_ENV, "s" * 48)
+    gw = await make_cluster_gateway(
+        "--CullingDefaults.interval=0.3",
+        f"--ElasticMappingKernelManager.snapshot_store={tmp_path / 'snapshots'}")
+    km: ElasticMappingKernelManager = gw.kernel_manager
+    doc = derived_kernelspec("python-cpu", "cpu-suspend-pooled", warmPool={"size": 1})
+    doc["spec"]["culling"] = {"idleTimeout": "1s", "maxAge": "0", "onCull": "Suspend",
+                              "suspend": {"maxBytes": 1024 * 1024, "timeout": "30s"}}
+    await apply(kube, km, doc)
+    await wait_ready("cpu-suspend-pooled", 1)
+    kid = await km.start_kernel(kernel_name="cpu-suspend-pooled", user="alice")
+    key = await kernel_key(kube, kid)
+    ws = await KernelWS.open(gw.url, kid)
+    try:
+        await ws.kernel_info()
+        assert (await ws.execute("x = 41"))["reply"]["status"] == "ok"
+    finally:
+        ws.close()
+
+    async def suspended() -> bool:
+        return km.is_suspended(kid)
+
+    await eventually(suspended, "the idle kernel is suspended")
+    pool_now = await wait_ready("cpu-suspend-pooled", 1)  # refilled meanwhile
+    line = await km.resume_kernel(kid)
+    assert "Resumed after suspension" in line
+    assert km.get_kernel(kid).provisioner.pod_name in pool_now
+    assert await kernel_key(kube, kid) == key  # the kernel's own key, handed over at claim
+    ws = await KernelWS.open(gw.url, kid)
+    try:
+        out = await ws.execute("print(x + 1)")
+        assert out["stdout"].strip() == "42"
+    finally:
+        ws.close()
