@@ -102,6 +102,8 @@ GATEWAY_UNEXERCISED: dict[Grant, str] = {
     # Never requested: the API server asks it on the gateway's behalf when the gateway creates a
     # kernel's Pod and Secret (blockOwnerDeletion); the test shows the create fails without it.
     ("update", GROUP, "jupyterkernels", "finalizers"): "OwnerReferencesPermissionEnforcement",
+    ("patch", GROUP, "jupyterkernelspecs", "status"): "a warm pool's status (spec.warmPool); "
+                                                      "the scenario's kernelspecs have no pool",
 }
 CULL_UNEXERCISED: dict[Grant, str] = {
     ("get", GROUP, "jupyterkernels", ""): "re-reading a record after a conflicting write, to "
