@@ -16,7 +16,7 @@ from . import common as C
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
 NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader", "day",
-         "warmpool")
+         "warmpool", "resume")
 #: The day simulation's own chart (users per GPU, waits, utilization per policy).
 DAY_CHART = C.BENCH / "REPORT-day.png"
 
@@ -293,7 +293,7 @@ def _lines(name: str, result: dict[str, Any]) -> list[str]:
     module = {"start": "bench_start", "roundtrip": "bench_roundtrip", "apiload": "bench_apiload",
               "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg",
               "slowreader": "bench_slowreader", "day": "bench_day",
-              "warmpool": "bench_warmpool"}[name]
+              "warmpool": "bench_warmpool", "resume": "bench_resume"}[name]
     try:
         lines: list[str] = importlib.import_module(f"bench.{module}").report(result)
         return lines
@@ -354,7 +354,9 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
               "slowreader": "7. Clients that never read (`bench.bench_slowreader`)",
               "day": "8. A simulated day: static GPUs vs elastic kernels (`bench.bench_day`)",
               "warmpool": "9. Warm pools: a claimed pool pod vs a cold start "
-                          "(`bench.bench_warmpool`)"}
+                          "(`bench.bench_warmpool`)",
+              "resume": "10. Resuming a suspended kernel, by namespace size "
+                        "(`bench.bench_resume`)"}
     for name in NAMES:
         if name not in r:
             continue
@@ -388,8 +390,8 @@ NOTES = """## How to read and rerun this
   `REPORT.png`; `--quick` runs small configurations (a few minutes). Each benchmark runs alone:
   `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
   `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`,
-  `bench.bench_day` (a simulated day on a virtual clock), `bench.bench_warmpool`; `--help`
-  lists the knobs.
+  `bench.bench_day` (a simulated day on a virtual clock), `bench.bench_warmpool`,
+  `bench.bench_resume`; `--help` lists the knobs.
   Raw figures are in `bench/results/*.json` (not committed).
 - Everything runs on loopback: the local cluster in the benchmark process, each server under
   test (our gateway, the notebook server, Enterprise Gateway) as its own process.
