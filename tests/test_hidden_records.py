@@ -200,6 +200,11 @@ async def test_a_start_during_a_hung_api_server_leaves_no_hidden_record(
             if not settled():
                 await records.wait_for(settled, timeout=60)
         except asyncio.TimeoutError:
+            if not appeared and not records.items():
+                # On a loaded machine the API server may drop the create it had queued (the
+                # client was gone before it read the body): nothing to hide, nothing left.
+                print("the hung API server never carried the create out; no record exists")
+                return
             raise AssertionError(f"JupyterKernels {[name_of(o) for o in records.items()]} still "
                                  "there 60s after the API server resumed") from None
         (ghost,) = appeared
