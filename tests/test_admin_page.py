@@ -18,6 +18,7 @@ import pytest
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 
+from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, unavailable
 from .gateway.support import api, json_of
 from .gatewayfixtures import (  # noqa: F401 - fixtures
     ALICE_TOKEN,
@@ -33,10 +34,6 @@ pytestmark = pytest.mark.timeout(150)
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "images" / "admin-page.png"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 #: Playwright's waits (ms).
 UI_TIMEOUT = 60_000
 
@@ -73,12 +70,11 @@ async def test_admin_page_is_for_admins_only(users_gateway: ElasticGatewayApp) -
 
 
 def _browser() -> Any:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; never playwright install)")
+    require_chromium()
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        pytest.skip("playwright is not installed")
+        unavailable("playwright is not installed")
     return async_playwright
 
 

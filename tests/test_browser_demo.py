@@ -30,6 +30,7 @@ import pytest
 from elastic_kernels.demo import EXAMPLE_CSV, EXAMPLE_DIR, KERNEL_HOME
 from elastic_kernels.testing import free_port
 
+from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, unavailable
 from .gatewayproc import LEAKY_ENV, private_jupyter_dirs
 from .test_packaging import alive, descendants
 
@@ -37,13 +38,6 @@ from .test_packaging import alive, descendants
 # demo (its processes are in their own sessions and would outlive a killed pytest).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420, method="signal")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-INSTALL_HINT = ("Debian's chromium is needed for the browser test: "
-                "apt-get install -y --no-install-recommends chromium (as root; .ci/run does it "
-                "in CI), and pip install -e '.[test]' for Playwright. Never `playwright install`.")
 #: Playwright's waits (ms): a GPU kernel's start on the local cluster, JupyterLab's first load.
 UI_TIMEOUT = 120_000
 #: The file browser polls its folder (every 10 s by default in JupyterLab 4); a few polls.
@@ -51,21 +45,14 @@ LISTING_TIMEOUT = 60_000
 WRITTEN = "written.txt"
 
 
-def _unavailable(why: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: this test must run in CI). {INSTALL_HINT}")
-    pytest.skip(f"{why}. {INSTALL_HINT}")
-
-
 @pytest.fixture
 def browser_tools() -> Any:
     """Playwright's sync API, once Chromium and Playwright are both there."""
-    if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"{CHROMIUM} is missing")
+    require_chromium()
     try:
         from playwright import sync_api
     except ImportError:
-        _unavailable("playwright is not installed")
+        unavailable("playwright is not installed")
     return sync_api
 
 
