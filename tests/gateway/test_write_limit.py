@@ -20,7 +20,12 @@ import pytest
 from jupyter_client.session import DELIM, Session
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.transport.writelimit import OutputLimit, Verdict, notice_frame
+from elastic_kernels.gateway.transport.writelimit import (
+    OutputLimit,
+    Verdict,
+    notice_frame,
+    pending_bytes,
+)
 
 from ..gatewayproc import wait_until
 from .support import KernelWS, start_kernel
@@ -95,9 +100,16 @@ async def test_a_client_that_reads_nothing_at_all_is_closed_with_1008(
         # ever reading is disconnected once twice the bound is queued.
         small_socket_buffers(gateway, ws)
         for _ in range(200):
+            queued = pending_bytes(handler) or 0
             for _ in range(50):
                 ws.send("kernel_info_request", {})
-            await asyncio.sleep(0.05)
+            # Let the kernel answer part of each batch before the next, so that its backlog
+            # stays small: the check below would otherwise wait behind thousands of requests
+            # (more than 20 s on a loaded 2-core machine).
+            for _ in range(40):
+                await asyncio.sleep(0.025)
+                if handler.ws_connection is None or (pending_bytes(handler) or 0) > queued:
+                    break
             if handler.ws_connection is None:
                 break
         await wait_until(lambda: not gateway.open_websockets, "the gateway closed it",
