@@ -326,7 +326,8 @@ def test_names_across_restarts() -> None:
     assert third.pod_name == f"kernel-{KERNEL_ID}-r2"
     assert third.pod["metadata"]["annotations"]["elastic.jupyter.org/restart-count"] == "2"
     assert third.kernel_status == {"phase": "Pending", "gpus": 1, "restartCount": 2,
-                                   "podName": f"kernel-{KERNEL_ID}-r2"}
+                                   "podName": f"kernel-{KERNEL_ID}-r2",
+                                   "gpuResource": "nvidia.com/gpu"}
     volume = third.pod["spec"]["volumes"][-1]
     assert volume["secret"]["secretName"] == f"kernel-{KERNEL_ID}-key"
     for obj in (first.kernel, first.secret, first.pod):

@@ -17,11 +17,12 @@ OpenAPI schema cannot express, such as "the GPU count is a whole number").
 from __future__ import annotations
 
 import base64
+import fnmatch
 import binascii
 import hashlib
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -72,6 +73,8 @@ POOL_POD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONE
 
 # --- other well-known values -------------------------------------------------------------------
 
+#: The whole-GPU resource of NVIDIA's device plugin; the default flavor, and the one a record
+#: without a recorded flavor (written before flavors existed) is taken to hold.
 GPU_RESOURCE = "nvidia.com/gpu"
 PROVISIONER_NAME = "elastic-kernel-provisioner"
 CONTAINER_NAME = "kernel"
@@ -661,8 +664,13 @@ class KernelSpecView:
 
     @property
     def gpus(self) -> int:
-        """Whole GPUs each kernel of this spec holds (0 for CPU kernels)."""
-        return _gpu_count(self.resources, None)
+        """Devices of its GPU flavor each kernel of this spec holds (0 for CPU kernels)."""
+        return gpu_request(self.resources)[1]
+
+    @property
+    def gpu_resource(self) -> str:
+        """The GPU flavor (extended resource name) this spec asks for; "" for CPU kernels."""
+        return gpu_request(self.resources)[0]
 
     def to_jupyter_kernelspec(self) -> dict[str, Any]:
         """The kernelspec dict jupyter_server serves under ``spec`` in /api/kernelspecs.
@@ -676,6 +684,7 @@ class KernelSpecView:
             "kernelspec": self.name,
             "image": self.image,
             "gpus": self.gpus,
+            "gpu_resource": self.gpu_resource,
             "resources": {
                 "requests": dict(self.resources.requests),
                 "limits": dict(self.resources.limits),
@@ -718,24 +727,110 @@ def _warm_pool(r: _Reader) -> WarmPool:
     return WarmPool(size=size, imports=tuple(imports))
 
 
-def _gpu_count(resources: ResourceRequirements, reader: _Reader | None) -> int:
-    """GPUs from limits (or requests); they must agree and be whole, as the device plugin needs."""
-    found = {}
+def _gpu_count(resources: ResourceRequirements, reader: _Reader) -> None:
+    """Refuse a malformed GPU request at parse time, not at launch."""
+    try:
+        gpu_request(resources)
+    except GpuFlavorError as e:
+        field_, _, problem = str(e).partition(": ")
+        reader.fail(field_, problem)
+
+
+# --- GPU flavors ---------------------------------------------------------------------------------
+
+#: Extended resources that count as GPUs unless configured otherwise (``gpu_flavors``): whole
+#: NVIDIA GPUs, MIG profiles as the device plugin's ``mixed`` strategy names them
+#: (``nvidia.com/mig-1g.10gb``), time-sliced shares under the ``renameByDefault`` name, and AMD's.
+DEFAULT_GPU_FLAVORS = ("nvidia.com/gpu", "nvidia.com/mig-*", "nvidia.com/gpu.shared",
+                       "amd.com/gpu")
+
+# A qualified extended resource name (domain/name), with ``*`` allowed in the name part only:
+# a pattern that could match ``cpu`` or another vendor's domain by accident is refused.
+_FLAVOR_PATTERN_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9*]([-A-Za-z0-9_.*]*)?$")
+
+
+class GpuFlavorError(ValueError):
+    """A GPU flavor pattern or a request for one is malformed; the text says which and why."""
+
+
+@dataclass(frozen=True)
+class GpuFlavors:
+    """Which extended resources are GPUs: each one is a *flavor* with its own queue and quota.
+
+    A MIG slice, a time-sliced share and a whole GPU are not interchangeable (a kernel asking
+    for one is never given another, and the scheduler counts them separately), so everything
+    that counts GPUs counts them per resource name; this decides which names take part.
+    """
+
+    patterns: tuple[str, ...] = DEFAULT_GPU_FLAVORS
+
+    def __post_init__(self) -> None:
+        if not self.patterns:
+            raise GpuFlavorError("gpu_flavors is empty: name at least one GPU resource, e.g. "
+                                 f"{GPU_RESOURCE}")
+        for pattern in self.patterns:
+            if not isinstance(pattern, str) or not _FLAVOR_PATTERN_RE.match(pattern):
+                raise GpuFlavorError(
+                    f"GPU flavor {pattern!r} is not an extended resource name like "
+                    "nvidia.com/gpu or a pattern like nvidia.com/mig-* (domain/name; '*' only "
+                    "in the name)")
+
+    def matches(self, resource: str) -> bool:
+        return any(fnmatch.fnmatchcase(resource, p) for p in self.patterns)
+
+    def of(self, resources: Iterable[str]) -> list[str]:
+        """The GPU flavors among ``resources`` (in their order)."""
+        return [r for r in resources if self.matches(r)]
+
+
+_gpu_flavors = GpuFlavors()
+
+
+def gpu_flavors() -> GpuFlavors:
+    """The process's GPU flavors (the gateway sets them from its config at start)."""
+    return _gpu_flavors
+
+
+def set_gpu_flavors(flavors: GpuFlavors) -> None:
+    """Configure the process's GPU flavors, before any kernelspec is read.
+
+    One setting per process rather than a parameter of every reader: the kernelspec views,
+    the provisioner, the queue and the status stream must all agree on what a GPU is, and they
+    are created by different parents (jupyter_client makes the provisioners).
+    """
+    global _gpu_flavors
+    _gpu_flavors = flavors
+
+
+def gpu_request(resources: ResourceRequirements,
+                flavors: GpuFlavors | None = None) -> tuple[str, int]:
+    """(flavor, count) a container with ``resources`` asks for; ("", 0) for a CPU kernel.
+
+    Counts come from limits (or requests); they must agree and be whole, as device plugins
+    need, and a kernel asks for one flavor only: a queue entry waits for one kind of device.
+    Raises :class:`GpuFlavorError` naming the field.
+    """
+    flavors = flavors or _gpu_flavors
+    found: dict[str, dict[str, int]] = {}
     for section, values in (("limits", resources.limits), ("requests", resources.requests)):
-        if GPU_RESOURCE in values:
-            text = values[GPU_RESOURCE]
+        for name in flavors.of(values):
+            text = values[name]
             if not text.isdigit():
-                problem = f"{text!r} is not a whole number of GPUs"
-                if reader is None:
-                    raise ValueError(problem)
-                reader.fail(f"spec.resources.{section}[{GPU_RESOURCE}]", problem)
-            found[section] = int(text)
-    if len(set(found.values())) > 1:
-        problem = "GPU requests and limits differ; set the count under limits only"
-        if reader is None:
-            raise ValueError(problem)
-        reader.fail(f"spec.resources.requests[{GPU_RESOURCE}]", problem)
-    return next(iter(found.values()), 0)
+                raise GpuFlavorError(f"spec.resources.{section}[{name}]: {text!r} is not a "
+                                     f"whole number of devices")
+            found.setdefault(name, {})[section] = int(text)
+    if len(found) > 1:
+        raise GpuFlavorError(
+            f"spec.resources: asks for {len(found)} GPU flavors ({', '.join(sorted(found))}); a "
+            "kernel may ask for one (a whole GPU, a MIG profile or a time-sliced share)")
+    for name, counts in found.items():
+        if len(set(counts.values())) > 1:
+            raise GpuFlavorError(f"spec.resources.requests[{name}]: GPU requests and limits "
+                                 "differ; set the count under limits only")
+        count = next(iter(counts.values()))
+        return (name, count) if count else ("", 0)
+    return "", 0
 
 
 # --- JupyterKernelTemplate ---------------------------------------------------------------------
@@ -977,6 +1072,8 @@ class KernelView:
     pod_ip: str = ""
     node: str = ""
     gpus: int = 0
+    #: The GPU flavor the kernel holds ``gpus`` of ("": not recorded; see :attr:`gpu_flavor`).
+    gpu_resource: str = ""
     started_at: datetime | None = None
     last_activity: datetime | None = None
     restart_count: int = 0
@@ -1032,6 +1129,7 @@ class KernelView:
             pod_ip=text("status.podIP", 64),
             node=text("status.node", 253),
             gpus=r.integer("status.gpus", 0, minimum=0) or 0,
+            gpu_resource=text("status.gpuResource", 253),
             started_at=timestamp("status.startedAt"),
             last_activity=timestamp("status.lastActivity"),
             restart_count=r.integer("status.restartCount", 0, minimum=0) or 0,

@@ -349,6 +349,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             "podIP": self._pod_ip,
             "node": (running.get("spec") or {}).get("nodeName", ""),
             "gpus": self._spec.gpus,
+            **({"gpuResource": self._spec.gpu_resource} if self._spec.gpus else {}),
             "startedAt": records.now_timestamp(),
             "restartCount": self._restart_count,
         })

@@ -359,6 +359,7 @@ def render_kernel(request: RenderRequest) -> RenderedKernel:
         "phase": PHASE_PENDING,
         "gpus": gpus,
         "restartCount": request.restart_count,
+        **({"gpuResource": spec.gpu_resource} if gpus else {}),
         "podName": pod_name,
     }
     if warnings:
@@ -492,9 +493,10 @@ def _container_env(request: RenderRequest, client_env: Mapping[str, str],
 def _resources(spec: KernelSpecView, gpus: int) -> dict[str, Any]:
     requests = dict(spec.resources.requests)
     limits = dict(spec.resources.limits)
-    if gpus or GPU_RESOURCE in requests or GPU_RESOURCE in limits:
+    flavor = spec.gpu_resource or GPU_RESOURCE
+    if gpus or flavor in requests or flavor in limits:
         # Extended resources cannot be overcommitted: the request must equal the limit.
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpus)
+        requests[flavor] = limits[flavor] = str(gpus)
     resources: dict[str, Any] = {}
     if requests:
         resources["requests"] = requests
