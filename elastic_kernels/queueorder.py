@@ -6,11 +6,15 @@ is computed from shared state only, by this module, the same way everywhere:
 
 * A waiting start is its kernel pod: unbound (no ``spec.nodeName``), not being deleted, and
   carrying :data:`QUEUE_ANNOTATION`. The replica that took the start writes that annotation once:
-  the kernel, its user, the GPUs it asks for, when it began to wait and its *round*.
-* The round is fixed on arrival: how many of the same user's starts were already waiting
-  (:func:`round_for`). The order is by round, then by the time the wait began, then by kernel id
-  (:func:`order_key`): round robin across users, first come first served within a user. A user
-  who was just served does not jump back ahead of one who was not.
+  the kernel, its user, the GPUs it asks for and of which flavor (extended resource), when it
+  began to wait and its *round*.
+* Each GPU flavor (``nvidia.com/gpu``, ``nvidia.com/mig-1g.10gb``, ...) is its own queue: a
+  MIG slice cannot serve a kernel waiting for a whole GPU, so a waiter of one flavor never
+  holds up another's (:func:`by_flavor`).
+* The round is fixed on arrival: how many of the same user's starts of that flavor were
+  already waiting (:func:`round_for`). The order is by round, then by the time the wait began,
+  then by kernel id (:func:`order_key`): round robin across users, first come first served
+  within a user. A user who was just served does not jump back ahead of one who was not.
 * Whether the pod is still gated, the scheduler's "no room" verdict, and the idle kernel
   reclaimed for it (:data:`RECLAIM_ANNOTATION`) are read from the same pod.
 
@@ -21,10 +25,10 @@ watch and writes the annotations, ``gateway/lifecycle/gpuqueue.py`` acts on the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from .kube import resources as R
 
@@ -32,8 +36,10 @@ __all__ = [
     "QUEUE_ANNOTATION",
     "RECLAIM_ANNOTATION",
     "QueueEntry",
+    "by_flavor",
     "entry_from_pod",
     "fair_order",
+    "heads",
     "format_since",
     "order_key",
     "queue_annotation",
@@ -45,6 +51,8 @@ QUEUE_ANNOTATION = f"{R.GROUP}/gpu-queue"
 #: On a waiting GPU kernel pod: the id of the idle kernel reclaimed for it (written once, with
 #: the pod's resourceVersion as precondition, so one replica reclaims and the others see it).
 RECLAIM_ANNOTATION = f"{R.GROUP}/gpu-queue-reclaimed"
+
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class QueueEntry:
     unschedulable: str = ""
     reclaimed: str = ""
     resource_version: str = ""
+    #: The GPU flavor it waits for (entries written before flavors existed wait for whole GPUs).
+    resource: str = R.GPU_RESOURCE
 
 
 def order_key(round_: int, since: datetime, kernel_id: str) -> tuple[int, datetime, str]:
@@ -71,6 +81,27 @@ def order_key(round_: int, since: datetime, kernel_id: str) -> tuple[int, dateti
 
 def fair_order(entries: Iterable[QueueEntry]) -> list[QueueEntry]:
     return sorted(entries, key=lambda e: order_key(e.round, e.since, e.kernel_id))
+
+
+def by_flavor(entries: Iterable[_E], flavor: Callable[[_E], str]) -> dict[str, list[_E]]:
+    """Entries grouped by the GPU flavor they wait for, each group keeping the given order."""
+    groups: dict[str, list[_E]] = {}
+    for entry in entries:
+        groups.setdefault(flavor(entry), []).append(entry)
+    return groups
+
+
+def heads(ordered: Sequence[_E], ungated: int) -> list[_E]:
+    """The waiters of one flavor's fair order (``ordered``) whose pods are left ungated: the
+    first ``ungated`` (at least the head).
+
+    With one, only the head is schedulable and the order is exactly ours. With more (the
+    autoscaler mode), a cluster autoscaler sees that many unschedulable pods and adds nodes;
+    the scheduler then chooses among them, so the order holds between the window and those
+    behind it, and within the window only as far as the scheduler's own order (priority, then
+    the time each pod entered its queue, which is when we ungated it: in our order) agrees.
+    """
+    return list(ordered[:max(1, ungated)])
 
 
 def round_for(user: str, waiting_users: Iterable[str]) -> int:
@@ -83,9 +114,10 @@ def format_since(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def queue_annotation(kernel_id: str, user: str, gpus: int, since: datetime, round_: int) -> str:
+def queue_annotation(kernel_id: str, user: str, gpus: int, since: datetime, round_: int,
+                     resource: str = R.GPU_RESOURCE) -> str:
     return json.dumps({"kernel": kernel_id, "user": user, "gpus": gpus,
-                       "since": format_since(since), "round": round_},
+                       "since": format_since(since), "round": round_, "resource": resource},
                       separators=(",", ":"), sort_keys=True)
 
 
@@ -116,6 +148,7 @@ def entry_from_pod(pod: Mapping[str, Any]) -> QueueEntry | None:
         gpus = int(data["gpus"])
         since = R.parse_timestamp(data["since"])
         round_ = int(data["round"])
+        resource = str(data.get("resource") or R.GPU_RESOURCE)
     except (ValueError, TypeError, KeyError):
         return None  # not ours to order; a malformed entry must not break everyone's queue
     return QueueEntry(
@@ -123,4 +156,4 @@ def entry_from_pod(pod: Mapping[str, Any]) -> QueueEntry | None:
         namespace=str(meta.get("namespace") or ""), pod_name=str(meta.get("name") or ""),
         gated=bool(spec.get("schedulingGates")), unschedulable=_unschedulable(status),
         reclaimed=str(annotations.get(RECLAIM_ANNOTATION) or ""),
-        resource_version=str(meta.get("resourceVersion") or ""))
+        resource_version=str(meta.get("resourceVersion") or ""), resource=resource)

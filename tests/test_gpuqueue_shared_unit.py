@@ -72,12 +72,12 @@ class Board:
         pass
 
     async def publish(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
-                      since: datetime, round_: int) -> bool:
+                      since: datetime, round_: int, resource: str = "nvidia.com/gpu") -> bool:
         gated = self.gated.get(kernel_id, True)
         # An ungated waiter joined because the scheduler found no room; its pod says so.
         self.pods.entries[kernel_id] = QueueEntry(
             kernel_id, user, gpus, since, round_, namespace, pod_name, gated=gated,
-            unschedulable="" if gated else "no room")
+            unschedulable="" if gated else "no room", resource=resource)
         self.pods.changed(pod_name)
         return True
 

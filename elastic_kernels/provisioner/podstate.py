@@ -7,9 +7,12 @@ capacity (the one case worth waiting for), or never going to start, and why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from elastic_kernels.kube import resources as R
 
 JSON = dict[str, Any]
 
@@ -26,8 +29,8 @@ FATAL_WAITING_REASONS = frozenset({
     "StartError",
 })
 
-#: Resources whose shortage we wait out (in the GPU queue) instead of failing.
-WAITABLE_RESOURCES = ("nvidia.com/gpu",)
+# "Insufficient nvidia.com/gpu.shared." ends a sentence: the name stops before a comma or the end.
+_INSUFFICIENT_RE = re.compile(r"Insufficient ([^\s,]+?)\.?(?=[\s,]|$)")
 
 
 class Progress(Enum):
@@ -81,7 +84,7 @@ def assess_pod(pod: JSON | None) -> PodAssessment:
         if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
                 and cond.get("reason") == "Unschedulable"):
             message = str(cond.get("message") or "the pod cannot be scheduled")
-            if any(f"Insufficient {r}" in message for r in WAITABLE_RESOURCES):
+            if waiting_resources(message):
                 return PodAssessment(Progress.WAITING_FOR_CAPACITY, "Unschedulable", message)
             return PodAssessment(Progress.FAILED, "Unschedulable", message)
 
@@ -110,5 +113,6 @@ def _terminated(terminated: JSON, container_status: JSON) -> PodAssessment:
 
 
 def waiting_resources(message: str) -> list[str]:
-    """Which waitable resources a scheduler message says are short."""
-    return [r for r in WAITABLE_RESOURCES if f"Insufficient {r}" in message]
+    """Which GPU flavors a scheduler message says are short: the only shortage worth waiting
+    out (in the GPU queue); any other, cpu or memory included, fails the start at once."""
+    return R.gpu_flavors().of(dict.fromkeys(_INSUFFICIENT_RE.findall(message)))

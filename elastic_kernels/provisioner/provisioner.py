@@ -70,15 +70,16 @@ WARM_POOL_KWARG = "elastic_warm_pool"
 class GpuQueueDoor(Protocol):
     """What a start asks of the gateway's fair GPU queue (``gateway/lifecycle/gpuqueue.py``)."""
 
-    def has_waiting(self) -> bool:
-        """Whether a new GPU start must queue behind others (then its pod starts gated)."""
+    def has_waiting(self, resource: str | None = None) -> bool:
+        """Whether a new start of GPU flavor ``resource`` must queue behind others (then its
+        pod starts gated)."""
 
     def enqueue(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
-                *, gated: bool) -> Any:
-        """Join the queue with a pod created gated."""
+                *, gated: bool, resource: str = ...) -> Any:
+        """Join the queue of flavor ``resource`` with a pod created gated."""
 
     def unschedulable(self, kernel_id: str, user: str, gpus: int, namespace: str,
-                      pod_name: str, message: str) -> None:
+                      pod_name: str, message: str, resource: str = ...) -> None:
         """The scheduler found no room for the pod: wait (joining if not queued yet)."""
 
     def leave(self, kernel_id: str) -> None:
@@ -308,12 +309,12 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             queue = self._gpu_queue()
             if claimed:
                 self._pod_name = claimed  # a warm pool pod, now this kernel's (pool.py)
-            elif queue is not None and queue.has_waiting():
+            elif queue is not None and queue.has_waiting(self._spec.gpu_resource):
                 # Others wait for GPUs already: queue behind them; the gateway ungates our pod
                 # when it is our turn (fair across users, see gateway/lifecycle/gpuqueue.py).
                 pod["spec"]["schedulingGates"] = [{"name": GPU_QUEUE_GATE}]
                 queue.enqueue(self.kernel_id, self._user, self._spec.gpus, self._ns,
-                              self._pod_name, gated=True)
+                              self._pod_name, gated=True, resource=self._spec.gpu_resource)
             if not claimed:
                 await self._create_pod(client, pod)
         except KubeError as e:
@@ -412,7 +413,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
                                         500)
             if last.progress is Progress.WAITING_FOR_CAPACITY and queue is not None:
                 queue.unschedulable(self.kernel_id, self._user, self._spec.gpus, self._ns,
-                                    str(self._pod_name), last.message)
+                                    str(self._pod_name), last.message, self._spec.gpu_resource)
             elif last.progress is Progress.WAITING_FOR_CAPACITY and last.message != reported_wait:
                 reported_wait = last.message
                 short = ", ".join(waiting_resources(last.message)) or "capacity"

@@ -16,6 +16,26 @@ would starve everyone behind them. The gateway keeps its own queue instead:
 * Each waiting kernel's JupyterKernel status says where it stands ("waiting for 1 nvidia.com/gpu:
   2nd in queue"); it is rewritten only when that text changes.
 
+**GPU flavors (issue 16).** A waiter waits for one extended resource, its *flavor*: whole GPUs
+(``nvidia.com/gpu``), a MIG profile (``nvidia.com/mig-1g.10gb``), a time-sliced share
+(``nvidia.com/gpu.shared``), ... (which names count is ``kube.resources.GpuFlavors``). Each
+flavor is its own queue, with its own head, rounds and positions ("waiting for 1
+nvidia.com/mig-1g.10gb: 2nd in queue"), because capacity of one flavor can never serve another:
+a MIG waiter must not hold up whole-GPU starts behind it, nor be ungated into capacity it cannot
+use. Reclaim likewise frees only a kernel holding the waiter's flavor (``victim_flavor``): an
+idle whole GPU shut down for a MIG waiter would be a kernel lost for nothing.
+
+**Autoscaler mode.** A gated pod is invisible to cluster autoscalers (Cluster Autoscaler and
+Karpenter skip pods with scheduling gates), so with only the head ungated a cluster never grows
+for its queue. ``ungated`` > 1 leaves the first N waiters of each flavor ungated
+(:func:`elastic_kernels.queueorder.heads`): the autoscaler sees N unschedulable pods and adds
+nodes. The order then holds between the window and the waiters behind it (they stay gated);
+inside the window, whichever pod the scheduler places first when capacity appears gets it.
+We ungate in fair order, and kube-scheduler tries pods of equal priority in the order they
+entered its queue, so the head usually goes first, but a reclaim or a node that frees room
+between two attempts may go to the second of the window: at most N-1 places of unfairness,
+traded for a cluster that grows.
+
 Everything here is driven by events (a start joining, a scheduler verdict, a pod binding); nothing
 polls.
 
@@ -61,7 +81,7 @@ from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.provisioner.gates import GPU_QUEUE_GATE  # noqa: F401 (the gate it lifts)
-from elastic_kernels.queueorder import QueueEntry, order_key, round_for
+from elastic_kernels.queueorder import QueueEntry, by_flavor, heads, order_key, round_for
 from elastic_kernels.tasks import cancel_and_wait
 
 from .queueboard import ClusterQueueBoard
@@ -99,6 +119,8 @@ class Waiter:
     shown: bool = field(default=False, repr=False)
     #: Whether this replica took the start (else it is another replica's, seen on the board).
     local: bool = field(default=True, repr=False)
+    #: The GPU flavor (extended resource) it waits for.
+    resource: str = R.GPU_RESOURCE
 
     @property
     def reclaimed_for(self) -> str:
@@ -109,13 +131,15 @@ class Waiter:
         """Another replica's waiter, as the board shows it."""
         return cls(entry.kernel_id, entry.user, entry.gpus, entry.namespace, entry.pod_name, -1,
                    entry.round, entry.since, entry.gated, entry.unschedulable,
-                   claimed=entry.reclaimed, published=True, local=False)
+                   claimed=entry.reclaimed, published=True, local=False,
+                   resource=entry.resource)
 
     def model(self, position: int) -> dict[str, Any]:
         return {
             "kernel_id": self.kernel_id,
             "user": self.user,
             "gpus": self.gpus,
+            "resource": self.resource,
             "position": position,
             "waiting_since": records.format_timestamp(self.since),
             "gated": self.gated,
@@ -167,7 +191,7 @@ class QueueBoard(Protocol):
     async def stop(self) -> None: ...
 
     async def publish(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
-                      since: datetime, round_: int) -> bool:
+                      since: datetime, round_: int, resource: str = R.GPU_RESOURCE) -> bool:
         """Show a waiter of this replica to all (False: its pod is not visible yet)."""
 
     async def claim(self, namespace: str, pod_name: str, victim: str) -> bool:
@@ -189,7 +213,11 @@ class GpuQueue:
         ungate: Callable[[Waiter], Awaitable[bool]] = ungate_pod,
         report: Callable[[Waiter, dict[str, Any]], Awaitable[None]] = report_position,
         clock: records.Clock = time.time,
+        victim_flavor: Callable[[CullDecision], str] | None = None,
+        ungated: int = 1,
     ) -> None:
+        if ungated < 1:
+            raise ValueError(f"the GPU queue must leave at least its head ungated, not {ungated}")
         #: Idle GPU kernels that may be shut down for a waiter, best first (the culler's
         #: :meth:`~.culler.GatewayCuller.reclaim_candidates`).
         self.reclaim_candidates = reclaim_candidates
@@ -198,6 +226,11 @@ class GpuQueue:
         self.ungate = ungate
         self.report = report
         self.clock = clock
+        #: The GPU flavor a reclaim candidate holds (None: every candidate holds whole GPUs).
+        self.victim_flavor = victim_flavor
+        #: Waiters of each flavor left ungated from the head of the order (see the autoscaler
+        #: mode in the module docstring).
+        self.ungated = ungated
         self._waiters: dict[str, Waiter] = {}
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -242,19 +275,20 @@ class GpuQueue:
 
     # -- membership (called by the provisioner on the event loop) ----------------------------
 
-    def has_waiting(self) -> bool:
-        """Whether a new GPU kernel must queue behind others (then its pod starts gated)."""
-        return any(w.gated or w.unschedulable for w in self.ordered())
+    def has_waiting(self, resource: str | None = None) -> bool:
+        """Whether a new GPU kernel of ``resource`` (None: any flavor) must queue behind others
+        (then its pod starts gated)."""
+        return any(w.gated or w.unschedulable for w in self.ordered(resource))
 
     def enqueue(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
-                *, gated: bool) -> Waiter:
+                *, gated: bool, resource: str = R.GPU_RESOURCE) -> Waiter:
         waiter = self._waiters.get(kernel_id)
         if waiter is None:
             # The rank is fixed on arrival: how many of this user's starts are already waiting
-            # (every replica's, with a board).
-            rank = round_for(user, (w.user for w in self.ordered()))
+            # for the same flavor (every replica's, with a board).
+            rank = round_for(user, (w.user for w in self.ordered(resource)))
             waiter = Waiter(kernel_id, user, gpus, namespace, pod_name, next(self._seq), rank,
-                            self._arrival(), gated)
+                            self._arrival(), gated, resource=resource)
             self._waiters[kernel_id] = waiter
         if waiter.pod_name != pod_name:
             waiter.pod_name = pod_name
@@ -272,9 +306,10 @@ class GpuQueue:
         return now
 
     def unschedulable(self, kernel_id: str, user: str, gpus: int, namespace: str,
-                      pod_name: str, message: str) -> None:
+                      pod_name: str, message: str, resource: str = R.GPU_RESOURCE) -> None:
         """The scheduler found no room: the kernel waits (joining the queue if it had not)."""
-        waiter = self.enqueue(kernel_id, user, gpus, namespace, pod_name, gated=False)
+        waiter = self.enqueue(kernel_id, user, gpus, namespace, pod_name, gated=False,
+                              resource=resource)
         waiter.unschedulable = message
 
     def leave(self, kernel_id: str) -> None:
@@ -291,9 +326,10 @@ class GpuQueue:
 
     # -- order --------------------------------------------------------------------------------
 
-    def ordered(self) -> list[Waiter]:
+    def ordered(self, resource: str | None = None) -> list[Waiter]:
         """Round-robin across users, arrival order within a round; every replica's starts, with
-        a board (:func:`elastic_kernels.queueorder.order_key`, the same on every replica).
+        a board (:func:`elastic_kernels.queueorder.order_key`, the same on every replica). Only
+        the waiters of ``resource`` when given (each flavor's queue is its own).
 
         A start's round is fixed when it arrives (its user's starts already waiting), so a user
         who was just served does not jump back ahead of one who was not.
@@ -316,30 +352,48 @@ class GpuQueue:
             for waiter in merged.values():
                 if (waiter.kernel_id, waiter.pod_name) in self._ungated:
                     waiter.gated = False  # ours did it; the watch has not shown it yet
-        return sorted(merged.values(), key=lambda w: order_key(w.rank, w.since, w.kernel_id))
+        waiters = merged.values() if resource is None else [
+            w for w in merged.values() if w.resource == resource]
+        return sorted(waiters, key=lambda w: order_key(w.rank, w.since, w.kernel_id))
+
+    def positioned(self) -> list[tuple[Waiter, int]]:
+        """Every waiter in order with its position in its own flavor's queue."""
+        counts: dict[str, int] = {}
+        out = []
+        for waiter in self.ordered():
+            counts[waiter.resource] = counts.get(waiter.resource, 0) + 1
+            out.append((waiter, counts[waiter.resource]))
+        return out
+
+    def waiting_by_flavor(self) -> dict[str, int]:
+        """Starts waiting at this replica, per GPU flavor (the metrics' queue lengths)."""
+        counts: dict[str, int] = {}
+        for waiter in self._waiters.values():
+            counts[waiter.resource] = counts.get(waiter.resource, 0) + 1
+        return counts
 
     def position(self, kernel_id: str) -> int | None:
-        for i, waiter in enumerate(self.ordered(), 1):
+        for waiter, position in self.positioned():
             if waiter.kernel_id == kernel_id:
-                return i
+                return position
         return None
 
     def describe(self, kernel_id: str) -> str:
-        for position, waiter in enumerate(self.ordered(), 1):
+        for waiter, position in self.positioned():
             if waiter.kernel_id == kernel_id:
                 return self._describe(waiter, position)
         return ""
 
     @staticmethod
     def _describe(waiter: Waiter, position: int) -> str:
-        what = f"{waiter.gpus} {R.GPU_RESOURCE}"
+        what = f"{waiter.gpus} {waiter.resource}"
         text = f"waiting for {what}: {ordinal(position)} in queue"
         if waiter.reclaimed_for:
             text += " (an idle GPU kernel was reclaimed for it)"
         return text
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [w.model(i) for i, w in enumerate(self.ordered(), 1)]
+        return [w.model(i) for w, i in self.positioned()]
 
     def poke(self) -> None:
         """Look again (the culler's timer calls this: idle kernels become reclaimable)."""
@@ -391,13 +445,16 @@ class GpuQueue:
 
     async def reconcile(self) -> None:
         await self._publish()
-        order = self.ordered()
-        await asyncio.gather(*(self._report(w, i) for i, w in enumerate(order, 1) if w.local))
-        if not order:
+        positioned = self.positioned()
+        await asyncio.gather(*(self._report(w, i) for w, i in positioned if w.local))
+        if not positioned:
             return
-        head = order[0]
-        if head.gated and self._leading():
-            await self._ungate(head)
+        order = [w for w, _ in positioned]
+        if self._leading():
+            for flavor_order in by_flavor(order, lambda w: w.resource).values():
+                for waiter in heads(flavor_order, self.ungated):
+                    if waiter.gated:
+                        await self._ungate(waiter)
         await self._reclaim_for_waiters(order)
 
     async def _publish(self) -> None:
@@ -409,7 +466,7 @@ class GpuQueue:
             try:
                 waiter.published = await board.publish(
                     waiter.kernel_id, waiter.user, waiter.gpus, waiter.namespace,
-                    waiter.pod_name, waiter.since, waiter.rank)
+                    waiter.pod_name, waiter.since, waiter.rank, waiter.resource)
             except KubeError as e:
                 log.warning("GPU queue: could not publish %s: %s", waiter.kernel_id, e)
 
@@ -436,14 +493,22 @@ class GpuQueue:
         log.info("GPU queue: %s (%s) is next; its pod may now be scheduled",
                  waiter.kernel_id, waiter.user)
 
+    def _flavor(self, decision: CullDecision) -> str:
+        return self.victim_flavor(decision) if self.victim_flavor else R.GPU_RESOURCE
+
     async def _reclaim_for_waiters(self, order: list[Waiter]) -> None:
-        """One reclaim per waiting start whose pod the scheduler could not place."""
+        """One reclaim per waiting start whose pod the scheduler could not place, each from
+        the idle kernels of the waiter's own flavor (best first)."""
         needy = [w for w in order if not w.gated and w.unschedulable and not w.reclaimed_for]
         if not needy:
             return
-        candidates = [d for d in self.reclaim_candidates()
-                      if d.kernel.kernel_id not in self._claimed]
-        for waiter, decision in zip(needy, candidates):
+        candidates = by_flavor((d for d in self.reclaim_candidates()
+                                if d.kernel.kernel_id not in self._claimed), self._flavor)
+        for waiter in needy:
+            of_flavor = candidates.get(waiter.resource)
+            if not of_flavor:
+                continue
+            decision = of_flavor.pop(0)
             victim = decision.kernel.kernel_id
             if self.board is not None and not await self.board.claim(
                     waiter.namespace, waiter.pod_name, victim):

@@ -3,22 +3,23 @@
 What is shared, and why there:
 
 * **Who waits.** Each waiting start's pod carries :data:`~elastic_kernels.queueorder.
-  QUEUE_ANNOTATION` (user, GPUs, since, round), written once by the replica that took the
-  start. Every replica already watches the kernel pods (one shared watch), so every replica
-  sees every waiter with no extra watch and no polling, and computes the same order with
-  :func:`elastic_kernels.queueorder.fair_order`. A waiter leaves when its pod is bound or gone,
-  which every replica sees on the same watch.
+  QUEUE_ANNOTATION` (user, GPUs and their flavor, since, round), written once by the replica
+  that took the start. Every replica already watches the kernel pods (one shared watch), so
+  every replica sees every waiter with no extra watch and no polling, and computes the same
+  order with :func:`elastic_kernels.queueorder.fair_order`. A waiter leaves when its pod is
+  bound or gone, which every replica sees on the same watch.
 * **Who ungates: one leader.** Only the replica holding the Lease ``elastic-kernels-gpu-queue``
-  lifts the head's gate, whoever's start it is. One actor acting on one cache never lets two
-  heads through because two caches disagreed for a moment; a waiter whose replica died still
-  gets its turn; and nothing needs a read-modify-write per decision. (The alternative, each
-  replica ungating its own waiters when they are at the head, needs a shared "whose turn"
-  object updated with optimistic concurrency on every turn, and stalls the queue behind a dead
-  replica's waiter.) The Lease uses the verbs the gateway's own Lease already has (create, get,
-  patch, delete); it is checked every ``duration / 3`` seconds by each replica: one request
-  per replica per period, not per kernel. A follower takes over only after it has seen the
-  Lease unchanged for a whole ``duration`` on its own clock (as client-go does, so clock skew
-  between replicas does not matter); a leader that stops cleanly deletes it.
+  lifts the head's gate (each flavor's head, or its first N in the autoscaler mode), whoever's
+  start it is. One actor acting on one cache never lets two heads through because two caches
+  disagreed for a moment; a waiter whose replica died still gets its turn; and nothing needs a
+  read-modify-write per decision. (The alternative, each replica ungating its own waiters when
+  they are at the head, needs a shared "whose turn" object updated with optimistic concurrency
+  on every turn, and stalls the queue behind a dead replica's waiter.) The Lease uses the verbs
+  the gateway's own Lease already has (create, get, patch, delete); it is checked every
+  ``duration / 3`` seconds by each replica: one request per replica per period, not per kernel.
+  A follower takes over only after it has seen the Lease unchanged for a whole ``duration`` on
+  its own clock (as client-go does, so clock skew between replicas does not matter); a leader
+  that stops cleanly deletes it.
 * **Reclaim, once per waiter.** Idle kernels can only be judged by the replica that holds them
   (their busy/idle state is live there). So any replica with a candidate may reclaim for a
   waiter, but first claims the waiter: a merge patch of :data:`~elastic_kernels.queueorder.
@@ -225,13 +226,13 @@ class ClusterQueueBoard:
         return self.pods.get(pod_name, namespace)
 
     async def publish(self, kernel_id: str, user: str, gpus: int, namespace: str, pod_name: str,
-                      since: datetime, round_: int) -> bool:
+                      since: datetime, round_: int, resource: str = R.GPU_RESOURCE) -> bool:
         """Write a waiter onto its pod, once; False while the pod is not in the cache yet (its
         ADDED event brings the queue back here)."""
         pod = self._pod(namespace, pod_name)
         if pod is None:
             return False
-        value = queue_annotation(kernel_id, user, gpus, since, round_)
+        value = queue_annotation(kernel_id, user, gpus, since, round_, resource)
         if ((pod.get("metadata") or {}).get("annotations") or {}).get(QUEUE_ANNOTATION) == value:
             return True
         try:
