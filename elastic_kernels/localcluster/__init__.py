@@ -30,7 +30,10 @@ Scheduler:
 Kubelet:
     ``kubelet``, ``processes`` (a container as a process group), ``podenv`` (its environment),
     ``podstatus`` (phase and conditions), ``volumes``, ``claimmounts`` (a claim as its volume's
-    directory), ``images`` (how an image "runs" here), ``allocators`` (pod IPs and GPUs).
+    directory), ``images`` (how an image "runs" here), ``imagepulls`` (which images each node
+    holds, simulated pull time), ``allocators`` (pod IPs and GPUs).
+Controllers:
+    ``daemonsets`` (a pod of each DaemonSet on every node it selects; the image pre-puller).
 Storage:
     ``claims`` (facts about claims, volumes and classes), ``storagerules`` (their validation),
     ``storageadmission`` (default class, protection finalizers), ``pvcontroller`` (binding,

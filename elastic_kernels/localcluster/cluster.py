@@ -42,6 +42,7 @@ from .apiserver import APIServer
 from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
 from .claims import STORAGE_CLASSES
+from .daemonsets import DaemonSetController
 from .kubelet import Kubelet
 from .localpath import default_storage_class
 from .nodes import default_nodes, node_object
@@ -98,6 +99,7 @@ class LocalCluster:
         self.scheduler: Scheduler | None = None
         self.kubelet: Kubelet | None = None
         self.volume_controller: PersistentVolumeController | None = None
+        self.daemonset_controller: DaemonSetController | None = None
 
     @property
     def url(self) -> str:
@@ -153,6 +155,8 @@ class LocalCluster:
             self.volume_controller = PersistentVolumeController(self.store,
                                                                 self.workdir / "volumes")
             await self.volume_controller.start()
+            self.daemonset_controller = DaemonSetController(self.store)
+            await self.daemonset_controller.start()
             await self.kubelet.start()
             self.write_kubeconfig(self.kubeconfig_path)
         except BaseException:
@@ -227,7 +231,8 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop in reverse order; the kubelet last stops every pod process it started."""
-        for component in (self.volume_controller, self.scheduler, self.kubelet, self.apiserver):
+        for component in (self.daemonset_controller, self.volume_controller, self.scheduler,
+                          self.kubelet, self.apiserver):
             if component is None:
                 continue
             try:
@@ -236,6 +241,7 @@ class LocalCluster:
                 log.exception("stopping %s failed", type(component).__name__)
         self.scheduler = self.kubelet = None
         self.volume_controller = None
+        self.daemonset_controller = None
         self.apiserver = None
         if self._own_workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)

@@ -19,7 +19,13 @@ An image whose name contains any of ``ImagePolicy.unavailable_patterns`` (defaul
 tested without a registry. Every other image name is "present on the machine".
 
 A container without ``command`` uses ``ImagePolicy.entrypoints[image]`` (the image's ENTRYPOINT)
-when configured; otherwise its ``args`` are the whole command line, as with a CMD-only image.
+when configured; otherwise its ``args`` are the whole command line, as with a CMD-only image. A
+pause image (repository ``.../pause``, as ``registry.k8s.io/pause``) has the ENTRYPOINT
+``sleep infinity`` here: like ``/pause`` it waits until it is signalled.
+
+Pull time is simulated only when ``ImagePolicy.pull_seconds`` is set (``imagepulls.py``): nodes
+then start holding only ``ImagePolicy.preloaded`` and a first use of an image on a node waits that
+long. Unset, every image is "present on the machine" at once.
 """
 
 from __future__ import annotations
@@ -49,6 +55,14 @@ class ImagePolicy:
     extra_path: tuple[Path, ...] = ()
     entrypoints: dict[str, list[str]] = field(default_factory=dict)
     passthrough_env: tuple[str, ...] = DEFAULT_PASSTHROUGH_ENV
+    #: Seconds a first pull of an image on a node takes; None: no node ever lacks an image.
+    pull_seconds: float | None = None
+    #: Images every node holds from the start when pulls are simulated.
+    preloaded: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pull_seconds is not None and not self.pull_seconds >= 0:
+            raise ValueError(f"pull_seconds must be a number >= 0, got {self.pull_seconds!r}")
 
     def is_available(self, image: str) -> bool:
         return not any(p and p in image for p in self.unavailable_patterns)
@@ -82,8 +96,22 @@ class ImagePolicy:
         return {k: os.environ[k] for k in self.passthrough_env if k in os.environ}
 
     def entrypoint(self, image: str) -> list[str]:
-        return list(self.entrypoints.get(image) or self.entrypoints.get(normalize_image(image))
-                    or [])
+        found = self.entrypoints.get(image) or self.entrypoints.get(normalize_image(image))
+        if found:
+            return list(found)
+        if is_pause_image(image):
+            return list(PAUSE_ENTRYPOINT)
+        return []
+
+
+#: What a pause image's ``/pause`` does, as a host command: wait until signalled.
+PAUSE_ENTRYPOINT = ("sleep", "infinity")
+
+
+def is_pause_image(image: str) -> bool:
+    """``registry.k8s.io/pause:3.10`` and the like (any registry, any tag or digest)."""
+    repo = normalize_image(image).split("@", 1)[0].rsplit(":", 1)[0]
+    return repo.rsplit("/", 1)[-1] == "pause"
 
 
 def normalize_image(image: str) -> str:

@@ -11,7 +11,8 @@ For each pod bound to a node it knows, a ``PodWorker``:
    (``satokens.py``), requested like a real kubelet does (3607 s) and rewritten in place once
    80 % of their life has passed, so a pod that runs for days keeps a working credential and a
    copied token dies with its pod;
-3. "pulls" the image according to the ``ImagePolicy`` and runs ``command`` + ``args`` in a new
+3. "pulls" the image according to the ``ImagePolicy`` (taking simulated time on a node that
+   lacks it, ``imagepulls.py``) and runs ``command`` + ``args`` in a new
    session (``processes.py``), reporting the states a real kubelet reports, restarting per
    ``restartPolicy`` with CrashLoopBackOff back-off;
 4. on deletion sends SIGTERM to the process group, SIGKILL after the grace period, reports the
@@ -39,6 +40,7 @@ from .allocators import DeviceAllocator, DeviceExhausted, IPAllocator
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import container_gpus, is_terminal, node_allocatable
+from .imagepulls import NodeImages
 from .images import ImagePolicy
 from .nodes import GPU_RESOURCE
 from .podenv import ConfigError, container_env, expand_command
@@ -491,11 +493,14 @@ class PodWorker:
         policy = c.spec.get("imagePullPolicy") or "IfNotPresent"
         if c.runs:
             return True  # a restart reuses the image already on the node
-        if self.k.images.is_available(c.image):
-            if policy == "Always":
+        present = self.k.pulls.present(self.node, c.image)
+        if self.k.images.is_available(c.image) and (policy != "Never" or present):
+            if policy == "Always" or not present:
+                # Simulated download time (imagepulls.py): the pod waits in ContainerCreating.
                 self.event("Normal", "Pulling", f'Pulling image "{c.image}"', c.name)
-                self.event("Normal", "Pulled", f'Successfully pulled image "{c.image}" in 0s '
-                                               f'(0s including waiting)', c.name)
+                took = go_duration(await self.k.pulls.pull(self.node, c.image))
+                self.event("Normal", "Pulled", f'Successfully pulled image "{c.image}" in {took} '
+                                               f'({took} including waiting)', c.name)
             else:
                 self.event("Normal", "Pulled",
                            f'Container image "{c.image}" already present on machine', c.name)
@@ -786,6 +791,8 @@ class Kubelet:
         self.workdir = Path(workdir)
         self.api_url = api_url
         self.images = image_policy or ImagePolicy()
+        #: Which images each node holds, and simulated pull time (imagepulls.py).
+        self.pulls = NodeImages(self.images)
         self.crash_backoff_seconds = float(crash_backoff_seconds)
         self.max_backoff_seconds = max(float(max_backoff_seconds), self.crash_backoff_seconds)
         self.stop_grace_seconds = stop_grace_seconds
@@ -847,6 +854,7 @@ class Kubelet:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.pulls.close()
         for w in workers:
             await asyncio.to_thread(shutil.rmtree, w.pod_dir, True)
         self._workers.clear()
@@ -870,6 +878,7 @@ class Kubelet:
         name = _meta(node).get("name", "")
         if etype == "DELETED":
             self._nodes.pop(name, None)
+            self.pulls.forget_node(name)
             return
         self._nodes[name] = node
         try:

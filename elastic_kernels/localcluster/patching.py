@@ -77,6 +77,8 @@ _TEMPLATE = _obj(metadata=_OBJECT_META, spec=POD_SPEC_META)
 _CONDITIONS = _obj(conditions=_map_list("type"))
 PATCH_META["Deployment"] = _obj(metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE),
                                 status=_CONDITIONS)
+PATCH_META["DaemonSet"] = _obj(metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE),
+                               status=_CONDITIONS)
 PATCH_META["Job"] = _obj(metadata=_OBJECT_META, spec=_obj(template=_TEMPLATE),
                          status=_CONDITIONS)
 PATCH_META["CronJob"] = _obj(metadata=_OBJECT_META, spec=_obj(jobTemplate=_obj(

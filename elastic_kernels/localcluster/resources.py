@@ -163,6 +163,10 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ("deploy",),
                  categories=("all",), status_subresource=True, has_generation=True,
                  model="V1Deployment"),
+    # Acted on by the daemon controller (``daemonsets.py``): the image pre-puller is one.
+    ResourceType("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, ("ds",),
+                 categories=("all",), status_subresource=True, has_generation=True,
+                 model="V1DaemonSet"),
     ResourceType("batch", "v1", "cronjobs", "cronjob", "CronJob", True, ("cj",),
                  categories=("all",), status_subresource=True, has_generation=True,
                  model="V1CronJob"),
