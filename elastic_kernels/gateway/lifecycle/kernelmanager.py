@@ -23,7 +23,8 @@ import zmq
 from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Bool, Float, Integer, Unicode, default, observe
+from traitlets import (Bool, Dict, Float, Integer, List, TraitError, Unicode, default, observe,
+                       validate)
 
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeError
@@ -204,9 +205,57 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
 
     gpu_quota_per_user = Integer(
         0, config=True,
-        help="Most nvidia.com/gpu one user's kernels may hold or wait for (0: no quota). "
-        "A start beyond it is refused at once, saying the quota and the current use.",
+        help="Most devices of each GPU flavor (nvidia.com/gpu, a MIG profile, ...) one user's "
+        "kernels may hold or wait for (0: no quota), unless gpu_quota_per_flavor says "
+        "otherwise for that flavor. A start beyond it is refused at once, saying the quota and "
+        "the current use.",
     )
+    gpu_quota_per_flavor = Dict(
+        key_trait=Unicode(), value_trait=Integer(min=0), config=True,
+        help="Per-user quota of a GPU flavor, by resource name or pattern "
+        "({'nvidia.com/gpu': 1, 'nvidia.com/mig-*': 4}; 0: no quota for it); overrides "
+        "gpu_quota_per_user for the flavors it names. The most specific key (an exact name "
+        "before a pattern) wins.",
+    )
+    gpu_flavors = List(
+        Unicode(), default_value=list(R.DEFAULT_GPU_FLAVORS), config=True,
+        help="Extended resources that count as GPUs, by name or pattern: each is a flavor "
+        "with its own fair queue, reclaim and quota. A kernelspec asking for another extended "
+        "resource is not queued: its shortage fails the start with the scheduler's words.",
+    )
+    gpu_queue_ungated = Integer(
+        1, min=1, config=True,
+        help="Waiting GPU starts of each flavor, from the head of the fair order, whose pods "
+        "are left without a scheduling gate. 1: only the head, so the order is exactly the "
+        "queue's, but a cluster autoscaler never sees the queue (gated pods do not trigger "
+        "scale-up). N > 1 (autoscaler mode): the autoscaler sees N unschedulable pods and "
+        "adds nodes; among those N the scheduler decides who is placed first.",
+    )
+
+    @validate("gpu_flavors")
+    def _valid_gpu_flavors(self, proposal: Any) -> list[str]:
+        try:
+            flavors = R.GpuFlavors(tuple(proposal["value"]))
+        except R.GpuFlavorError as e:
+            raise TraitError(str(e)) from None
+        R.set_gpu_flavors(flavors)
+        return list(flavors.patterns)
+
+    @validate("gpu_quota_per_flavor")
+    def _valid_gpu_quota_per_flavor(self, proposal: Any) -> dict[str, int]:
+        quotas = dict(proposal["value"])
+        for key in quotas:
+            try:
+                R.GpuFlavors((key,))
+            except R.GpuFlavorError as e:
+                raise TraitError(f"gpu_quota_per_flavor: {e}") from None
+        return quotas
+
+    @observe("gpu_queue_ungated")
+    def _ungated_changed(self, change: Any) -> None:
+        queue = getattr(self, "gpu_queue", None)
+        if queue is not None:
+            queue.ungated = change["new"]
     lease_duration = Integer(
         30, config=True,
         help="Seconds of this gateway's Lease; the cull cron treats kernels of a gateway whose "
@@ -264,7 +313,9 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self.context.set(zmq.MAX_SOCKETS, self.zmq_max_sockets)
         self._kernel_records: Informer | None = None
         self._kernelspecs: Informer | None = None
-        self._starting_gpus: dict[str, tuple[str, int]] = {}
+        self._starting_gpus: dict[str, tuple[str, str, int]] = {}
+        # The configured flavors (a validator runs only on assignment, not for the default).
+        R.set_gpu_flavors(R.GpuFlavors(tuple(self.gpu_flavors)))
         self._culls: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.snapshots = self._open_snapshots()
         self._resumes: dict[str, asyncio.Task[str]] = {}
@@ -289,7 +340,9 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             reclaim_candidates=lambda: [*self.warm_pools.reclaim_candidates(),
                                         *self.culler.reclaim_candidates()],
             reclaim=lambda d: (self.warm_pools.reclaim(d) if self.warm_pools.owns(d)
-                               else self.culler.cull(d)))
+                               else self.culler.cull(d)),
+            victim_flavor=self._victim_flavor,
+            ungated=self.gpu_queue_ungated)
         self.lease: GatewayLease | None = None
 
     async def start_watching(self) -> None:
@@ -495,23 +548,58 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         """(reason, message) of a kernel this gateway culled, for the 404 that follows."""
         return self._culls.get(kernel_id)
 
-    def _gpu_use(self, user: str) -> int:
-        """GPUs the user's kernels hold or wait for, from the kernel records and our starts."""
-        use: dict[str, int] = {kid: gpus for kid, (u, gpus) in self._starting_gpus.items()
-                               if u == user}
-        specs = {(o.get("metadata") or {}).get("name"): o for o in self.kernelspec_records()}
+    def _spec_flavor(self, kernel_spec: str) -> tuple[str, int]:
+        """(flavor, count) a kernelspec asks for, from the watch cache; ("", 0) if unknown."""
+        for obj in self.kernelspec_records():
+            if (obj.get("metadata") or {}).get("name") == kernel_spec:
+                try:
+                    view = R.KernelSpecView.from_object(obj)
+                except ValueError:
+                    return "", 0
+                return view.gpu_resource, view.gpus
+        return "", 0
+
+    def _record_flavor(self, record: dict[str, Any]) -> tuple[str, int]:
+        """(flavor, count) a kernel record holds or waits for: its status, else its kernelspec
+        (a record written before flavors existed holds whole GPUs)."""
+        status = record.get("status") or {}
+        gpus = status.get("gpus")
+        if gpus is None:
+            return self._spec_flavor(str((record.get("spec") or {}).get("kernelSpec") or ""))
+        if not gpus:
+            return "", 0
+        return str(status.get("gpuResource") or R.GPU_RESOURCE), int(gpus)
+
+    def _victim_flavor(self, decision: CullDecision) -> str:
+        """The GPU flavor a reclaim candidate holds, so the queue frees only what fits."""
+        record = self.kernel_record(decision.kernel.kernel_id)
+        flavor = self._record_flavor(record)[0] if record is not None else ""
+        return flavor or self._spec_flavor(decision.kernel.kernel_spec)[0] or R.GPU_RESOURCE
+
+    def _gpu_use(self, user: str, resource: str = R.GPU_RESOURCE) -> int:
+        """Devices of ``resource`` the user's kernels hold or wait for, from the kernel records
+        and our starts."""
+        use: dict[str, int] = {kid: gpus for kid, (u, r, gpus) in self._starting_gpus.items()
+                               if u == user and r == resource}
         for record in (self._kernel_records.items() if self._kernel_records else []):
             spec = record.get("spec") or {}
             if spec.get("user") != user or (record.get("metadata") or {}).get("deletionTimestamp"):
                 continue
-            gpus = (record.get("status") or {}).get("gpus")
-            if gpus is None:
-                try:
-                    gpus = R.KernelSpecView.from_object(specs[spec.get("kernelSpec")]).gpus
-                except (KeyError, ValueError):
-                    gpus = 0
-            use[str(spec.get("kernelId"))] = int(gpus or 0)
+            flavor, gpus = self._record_flavor(record)
+            if flavor == resource:
+                use[str(spec.get("kernelId"))] = gpus
         return sum(use.values())
+
+    def gpu_quota(self, resource: str) -> int:
+        """The per-user quota of one GPU flavor (0: none): gpu_quota_per_flavor's most specific
+        key matching it (an exact name, then the longest pattern), else gpu_quota_per_user."""
+        quotas = self.gpu_quota_per_flavor
+        if resource in quotas:
+            return int(quotas[resource])
+        matching = [k for k in quotas if R.GpuFlavors((k,)).matches(resource)]
+        if matching:
+            return int(quotas[max(matching, key=len)])
+        return self.gpu_quota_per_user
 
     async def _kernelspecs_known(self) -> None:
         """Wait until the kernelspec cache has its first list, so that a start arriving before
@@ -527,30 +615,35 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                                     f"cannot read the kernelspecs from the cluster: {e}",
                                     503) from None
 
-    def _check_gpu_quota(self, user: str, kernel_name: str | None) -> int:
-        """The GPUs the kernel needs; raises 403 if they would take the user past the quota."""
+    def _check_gpu_quota(self, user: str, kernel_name: str | None) -> tuple[str, int]:
+        """The GPU flavor and count the kernel needs; raises 403 if they would take the user
+        past the quota of that flavor."""
         view = getattr(self.kernel_spec_manager, "view", None)
         try:
-            gpus = view(kernel_name).gpus if view and kernel_name else 0
+            spec = view(kernel_name) if view and kernel_name else None
         except NoSuchKernel:
-            return 0  # an unknown kernelspec fails later, with its own clear error
+            return "", 0  # an unknown kernelspec fails later, with its own clear error
         # Anything else propagates: a quota that is skipped whenever the lookup fails is no
         # quota (fail closed).
-        quota = self.gpu_quota_per_user
-        if gpus and quota:
-            used = self._gpu_use(user)
+        if spec is None or not spec.gpus:
+            return "", 0
+        resource, gpus = spec.gpu_resource, spec.gpus
+        quota = self.gpu_quota(resource)
+        if quota:
+            used = self._gpu_use(user, resource)
             if used + gpus > quota:
                 raise KernelLaunchError(
                     "GPUQuotaExceeded",
-                    f"GPU quota exceeded: {user} may use {quota} {R.GPU_RESOURCE} and already "
-                    f"uses or waits for {used}; this kernel needs {gpus}. Shut down a GPU kernel "
-                    "first.", 403)
-        return gpus
+                    f"GPU quota exceeded: {user} may use {quota} {resource} and already "
+                    f"uses or waits for {used}; this kernel needs {gpus}. Shut down a kernel "
+                    f"holding {resource} first.", 403)
+        return resource, gpus
 
     def elastic_status(self) -> dict[str, Any]:
         return {
             "gpu_queue": self.gpu_queue.snapshot(),
             "gpu_quota_per_user": self.gpu_quota_per_user,
+            "gpu_quota_per_flavor": dict(self.gpu_quota_per_flavor),
             "lease": self.lease.name if self.lease is not None else None,
         }
 
@@ -577,9 +670,9 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                                               **kwargs)
         kernel_id = kernel_id or self.new_kernel_id()
         await self._kernelspecs_known()
-        gpus = self._check_gpu_quota(user or "", kernel_name)
+        resource, gpus = self._check_gpu_quota(user or "", kernel_name)
         if gpus:
-            self._starting_gpus[kernel_id] = (user or "", gpus)
+            self._starting_gpus[kernel_id] = (user or "", resource, gpus)
         try:
             return await super().start_kernel(
                 kernel_name=kernel_name, kernel_id=kernel_id, **kwargs
@@ -654,6 +747,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                 "pod": status.get("podName") or model.get("pod"),
                 "node": status.get("node", ""),
                 "gpus": status.get("gpus", 0),
+                "gpu_resource": (status.get("gpuResource") or R.GPU_RESOURCE)
+                if status.get("gpus") else "",
                 "restart_count": status.get("restartCount", 0),
                 "started_at": status.get("startedAt"),
                 "user": spec.get("user") or model.get("user"),

@@ -137,12 +137,16 @@ class _StateCollector(Collector):
 
         phases: dict[str, int] = {}
         gpus = 0
+        by_flavor: dict[str, int] = {}
         model: Callable[[str], t.Any] | None = getattr(km, "elastic_model", None)
         for kernel_id in kernel_ids:
             described = _sync_model(model, kernel_id)
             phase = str(described.get("phase") or "Unknown")
             phases[phase] = phases.get(phase, 0) + 1
             gpus += int(described.get("gpus") or 0)
+            if described.get("gpus"):
+                flavor = str(described.get("gpu_resource") or "nvidia.com/gpu")
+                by_flavor[flavor] = by_flavor.get(flavor, 0) + int(described["gpus"])
         by_phase = GaugeMetricFamily(
             "elastic_kernels_kernels_by_phase",
             "Kernels held by this gateway, by the phase their JupyterKernel record shows.",
@@ -154,10 +158,26 @@ class _StateCollector(Collector):
                      "GPUs held by the kernels this gateway holds (their records' status.gpus).",
                      gid, gpus)
 
+        held = GaugeMetricFamily(
+            "elastic_kernels_gpus_held_by_resource",
+            "GPU devices held by the kernels this gateway holds, per GPU flavor (resource).",
+            labels=("gateway_id", "resource"))
+        for flavor, count in sorted(by_flavor.items()):
+            held.add_metric((gid, flavor), count)
+        yield held
+
         queue = getattr(km, "gpu_queue", None)
         yield _gauge("elastic_kernels_gpu_queue_length",
                      "Kernel starts waiting in this gateway's GPU queue.", gid,
                      len(queue) if queue is not None else 0)
+        waiting = GaugeMetricFamily(
+            "elastic_kernels_gpu_queue_waiting",
+            "Kernel starts waiting in this gateway's GPU queue, per GPU flavor (resource).",
+            labels=("gateway_id", "resource"))
+        per_flavor = getattr(queue, "waiting_by_flavor", None)
+        for flavor, count in sorted((per_flavor() if per_flavor else {}).items()):
+            waiting.add_metric((gid, flavor), count)
+        yield waiting
         yield _gauge("elastic_kernels_websocket_connections", "Open kernel websocket connections.",
                      gid, len(app.open_websockets))
         yield _counter("elastic_kernels_kernel_start_failures",

@@ -107,6 +107,8 @@ class SpecFacts:
     gpus: int = 0
     requests: t.Mapping[str, str] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
+    #: The GPU flavor its kernels hold (a whole GPU, a MIG profile, a time-sliced share).
+    gpu_resource: str = ""
 
 
 def _pod_state(pod: JSON | None) -> tuple[str, str]:
@@ -137,17 +139,19 @@ def _pod_state(pod: JSON | None) -> tuple[str, str]:
     return f"scheduled on {node}", node
 
 
-def _resources(gpus: int, requests: t.Mapping[str, str], node: str) -> JSON:
+def _resources(gpus: int, requests: t.Mapping[str, str], node: str,
+               gpu_resource: str = "") -> JSON:
+    flavor = gpu_resource or R.GPU_RESOURCE
     if gpus:
-        summary = f"{gpus} × {R.GPU_RESOURCE}"
+        summary = f"{gpus} × {flavor}"
     else:
         parts = [f"{requests['cpu']} CPU" if "cpu" in requests else "",
                  f"{requests['memory']} memory" if "memory" in requests else ""]
         summary = ", ".join(p for p in parts if p) or "no requests"
     if node:
         summary += f" on {node}"
-    return {"gpus": gpus, "cpu": requests.get("cpu"), "memory": requests.get("memory"),
-            "node": node or None, "summary": summary}
+    return {"gpus": gpus, "gpu_resource": flavor if gpus else None, "cpu": requests.get("cpu"),
+            "memory": requests.get("memory"), "node": node or None, "summary": summary}
 
 
 def kernel_status(record: JSON, pod: JSON | None, spec: SpecFacts, live: Live | None, *,
@@ -224,7 +228,8 @@ def kernel_status(record: JSON, pod: JSON | None, spec: SpecFacts, live: Live | 
         "gpus": gpus,
         "node": node or None,
         "pod": view.pod_name or ((pod or {}).get("metadata") or {}).get("name"),
-        "resources": _resources(gpus, spec.requests, node),
+        "resources": _resources(gpus, spec.requests, node,
+                                view.gpu_resource if view.gpus else spec.gpu_resource),
         "queue_position": queue_position if queue_position is not None
         else (view.queue_position if phase in _STARTING else None),
         "restart_count": view.restart_count,
@@ -413,7 +418,8 @@ class KernelStatusHub:
             except ValueError:
                 continue
             found[view.name] = SpecFacts(view.display_name, view.gpus,
-                                         dict(view.resources.requests), book.for_spec(view.name))
+                                         dict(view.resources.requests), book.for_spec(view.name),
+                                         view.gpu_resource)
         found[""] = SpecFacts(policy=book.defaults)
         return found
 
