@@ -11,14 +11,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
+# The JupyterLab extension (labextension/) is built by the install (setup.py, with npm), again
+# whenever its sources change.
+LABEXTENSION := $(wildcard setup.py labextension/package.json labextension/package-lock.json \
+	labextension/tsconfig.json labextension/src/* labextension/schema/* labextension/style/*)
+
 # helm-sdkpy carries Helm's own Go library, to render and install the chart in tests (no helm
 # binary is packaged for PyPI or Debian). Its metadata asks for Python 3.12, but it runs on 3.11.
-$(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml $(LABEXTENSION)
 	$(PIP) install -e '.[test]'
 	$(PIP) install --ignore-requires-python --no-deps helm-sdkpy==0.1.32
 	touch $@
 
-$(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml $(LABEXTENSION)
 	$(PIP) install -e '.[demo]'
 	touch $@
 
@@ -69,3 +74,4 @@ dist: $(VENV)/.test-installed
 
 clean:
 	rm -rf $(VENV) $(LOWEST_VENV) build dist *.egg-info
+	rm -rf labextension/node_modules labextension/lib elastic_kernels/labextension

@@ -47,6 +47,10 @@ LAUNCHER = "elastic-kernel-launcher"
 SOURCES = {"crds": REPO / "deploy" / "crds", "kernelspecs": REPO / "kernelspecs",
            "launchers": REPO / "launchers"}
 DATA_PREFIX = "elastic_kernels/data/"
+#: The built JupyterLab extension (setup.py builds labextension/ into it), and where a wheel
+#: installs it.
+LABEXTENSION_OUTPUT = "elastic_kernels/labextension"
+LABEXTENSION_DATA = "share/jupyter/labextensions/elastic-kernels/"
 
 
 def repository_data() -> dict[str, bytes]:
@@ -81,6 +85,10 @@ def copy_working_tree(dest: Path) -> Path:
             dst.symlink_to(os.readlink(src))
         elif src.is_file():
             shutil.copy2(src, dst)
+    # The JupyterLab extension as `pip install -e .` built it (ignored by git): with its
+    # modification times, so setup.py sees it is up to date and needs no npm here.
+    if (REPO / LABEXTENSION_OUTPUT).is_dir():
+        shutil.copytree(REPO / LABEXTENSION_OUTPUT, dest / LABEXTENSION_OUTPUT)
     return dest
 
 
@@ -188,6 +196,24 @@ def test_sdist_and_wheel_carry_the_repository_files(dists: dict[str, Path]) -> N
             extracted = tar.extractfile(member)
             assert extracted is not None and extracted.read() == content
     assert not [n for n in members if n.startswith("tests/")]
+
+    # The JupyterLab extension, prebuilt: installed where JupyterLab looks, with its settings
+    # schema and pip's install.json; the sdist carries it built, and its sources.
+    built = REPO / LABEXTENSION_OUTPUT
+    extension = {name.split(".data/data/", 1)[1]: content for name, content in wheel.items()
+                 if ".data/data/" in name}
+    expected_extension = {
+        LABEXTENSION_DATA + f.relative_to(built).as_posix(): f.read_bytes()
+        for f in built.rglob("*") if f.is_file()}
+    expected_extension[LABEXTENSION_DATA + "install.json"] = \
+        (REPO / "labextension" / "install.json").read_bytes()
+    assert extension == expected_extension
+    assert LABEXTENSION_DATA + "schemas/elastic-kernels/plugin.json" in extension
+    assert any(n.startswith(LABEXTENSION_DATA + "static/remoteEntry.") for n in extension)
+    for name in ("setup.py", "labextension/package-lock.json", "labextension/src/index.ts",
+                 f"{LABEXTENSION_OUTPUT}/package.json"):
+        assert name in members, name
+    assert not [n for n in members if "node_modules" in n]
 
     # The sdist builds the same wheel as the tree does.
     assert wheel_contents(dists["direct_wheel"]) == wheel

@@ -1,0 +1,195 @@
+import { Notification } from '@jupyterlab/apputils';
+import { ServerConnection } from '@jupyterlab/services';
+import { IEnded, IKernelModel, STARTING, StatusStream } from './stream';
+import { showDiagnostics } from './diagnostics';
+
+/** setTimeout's longest delay; a later deadline is re-armed by the next model anyway. */
+const MAX_DELAY = 2 ** 31 - 1;
+
+interface IPending {
+  timer: number;
+  notice: string | null;
+  deadline: number;
+}
+
+/** The next cull or reclaim of a kernel: when, and what the notification says of it. */
+function nextCull(model: IKernelModel): { at: number; what: string } | null {
+  const cull = model.cull;
+  if (model.phase !== 'Running' || cull.protected) {
+    return null;
+  }
+  const saved = cull.saved
+    ? 'its variables will be saved and restored when you next run a cell'
+    : 'its variables will be lost';
+  const idle = cull.idle_deadline ? Date.parse(cull.idle_deadline) : Infinity;
+  const reclaim = cull.reclaimable_at ? Date.parse(cull.reclaimable_at) : Infinity;
+  if (idle === Infinity && reclaim === Infinity) {
+    return null;
+  }
+  if (reclaim < idle) {
+    return { at: reclaim, what: `may be reclaimed for a waiting user; ${saved}` };
+  }
+  const action = cull.on_cull === 'Suspend' ? 'suspended' : 'shut down';
+  return { at: idle, what: `will be ${action} for being idle; ${saved}` };
+}
+
+function clock(at: number): string {
+  return new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+/**
+ * Notifications about the user's kernels: before an idle cull or a GPU reclaim (a Keep alive
+ * action counts as activity on the kernel), after one (with its reason), and when a start
+ * fails (with the pod's events and launcher log on demand). Timers are armed from each
+ * kernel's deadline as the stream delivers it, so nothing is polled.
+ */
+export class KernelWarnings {
+  constructor(
+    private readonly stream: StatusStream,
+    private readonly nameOf: (kernelId: string) => string
+  ) {
+    stream.changed.connect((_, change) => {
+      switch (change.kind) {
+        case 'reset':
+          for (const id of [...this._pending.keys()]) {
+            if (!stream.kernels.has(id)) {
+              this.clear(id);
+            }
+          }
+          stream.kernels.forEach(model => this.arm(model));
+          break;
+        case 'kernel':
+          this.arm(change.model);
+          break;
+        case 'removed':
+          this.clear(change.id);
+          if (change.last && STARTING.has(change.last.phase)) {
+            this.failed(change.last);
+          }
+          break;
+        case 'ended':
+          this.ended(change.ended);
+          break;
+      }
+    });
+  }
+
+  /** Minutes of warning before a cull (the ``cullWarningMinutes`` setting); 0: none. */
+  set leadMinutes(value: number) {
+    this._lead = value * 60_000;
+    this.stream.kernels.forEach(model => this.arm(model));
+  }
+
+  private arm(model: IKernelModel): void {
+    const next = this._lead > 0 ? nextCull(model) : null;
+    const pending = this._pending.get(model.id);
+    if (next === null) {
+      this.clear(model.id);
+      return;
+    }
+    if (pending && pending.deadline === next.at) {
+      return;
+    }
+    const notice = pending?.notice ?? null;
+    window.clearTimeout(pending?.timer);
+    const entry: IPending = { timer: 0, notice, deadline: next.at };
+    this._pending.set(model.id, entry);
+    const delay = next.at - this._lead - Date.now();
+    if (delay <= 0) {
+      this.warn(model, next, entry);
+    } else {
+      if (notice) {
+        // Activity moved the deadline out of the warning window: the warning is over.
+        Notification.dismiss(notice);
+        entry.notice = null;
+      }
+      entry.timer = window.setTimeout(
+        () => this.warn(model, next, entry),
+        Math.min(delay, MAX_DELAY)
+      );
+    }
+  }
+
+  private warn(
+    model: IKernelModel,
+    next: { at: number; what: string },
+    entry: IPending
+  ): void {
+    if (next.at - this._lead > Date.now()) {
+      this.arm(model); // a timer capped at MAX_DELAY
+      return;
+    }
+    const message =
+      `Kernel "${model.display_name}" of ${this.nameOf(model.id)} ${next.what}` +
+      ` (at ${clock(next.at)}).`;
+    const options = {
+      autoClose: false as const,
+      actions: [
+        {
+          label: 'Keep alive',
+          caption: 'Count this as activity on the kernel, so its idle time starts again',
+          callback: () => void this.keepAlive(model)
+        }
+      ]
+    };
+    if (entry.notice) {
+      Notification.update({ id: entry.notice, message, type: 'warning', ...options });
+    } else {
+      entry.notice = Notification.warning(message, options);
+    }
+  }
+
+  private async keepAlive(model: IKernelModel): Promise<void> {
+    const response = await ServerConnection.makeRequest(
+      this.stream.url('kernels', model.id, 'keepalive'),
+      { method: 'POST' },
+      this.stream.settings
+    );
+    const data = await response.json();
+    if (!response.ok) {
+      Notification.error(`Keep alive failed: ${data.message ?? response.status}`);
+      return;
+    }
+    this.clear(model.id);
+    if (data.kernel) {
+      this.stream.update(data.kernel as IKernelModel);
+    }
+    Notification.info(`Kernel "${model.display_name}" kept alive.`, { autoClose: 3000 });
+  }
+
+  private clear(id: string): void {
+    const pending = this._pending.get(id);
+    if (pending) {
+      window.clearTimeout(pending.timer);
+      if (pending.notice) {
+        Notification.dismiss(pending.notice);
+      }
+      this._pending.delete(id);
+    }
+  }
+
+  private ended(ended: IEnded): void {
+    this.clear(ended.kernel_id);
+    Notification.info(
+      `Kernel "${ended.kernelspec}" of ${this.nameOf(ended.kernel_id)}: ${ended.summary}.`,
+      { autoClose: false }
+    );
+  }
+
+  private failed(last: IKernelModel): void {
+    const title = `Kernel "${last.display_name}" did not start`;
+    Notification.error(`${title}: ${last.state}.`, {
+      autoClose: false,
+      actions: [
+        {
+          label: 'Show details',
+          caption: "The kernel pod's events and launcher log",
+          callback: () => void showDiagnostics(this.stream, last.id, title)
+        }
+      ]
+    });
+  }
+
+  private _lead = 5 * 60_000;
+  private _pending = new Map<string, IPending>();
+}
