@@ -90,6 +90,7 @@ class CullReason(str, enum.Enum):
     RECLAIMED = "ReclaimedForWaitingKernel"
     ORPHANED = "Orphaned"
     LAUNCH_ABANDONED = "LaunchAbandoned"
+    GPU_IDLE = "GpuIdleTimeout"
 
     def __str__(self) -> str:
         return self.value
@@ -118,16 +119,27 @@ class Policy:
     on_cull: str = R.ON_CULL_DELETE
     suspend_max_bytes: int = 1 << 30
     suspend_timeout: float = 60.0
+    #: Cull a GPU kernel whose GPUs stayed under ``gpu_idle_threshold`` percent this long
+    #: (0: never), connected or busy with CPU work alike; see :func:`gpu_idle_message`.
+    gpu_idle_timeout: float = 0.0
+    #: Utilisation (percent) under which a GPU counts as idle, at or over which as busy.
+    gpu_idle_threshold: float = 5.0
 
     @property
     def suspends(self) -> bool:
         return self.on_cull == R.ON_CULL_SUSPEND
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "max_age", "reclaim_after", "launch_timeout"):
+        for name in ("idle_timeout", "max_age", "reclaim_after", "launch_timeout",
+                     "gpu_idle_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+        threshold = self.gpu_idle_threshold
+        if (not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+                or not 0 < threshold <= 100):
+            raise ValueError(f"gpu_idle_threshold must be a percentage in (0, 100], not "
+                             f"{threshold!r}")
 
 
 def _non_negative(proposal: Any) -> float:
@@ -171,6 +183,18 @@ class CullingDefaults(Configurable):
         help="Seconds of idleness after which a GPU kernel may be shut down to free its GPUs "
         "for a waiting start (0: never reclaim). Per kernelspec: spec.culling.reclaimAfter.",
     )
+    gpu_idle_timeout = Float(
+        0.0, config=True,
+        help="Seconds a GPU kernel's GPUs may stay under gpu_idle_threshold before it is culled "
+        "(or suspended), even when connected or running CPU-only code (0: never). Needs "
+        "GpuUseSource. Per kernelspec: spec.culling.gpuIdleTimeout.",
+    )
+    gpu_idle_threshold = Float(
+        5.0, config=True,
+        help="GPU utilisation in percent under which a GPU counts as idle; at or over it, a "
+        "kernel Jupyter shows idle is protected from idle culling and reclaim (background "
+        "work). Per kernelspec: spec.culling.gpuIdleThreshold.",
+    )
     interval = Float(
         60.0, config=True,
         help="Seconds between two passes of the gateway's culler.",
@@ -181,9 +205,17 @@ class CullingDefaults(Configurable):
         "treats the kernel as orphaned. Covers gateway restarts, clock skew and adoption.",
     )
 
-    @validate("idle_timeout", "max_age", "reclaim_after", "orphan_grace")
+    @validate("idle_timeout", "max_age", "reclaim_after", "orphan_grace", "gpu_idle_timeout")
     def _check_seconds(self, proposal: Any) -> float:
         return _non_negative(proposal)
+
+    @validate("gpu_idle_threshold")
+    def _check_threshold(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not math.isfinite(value) or not 0 < value <= 100:
+            raise TraitError(f"gpu_idle_threshold must be a percentage in (0, 100], not "
+                             f"{value!r}")
+        return float(value)
 
     @validate("interval")
     def _check_interval(self, proposal: Any) -> float:
@@ -199,6 +231,8 @@ class CullingDefaults(Configurable):
             cull_busy=self.cull_busy,
             max_age=self.max_age,
             reclaim_after=self.reclaim_after,
+            gpu_idle_timeout=self.gpu_idle_timeout,
+            gpu_idle_threshold=self.gpu_idle_threshold,
         )
 
 
@@ -221,6 +255,8 @@ def effective_policy(spec: R.CullingPolicy | R.KernelSpecView | None, defaults: 
         on_cull=spec.on_cull,
         suspend_max_bytes=spec.suspend_max_bytes or defaults.suspend_max_bytes,
         suspend_timeout=pick(spec.suspend_timeout, defaults.suspend_timeout),
+        gpu_idle_timeout=pick(spec.gpu_idle_timeout, defaults.gpu_idle_timeout),
+        gpu_idle_threshold=pick(spec.gpu_idle_threshold, defaults.gpu_idle_threshold),
     )
 
 
@@ -313,6 +349,12 @@ class KernelFacts:
     #: Whether the kernel has a pod (any restart's), as the decider listed or watched them;
     #: None: not looked at, and then no rule depends on it.
     has_pod: bool | None = None
+    #: From the GPU utilisation source (:mod:`.gpusource`), as :func:`track_gpu` followed it;
+    #: None: not known (no source, no reading for the pod, or the reading failed).
+    #: Since when every reading found the kernel's GPUs under the threshold.
+    gpu_idle_since: datetime | None = None
+    #: The latest reading found its GPUs at or over the threshold.
+    gpu_busy: bool | None = None
 
     @classmethod
     def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
@@ -460,6 +502,27 @@ def launch_abandoned_message(kernel: KernelFacts, launch_timeout: float, now: da
             "else would remove it")
 
 
+def gpu_idle_message(kernel: KernelFacts, policy: Policy, now: datetime) -> str | None:
+    """Why ``kernel`` holds GPUs it does not use, or None when it does (or nobody knows).
+
+    Only a running kernel that holds GPUs, whose every reading for ``gpu_idle_timeout`` found
+    them under ``gpu_idle_threshold``: unknown use (no source, a failed reading, a pod the
+    exporter does not list) never counts as idle. Connections and a busy execution state do
+    not protect it: a kernel can be connected all day, or spin a CPU loop, and still hold a GPU
+    that another user waits for.
+    """
+    if (policy.gpu_idle_timeout <= 0 or kernel.gpus <= 0 or kernel.phase != R.PHASE_RUNNING
+            or kernel.gpu_idle_since is None or kernel.gpu_busy is not False):
+        return None
+    idle = (now - kernel.gpu_idle_since).total_seconds()
+    if idle <= policy.gpu_idle_timeout:
+        return None
+    return (f"its {'GPU was' if kernel.gpus == 1 else 'GPUs were'} under "
+            f"{policy.gpu_idle_threshold:g}% utilisation for {_d(idle)} (since "
+            f"{_t(kernel.gpu_idle_since)}), past its gpuIdleTimeout of "
+            f"{_d(policy.gpu_idle_timeout)}")
+
+
 def decide(
     kernel: KernelFacts,
     policy: Policy,
@@ -479,11 +542,16 @@ def decide(
        messages, so no one can be using it.
     3. ``LaunchAbandoned``: only when the caller looked for the kernel's pod (``has_pod``) and
        the policy has a launch timeout; see :func:`launch_abandoned_message`.
-    4. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
+    4. ``GpuIdleTimeout``: its GPUs measured idle longer than ``gpu_idle_timeout``, whatever
+       its connections and execution state; see :func:`gpu_idle_message`.
+    5. ``IdleTimeout``: idle longer than ``idle_timeout + activity_slack``, unless it is still
        starting (Pending/Starting: its launch timeout governs it), busy while ``cull_busy`` is
-       false, or connected while ``cull_connected`` is false. For the cron these are the
+       false, connected while ``cull_connected`` is false, or its GPUs are measured busy
+       (``gpu_busy``: background work Jupyter does not see). For the cron these are the
        record's ``status.executionState`` and ``status.connections`` (see the module
-       docstring); unknown busy/connected state does not protect.
+       docstring); unknown busy/connected state does not protect. The gateway also counts a
+       busy GPU as activity (:func:`with_gpu_activity`), so the record's ``lastActivity``
+       protects such a kernel from the cron, which has no GPU readings.
 
     A kernel already being deleted is never chosen again.
     """
@@ -505,11 +573,17 @@ def decide(
     if abandoned is not None:
         return CullDecision(kernel, CullReason.LAUNCH_ABANDONED, abandoned, idle, age)
 
+    gpu_idle = gpu_idle_message(kernel, policy, now)
+    if gpu_idle is not None:
+        return CullDecision(kernel, CullReason.GPU_IDLE, gpu_idle, idle, age)
+
     if (policy.idle_timeout <= 0 or idle is None or kernel.phase in STARTING_PHASES
             or kernel.phase == R.PHASE_SUSPENDED):
         return None  # a suspended kernel holds nothing but its snapshot; only maxAge ends it
     if kernel.busy and not policy.cull_busy:
         return None
+    if kernel.gpu_busy:
+        return None  # background GPU work (a training loop in a thread) is use
     if (kernel.connections or 0) > 0 and not policy.cull_connected:
         return None
     if idle <= policy.idle_timeout + activity_slack:
@@ -532,15 +606,15 @@ def reclaim_candidates(
     Only running kernels that hold GPUs, are idle past their ``reclaim_after`` (0: never
     reclaimed), are not being deleted, and whose execution state is known and not busy: "never
     reclaim a busy kernel" is a promise, so a kernel whose state this gateway cannot see is not
-    taken. Connections do not protect: an open browser tab on an idle GPU is exactly the waste
-    reclaim exists for. Take one per waiting start, in order; ties go by name, so two replicas
-    pick alike.
+    taken; nor is one whose GPUs are measured busy (background work). Connections do not
+    protect: an open browser tab on an idle GPU is exactly the waste reclaim exists for. Take
+    one per waiting start, in order; ties go by name, so two replicas pick alike.
     """
     found: list[CullDecision] = []
     for kernel in kernels:
         if kernel.deleting or kernel.gpus <= 0 or kernel.phase != R.PHASE_RUNNING:
             continue
-        if kernel.execution_state is None or kernel.busy:
+        if kernel.execution_state is None or kernel.busy or kernel.gpu_busy:
             continue
         policy = policy_for(kernel)
         idle = kernel.idle_seconds(now)
@@ -608,3 +682,97 @@ def mirror_due(mirrored: datetime | None, activity: datetime | None,
     if mirrored is None:
         return True
     return activity > mirrored and (activity - mirrored).total_seconds() >= interval
+
+
+# --- GPU use over time --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuTrack:
+    """What successive GPU readings said of one kernel; kept by the gateway between passes."""
+
+    #: Since when every reading found its GPUs under the threshold (None: not idle, or not
+    #: known without a gap).
+    idle_since: datetime | None = None
+    #: The latest reading that found them at or over the threshold.
+    last_busy: datetime | None = None
+    #: The latest reading's mean utilisation, percent (None: that reading did not know).
+    utilisation: float | None = None
+    #: When this kernel was last accounted (:class:`GpuSeconds`).
+    seen_at: datetime | None = None
+
+    @property
+    def busy(self) -> bool | None:
+        """At or over the threshold in the latest reading; None: not known."""
+        if self.utilisation is None:
+            return None
+        return self.idle_since is None
+
+
+def track_gpu(previous: GpuTrack | None, utilisation: float | None, threshold: float,
+              now: datetime) -> GpuTrack:
+    """The track after a reading of ``utilisation`` percent (None: the reading did not know).
+
+    A reading that did not know restarts the idle clock: nobody saw the GPU in that gap, so
+    it may have been busy, and idleness must be measured, never assumed.
+    """
+    last_busy = previous.last_busy if previous is not None else None
+    if utilisation is None:
+        return GpuTrack(None, last_busy, None, now)
+    if utilisation >= threshold:
+        return GpuTrack(None, now, utilisation, now)
+    since = previous.idle_since if previous is not None else None
+    return GpuTrack(since or now, last_busy, utilisation, now)
+
+
+def with_gpu_activity(kernel: KernelFacts, track: GpuTrack | None) -> KernelFacts:
+    """``kernel`` with what the GPU readings add: busy GPUs count as activity (so the mirrored
+    ``lastActivity`` keeps the cron's idle rule off a kernel training in the background), and
+    the GPU idle and busy facts the rules read."""
+    if track is None:
+        return kernel
+    activity = kernel.last_activity
+    if track.last_busy is not None and (activity is None or track.last_busy > activity):
+        activity = track.last_busy
+    return replace(kernel, last_activity=activity, gpu_idle_since=track.idle_since,
+                   gpu_busy=track.busy)
+
+
+@dataclass
+class GpuSecondsEntry:
+    """GPU-seconds of one user's kernels of one kernelspec."""
+
+    held: float = 0.0
+    used: float = 0.0
+    #: Held while no reading knew the kernel's use: neither used nor idle, as far as we know.
+    unmeasured: float = 0.0
+
+
+class GpuSeconds:
+    """GPU-seconds held and used, per (user, kernelspec), accumulated pass by pass.
+
+    *Held* is GPUs times the seconds a running kernel had them; *used* weighs each second by
+    the measured utilisation (a GPU at 30% for 100 s is 30 GPU-seconds used). Time a kernel
+    held GPUs while no reading knew its use is *unmeasured*, so that held = used + idle +
+    unmeasured and nothing is guessed. A kernel is accounted from the first pass that sees it
+    running, in steps of the time between two passes, with the reading of the pass that ends
+    the step.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], GpuSecondsEntry] = {}
+
+    def add(self, user: str, kernelspec: str, gpus: int, seconds: float,
+            utilisation: float | None) -> None:
+        if gpus <= 0 or seconds <= 0:
+            return
+        entry = self.entries.setdefault((user, kernelspec), GpuSecondsEntry())
+        held = gpus * seconds
+        entry.held += held
+        if utilisation is None:
+            entry.unmeasured += held
+        else:
+            entry.used += held * min(100.0, max(0.0, utilisation)) / 100.0
+
+    def snapshot(self) -> dict[tuple[str, str], GpuSecondsEntry]:
+        return {key: replace(entry) for key, entry in self.entries.items()}

@@ -100,6 +100,7 @@ from elastic_kernels.upstream import (
     utcnow,
 )
 
+from elastic_kernels.culling.gpusource import GpuUseSource
 from elastic_kernels.culling.policy import CullingDefaults
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.provisioner.provisioner import ElasticKernelProvisioner
@@ -204,7 +205,8 @@ class ElasticGatewayApp(ServerAppHooks):
 
     subcommands: dict[str, t.Any] = {}
     classes = [*ServerAppHooks.classes, IdentityProvider, ElasticIdentityProvider,
-               ElasticChannelsConnection, ClusterConnection, CullingDefaults, GatewayLease,
+               ElasticChannelsConnection, ClusterConnection, CullingDefaults, GpuUseSource,
+               GatewayLease,
                ElasticKernelProvisioner, KernelOwnership]
     aliases = Dict(gateway_aliases)
     flags = Dict(gateway_flags)

@@ -509,6 +509,10 @@ class CullingPolicy:
     #: Suspend's limits; None: the gateway's defaults.
     suspend_max_bytes: int | None = None
     suspend_timeout: float | None = None
+    #: Culling by measured GPU use (a GPU utilisation source in the gateway); None: default.
+    gpu_idle_timeout: float | None = None
+    #: Percent under which a GPU counts as idle.
+    gpu_idle_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -533,6 +537,18 @@ class ClientOverrides:
 LOGO_NAMES = frozenset({"logo-32x32.png", "logo-64x64.png"})
 LOGO_MAX_BASE64 = 65536
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _percentage(r: _Reader, path: str) -> float | None:
+    """A percentage in (0, 100]: a number, so 5 and 2.5 both read as people write them."""
+    value = r.raw(path)
+    if value is _MISSING or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        r.fail(path, f"must be a number, not {value!r}")
+    if not math.isfinite(value) or not 0 < value <= 100:
+        r.fail(path, f"must be a percentage greater than 0 and at most 100, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -640,6 +656,8 @@ class KernelSpecView:
                                  choices=ON_CULL) or ON_CULL_DELETE,
                 suspend_max_bytes=r.integer("spec.culling.suspend.maxBytes", None, minimum=1),
                 suspend_timeout=r.duration("spec.culling.suspend.timeout"),
+                gpu_idle_timeout=r.duration("spec.culling.gpuIdleTimeout"),
+                gpu_idle_threshold=_percentage(r, "spec.culling.gpuIdleThreshold"),
             ),
             launch_timeout=r.duration("spec.launchTimeout"),
             allowed_client_env=frozenset(allowed),

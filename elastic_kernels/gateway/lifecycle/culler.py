@@ -12,6 +12,13 @@ see :mod:`elastic_kernels.culling`), each only when it changed: a kernel that st
 costs no write, however long it stays. The one write not left to the pass is a client connecting
 to a kernel the record shows unconnected (:meth:`GatewayCuller.connected`).
 
+With a GPU utilisation source (:class:`~elastic_kernels.culling.gpusource.GpuUseSource`), each
+pass also reads every pod's GPU use once (one scrape or query for all kernels, never one per
+kernel), follows each GPU kernel's idle spell across passes (:func:`~.policy.track_gpu`), and
+accounts GPU-seconds held and used per user and kernelspec (:class:`~.policy.GpuSeconds`). A
+reading that fails is logged once when it starts and once when it ends, and counted; while it
+lasts no kernel is judged GPU-idle and no busy GPU is assumed.
+
 The culler is given what it needs, not the kernel manager (issue 12): the kernels this gateway
 holds with their live state (``held``, ``lookup``), the kernelspecs, how to shut a kernel down,
 where to remember why, what to poke after a pass (the GPU queue), and a clock. Its decisions are
@@ -30,9 +37,11 @@ from datetime import datetime
 from typing import Any
 
 from elastic_kernels.culling.actions import CullConflict, mark_culled, record_cull_event
+from elastic_kernels.culling.gpusource import GpuReading, GpuUseSource
 from elastic_kernels.culling.policy import (MIRROR_INTERVAL, CullDecision, CullingDefaults,
-                                            CullReason, KernelFacts, Policy, PolicyBook, decide,
-                                            reclaim_candidates, status_to_mirror)
+                                            CullReason, GpuSeconds, GpuTrack, KernelFacts, Policy,
+                                            PolicyBook, decide, reclaim_candidates,
+                                            status_to_mirror, track_gpu, with_gpu_activity)
 from elastic_kernels.kube import records
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import KubeClient, KubeError
@@ -43,7 +52,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "elastic-kernels-gateway"
 #: Culls that ``onCull: Suspend`` turns into a suspension; maxAge ends a kernel for good.
-SUSPENDABLE = frozenset({CullReason.IDLE_TIMEOUT, CullReason.RECLAIMED})
+SUSPENDABLE = frozenset({CullReason.IDLE_TIMEOUT, CullReason.RECLAIMED, CullReason.GPU_IDLE})
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class GatewayCuller:
         suspend: Callable[[CullDecision, Policy], Awaitable[str]] | None = None,
         clock: records.Clock = time.time,
         concurrency: int = 8,
+        gpu_source: GpuUseSource | None = None,
     ) -> None:
         self.defaults = defaults
         #: This gateway's id, read when needed (the app sets it after the manager is made).
@@ -109,6 +119,14 @@ class GatewayCuller:
         #: Told the reason of each cull this gateway performs (the gateway's metrics; set by
         #: ElasticGatewayApp).
         self.on_cull: Callable[[str], None] | None = None
+        #: Where GPU utilisation comes from (None or source "none": nowhere).
+        self.gpu_source = gpu_source
+        self._gpu_tracks: dict[str, GpuTrack] = {}
+        #: GPU-seconds held and used by the kernels this gateway culls, per (user, kernelspec).
+        self.gpu_seconds = GpuSeconds()
+        #: The latest reading (None: no source, or none yet) and the readings that failed.
+        self.gpu_reading: GpuReading | None = None
+        self.gpu_reading_failures = 0
 
     def _counted(self, reason: str) -> None:
         if self.on_cull is not None:
@@ -146,12 +164,14 @@ class GatewayCuller:
                 log.warning("Kernel %s: its record is not usable for culling: %s",
                             kernel.kernel_id, e)
                 continue
-            found.append((KernelFacts.from_view(
+            facts = KernelFacts.from_view(
                 view,
                 last_activity=kernel.last_activity,
                 execution_state=kernel.execution_state,
                 connections=kernel.connections,
-            ), view))
+            )
+            found.append((with_gpu_activity(facts, self._gpu_tracks.get(kernel.kernel_id)),
+                          view))
         return found
 
     def reclaim_candidates(self) -> list[CullDecision]:
@@ -181,6 +201,7 @@ class GatewayCuller:
         """One pass: cull what policy says, concurrently; mirror what changed. Returns the culls."""
         now = self._now()
         book = self.policies()
+        await self._observe_gpus(now, book)
         held = self._held()
         decisions = [d for d in (decide(f, book(f), now) for f, _ in held
                                  if f.kernel_id not in self._in_flight) if d is not None]
@@ -197,6 +218,52 @@ class GatewayCuller:
             *(self._mirror(f, view) for f, view in held if f.kernel_id not in culled),
         )
         return decisions
+
+    # -- GPU use ---------------------------------------------------------------------------------
+
+    async def _observe_gpus(self, now: datetime, book: PolicyBook) -> None:
+        """Read every pod's GPU use once; follow each GPU kernel's idle spell; account it."""
+        running = [(f, view) for f, view in self._held()
+                   if f.gpus > 0 and f.phase == R.PHASE_RUNNING and not f.deleting]
+        reading: GpuReading | None = None
+        if self.gpu_source is not None and self.gpu_source.enabled:
+            reading = await self.gpu_source.read(now)
+            self._report_reading(reading)
+        self.gpu_reading = reading
+        tracks: dict[str, GpuTrack] = {}
+        for kernel, view in running:
+            use = reading.for_pod(kernel.namespace, view.pod_name) if reading else None
+            previous = self._gpu_tracks.get(kernel.kernel_id)
+            threshold = book(kernel).gpu_idle_threshold
+            track = track_gpu(previous, use.busiest if use else None, threshold, now)
+            if self.gpu_source is not None and self.gpu_source.enabled:
+                tracks[kernel.kernel_id] = track
+            else:
+                tracks[kernel.kernel_id] = GpuTrack(seen_at=now)
+            if previous is not None and previous.seen_at is not None:
+                self.gpu_seconds.add(kernel.user, kernel.kernel_spec, kernel.gpus,
+                                     (now - previous.seen_at).total_seconds(),
+                                     use.utilisation if use else None)
+        self._gpu_tracks = tracks
+
+    def _report_reading(self, reading: GpuReading) -> None:
+        """Log a change in the source's health once, not at every pass."""
+        before = self.gpu_reading
+        assert self.gpu_source is not None
+        where = self.gpu_source.describe()
+        if not reading.available:
+            self.gpu_reading_failures += 1
+            if before is None or before.available:
+                log.warning("GPU utilisation from %s is unavailable (%s): no kernel is culled "
+                            "for GPU idleness and no busy GPU protects one until it is back",
+                            where, "; ".join(reading.errors))
+        elif reading.errors:
+            if before is None or set(before.errors) != set(reading.errors):
+                log.warning("GPU utilisation from %s is partly unavailable (%s): kernels on "
+                            "those GPUs are not judged by GPU use meanwhile", where,
+                            "; ".join(reading.errors))
+        elif before is not None and (not before.available or before.errors):
+            log.info("GPU utilisation from %s is available again", where)
 
     async def _shutdown_dead(self, kernel_id: str) -> None:
         async with self._limit:

@@ -31,6 +31,7 @@ from elastic_kernels.kube.client import KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels import snapshot
+from elastic_kernels.culling.gpusource import GpuUseSource
 from elastic_kernels.culling.policy import CullDecision, CullingDefaults, Policy
 from elastic_kernels.provisioner.errors import KernelLaunchError
 from elastic_kernels.provisioner.provisioner import (
@@ -330,6 +331,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             remember_cull=self.remember_cull,
             after_pass=lambda: self.gpu_queue.poke(),
             suspend=self._suspend_for_culler,
+            gpu_source=GpuUseSource(parent=self),
         )
         # Warm pools (warmpool.py): kept by the queue board's leader; their GPU pods are the
         # first reclaimed, and GPU pools are not refilled while starts wait for GPUs.

@@ -183,6 +183,7 @@ class _StateCollector(Collector):
         yield _counter("elastic_kernels_kernel_start_failures",
                        "Kernel start requests that failed.", gid, app.kernel_start_failures)
         yield from _warm_pool_metrics(gid, getattr(km, "warm_pools", None))
+        yield from _gpu_use_metrics(gid, getattr(km, "culler", None))
         guard = app._zmq_guard
         yield _counter("elastic_kernels_zmq_recheck_deliveries",
                        "Kernel messages delivered by the periodic ZeroMQ re-check instead of a "
@@ -220,6 +221,42 @@ def _warm_pool_metrics(gid: str, pools: t.Any) -> Iterator[Metric]:
     for spec, n in sorted(pools.reclaims.items()):
         reclaims.add_metric((gid, spec), n)
     yield reclaims
+
+
+def _gpu_use_metrics(gid: str, culler: t.Any) -> Iterator[Metric]:
+    """GPU-seconds held and used per user and kernelspec (gateway/lifecycle/culler.py), and
+    whether the GPU utilisation source answers: the numbers that show who holds idle GPUs."""
+    if culler is None:
+        return
+    labels = ("gateway_id", "user", "kernelspec")
+    docs = {
+        "held": "GPU-seconds the kernels held (GPUs times running seconds), by user and "
+                "kernelspec.",
+        "used": "GPU-seconds the kernels used: held seconds weighed by measured GPU "
+                "utilisation (DCGM_FI_DEV_GPU_UTIL).",
+        "unmeasured": "GPU-seconds held while no utilisation reading knew the kernel's use "
+                      "(no source, or it failed).",
+    }
+    families = {key: CounterMetricFamily(f"elastic_kernels_gpu_seconds_{key}", doc,
+                                         labels=labels) for key, doc in docs.items()}
+    for (user, spec), entry in sorted(culler.gpu_seconds.snapshot().items()):
+        families["held"].add_metric((gid, user, spec), entry.held)
+        families["used"].add_metric((gid, user, spec), entry.used)
+        families["unmeasured"].add_metric((gid, user, spec), entry.unmeasured)
+    yield from families.values()
+    source = culler.gpu_source
+    if source is None or not source.enabled:
+        return
+    reading = culler.gpu_reading
+    up = GaugeMetricFamily(
+        "elastic_kernels_gpu_metrics_up",
+        "1 when the latest GPU utilisation reading succeeded (at least partly), 0 when it "
+        "failed: then no kernel is culled for GPU idleness.", labels=("gateway_id",))
+    up.add_metric((gid,), 1 if reading is not None and reading.available else 0)
+    yield up
+    yield _counter("elastic_kernels_gpu_metrics_failures",
+                   "GPU utilisation readings that failed entirely.", gid,
+                   culler.gpu_reading_failures)
 
 
 def _sync_model(model: Callable[[str], t.Any] | None, kernel_id: str) -> dict[str, t.Any]:
