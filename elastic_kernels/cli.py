@@ -25,6 +25,7 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="API server port (0: any free port)")
     p.add_argument("--nodes", type=int, default=2, help="number of simulated nodes")
     p.add_argument("--gpus-per-node", type=int, default=4, help="nvidia.com/gpu per node")
+    _gpu_flavor_arguments(p)
     p.add_argument("--cpu-per-node", default="8", help="allocatable cpu per node")
     p.add_argument("--memory-per-node", default="32Gi", help="allocatable memory per node")
     p.add_argument("--namespace", default="default", help="namespace of the kubeconfig context")
@@ -39,6 +40,31 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
                    "(Python on CPU and on GPU: the repository's kernelspecs/)")
     p.add_argument("--workdir", help="directory for pod files (default: a temporary one)")
     p.add_argument("--log-level", default="INFO")
+
+
+def _gpu_flavor_arguments(p: argparse.ArgumentParser) -> None:
+    """Mixed GPU nodes (issue 16), for ``cluster`` and ``demo`` alike."""
+    p.add_argument("--gpu-flavors", metavar="SPEC",
+                   help="the nodes' GPUs instead of --nodes x --gpus-per-node: one node per "
+                   "comma-separated item, each RESOURCE=COUNT[+RESOURCE=COUNT...], e.g. "
+                   "nvidia.com/gpu=2,nvidia.com/mig-1g.10gb=7,nvidia.com/gpu.shared=8 (whole "
+                   "GPUs, MIG partitions, time-sliced shares)")
+    p.add_argument("--gpu-replicas", type=int, default=4, metavar="N",
+                   help="time-sliced shares per physical GPU for *.shared resources "
+                   "(with --gpu-flavors)")
+    p.add_argument("--node-layout", metavar="FILE",
+                   help="the nodes from a YAML or JSON file (nodes: [{name, gpus: {RESOURCE: "
+                   "COUNT}, cpu, memory, gpuReplicas, labels, taints}]), instead of --nodes")
+
+
+def cluster_nodes(args: argparse.Namespace) -> list[Any] | None:
+    """The nodes ``--gpu-flavors`` or ``--node-layout`` describe (None: neither was given);
+    raises ValueError with a message for the user."""
+    from .localcluster.nodes import nodes_from_options
+
+    return nodes_from_options(args.gpu_flavors, args.node_layout,
+                              gpu_replicas=args.gpu_replicas, cpu=args.cpu_per_node,
+                              memory=args.memory_per_node)
 
 
 def _packaged_manifests(args: argparse.Namespace) -> list[Path]:
@@ -62,6 +88,11 @@ def _cluster(args: argparse.Namespace) -> int:
             print(f"elastic-kernels cluster: --{name.replace('_', '-')} must be >= 0",
                   file=sys.stderr)
             return 2
+    try:
+        args.node_configs = cluster_nodes(args)
+    except ValueError as e:
+        print(f"elastic-kernels cluster: {e}", file=sys.stderr)
+        return 2
     for path in args.apply:
         if not Path(path).exists():
             print(f"elastic-kernels cluster: --apply {path}: no such file or directory (the "
@@ -91,6 +122,7 @@ async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str,
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu_per_node=args.cpu_per_node,
         memory_per_node=args.memory_per_node, port=args.port, workdir=args.workdir,
         kubeconfig_path=args.kubeconfig, namespace=args.namespace,
+        node_configs=args.node_configs,
     )
     try:
         await cluster.start()
@@ -112,14 +144,25 @@ async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str,
         print(
             f"local cluster: API server {cluster.server_url}, kubeconfig "
             f"{cluster.kubeconfig_path} (context elastic-local, namespace {args.namespace}), "
-            f"{args.nodes} node(s) x "
-            f"{args.gpus_per_node} nvidia.com/gpu; Ctrl-C stops it",
+            f"{_describe_nodes(args)}; Ctrl-C stops it",
             flush=True,
         )
         await stop.wait()
     finally:
         await cluster.stop()
     return 0
+
+
+def _describe_nodes(args: argparse.Namespace) -> str:
+    configs = getattr(args, "node_configs", None)
+    if configs is None:
+        return f"{args.nodes} node(s) x {args.gpus_per_node} nvidia.com/gpu"
+    parts = []
+    for cfg in configs:
+        devices = {"nvidia.com/gpu": cfg.gpus, **cfg.gpu_flavors}
+        held = " + ".join(f"{n} {r}" for r, n in devices.items() if n) or "no GPUs"
+        parts.append(f"{cfg.name}: {held}")
+    return f"{len(configs)} node(s) ({'; '.join(parts)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                       "notebooks (default: .demo in the current directory)")
     demo.add_argument("--lab-port", type=int, default=8888, help="JupyterLab's port")
     demo.add_argument("--gateway-port", type=int, default=8889, help="the gateway's port")
+    _gpu_flavor_arguments(demo)
     demo.add_argument("--no-lab", action="store_true",
                       help="start the cluster and the gateway only; print the gateway's URL, "
                       "where its token is, and a kubectl command line")

@@ -153,6 +153,23 @@ def missing_modules(no_lab: bool) -> list[str]:
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
+def _node_arguments(args: argparse.Namespace) -> list[str] | None:
+    """The cluster command's node options (--gpu-flavors or --node-layout), checked here so a
+    typo is reported at once rather than in the cluster's log; None after reporting one."""
+    from .localcluster.nodes import nodes_from_options
+
+    try:
+        nodes_from_options(args.gpu_flavors, args.node_layout, gpu_replicas=args.gpu_replicas)
+    except ValueError as e:
+        print(f"demo: {e}", file=sys.stderr, flush=True)
+        return None
+    if getattr(args, "node_layout", None):
+        return ["--node-layout", str(Path(args.node_layout).resolve())]
+    if getattr(args, "gpu_flavors", None) is not None:
+        return ["--gpu-flavors", args.gpu_flavors, "--gpu-replicas", str(args.gpu_replicas)]
+    return []
+
+
 def run_demo(args: argparse.Namespace) -> int:
     missing = missing_modules(args.no_lab)
     if missing:
@@ -160,6 +177,9 @@ def run_demo(args: argparse.Namespace) -> int:
               "'elastic-kernels[demo]'" + ("" if "jupyterlab" not in missing else
                                            ", or run with --no-lab"),
               file=sys.stderr, flush=True)
+        return 2
+    node_args = _node_arguments(args)
+    if node_args is None:
         return 2
     workdir = Path(args.workdir).resolve()
     logdir = workdir / "logs"
@@ -185,11 +205,13 @@ def run_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print("demo: starting the local cluster (2 nodes x 4 simulated GPUs)...", flush=True)
+        print("demo: starting the local cluster ("
+              + ("mixed GPU nodes" if node_args else "2 nodes x 4 simulated GPUs") + ")...",
+              flush=True)
         cluster = sup.start("cluster", [
             python, "-m", "elastic_kernels", "cluster", "--kubeconfig", str(kubeconfig),
             "--workdir", str(workdir / "pods"), "--namespace", DEMO_NAMESPACE,
-            "--with-examples", "--apply", str(overlay),
+            "--with-examples", "--apply", str(overlay), *node_args,
         ])
         try:
             line = _wait_for_file_line(logdir / "cluster.log", "local cluster:", cluster,

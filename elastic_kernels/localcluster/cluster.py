@@ -34,6 +34,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -45,7 +46,7 @@ from .claims import STORAGE_CLASSES
 from .daemonsets import DaemonSetController
 from .kubelet import Kubelet
 from .localpath import default_storage_class
-from .nodes import default_nodes, node_object
+from .nodes import NodeConfig, default_nodes, node_object
 from .pvcontroller import PersistentVolumeController
 from .satokens import ServiceAccountTokens
 from .scheduler import Scheduler
@@ -77,7 +78,11 @@ class LocalCluster:
         namespace: str = "default",
         image_policy: ImagePolicy | None = None,
         crash_backoff_seconds: float | None = None,
+        node_configs: Sequence[NodeConfig] | None = None,
     ) -> None:
+        #: The nodes, when given (mixed GPU flavors: ``nodes.parse_gpu_flavors`` or
+        #: ``nodes.load_node_layout``); else ``nodes`` alike nodes of ``gpus_per_node``.
+        self.node_configs = list(node_configs) if node_configs is not None else None
         self.node_count = nodes
         self.gpus_per_node = gpus_per_node
         self.cpu_per_node = cpu_per_node
@@ -129,8 +134,9 @@ class LocalCluster:
     async def start(self) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            for cfg in default_nodes(self.node_count, self.gpus_per_node, self.cpu_per_node,
-                                     self.memory_per_node):
+            configs = self.node_configs if self.node_configs is not None else default_nodes(
+                self.node_count, self.gpus_per_node, self.cpu_per_node, self.memory_per_node)
+            for cfg in configs:
                 self.store.create(("", "nodes"), None, node_object(cfg))
             self.store.create(STORAGE_CLASSES, None, default_storage_class())
             cert = self._cert = await asyncio.to_thread(generate_serving_cert,

@@ -114,7 +114,9 @@ class DcgmExporterStandIn:
             (r"/metrics", _MetricsHandler, {"exporter": self}),
             (r"/api/v1/query", _QueryHandler, {"exporter": self}),
         ], log_function=lambda handler: None)
-        sockets = tornado.netutil.bind_sockets(self._requested_port, address=self.host,
+        # A restart (tests take the exporter down and back) keeps its port, as a Service would.
+        sockets = tornado.netutil.bind_sockets(self.port or self._requested_port,
+                                               address=self.host,
                                                family=socket.AF_INET)
         server = tornado.httpserver.HTTPServer(app)
         server.add_sockets(sockets)

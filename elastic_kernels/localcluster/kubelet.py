@@ -36,13 +36,13 @@ from typing import Any
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from .allocators import DeviceAllocator, DeviceExhausted, IPAllocator
+from .allocators import DeviceAllocator, DeviceExhausted, IPAllocator, device_env
 from .errors import ApiError
 from .eventrecorder import EventRecorder, now_rfc3339
 from .fit import container_gpus, is_terminal, node_allocatable
 from .imagepulls import NodeImages
 from .images import ImagePolicy
-from .nodes import GPU_RESOURCE
+from .nodes import GPU_REPLICAS_LABEL, GPU_RESOURCE, gpu_kind
 from .podenv import ConfigError, container_env, expand_command
 from .podstatus import crash_backoff, go_duration, merge_conditions, pod_phase, readiness_condition
 from .processes import DEFAULT_LOG_LIMIT, ContainerProcess, LogBuffer, StartFailure, runc_exec_error
@@ -95,7 +95,9 @@ class ContainerRuntime:
         self.start_task: asyncio.Future[ContainerProcess] | None = None
         self.instances: list[LogBuffer] = []  # the last two instances' logs
         self.runs = 0
-        self.gpus: list[int] = []
+        self.gpus: list[int] = []  # whole nvidia.com/gpu devices
+        #: Every device resource's indices it holds (whole GPUs, MIG partitions, shares).
+        self.devices: dict[str, list[int]] = {}
         self.finished = False  # exited and will not be restarted
 
     def status(self) -> JSON:
@@ -352,12 +354,18 @@ class PodWorker:
         """Device admission: take the GPUs each container asked for, or fail the pod like real."""
         try:
             for c in self.containers:
-                count = container_gpus(c.spec, GPU_RESOURCE)
-                c.gpus = self.k.gpus.allocate(self.node, f"{self.uid}/{c.name}", count)
+                c.devices = {}
+                for resource in self.k.gpus.resources(self.node):
+                    held = self.k.gpus.allocate(self.node, f"{self.uid}/{c.name}",
+                                                container_gpus(c.spec, resource), resource)
+                    if held:
+                        c.devices[resource] = held
+                c.gpus = c.devices.get(GPU_RESOURCE, [])
         except DeviceExhausted as e:
             self.k.gpus.release(self.node, self.uid)
             for c in self.containers:
                 c.gpus = []
+                c.devices = {}
             self.final_phase = "Failed"
             self.reason = "UnexpectedAdmissionError"
             self.message = e.message
@@ -544,6 +552,21 @@ class PodWorker:
             await self.k.wait_config_change()
             return None
 
+    def _device_env(self, c: ContainerRuntime) -> dict[str, str]:
+        """What the GPU device plugins would set for the container's devices (allocators.py)."""
+        node = self.k._nodes.get(self.node) or {}
+        labels = _meta(node).get("labels") or {}
+        try:
+            replicas = int(labels.get(GPU_REPLICAS_LABEL) or 1)
+        except ValueError:
+            replicas = 1
+        whole = int(self.k.node_allocatable(self.node).get(GPU_RESOURCE, 0) or 0)
+        env: dict[str, str] = {}
+        for resource, indices in sorted(c.devices.items()):
+            env.update(device_env(self.node, resource, indices, kind=gpu_kind(resource),
+                                  whole_gpus=whole, replicas=replicas))
+        return env
+
     def _container_config(self, c: ContainerRuntime) -> tuple[list[str], dict[str, str], str]:
         spec = c.spec
         mounts = container_mounts(spec, self.volume_dirs, self.sa_dir)
@@ -556,10 +579,7 @@ class PodWorker:
         # kernel keys included), so temporary files go there and not to the host's /tmp.
         env["TMPDIR"] = str(self.pod_dir / "tmp")
         env["HOSTNAME"] = self.spec.get("hostname") or self.name
-        if c.gpus:
-            devices = ",".join(str(i) for i in c.gpus)
-            env["CUDA_VISIBLE_DEVICES"] = devices
-            env["NVIDIA_VISIBLE_DEVICES"] = devices
+        env.update(self._device_env(c))
         env.update({k: rewrite_value(v, mounts) for k, v in declared.items()})
         env["PATH"] = self.k.images.search_path(env.get("PATH") if "PATH" in declared else None)
         env[MOUNTS_ENV] = mounts_env(mounts)
@@ -881,11 +901,15 @@ class Kubelet:
             self.pulls.forget_node(name)
             return
         self._nodes[name] = node
-        try:
-            gpus = int(node_allocatable(node).get(GPU_RESOURCE, 0))
-        except (ValueError, ArithmeticError):
-            gpus = 0
-        self.gpus.set_capacity(name, gpus)
+        allocatable = node_allocatable(node)
+        for resource in {*allocatable, *self.gpus.resources(name), GPU_RESOURCE}:
+            if not gpu_kind(resource):
+                continue  # only GPU device plugins are simulated
+            try:
+                count = int(allocatable.get(resource, 0))
+            except (ValueError, ArithmeticError):
+                count = 0
+            self.gpus.set_capacity(name, count, resource)
         for uid, pod in list(self._unplaced.items()):
             if (pod.get("spec") or {}).get("nodeName") == name:
                 del self._unplaced[uid]
