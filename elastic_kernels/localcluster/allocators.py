@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import uuid
 
 
 class AddressExhausted(Exception):
@@ -66,38 +67,87 @@ class DeviceExhausted(Exception):
 
 
 class DeviceAllocator:
-    """Device indices 0..n-1 per node, like a device plugin's inventory."""
+    """Device indices 0..n-1 per node and resource, like the device plugins' inventories (one per
+    resource: whole GPUs, each MIG profile, time-sliced shares, ...)."""
 
     def __init__(self, resource: str = "nvidia.com/gpu") -> None:
+        #: The resource meant when a call names none (whole GPUs).
         self.resource = resource
-        self._capacity: dict[str, int] = {}
-        self._owner: dict[str, dict[int, str]] = {}  # node -> index -> owner key
+        self._capacity: dict[tuple[str, str], int] = {}
+        self._owner: dict[tuple[str, str], dict[int, str]] = {}  # -> index -> owner key
 
-    def set_capacity(self, node: str, count: int) -> None:
-        self._capacity[node] = max(0, count)
-        self._owner.setdefault(node, {})
+    def set_capacity(self, node: str, count: int, resource: str | None = None) -> None:
+        key = (node, resource or self.resource)
+        self._capacity[key] = max(0, count)
+        self._owner.setdefault(key, {})
 
-    def free(self, node: str) -> list[int]:
-        used = self._owner.get(node, {})
-        return [i for i in range(self._capacity.get(node, 0)) if i not in used]
+    def resources(self, node: str) -> list[str]:
+        """The device resources ``node`` has (or had) capacity of."""
+        return sorted(r for n, r in self._capacity if n == node)
 
-    def allocate(self, node: str, owner: str, count: int) -> list[int]:
+    def free(self, node: str, resource: str | None = None) -> list[int]:
+        key = (node, resource or self.resource)
+        used = self._owner.get(key, {})
+        return [i for i in range(self._capacity.get(key, 0)) if i not in used]
+
+    def allocate(self, node: str, owner: str, count: int,
+                 resource: str | None = None) -> list[int]:
         if count <= 0:
             return []
-        free = self.free(node)
+        resource = resource or self.resource
+        free = self.free(node, resource)
         if len(free) < count:
-            raise DeviceExhausted(self.resource, count, len(free))
+            raise DeviceExhausted(resource, count, len(free))
         chosen = free[:count]
-        owners = self._owner.setdefault(node, {})
+        owners = self._owner.setdefault((node, resource), {})
         for index in chosen:
             owners[index] = owner
         return chosen
 
     def release(self, node: str, owner: str) -> None:
-        """Free the devices of ``owner`` and of ``owner/<anything>`` (a pod's containers)."""
-        owners = self._owner.get(node, {})
-        for index in [i for i, o in owners.items() if o == owner or o.startswith(owner + "/")]:
-            del owners[index]
+        """Free the devices of every resource of ``owner`` and of ``owner/<anything>`` (a pod's
+        containers)."""
+        for (n, _), owners in self._owner.items():
+            if n != node:
+                continue
+            for index in [i for i, o in owners.items()
+                          if o == owner or o.startswith(owner + "/")]:
+                del owners[index]
 
-    def owned(self, node: str, owner: str) -> list[int]:
-        return sorted(i for i, o in self._owner.get(node, {}).items() if o == owner)
+    def owned(self, node: str, owner: str, resource: str | None = None) -> list[int]:
+        owners = self._owner.get((node, resource or self.resource), {})
+        return sorted(i for i, o in owners.items() if o == owner)
+
+
+def mig_uuid(node: str, resource: str, index: int) -> str:
+    """A stable MIG device UUID (``MIG-<uuid>``, as ``nvidia-smi -L`` prints them) for one
+    simulated partition: the same node, profile and slot always get the same one."""
+    return "MIG-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"elastic-local://{node}/{resource}/{index}"))
+
+
+def device_env(node: str, resource: str, indices: list[int], *, kind: str,
+               whole_gpus: int = 0, replicas: int = 1) -> dict[str, str]:
+    """The environment a GPU device plugin gives a container holding ``indices`` of
+    ``resource``, so code in the pod sees what it would on a real node.
+
+    * whole NVIDIA GPUs: their indices in ``CUDA_VISIBLE_DEVICES`` (and ``NVIDIA_VISIBLE_DEVICES``);
+    * MIG partitions: their ``MIG-<uuid>`` identifiers, which CUDA accepts in
+      ``CUDA_VISIBLE_DEVICES``;
+    * time-sliced shares: the physical GPU each share is a slice of (``replicas`` shares per
+      GPU, numbered after the node's whole GPUs), so two kernels may see the same device;
+    * AMD GPUs: ``ROCR_VISIBLE_DEVICES`` and ``HIP_VISIBLE_DEVICES``.
+    """
+    if not indices:
+        return {}
+    if kind == "mig":
+        devices = [mig_uuid(node, resource, i) for i in indices]
+    elif kind == "shared":
+        devices = [str(whole_gpus + i // max(1, replicas))
+                   for i in sorted(indices)]
+        devices = list(dict.fromkeys(devices))
+    else:
+        devices = [str(i) for i in indices]
+    joined = ",".join(devices)
+    if resource.startswith("amd.com/"):
+        return {"ROCR_VISIBLE_DEVICES": joined, "HIP_VISIBLE_DEVICES": joined}
+    return {"CUDA_VISIBLE_DEVICES": joined, "NVIDIA_VISIBLE_DEVICES": joined}
