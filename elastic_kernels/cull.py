@@ -16,6 +16,11 @@ what remains of a start that failed while the API server hung and carried the cr
 against its user's kernel limit and GPU quota. Kernels waiting for GPUs have their (gated or
 Pending) pod and are never taken for one.
 
+With ``--report`` it deletes nothing and prints, per user and kernelspec, the GPUs held now,
+GPU-seconds held and used, and how many of the held GPUs sit idle now
+(:mod:`elastic_kernels.culling.usage`), from the records and one reading of the GPU utilisation
+source given by ``--scrape-url`` (dcgm-exporter) or ``--prometheus-url``.
+
 Overlapping runs are safe: every deletion is conditional on the record's uid and
 resourceVersion, so a kernel is deleted once and the other run reports it "already gone".
 Exit status: 0 when nothing failed (kernels already gone are not failures), 1 on errors (API
@@ -35,8 +40,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from traitlets import TraitError
+
 from .culling import actions as A
+from .culling import gpusource as G
 from .culling import policy as C
+from .culling import usage as U
 from .leases import LEASE_SELECTOR, gateway_lease, leases_by_gateway
 from .kube import resources as R
 from .kube.client import JSON, LEASES, PODS, KubeClient, KubeError
@@ -129,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-store", default="", metavar="URL",
                    help="the gateway's snapshot store (its snapshot_store): the snapshots of "
                    "the kernels this run deletes (e.g. suspended ones past maxAge) go too")
+    p.add_argument("--report", action="store_true",
+                   help="delete nothing; print GPU-seconds held and used per user and "
+                   "kernelspec and the GPUs that sit idle now (needs --scrape-url or "
+                   "--prometheus-url for utilisation)")
+    p.add_argument("--scrape-url", action="append", default=[], metavar="URL",
+                   help="a dcgm-exporter /metrics URL to read GPU utilisation from (repeat "
+                   "for each node's exporter)")
+    p.add_argument("--prometheus-url", default="", metavar="URL",
+                   help="a Prometheus-compatible query API to read GPU utilisation from; it "
+                   "also gives GPU-seconds used over each kernel's life")
+    p.add_argument("--util-query", default=G.UTIL_METRIC, metavar="PROMQL",
+                   help=f"PromQL for each GPU's utilisation (default: {G.UTIL_METRIC})")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--log-level", default="WARNING",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
@@ -382,7 +403,119 @@ def write_report(report: CullReport, output: str, dry_run: bool, out: TextIO,
     print(f"elastic-kernels cull{mode}: {report.checked} kernels checked: {summary}", file=err)
 
 
+# --- the GPU usage report ------------------------------------------------------------------------
+
+
+def gpu_source(args: argparse.Namespace) -> G.GpuUseSource:
+    """The utilisation source the flags name; ValueError (or TraitError) for a bad choice."""
+    if args.scrape_url and args.prometheus_url:
+        raise ValueError("give --scrape-url or --prometheus-url, not both")
+    if args.scrape_url:
+        return G.GpuUseSource(source=G.SOURCE_SCRAPE, scrape_urls=list(args.scrape_url))
+    if args.prometheus_url:
+        return G.GpuUseSource(source=G.SOURCE_PROMETHEUS, prometheus_url=args.prometheus_url,
+                              util_query=args.util_query)
+    return G.GpuUseSource()
+
+
+async def run_report(client: KubeClient, namespace: str, defaults: C.Policy,
+                     source: G.GpuUseSource, *, now: datetime | None = None) -> U.UsageReport:
+    """One list of the records and kernelspecs, one reading (and, with a Prometheus, one
+    average); raises CullError when it cannot list."""
+    kernels, specs = await asyncio.gather(
+        _list(client, R.JUPYTERKERNELS, namespace, "JupyterKernels"),
+        _list(client, R.KERNELSPECS, namespace, "JupyterKernelSpecs"),
+    )
+    now = now or datetime.now(timezone.utc)
+    book = C.PolicyBook.from_objects(defaults, specs)
+    report = U.UsageReport(now, warnings=list(book.problems), source=source.describe())
+    current: G.GpuReading | None = None
+    if source.enabled:
+        current = await source.read(now)
+        report.source_available = current.available
+        report.warnings.extend(f"GPU utilisation: {e}" for e in current.errors)
+    else:
+        report.warnings.append("no GPU utilisation source (--scrape-url or --prometheus-url): "
+                               "GPU use is unknown")
+    found = U.kernel_usage(kernels, book, now, current, None, report.warnings)
+    average: G.GpuReading | None = None
+    if found and source.source == G.SOURCE_PROMETHEUS:
+        average = await source.read_average(now, U.oldest_window(found))
+        report.warnings.extend(f"GPU-seconds used: {e}" for e in average.errors)
+        found = U.kernel_usage(kernels, book, now, current, average, [])
+    report.kernels = found
+    report.rows = U.rows_of(found)
+    return report
+
+
+USAGE_COLUMNS = ("USER", "SPEC", "KERNELS", "GPUS", "GPU-SECONDS HELD", "GPU-SECONDS USED",
+                 "USED", "IDLE GPUS NOW")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def render_usage(report: U.UsageReport) -> str:
+    rows: list[tuple[str, ...]] = [USAGE_COLUMNS]
+    for r in report.rows:
+        share = ("-" if r.used_seconds is None or r.held_seconds <= 0
+                 else f"{100 * r.used_seconds / r.held_seconds:.0f}%")
+        idle = str(r.idle_gpus) + (f" ({r.unknown_gpus} unknown)" if r.unknown_gpus else "")
+        rows.append((r.user, r.kernel_spec, str(r.kernels), str(r.gpus),
+                     _seconds(r.held_seconds), _seconds(r.used_seconds), share, idle))
+    rows = [tuple(_one_line(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(USAGE_COLUMNS))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def usage_json(report: U.UsageReport) -> JSON:
+    return {
+        "generatedAt": R.format_timestamp(report.generated_at),
+        "source": {"description": report.source, "available": report.source_available},
+        "rows": [{"user": r.user, "kernelspec": r.kernel_spec, "kernels": r.kernels,
+                  "gpus": r.gpus, "gpuSecondsHeld": r.held_seconds,
+                  "gpuSecondsUsed": r.used_seconds, "idleGpus": r.idle_gpus,
+                  "unknownGpus": r.unknown_gpus} for r in report.rows],
+        "kernels": [{"kernelId": k.kernel_id, "user": k.user, "kernelspec": k.kernel_spec,
+                     "pod": k.pod, "gpus": k.gpus, "gpuSecondsHeld": k.held_seconds,
+                     "gpuSecondsUsed": k.used_seconds, "utilisation": k.utilisation,
+                     "gpuIdle": k.gpu_idle, "averageUtilisation": k.average}
+                    for k in report.kernels],
+        "warnings": report.warnings,
+    }
+
+
+def write_usage(report: U.UsageReport, output: str, out: TextIO, err: TextIO) -> None:
+    for warning in report.warnings:
+        print(f"elastic-kernels cull --report: warning: {warning}", file=err)
+    if output == "json":
+        json.dump(usage_json(report), out, indent=2)
+        out.write("\n")
+    elif report.rows:
+        print(render_usage(report), file=out)
+    else:
+        print("no running GPU kernels", file=out)
+
+
 # --- entry point -------------------------------------------------------------------------------
+
+
+async def _report(args: argparse.Namespace, client: KubeClient, namespace: str, host: str,
+                  defaults: C.Policy) -> int:
+    try:
+        source = gpu_source(args)
+    except (ValueError, TraitError) as e:
+        print(f"elastic-kernels cull --report: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = await run_report(client, namespace, defaults, source)
+    except CullError as e:
+        print(f"elastic-kernels cull --report: {e} (API server {host})", file=sys.stderr)
+        return 1
+    write_usage(report, args.output, sys.stdout, sys.stderr)
+    return 0
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -395,6 +528,11 @@ async def _main(args: argparse.Namespace) -> int:
                         max_workers=max(4, args.concurrency))
     defaults = replace(C.CullingDefaults().as_policy(), idle_timeout=args.idle_timeout,
                        max_age=args.max_age, launch_timeout=args.launch_timeout)
+    if args.report:
+        try:
+            return await _report(args, client, cluster.namespace, cluster.host, defaults)
+        finally:
+            await client.close()
     store: SnapshotStore | None = None
     if args.snapshot_store:
         try:

@@ -9,6 +9,7 @@ Culler passes are 0.3 s apart and the kernelspecs' timeouts a second or two.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from elastic_kernels.localcluster.dcgm import DcgmExporterStandIn
 from tornado.httpclient import AsyncHTTPClient
 
 from .conftest import GatewayFactory, derived_kernelspec, running_cluster
+from .test_cull_cron import run_cull
 from .gateway.promtext import scrape
 from .gateway.support import KernelWS, api, json_of
 from .gatewayproc import wait_until
@@ -206,8 +208,8 @@ async def test_no_gpu_idle_cull_while_the_source_is_unreachable(
     assert json_of(gone)["reason"] == "GpuIdleTimeout"
 
 
-async def test_prometheus_mode_reads_the_same_figures(
-        make_cluster_gateway: GatewayFactory, kube: KubeClient,
+async def test_prometheus_mode_and_the_usage_report(
+        make_cluster_gateway: GatewayFactory, kube: KubeClient, cluster: LocalCluster,
         exporter: DcgmExporterStandIn) -> None:
     gw = await make_cluster_gateway("--CullingDefaults.interval=0.3",
                                     "--GpuUseSource.source=prometheus",
@@ -232,6 +234,31 @@ async def test_prometheus_mode_reads_the_same_figures(
             await kube.get(R.JUPYTERKERNELS, R.kernel_object_name(kernel_id))).pod_name
         use = reading.for_pod("default", pod)
         assert use is not None and (use.utilisation, use.memory_mib) == (90, 4096)
+        # Another user's kernel holds a GPU and does nothing with it.
+        idler = await km.start_kernel(kernel_name="gpu-queried", user="dave")
+
+        code, out, err = await run_cull("--report", "-o", "json", "--scrape-url", exporter.url,
+                                        kubeconfig=cluster.kubeconfig_path)
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["source"]["available"] is True
+        rows = {r["user"]: r for r in report["rows"]}
+        assert set(rows) == {"carol", "dave"}
+        assert (rows["carol"]["gpus"], rows["carol"]["idleGpus"]) == (1, 0)
+        assert (rows["dave"]["gpus"], rows["dave"]["idleGpus"]) == (1, 1)
+        assert rows["carol"]["gpuSecondsHeld"] > 0
+        # Scraping reads only the present: GPU-seconds used need a Prometheus's history.
+        assert rows["carol"]["gpuSecondsUsed"] is None
+        kernels = {k["kernelId"]: k for k in report["kernels"]}
+        assert kernels[kernel_id]["utilisation"] == 90 and kernels[idler]["gpuIdle"] is True
+
+        code, out, err = await run_cull("--report", "--scrape-url", exporter.url,
+                                        kubeconfig=cluster.kubeconfig_path)
+        assert code == 0, err
+        header, *lines = out.splitlines()
+        assert header.split()[:4] == ["USER", "SPEC", "KERNELS", "GPUS"]
+        dave = next(line for line in lines if line.startswith("dave"))
+        assert dave.split()[-1] == "1"  # its one GPU sits idle now
     finally:
         ws.close()
     await asyncio.wait_for(km.shutdown_kernel(kernel_id), 30)

@@ -266,3 +266,68 @@ def test_policy_fields_from_the_kernelspec_and_their_validation() -> None:
         defaults.gpu_idle_threshold = 150
     with pytest.raises(TraitError):
         defaults.gpu_idle_timeout = -1
+
+
+# --- the usage report's figures -------------------------------------------------------------------
+
+
+class _Prometheus(tornado.web.RequestHandler):
+    """Answers every query with one pod's average, and remembers what it was asked."""
+
+    def initialize(self, asked: list[str]) -> None:
+        self.asked = asked
+
+    def get(self) -> None:
+        self.asked.append(self.get_query_argument("query"))
+        self.finish({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"gpu": "0", "UUID": "GPU-a", "Hostname": "n1", "namespace": "ns",
+                        "pod": "kernel-a-0"}, "value": [1714564800.0, "25"]}]}})
+
+
+def record(kernel_id: str, user: str, gpus: int, started: float, pod: str,
+           phase: str = R.PHASE_RUNNING) -> dict[str, Any]:
+    return {"apiVersion": f"{R.GROUP}/{R.VERSION}", "kind": "JupyterKernel",
+            "metadata": {"name": R.kernel_object_name(kernel_id), "namespace": "ns",
+                         "creationTimestamp": R.format_timestamp(ago(started + 10))},
+            "spec": {"kernelId": kernel_id, "user": user, "kernelSpec": "python-gpu"},
+            "status": {"phase": phase, "gpus": gpus, "podName": pod,
+                       "startedAt": R.format_timestamp(ago(started))}}
+
+
+async def test_usage_figures_per_user_and_kernelspec() -> None:
+    from elastic_kernels.culling import usage as U
+
+    asked: list[str] = []
+    sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1", family=socket.AF_INET)
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([
+        (r"/api/v1/query", _Prometheus, {"asked": asked})]))
+    server.add_sockets(sockets)
+    source = G.GpuUseSource(source="prometheus",
+                            prometheus_url=f"http://127.0.0.1:{sockets[0].getsockname()[1]}/")
+    try:
+        a, b, c = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+        records = [record(a, "alice", 2, 3600, "kernel-a-0"),
+                   record(b, "bob", 1, 600, "kernel-b-0"),
+                   record(c, "carol", 0, 600, "kernel-c-0")]  # a CPU kernel holds no GPU
+        current = await source.read(NOW)
+        window = U.oldest_window(U.kernel_usage(records, C.PolicyBook(C.Policy()), NOW,
+                                                current, None, []))
+        assert window == 3600
+        average = await source.read_average(NOW, window)
+        assert asked[-1] == "avg_over_time((DCGM_FI_DEV_GPU_UTIL)[3600s:])"
+        warnings: list[str] = []
+        kernels = U.kernel_usage(records, C.PolicyBook(C.Policy()), NOW, current, average,
+                                 warnings)
+        rows = {r.user: r for r in U.rows_of(kernels)}
+        assert set(rows) == {"alice", "bob"} and warnings == []
+        alice = rows["alice"]
+        assert (alice.gpus, alice.held_seconds, alice.used_seconds) == (2, 7200, 1800)
+        assert (alice.idle_gpus, alice.unknown_gpus) == (0, 0)  # 25% now, >= 5%: in use
+        # bob's pod is in no series: its use is unknown, never zero.
+        assert rows["bob"].used_seconds is None and rows["bob"].unknown_gpus == 1
+        scraped = await G.GpuUseSource(source="scrape", scrape_urls=[
+            "http://127.0.0.1:9/metrics"]).read_average(NOW, 60)
+        assert not scraped.available and "needs a Prometheus" in scraped.errors[0]
+    finally:
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), 10)

@@ -336,6 +336,19 @@ class GpuUseSource(Configurable):
         return GpuReading(now, by_pod(samples), errors,
                           available=len(errors) < len(results))
 
+    async def read_average(self, now: datetime, window: float) -> GpuReading:
+        """Each pod's utilisation averaged over the last ``window`` seconds: one subquery over
+        ``util_query``, so only a Prometheus (which keeps history) can answer it."""
+        if self.source != SOURCE_PROMETHEUS or not self.prometheus_url:
+            return GpuReading(now, errors=("an average over time needs a Prometheus "
+                                           "(GpuUseSource.source=prometheus)",),
+                              available=False)
+        seconds = max(1, math.ceil(window))
+        result = await self._query(UTIL_METRIC, f"avg_over_time(({self.util_query})[{seconds}s:])")
+        if isinstance(result, str):
+            return GpuReading(now, errors=(result,), available=False)
+        return GpuReading(now, by_pod(result))
+
     async def _fetch(self, url: str, accept: str) -> tuple[int, bytes]:
         """The status code and body; raises only when no HTTP answer came (code 599)."""
         chunks: list[bytes] = []
