@@ -6,8 +6,11 @@ events, never by a timer:
 * a new pending pod is tried once at once;
 * pods that did not fit wait, with the real ``PodScheduled=False/Unschedulable`` condition and a
   ``FailedScheduling`` Event, until something could make room -- a bound pod finishing or being
-  removed, or a node being added or changed -- and are then retried in arrival order
-  (priority first, then ``creationTimestamp``).
+  removed, or a node being added or changed -- and are then retried in queue order: priority
+  first, then the time each pod entered the scheduling queue (kube-scheduler's PrioritySort).
+  A pod with scheduling gates enters it only when its last gate is removed, so pods ungated one
+  after another (the GPU queue's autoscaler mode) are tried in the order they were ungated,
+  not in the order they were created.
 
 Pods with ``persistentVolumeClaim`` volumes also pass the volume plugins (``volumefit.py``):
 missing or unbound claims keep them Pending, and access modes and volume node affinity narrow
@@ -284,11 +287,10 @@ class Scheduler:
             # Let watch events that our own writes produced be consumed before the next pass.
             await asyncio.sleep(0)
 
-    def _order(self, uid: str) -> tuple[int, str, int]:
+    def _order(self, uid: str) -> tuple[int, int]:
         pod = self._pods.get(uid) or {}
         priority = int((pod.get("spec") or {}).get("priority") or 0)
-        created = str((pod.get("metadata") or {}).get("creationTimestamp") or "")
-        return (-priority, created, self._queue[uid].seq)
+        return (-priority, self._queue[uid].seq)
 
     def schedule_pending(self) -> None:
         """One pass over the queue: new pods, plus every waiting pod if capacity may have freed."""
