@@ -3,21 +3,25 @@
 Run ``.venv/bin/python -m bench.bench_resume [--quick] [--sizes 1MB,100MB,1GB]``.
 
 A kernelspec with ``onCull: Suspend`` and a short idleTimeout runs on the local cluster with
-the gateway as a process (snapshot store and key file configured, ``max_kernel_message_bytes``
-raised to fit a base64 snapshot of the largest size). For each size a kernel holds ``blob =
+the gateway as a process (snapshot store and key file configured; ``max_kernel_message_bytes``
+left at its default: snapshots stream in pieces). For each size a kernel holds ``blob =
 os.urandom(size)``, is left idle until the gateway suspends it (namespace saved, pod deleted),
 and the time is taken from the websocket connect that resumes it to the reply of the first
 execute (``len(blob)``, checked): the user's "open the notebook, run a cell" after a suspension.
 The baseline, measured in the same run, is a cold start of the same kernelspec to its first
 reply (``POST /api/kernels`` then ``kernel_info``); the report gives each resume as a ratio of
 it. A size that fails (too big for the machine, a limit) is reported with its error instead of a
-figure. The time to suspend (idle deadline to Suspended) is reported too.
+figure. The time to suspend (idle deadline to Suspended) is reported too, and the gateway's
+peak resident memory over each size's suspend and resume (Linux: ``VmHWM``, reset before each
+size through ``/proc/PID/clear_refs``), against its resident memory before: it shows that the
+gateway streams a snapshot rather than holding it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import time
 from pathlib import Path
@@ -62,7 +66,27 @@ async def wait_state(url: str, token: str, kernel_id: str, state: str, timeout: 
     raise TimeoutError(f"kernel {kernel_id} not {state} after {timeout:.0f} s")
 
 
+def memory_kib(pid: int, field: str) -> int | None:
+    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``) in KiB; None off Linux."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's peak resident memory (``VmHWM``) to its current one."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 async def one_size(gw: C.Server, size: int, timeout: float) -> C.JSON:
+    peak_reset = reset_peak(gw.pid)
+    rss_before = memory_kib(gw.pid, "VmRSS")
     kernel_id, _, _ = await C.start_via_http(gw.url, gw.token, SPEC)
     try:
         ws = await C.KernelWS.open(gw.url, kernel_id, gw.token, timeout=timeout)
@@ -84,7 +108,10 @@ async def one_size(gw: C.Server, size: int, timeout: float) -> C.JSON:
         if got["stdout"].strip() != str(size):
             raise RuntimeError(f"the restored namespace is wrong: {got['stdout'][:200]!r} "
                                f"{got['errors'][:1]}")
-        return {"size": size, "resume_s": resume_s, "suspend_s": suspend_s}
+        memory = {"gateway_rss_before_mib": (rss_before or 0) / 1024,
+                  "gateway_peak_rss_mib": (memory_kib(gw.pid, "VmHWM") or 0) / 1024,
+                  "peak_reset": peak_reset}
+        return {"size": size, "resume_s": resume_s, "suspend_s": suspend_s, **memory}
     except Exception as e:  # noqa: BLE001 - reported with the size
         return {"size": size, "error": C.short_error(f"{type(e).__name__}: {e}", 300)}
     finally:
@@ -96,10 +123,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> C.JSON:
     key_file = workdir / "snapshot-key"
     key_file.write_text(secrets.token_hex(32))
     key_file.chmod(0o600)
-    message_bytes = largest * 3 // 2 + (1 << 20)  # base64 on the wire, plus the framing
     extra = [f"--ElasticMappingKernelManager.snapshot_store={workdir / 'snapshots'}",
              f"--ElasticMappingKernelManager.snapshot_key_file={key_file}",
-             f"--ElasticMappingKernelManager.max_kernel_message_bytes={message_bytes}",
              "--CullingDefaults.interval=0.5"]
     result: C.JSON = {"config": {"sizes": args.sizes, "cold_starts": args.cold}}
     async with C.local_cluster(workdir, nodes=1, cpu_per_node="16", memory_per_node="64Gi"
@@ -126,7 +151,9 @@ def report(result: C.JSON) -> list[str]:
             continue
         lines.append(f"resume with {human(r['size'])} of variables: {C.ms(r['resume_s'])} "
                      f"= {C.ratio(r['resume_s'], cold['p50']):.2f}x a cold start "
-                     f"(suspended {r['suspend_s']:.1f} s after going idle)")
+                     f"(suspended {r['suspend_s']:.1f} s after going idle; gateway memory "
+                     f"{r.get('gateway_rss_before_mib', 0):.0f} MiB before, peak "
+                     f"{r.get('gateway_peak_rss_mib', 0):.0f} MiB)")
     return lines
 
 

@@ -584,3 +584,134 @@ async def test_a_kernel_reports_a_save_over_max_bytes(tmp_path: Path) -> None:
         saved = K.read_save_reply(reply, max_bytes=1_000_000)
         assert saved.payload is None and saved.path == str(out)
         assert hashlib.sha256(out.read_bytes()).hexdigest() == saved.sha256
+
+
+# --- streaming: sealing and verifying in pieces (the gateway's suspend and resume) ----------
+
+
+def sealed_in_pieces(payload: bytes, step: int, **kw: Any) -> bytes:
+    stream = F.SealStream(key=KEY, kernel_id=KID, owner="alice", size=len(payload),
+                          sha256=hashlib.sha256(payload).hexdigest(), **kw)
+    out = b"".join(stream.feed(payload[i:i + step]) for i in range(0, len(payload), step))
+    return out + stream.finish()
+
+
+def restored_in_pieces(container: bytes, step: int, owner: str = "alice"
+                       ) -> tuple[bytes, F.VerifiedTransfer]:
+    import io
+    stream = F.RestoreStream(io.BytesIO(container).read, key=KEY, kernel_id=KID, owner=owner)
+    stream.open()
+    pieces = []
+    while piece := stream.piece(step):
+        assert len(piece) <= step
+        pieces.append(piece)
+    return b"".join(pieces), stream.finish()
+
+
+@pytest.mark.parametrize("step", [1, 7, 1000, 1 << 20])
+def test_a_container_sealed_in_pieces_is_the_container_seal_makes(step: int) -> None:
+    from datetime import datetime, timezone
+    created = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    payload = save({"__name__": "__main__", "x": os.urandom(5000), "y": [1, 2]}).payload
+    whole = F.seal(payload, key=KEY, kernel_id=KID, owner="alice", created=created)
+    assert sealed_in_pieces(payload, step, created=created) == whole
+    got, verified = restored_in_pieces(whole, step)
+    assert got == payload
+    assert verified.size == len(payload) and verified.owner == "alice"
+    assert {v["name"] for v in verified.variables} == {"x", "y"}
+    assert F.verify_and_load(whole, key=KEY, kernel_id=KID, owner="alice").payload == payload
+
+
+def test_a_streamed_seal_refuses_what_the_kernel_did_not_announce() -> None:
+    payload = save({"__name__": "__main__", "x": bytes(3000)}).payload
+    digest = hashlib.sha256(payload).hexdigest()
+
+    def stream(**kw: Any) -> F.SealStream:
+        args: dict[str, Any] = {"size": len(payload), "sha256": digest, **kw}
+        return F.SealStream(key=KEY, kernel_id=KID, owner="alice", **args)
+
+    with pytest.raises(C.SnapshotTooLarge, match="maxBytes"):
+        stream(max_bytes=len(payload) - 1)
+    more = stream(size=len(payload) - 10)
+    with pytest.raises(C.SnapshotError, match="more snapshot bytes than it announced"):
+        more.feed(payload)
+    short = stream()
+    short.feed(payload[:-1])
+    with pytest.raises(C.SnapshotError, match="incomplete"):
+        short.finish()
+    changed = stream()
+    changed.feed(payload[:-1] + bytes([payload[-1] ^ 1]))
+    with pytest.raises(C.SnapshotError, match="does not match its digest"):
+        changed.finish()
+    with pytest.raises(C.SnapshotError, match="unreadable"):
+        F.SealStream(key=KEY, kernel_id=KID, owner="alice", size=20,
+                     sha256="0" * 64).feed(b"not a payload at all")
+
+
+def test_a_streamed_restore_refuses_foreign_headers_first_and_changed_bytes_last() -> None:
+    payload = save({"__name__": "__main__", "x": os.urandom(4000)}).payload
+    container = F.seal(payload, key=KEY, kernel_id=KID, owner="alice")
+    import io
+
+    # Another user's: refused at open, before any piece would be sent.
+    with pytest.raises(F.SnapshotRefused, match="another user"):
+        F.RestoreStream(io.BytesIO(container).read, key=KEY, kernel_id=KID,
+                        owner="bob").open()
+    # A changed payload byte, a changed tag, a truncation, trailing bytes, another key: the
+    # pieces come out (the kernel only buffers them) and finish refuses.
+    flipped = bytearray(container)
+    flipped[len(flipped) // 2] ^= 1
+    for bad in (bytes(flipped), container[:-1] + bytes([container[-1] ^ 1]),
+                container + b"x"):
+        with pytest.raises(F.SnapshotRefused, match="modified or not signed"):
+            restored_in_pieces(bad, 999)
+    with pytest.raises(F.SnapshotRefused, match="modified or not signed"):
+        restored_in_pieces(container[:-100], 999)
+    other = F.seal(payload, key=b"o" * 32, kernel_id=KID, owner="alice")
+    with pytest.raises(F.SnapshotRefused, match="modified or not signed"):
+        restored_in_pieces(other, 999)
+    # Only a VerifiedTransfer makes the kernel unpickle.
+    with pytest.raises(TypeError):
+        K.restore_commit_request(F.verify_and_load(container, key=KEY, kernel_id=KID,
+                                                   owner="alice"), "t")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["dir", "memory"])
+def test_a_store_writes_in_pieces_atomically(tmp_path: Path, url: str) -> None:
+    if url == "memory":
+        pytest.importorskip("fsspec")
+        store: Any = S.open_store(f"memory://ek-{os.urandom(4).hex()}")
+    else:
+        store = S.open_store(str(tmp_path / "store"))
+    store.put(KID, b"old")
+    writer = store.open_write(KID)
+    writer.write(b"new ")
+    writer.write(b"bytes")
+    assert store.get(KID) == b"old", "invisible until committed"
+    writer.abort()
+    assert store.get(KID) == b"old"
+    writer = store.open_write(KID)
+    writer.write(b"new bytes")
+    writer.commit()
+    reader = store.open_read(KID)
+    assert reader is not None
+    with reader:
+        assert reader.read() == b"new bytes"
+    assert store.delete(KID) and store.open_read(KID) is None
+    if url == "dir":
+        assert [p.name for p in (tmp_path / "store").iterdir()] == [], "no temporary left"
+
+
+def test_the_transfer_requests_carry_the_source_once() -> None:
+    begin = K.save_begin_request(max_bytes=100, timeout=5)
+    read = K.read_request("ab12", 4096, 1024)
+    assert "kernel_save_begin" in begin["user_expressions"][K.RESULT_KEY]
+    expression = read["user_expressions"][K.RESULT_KEY]
+    assert "kernel_read('ab12', 4096, 1024)" in expression and len(expression) < 200
+    assert K.read_piece_reply({"status": "ok", "user_expressions": {K.RESULT_KEY: {
+        "status": "ok", "data": {"text/plain": repr(base64.b64encode(b"abc").decode())}}}},
+        3) == b"abc"
+    with pytest.raises(C.SnapshotError, match="3 asked"):
+        K.read_piece_reply({"status": "ok", "user_expressions": {K.RESULT_KEY: {
+            "status": "ok", "data": {"text/plain": repr(base64.b64encode(b"ab").decode())}}}},
+            3)

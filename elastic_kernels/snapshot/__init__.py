@@ -20,20 +20,20 @@ Modules
 
 Design: the kernel never holds the key, the gateway verifies before the kernel unpickles
     1. Save. The gateway sends an ``execute_request`` (silent, no history) whose
-       ``user_expressions`` entry runs ``collect.kernel_save`` in the kernel. The kernel
-       returns the UNSIGNED payload (base64 in the reply, or written to a path the gateway
-       gives on a shared volume). The gateway checks its size against ``maxBytes``, then
-       seals it with the kernel id and owner from ITS OWN record of the kernel (never from the
-       payload) and the signing key, and puts the container in the store. The key is the
-       gateway's alone (a Secret mounted only in the gateway's pod): it is never sent to a
-       kernel, never in a kernel pod's environment, and never in a log or error message.
-    2. Restore. The gateway gets the container from the store and calls ``verify_and_load``
-       with the kernel id being started and the authenticated user. A container that was
-       modified, signed with another key, not signed at all, or sealed for another user or
-       kernel is refused with a clear error, and nothing is unpickled (loading a pickle is
-       code execution). Only the resulting ``VerifiedSnapshot`` can be turned into a restore
-       request (``kernelcall.restore_request``), which carries the payload to the new kernel,
-       where ``collect.kernel_restore`` unpickles it and returns the report line, e.g.
+       ``user_expressions`` entry runs ``collect.kernel_save_begin`` in the kernel, which
+       keeps the UNSIGNED payload; the gateway reads it in pieces, checks its size against
+       ``maxBytes``, and seals it as it streams with the kernel id and owner from ITS OWN
+       record of the kernel (never from the payload) and the signing key, into the store. The
+       key is the gateway's alone (a Secret mounted only in the gateway's pod): it is never
+       sent to a kernel, never in a kernel pod's environment, and never in a log or error.
+    2. Restore. The gateway reads the container from the store with the kernel id being
+       started and the authenticated user (``format.RestoreStream``; ``verify_and_load`` for
+       a container in memory). A container that was modified, signed with another key, not
+       signed at all, or sealed for another user or kernel is refused with a clear error, and
+       nothing is unpickled (loading a pickle is code execution). The kernel buffers what it
+       is sent and unpickles only on ``kernelcall.restore_commit_request``, which takes only
+       the ``VerifiedTransfer`` the stream yields when the tag checked over exactly the bytes
+       sent; ``collect.kernel_restore_commit`` returns the report line, e.g.
        ``restored 5 variables (x, items, Model, f, df); not restored: gen (generator objects
        cannot be saved)``.
     The gateway itself never unpickles a snapshot; only the owner's own kernel does.
@@ -43,8 +43,11 @@ Design: the kernel never holds the key, the gateway verifies before the kernel u
     (credentials in every kernel pod), and the restoring kernel would read the bytes itself,
     after the gateway's check, leaving a window to swap them. Passing the bytes through the
     gateway keeps the store's credentials and the key in the gateway and makes "verified" and
-    "given to the kernel" the same bytes. The cost is that the payload travels over ZeroMQ:
-    ``maxBytes`` must fit the gateway's ``max_kernel_message_bytes`` (base64: 4/3).
+    "given to the kernel" the same bytes. The payload travels over ZeroMQ in bounded pieces
+    (``kernelcall``: reads of base64 pieces on save, binary buffers on restore), sealed and
+    verified as it streams (``format.SealStream``, ``format.RestoreStream``), so ``maxBytes``
+    is independent of the gateway's ``max_kernel_message_bytes`` and the gateway holds one
+    piece at a time, never the whole snapshot.
 
 The functions of the kernel side stay in their module (``collect.collect``,
 ``collect.restore``): this package's names are the gateway's.
@@ -64,7 +67,15 @@ from .collect import (
     SnapshotTooLarge,
     Variable,
 )
-from .format import SnapshotRefused, VerifiedSnapshot, seal, verify_and_load
+from .format import (
+    RestoreStream,
+    SealStream,
+    SnapshotRefused,
+    VerifiedSnapshot,
+    VerifiedTransfer,
+    seal,
+    verify_and_load,
+)
 from .kernelcall import (
     RestoreResult,
     SaveResult,
@@ -73,12 +84,13 @@ from .kernelcall import (
     restore_request,
     save_request,
 )
-from .store import FsspecStore, LocalStore, SnapshotStore, open_store
+from .store import FsspecStore, LocalStore, SnapshotStore, SnapshotWriter, open_store
 
 __all__ = [
-    "Collected", "FsspecStore", "LocalStore", "PayloadError", "RestoreResult", "Restored",
-    "SaveResult", "Skipped", "SnapshotError", "SnapshotRefused", "SnapshotStore",
-    "SnapshotTimeout", "SnapshotTooLarge", "Variable", "VerifiedSnapshot",
+    "Collected", "FsspecStore", "LocalStore", "PayloadError", "RestoreResult", "RestoreStream",
+    "Restored", "SaveResult", "SealStream", "Skipped", "SnapshotError", "SnapshotRefused",
+    "SnapshotStore", "SnapshotTimeout", "SnapshotTooLarge", "SnapshotWriter", "Variable",
+    "VerifiedSnapshot", "VerifiedTransfer",
     "open_store", "read_restore_reply", "read_save_reply", "restore_request",
     "save_request", "seal", "verify_and_load",
 ]

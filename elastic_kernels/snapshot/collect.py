@@ -400,7 +400,7 @@ class _Pickler(cloudpickle.Pickler):
 class _Unpickler(pickle.Unpickler):
     """Resolves the persistent ids of ``_Pickler`` in the restoring kernel."""
 
-    def __init__(self, data: bytes, namespace: Mapping[str, Any],
+    def __init__(self, data: bytes | bytearray, namespace: Mapping[str, Any],
                  global_ns: dict[str, Any], notes: list[str]) -> None:
         super().__init__(io.BytesIO(data))
         self._namespace = namespace
@@ -497,6 +497,11 @@ def collect(namespace: Mapping[str, Any], *, max_bytes: int, timeout: float,
     def too_large() -> SnapshotTooLarge:
         return SnapshotTooLarge(f"the snapshot would exceed maxBytes ({max_bytes} bytes)")
 
+    def out_of_memory(names: str) -> SnapshotError:
+        # Not a skip: a variable that pickles but does not fit in memory now would be lost
+        # without the user ever being told (a 1 GB array on a full kernel). No snapshot.
+        return SnapshotError(f"the kernel ran out of memory saving {_short(names)}")
+
     # Pass 1: each variable on its own, counted not kept; note the mutable objects it reaches.
     good: list[tuple[str, Any, int]] = []
     owner: dict[int, int] = {}
@@ -513,6 +518,8 @@ def collect(namespace: Mapping[str, Any], *, max_bytes: int, timeout: float,
             raise too_large() from None
         except SnapshotTimeout:
             raise
+        except MemoryError:
+            raise out_of_memory(name) from None
         except Exception as exc:
             skipped.append(Skipped(name, "unpicklable", _reason(value, exc)))
             continue
@@ -544,6 +551,8 @@ def collect(namespace: Mapping[str, Any], *, max_bytes: int, timeout: float,
             raise too_large() from None
         except SnapshotTimeout:
             raise
+        except MemoryError:
+            raise out_of_memory(", ".join(good[i][0] for i in indexes)) from None
         except Exception as exc:  # pickled alone, not together (rare: state changed between)
             for i in indexes:
                 skipped.append(Skipped(good[i][0], "unpicklable", _reason(good[i][1], exc)))
@@ -598,19 +607,36 @@ def encode_payload(variables: list[Variable], skipped: list[Skipped],
     return b"".join([MAGIC, _LEN.pack(len(raw)), raw, *blobs])
 
 
-def decode_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """The header and the blobs of a payload, checked for shape. JSON only: nothing here
-    unpickles, so the gateway may call it on bytes it does not trust."""
-    if len(payload) < len(MAGIC) + _LEN.size or payload[:len(MAGIC)] != MAGIC:
+def payload_header_size(prefix: bytes | bytearray | memoryview) -> int | None:
+    """How many bytes of a payload its framing and header take, from its first bytes (None:
+    too few to say); PayloadError for bytes that are no payload or a header past the bound."""
+    if len(prefix) < len(MAGIC) + _LEN.size:
+        return None
+    if bytes(prefix[:len(MAGIC)]) != MAGIC:
         raise PayloadError("not an elastic-kernels snapshot payload")
-    (length,) = _LEN.unpack_from(payload, len(MAGIC))
+    (length,) = _LEN.unpack_from(prefix, len(MAGIC))
+    if length > MAX_HEADER_BYTES:
+        raise PayloadError("snapshot payload is truncated")
+    return len(MAGIC) + _LEN.size + int(length)
+
+
+def read_payload_header(head: bytes | bytearray | memoryview,
+                        size: int) -> tuple[dict[str, Any], int]:
+    """The checked header of a payload of ``size`` bytes whose first bytes are ``head`` (at
+    least :func:`payload_header_size` of them), and where its blobs start. JSON only."""
     start = len(MAGIC) + _LEN.size
-    if length > MAX_HEADER_BYTES or start + length > len(payload):
+    end = payload_header_size(head)
+    if end is None or end > len(head) or end > size:
         raise PayloadError("snapshot payload is truncated")
     try:
-        header = json.loads(payload[start:start + length])
+        header = json.loads(bytes(head[start:end]))
     except ValueError:
         raise PayloadError("snapshot payload has an unreadable header") from None
+    _check_header(header, end, size)
+    return header, end
+
+
+def _check_header(header: Any, offset: int, size: int) -> None:
     if not isinstance(header, dict) or header.get("payload_version") != PAYLOAD_VERSION:
         raise PayloadError("snapshot payload has an unknown version")
     try:
@@ -628,17 +654,35 @@ def decode_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
         ok = False
     if not ok:
         raise PayloadError("snapshot payload has a malformed header")
-    offset = start + length
-    if offset + sum(sizes) != len(payload):
+    if offset + sum(sizes) != size:
         raise PayloadError("snapshot payload's blobs do not match its header")
-    blobs = []
+
+
+def decode_payload(payload: bytes | bytearray
+                   ) -> tuple[dict[str, Any], list[bytes | bytearray]]:
+    """The header and the blobs of a payload, checked for shape. JSON only: nothing here
+    unpickles, so the gateway may call it on bytes it does not trust."""
+    if len(payload) < len(MAGIC) + _LEN.size or payload[:len(MAGIC)] != MAGIC:
+        raise PayloadError("not an elastic-kernels snapshot payload")
+    (length,) = _LEN.unpack_from(payload, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    if length > MAX_HEADER_BYTES or start + length > len(payload):
+        raise PayloadError("snapshot payload is truncated")
+    try:
+        header = json.loads(payload[start:start + length])
+    except ValueError:
+        raise PayloadError("snapshot payload has an unreadable header") from None
+    offset = start + length
+    _check_header(header, offset, len(payload))
+    sizes = [int(b["size"]) for b in header["blobs"]]
+    blobs: list[bytes | bytearray] = []
     for size in sizes:
         blobs.append(payload[offset:offset + size])
         offset += size
     return header, blobs
 
 
-def restore(payload: bytes, namespace: MutableMapping[str, Any], *,
+def restore(payload: bytes | bytearray, namespace: MutableMapping[str, Any], *,
             global_ns: dict[str, Any] | None = None) -> Restored:
     """Unpickle a payload into ``namespace``, group by group: a group that fails (a module
     missing from this image, say) is reported and the others are still restored.
@@ -760,6 +804,129 @@ def kernel_restore(shell: Any, payload_b64: str | None = None, path: str | None 
         return json.dumps({"ok": False, "error": _short(message)})
 
 
+# --- chunked transfer: the gateway streams a payload in bounded pieces (kernelcall) ------------
+#
+# A payload of hundreds of MB does not fit one kernel message (the gateway bounds them, and a
+# single reply would be held whole, several times over, on both sides). So the gateway asks in
+# steps, each a silent execute_request on ITS OWN shell connection (replies on shell go only
+# to the asker, never to a notebook's websocket, unlike a comm's messages on iopub):
+#   save:    kernel_save_begin (collect; keep the payload here) -> kernel_read(offset, n) ...
+#            (base64 pieces in the reply) -> kernel_transfer_end
+#   restore: kernel_restore_begin(size) -> kernel_write ... (raw bytes in the REQUEST's binary
+#            buffers, read from the parent message: no base64, no copy into source code) ->
+#            kernel_restore_commit (unpickle) or kernel_transfer_end (discard)
+# The state lives in this module, which later steps reach through ``sys.modules`` (kernelcall
+# sends the source only with the first step). One transfer at a time: a begin drops any other,
+# so an abandoned transfer (the gateway died mid-way) holds memory only until the next.
+# Nothing received is unpickled before the commit, which the gateway sends only after the
+# signature checked over exactly the bytes it sent (format.RestoreStream).
+
+_TRANSFERS: dict[str, Any] = {}
+
+
+def _new_transfer(value: Any) -> str:
+    _TRANSFERS.clear()
+    token = os.urandom(12).hex()
+    _TRANSFERS[token] = value
+    return token
+
+
+def _transfer(token: str, kind: type) -> Any:
+    value = _TRANSFERS.get(token)
+    if not isinstance(value, kind):
+        raise SnapshotError("no such snapshot transfer in this kernel (it was restarted, or "
+                            "another transfer replaced it)")
+    return value
+
+
+def kernel_save_begin(shell: Any, max_bytes: int, timeout: float) -> str:
+    """Collect the shell's namespace and keep the payload for :func:`kernel_read`; a JSON
+    string like :func:`kernel_save`'s, with ``"token"`` instead of the payload."""
+    try:
+        _TRANSFERS.clear()  # before collecting: an earlier payload must not count twice
+        namespace, global_ns, hidden = _shell_parts(shell)
+        got = collect(namespace, max_bytes=max_bytes, timeout=timeout, hidden=hidden,
+                      global_ns=global_ns)
+        return json.dumps({
+            "ok": True, "token": _new_transfer(got.payload), "size": len(got.payload),
+            "sha256": hashlib.sha256(got.payload).hexdigest(),
+            "variables": _names(got.variables),
+            "skipped": [{"name": s.name, "reason": s.reason} for s in got.skipped
+                        if s.kind != "internal"],
+        })
+    except SnapshotError as exc:
+        return json.dumps({"ok": False, "error": str(exc), "kind": type(exc).__name__})
+    except MemoryError:
+        return json.dumps({"ok": False, "error": "the kernel ran out of memory saving"})
+    except Exception as exc:
+        return json.dumps({"ok": False, "error": _short(f"{type(exc).__name__}: {exc}")})
+
+
+def kernel_read(token: str, offset: int, length: int) -> str:
+    """Bytes ``offset`` to ``offset + length`` of the kept payload, base64 (ASCII: its repr in
+    the reply is the text between two quotes). Raises (an error reply) for an unknown token."""
+    payload = _transfer(token, bytes)
+    return base64.b64encode(memoryview(payload)[offset:offset + length]).decode("ascii")
+
+
+def kernel_restore_begin(size: int) -> str:
+    """Start receiving a payload of ``size`` bytes; the token for the next steps."""
+    if size < 0:
+        raise SnapshotError("a payload's size cannot be negative")
+    return _new_transfer(_Incoming(size))
+
+
+class _Incoming:
+    """A payload being received: a buffer that refuses to grow past the announced size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = bytearray()
+
+
+def kernel_write(shell: Any, token: str) -> int:
+    """Append the binary buffers of the request being executed to the transfer; the bytes
+    received so far."""
+    incoming = _transfer(token, _Incoming)
+    parent = shell.kernel.get_parent("shell")
+    buffers = parent.get("buffers") or []
+    if not buffers:
+        raise SnapshotError("the request carries no snapshot bytes (binary buffers)")
+    for buffer in buffers:
+        view = memoryview(buffer)
+        if len(incoming.data) + view.nbytes > incoming.size:
+            _TRANSFERS.clear()
+            raise SnapshotError("more snapshot bytes than announced")
+        incoming.data += view
+    return len(incoming.data)
+
+
+def kernel_restore_commit(shell: Any, token: str) -> str:
+    """Restore the received payload (the gateway verified it); :func:`kernel_restore`'s JSON."""
+    try:
+        incoming = _transfer(token, _Incoming)
+        _TRANSFERS.clear()
+        if len(incoming.data) != incoming.size:
+            raise SnapshotError(f"the snapshot arrived incomplete ({len(incoming.data)} of "
+                                f"{incoming.size} bytes)")
+        namespace, global_ns, _ = _shell_parts(shell)
+        result = restore(incoming.data, namespace, global_ns=global_ns)
+        del incoming
+        return json.dumps({
+            "ok": True, "report": result.report(), "restored": result.restored,
+            "not_restored": [{"name": s.name, "reason": s.reason} for s in result.not_restored],
+            "modules": result.modules, "notes": result.notes,
+        })
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, SnapshotError) else f"{type(exc).__name__}: {exc}"
+        return json.dumps({"ok": False, "error": _short(message)})
+
+
+def kernel_transfer_end(token: str) -> bool:
+    """Drop a transfer (the save is stored, or a restore was refused); whether it existed."""
+    return _TRANSFERS.pop(token, None) is not None
+
+
 def write_atomically(path: str, data: bytes, prefix: str = ".ek-snapshot-") -> None:
     """Write to a private temporary file beside ``path``, fsync, then rename: readers never
     see half a file. (Also the store's writer: this module is the stdlib-only one.)"""
@@ -783,5 +950,7 @@ __all__ = [
     "MAGIC", "PAYLOAD_VERSION", "Collected", "PayloadError", "Restored", "Skipped",
     "SnapshotError", "SnapshotTimeout", "SnapshotTooLarge", "Variable", "collect",
     "decode_payload", "encode_payload", "is_device_tensor", "is_internal", "kernel_restore",
-    "kernel_save", "restore",
+    "kernel_read", "kernel_restore_begin", "kernel_restore_commit", "kernel_save",
+    "kernel_save_begin", "kernel_transfer_end", "kernel_write", "payload_header_size",
+    "read_payload_header", "restore",
 ]

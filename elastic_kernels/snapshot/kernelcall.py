@@ -11,13 +11,20 @@ the kernel's shell; it evaluates to a JSON string, which comes back in the ``exe
 ``user_expressions`` as its ``text/plain`` repr, read here with ``ast.literal_eval`` (never
 ``eval``).
 
-The payload travels inline as base64 by default: the reply (save) or the request (restore)
-is then about 4/3 of the payload, so the gateway's ZeroMQ message limit
-(``max_kernel_message_bytes``) must allow ``maxBytes * 4/3`` plus a little. For larger
-snapshots the gateway may pass a ``path`` instead, on a volume both it and the kernel pod
-mount; the kernel writes (save) or reads (restore) the raw payload there. Either way the
-kernel only ever handles the unsigned payload: the gateway seals what it gets
-(``format.seal``) and gives the kernel only a :class:`~.format.VerifiedSnapshot`'s payload.
+The gateway streams the payload in bounded pieces (``collect``'s "chunked transfer"): a
+first request (:func:`save_begin_request`) collects the namespace and keeps the payload in the
+kernel, then :func:`read_request` asks for one piece at a time (base64 in the reply, so each
+reply is 4/3 of a piece, far below ``max_kernel_message_bytes``), and
+:func:`transfer_end_request` drops it. A restore sends :func:`restore_begin_request`, then
+each piece as the raw binary buffer of a :func:`write_request` (no base64: ipykernel keeps a
+request's buffers on the parent message), then :func:`restore_commit_request`, which takes
+only a :class:`~.format.VerifiedTransfer`. Only the first request of each carries
+``collect.py``'s source; the others call into the module it left in ``sys.modules``.
+
+The single-message forms (:func:`save_request`, :func:`restore_request`: payload inline as
+base64, or through a ``path`` on a volume both mount) remain for small snapshots and tools.
+Either way the kernel only ever handles the unsigned payload: the gateway seals what it gets
+(``format.seal``, ``format.SealStream``) and gives the kernel only verified bytes.
 
 Usage with a jupyter_client ``AsyncKernelClient`` (the gateway will do the same over its own
 ZeroMQ channels)::
@@ -44,7 +51,7 @@ from importlib import resources
 from typing import Any
 
 from .collect import SnapshotError, SnapshotTimeout, SnapshotTooLarge
-from .format import VerifiedSnapshot
+from .format import VerifiedSnapshot, VerifiedTransfer
 
 RESULT_KEY = "elastic_kernels_snapshot"
 _MODULE_NAME = "elastic_kernels_snapshot_kernel"
@@ -112,8 +119,53 @@ def restore_request(snapshot: VerifiedSnapshot, *, path: str | None = None) -> d
     return _content(_expression(call))
 
 
-def _result(reply_content: dict[str, Any]) -> dict[str, Any]:
-    """The JSON the kernel-side function returned, from an ``execute_reply``'s content."""
+def _module_call(call: str) -> str:
+    """An expression calling into the module an earlier request of the transfer left."""
+    return f"__import__('sys').modules[{_MODULE_NAME!r}].{call}"
+
+
+def save_begin_request(*, max_bytes: int, timeout: float) -> dict[str, Any]:
+    """Collect the namespace and keep the payload in the kernel, for :func:`read_request`."""
+    return _content(_expression(
+        f"kernel_save_begin(__import__('IPython').get_ipython(), {int(max_bytes)!r}, "
+        f"{float(timeout)!r})"))
+
+
+def read_request(token: str, offset: int, length: int) -> dict[str, Any]:
+    """One piece of the kept payload (read it with :func:`read_piece_reply`)."""
+    return _content(_module_call(f"kernel_read({str(token)!r}, {int(offset)!r}, "
+                                 f"{int(length)!r})"))
+
+
+def transfer_end_request(token: str) -> dict[str, Any]:
+    """Drop the kernel's side of a transfer (stored, refused or failed)."""
+    return _content(_module_call(f"kernel_transfer_end({str(token)!r})"))
+
+
+def restore_begin_request(size: int) -> dict[str, Any]:
+    """Start a restore of ``size`` bytes: loads collect.py; the reply holds the token
+    (:func:`read_token_reply`)."""
+    return _content(_expression(f"kernel_restore_begin({int(size)!r})"))
+
+
+def write_request(token: str) -> dict[str, Any]:
+    """The content of a request whose binary buffers are the next piece of the payload."""
+    return _content(_module_call(
+        f"kernel_write(__import__('IPython').get_ipython(), {str(token)!r})"))
+
+
+def restore_commit_request(verified: VerifiedTransfer, token: str) -> dict[str, Any]:
+    """Unpickle what was sent: only for a transfer whose signature checked over exactly the
+    bytes sent (``format.RestoreStream.finish``)."""
+    if not isinstance(verified, VerifiedTransfer):
+        raise TypeError("restore_commit_request takes a VerifiedTransfer "
+                        "(format.RestoreStream.finish)")
+    return _content(_module_call(
+        f"kernel_restore_commit(__import__('IPython').get_ipython(), {str(token)!r})"))
+
+
+def _value(reply_content: dict[str, Any]) -> str:
+    """The ``text/plain`` of the one user expression, or SnapshotError."""
     if reply_content.get("status") != "ok":
         raise SnapshotError(f"the kernel refused the snapshot request: "
                             f"{reply_content.get('ename', '')} {reply_content.get('evalue', '')}"
@@ -125,6 +177,78 @@ def _result(reply_content: dict[str, Any]) -> dict[str, Any]:
         raise SnapshotError(f"the snapshot code failed in the kernel: "
                             f"{value.get('ename', '')}: {value.get('evalue', '')}")
     text = (value.get("data") or {}).get("text/plain")
+    if not isinstance(text, str):
+        raise SnapshotError("the kernel's snapshot result is unreadable")
+    return text
+
+
+def read_piece_reply(reply_content: dict[str, Any], length: int) -> bytes:
+    """The bytes of a :func:`read_request`'s reply: exactly ``length`` of them, or
+    SnapshotError. The repr of an ASCII string is the string between quotes; anything else is
+    refused rather than evaluated."""
+    text = _value(reply_content)
+    if len(text) < 2 or text[0] != "'" or text[-1] != "'":
+        raise SnapshotError("the kernel's snapshot piece is unreadable")
+    try:
+        piece = base64.b64decode(text[1:-1], validate=True)
+    except ValueError:
+        raise SnapshotError("the kernel's snapshot piece is not valid base64") from None
+    if len(piece) != length:
+        raise SnapshotError(f"the kernel sent {len(piece)} snapshot bytes for {length} asked")
+    return piece
+
+
+def read_token_reply(reply_content: dict[str, Any]) -> str:
+    """The token of a :func:`restore_begin_request`'s reply."""
+    try:
+        token = ast.literal_eval(_value(reply_content))
+    except (ValueError, SyntaxError):
+        token = None
+    if not isinstance(token, str) or not token.isalnum():
+        raise SnapshotError("the kernel's snapshot transfer has no token")
+    return token
+
+
+def read_write_reply(reply_content: dict[str, Any]) -> int:
+    """The bytes the kernel holds after a :func:`write_request`."""
+    try:
+        count = ast.literal_eval(_value(reply_content))
+    except (ValueError, SyntaxError):
+        count = None
+    if not isinstance(count, int):
+        raise SnapshotError("the kernel's snapshot transfer reply is unreadable")
+    return count
+
+
+@dataclass(frozen=True)
+class SaveBegun:
+    """A payload the kernel collected and keeps for reading: its size, digest, contents."""
+
+    token: str
+    size: int
+    sha256: str
+    variables: list[str]
+    skipped: list[dict[str, str]]
+
+
+def read_save_begin_reply(reply_content: dict[str, Any], *, max_bytes: int) -> SaveBegun:
+    """Read a :func:`save_begin_request`'s reply; SnapshotError (SnapshotTooLarge past
+    ``max_bytes``) says why there is no snapshot."""
+    result = _result(reply_content)
+    token, size, digest = result.get("token"), result.get("size"), result.get("sha256")
+    if not isinstance(token, str) or not token.isalnum() or not isinstance(size, int) \
+            or size < 0 or not isinstance(digest, str):
+        raise SnapshotError("the kernel's snapshot reply is malformed")
+    if size > max_bytes:
+        raise SnapshotTooLarge(f"the snapshot would exceed maxBytes ({max_bytes} bytes)")
+    return SaveBegun(token=token, size=size, sha256=digest,
+                     variables=[str(v) for v in result.get("variables", [])],
+                     skipped=[s for s in result.get("skipped", []) if isinstance(s, dict)])
+
+
+def _result(reply_content: dict[str, Any]) -> dict[str, Any]:
+    """The JSON the kernel-side function returned, from an ``execute_reply``'s content."""
+    text = _value(reply_content)
     try:
         literal = ast.literal_eval(text) if isinstance(text, str) else None
         result = json.loads(literal) if isinstance(literal, str) else None

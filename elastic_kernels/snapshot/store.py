@@ -3,7 +3,9 @@
 ``open_store(url)`` takes a plain path or a ``file://`` URL (:class:`LocalStore`, standard
 library only), or any other URL that fsspec understands (``s3://bucket/prefix``,
 ``gs://...``, ``memory://...``) when fsspec is installed (:class:`FsspecStore`; the
-``snapshot-fsspec`` extra). Every store offers ``put``, ``get``, ``delete`` and ``exists``.
+``snapshot-fsspec`` extra). Every store offers ``put``, ``get``, ``delete`` and ``exists``,
+and for snapshots too big to hold in memory ``open_write`` (a :class:`SnapshotWriter`:
+``write`` pieces, then ``commit`` or ``abort``) and ``open_read`` (a binary file).
 
 Keys are kernel ids, checked against a strict pattern (letters, digits, ``.``, ``_``, ``-``;
 not starting with a dot) before any path is built, so no key can climb out of the store's
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+import typing as t
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from .collect import write_atomically
@@ -42,6 +46,20 @@ class SnapshotStore(Protocol):
     def delete(self, kernel_id: str) -> bool: ...
 
     def exists(self, kernel_id: str) -> bool: ...
+
+    def open_write(self, kernel_id: str) -> SnapshotWriter: ...
+
+    def open_read(self, kernel_id: str) -> IO[bytes] | None: ...
+
+
+class SnapshotWriter(Protocol):
+    """A snapshot being written in pieces: invisible under its name until :meth:`commit`."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def object_name(kernel_id: str) -> str:
@@ -65,16 +83,7 @@ class LocalStore:
         path = self._path(kernel_id)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomically(str(path), data, prefix=".tmp-")
-        try:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass  # some filesystems cannot sync a directory; the rename is still atomic
-        finally:
-            os.close(dir_fd)
+        _sync_directory(str(self.directory))
 
     def get(self, kernel_id: str) -> bytes | None:
         """The snapshot's bytes, or None when there is none."""
@@ -93,6 +102,61 @@ class LocalStore:
 
     def exists(self, kernel_id: str) -> bool:
         return self._path(kernel_id).is_file()
+
+    def open_write(self, kernel_id: str) -> _LocalWriter:
+        """A private temporary file beside the snapshot, renamed over it by ``commit``."""
+        path = self._path(kernel_id)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
+        return _LocalWriter(os.fdopen(fd, "wb"), tmp, str(path))
+
+    def open_read(self, kernel_id: str) -> IO[bytes] | None:
+        try:
+            return self._path(kernel_id).open("rb")
+        except FileNotFoundError:
+            return None
+
+
+class _LocalWriter:
+    def __init__(self, file: IO[bytes], tmp: str, path: str) -> None:
+        self._file = file
+        self._tmp = tmp
+        self._path = path
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        """fsync, rename over the snapshot, fsync the directory (as ``put``)."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._path)
+        except BaseException:
+            self.abort()
+            raise
+        _sync_directory(os.path.dirname(self._path))
+
+    def abort(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _sync_directory(directory: str) -> None:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(dir_fd)
 
 
 class FsspecStore:
@@ -145,6 +209,49 @@ class FsspecStore:
 
     def exists(self, kernel_id: str) -> bool:
         return bool(self.fs.exists(self._path(kernel_id)))
+
+    def open_write(self, kernel_id: str) -> _FsspecWriter:
+        """A temporary object written as a stream (multipart on object stores), moved over
+        the snapshot by ``commit``."""
+        path = self._path(kernel_id)
+        tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
+        self.fs.makedirs(self.root, exist_ok=True)
+        return _FsspecWriter(self.fs, self.fs.open(tmp, "wb"), tmp, path)
+
+    def open_read(self, kernel_id: str) -> IO[bytes] | None:
+        try:
+            return t.cast(IO[bytes], self.fs.open(self._path(kernel_id), "rb"))
+        except FileNotFoundError:
+            return None
+
+
+class _FsspecWriter:
+    def __init__(self, fs: Any, file: Any, tmp: str, path: str) -> None:
+        self._fs = fs
+        self._file = file
+        self._tmp = tmp
+        self._path = path
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        try:
+            self._file.close()
+            self._fs.mv(self._tmp, self._path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except Exception:
+            pass
+        try:
+            self._fs.rm(self._tmp)
+        except Exception:
+            pass  # not written yet, or already moved
 
 
 def open_store(url: str, **storage_options: Any) -> LocalStore | FsspecStore:

@@ -147,3 +147,27 @@ def test_the_key_is_checked_and_never_shown(tmp_path: Path,
         read_key()
     monkeypatch.setenv(KEY_ENV, "z" * 40)
     assert read_key() == b"z" * 40
+
+
+async def test_save_and_restore_in_many_pieces(
+        kernels: list[AsyncKernelManager], tmp_path: Path) -> None:
+    """Pieces of 4 KiB (a message bound of 64 KiB would allow ~36 KiB): ~25 reads of the
+    kernel's payload, sealed as they come, and ~25 binary writes into the new kernel."""
+    snaps = Snapshots(snapshot.open_store(str(tmp_path / "store")), KEY, chunk_bytes=4096,
+                      message_bytes=64 * 1024)
+    assert snaps.chunk_bytes == 4096
+    assert Snapshots(snaps.store, KEY, message_bytes=200_000).chunk_bytes < 200_000 * 3 // 4
+    first = await new_kernel(kernels)
+    await run(first, "import os\nblob = os.urandom(100_000)\ntotal = sum(blob)\n")
+    saved = await snaps.save(first, KERNEL_ID, "alice", SuspendLimits(max_bytes=1 << 20,
+                                                                      timeout=30))
+    assert saved.size > 100_000 and set(saved.variables) == {"blob", "total"}
+    await first.shutdown_kernel(now=True)
+
+    second = await new_kernel(kernels)
+    result = await snaps.restore(second, KERNEL_ID, "alice", timeout=30)
+    assert result.restored == ["blob", "total"]
+    assert await value(second, "(len(blob), sum(blob) == total)") == "(100000, True)"
+    # The kernel keeps nothing of the transfer once it is over.
+    assert await value(second, "__import__('sys').modules['elastic_kernels_snapshot_kernel']"
+                               "._TRANSFERS") == "{}"

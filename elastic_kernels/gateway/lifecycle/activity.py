@@ -70,6 +70,10 @@ def watch_activity(manager: MappingKernelManager, kernel_id: str) -> None:
         execution_state = _object(parts[3]).get("execution_state")
         if not isinstance(execution_state, str):
             return
+        if getattr(kernel, "suspended", False):
+            # The status of the suspend's own last request can arrive after the kernel was
+            # marked suspended (its pod is being released): it must not read "idle" again.
+            return
         if tracked(parent_msg_type):
             kernel.execution_state = execution_state
         elif kernel.execution_state == "starting" and execution_state != "starting":

@@ -301,6 +301,12 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         help="File holding the key that signs snapshots (a Secret mounted into the gateway's "
         "pod only, at least 32 bytes). Empty: $ELASTIC_KERNELS_SNAPSHOT_KEY.",
     )
+    snapshot_chunk_bytes = Integer(
+        4 * 1024 * 1024, config=True,
+        help="Bytes of a snapshot moved per request between the gateway and a kernel (cut to "
+        "fit max_kernel_message_bytes): the gateway holds about one piece per suspend or "
+        "resume in progress, whatever maxBytes allows.",
+    )
 
     offline_buffer_max_seconds = Float(
         3600.0, config=True,
@@ -425,7 +431,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         except (ValueError, ImportError, OSError) as e:
             self.log.critical("Cannot use the snapshot store: %s", e)
             raise SystemExit(1) from None
-        return Snapshots(store, key, self.log)
+        return Snapshots(store, key, self.log, chunk_bytes=self.snapshot_chunk_bytes,
+                         message_bytes=self.max_kernel_message_bytes)
 
     def is_suspended(self, kernel_id: str) -> bool:
         return bool(getattr(managed_kernels(self).get(kernel_id), "suspended", False))
@@ -446,7 +453,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         try:
             saved = await self.snapshots.save(
                 km, kernel_id, prov.user,
-                SuspendLimits(max_bytes=self._snapshot_bytes(policy.suspend_max_bytes),
+                SuspendLimits(max_bytes=policy.suspend_max_bytes,
                               timeout=policy.suspend_timeout))
         except snapshot.SnapshotError as e:
             return str(e)
@@ -459,16 +466,6 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self.log.info("Kernel %s of %s suspended: %s (%d bytes)", kernel_id, prov.user,
                       saved.summary(), saved.size)
         return ""
-
-    def _snapshot_bytes(self, wanted: int) -> int:
-        """``maxBytes``, cut to what one kernel message may carry: the snapshot comes back
-        base64-encoded in one reply, and a reply over ``max_kernel_message_bytes`` would be
-        dropped, leaving the save to fail only at its timeout. So the kernel refuses at once
-        ("would exceed maxBytes") and the kernel is culled as with Delete, saying why."""
-        bound = self.max_kernel_message_bytes
-        if bound <= 0:
-            return wanted
-        return max(1, min(wanted, (bound - (1 << 16)) * 3 // 4))
 
     async def resume_kernel(self, kernel_id: str) -> str:
         """Start a suspended kernel in a new pod (through the GPU queue) and restore its

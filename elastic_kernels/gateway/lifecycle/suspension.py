@@ -8,11 +8,30 @@ starts a new pod under the same kernel id and :meth:`Snapshots.restore` gives th
 variables back. Any failure to save (too big, too slow, the kernel gone) is an ordinary cull
 with that reason: this module raises, the caller deletes.
 
-:class:`Snapshots` is the gateway's side of it: one store, one key, and the two calls made over
-a kernel client of the kernel's own connection (a fresh ``AsyncKernelClient``, so that no
-client websocket sees these requests). Who calls: the kernel manager's ``suspend_kernel`` and
-``resume_kernel`` (``lifecycle/kernelmanager.py``). Configuration: ``snapshot_store`` and the
-key file on the kernel manager.
+:class:`Snapshots` is the gateway's side of it: one store, one key, and the calls made over a
+kernel client of the kernel's own connection (a fresh ``AsyncKernelClient``, so that no client
+websocket sees these requests: shell replies go only to the asker). Who calls: the kernel
+manager's suspend (the culler's) and ``resume_kernel`` (``lifecycle/kernelmanager.py``).
+Configuration: ``snapshot_store``, the key file and ``snapshot_chunk_bytes`` on the kernel
+manager.
+
+Streaming, so that a snapshot of a GB costs the gateway a few MB
+    A save is a sequence of silent execute_requests (``snapshot.kernelcall``): the kernel
+    collects and keeps its payload, then the gateway reads it piece by piece (``chunk_bytes``,
+    cut so that a piece's base64 reply fits ``max_kernel_message_bytes``), seals each piece as
+    it comes (``format.SealStream``: HMAC and SHA-256 updated per piece) and appends it to a
+    temporary object of the store, renamed over the snapshot only when the whole payload
+    arrived and matched the kernel's digest. A restore reads the container piece by piece
+    (``format.RestoreStream``), refuses a foreign or malformed header before sending anything,
+    sends each piece as a request's binary buffer, and tells the kernel to unpickle only when
+    the tag checked over exactly those bytes. The decoding, hashing and file I/O of each piece
+    run in a thread; the event loop only moves messages. At most one piece (plus its base64
+    and its ZeroMQ message) is in the gateway's memory per transfer.
+
+Failures: anything that stops a save (``maxBytes``, ``timeout``, a kernel that dies or sends
+what it did not announce) raises SnapshotError with the reason, nothing is left in the store,
+and the kernel is culled with that reason. ``timeout`` bounds the whole save, collection and
+transfer (plus :data:`REPLY_MARGIN_S`).
 """
 
 from __future__ import annotations
@@ -35,6 +54,10 @@ KEY_ENV = "ELASTIC_KERNELS_SNAPSHOT_KEY"
 MIN_KEY_BYTES = 32
 #: Beyond the kernel's own ``timeout``: the request's round trip and the reply's transfer.
 REPLY_MARGIN_S = 10.0
+#: Default bytes of payload per request (4 MiB: ~5.6 MB of base64 per reply).
+CHUNK_BYTES = 4 << 20
+#: What a reply carries besides a piece's base64 (header, JSON, signatures).
+_REPLY_OVERHEAD = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -88,45 +111,170 @@ def read_key(path: str = "") -> bytes:
     return key
 
 
+class _Channel:
+    """A kernel client of the kernel's own connection, for the requests of one transfer."""
+
+    def __init__(self, kernel_manager: t.Any) -> None:
+        self.client = kernel_manager.client()
+        self.client.start_channels()
+
+    async def call(self, content: dict[str, t.Any], timeout: float,
+                   buffers: list[bytes] | None = None) -> dict[str, t.Any]:
+        """One execute_request (with ``buffers`` as its binary parts); its reply's content.
+        SnapshotTimeout past ``timeout`` seconds."""
+        if buffers:
+            session = self.client.session
+            msg = session.msg("execute_request", content)
+            session.send(self.client.shell_channel.socket, msg, buffers=buffers)
+            msg_id = msg["header"]["msg_id"]
+        else:
+            msg_id = self.client.execute(**content)
+
+        async def reply() -> dict[str, t.Any]:
+            while True:
+                msg = await self.client.get_shell_msg()
+                if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    return dict(msg["content"])
+
+        try:
+            return await asyncio.wait_for(reply(), max(timeout, 0.001))
+        except asyncio.TimeoutError:
+            raise snapshot.SnapshotTimeout(
+                "the kernel did not answer a snapshot request in time") from None
+
+    def close(self) -> None:
+        self.client.stop_channels()
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = asyncio.get_running_loop().time() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float:
+        left = self.at - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise snapshot.SnapshotTimeout(
+                f"the snapshot took longer than its timeout ({self.seconds:g} s)")
+        return left
+
+
 class Snapshots:
-    """Save, restore and discard kernels' snapshots in one store under one key."""
+    """Save, restore and discard kernels' snapshots in one store under one key, streamed in
+    pieces of ``chunk_bytes`` (module docstring); ``message_bytes`` is the gateway's bound on
+    one kernel message (0: none), which each piece's reply must fit."""
 
     def __init__(self, store: snapshot.SnapshotStore, key: bytes,
-                 log: logging.Logger | logging.LoggerAdapter[t.Any] | None = None) -> None:
+                 log: logging.Logger | logging.LoggerAdapter[t.Any] | None = None, *,
+                 chunk_bytes: int = CHUNK_BYTES, message_bytes: int = 0) -> None:
         self.store = store
         self._key = key
         self.log = log or logging.getLogger(__name__)
+        chunk = max(1, int(chunk_bytes))
+        if message_bytes > 0:
+            chunk = min(chunk, max(1024, (message_bytes - _REPLY_OVERHEAD) * 3 // 4))
+        self.chunk_bytes = chunk
 
     async def save(self, kernel_manager: t.Any, kernel_id: str, owner: str,
                    limits: SuspendLimits) -> SavedSnapshot:
-        """Have the kernel save its namespace; seal and store it. Raises SnapshotError with
-        the reason when there is no snapshot (the caller then culls as usual)."""
-        content = await self._call(kernel_manager, kernelcall.save_request(
-            max_bytes=limits.max_bytes, timeout=limits.timeout), limits.timeout)
-        result = kernelcall.read_save_reply(content, max_bytes=limits.max_bytes)
-        if result.payload is None:
-            raise snapshot.SnapshotError("the kernel wrote its snapshot to a path; only inline "
-                                         "snapshots are supported")
-        sealed = snapshot.seal(result.payload, key=self._key, kernel_id=kernel_id, owner=owner,
-                               max_bytes=limits.max_bytes)
-        await asyncio.to_thread(self.store.put, kernel_id, sealed)
+        """Have the kernel save its namespace; seal and store it as it streams in. Raises
+        SnapshotError with the reason when there is no snapshot (the caller then culls as
+        usual); nothing is left in the store then."""
+        deadline = _Deadline(limits.timeout + REPLY_MARGIN_S)
+        channel = _Channel(kernel_manager)
+        token = ""
+        try:
+            begun = kernelcall.read_save_begin_reply(
+                await channel.call(kernelcall.save_begin_request(
+                    max_bytes=limits.max_bytes, timeout=limits.timeout), deadline.left()),
+                max_bytes=limits.max_bytes)
+            token = begun.token
+            sealer = snapshot.SealStream(key=self._key, kernel_id=kernel_id, owner=owner,
+                                         size=begun.size, sha256=begun.sha256,
+                                         max_bytes=limits.max_bytes)
+            writer = await asyncio.to_thread(self.store.open_write, kernel_id)
+            try:
+                offset = 0
+                while offset < begun.size:
+                    length = min(self.chunk_bytes, begun.size - offset)
+                    reply = await channel.call(kernelcall.read_request(token, offset, length),
+                                               deadline.left())
+                    await asyncio.to_thread(self._store_piece, reply, length, sealer, writer)
+                    offset += length
+                tag = sealer.finish()
+                await asyncio.to_thread(self._commit, writer, tag)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(writer.abort))
+                raise
+        finally:
+            if token:
+                await self._end(channel, token)
+            channel.close()
         return SavedSnapshot(
-            size=len(result.payload), variables=tuple(result.variables),
+            size=begun.size, variables=tuple(begun.variables),
             skipped=tuple((str(s.get("name", "?")), str(s.get("reason", "")))
-                          for s in result.skipped if s.get("kind") != "internal"))
+                          for s in begun.skipped if s.get("kind") != "internal"))
+
+    @staticmethod
+    def _store_piece(reply: dict[str, t.Any], length: int, sealer: snapshot.SealStream,
+                     writer: snapshot.SnapshotWriter) -> None:
+        """Decode, seal and write one piece (in a thread: base64 and hashing of MBs)."""
+        out = sealer.feed(kernelcall.read_piece_reply(reply, length))
+        if out:
+            writer.write(out)
+
+    @staticmethod
+    def _commit(writer: snapshot.SnapshotWriter, tag: bytes) -> None:
+        writer.write(tag)
+        writer.commit()
+
+    async def _end(self, channel: _Channel, token: str) -> None:
+        """Free the kernel's side of a transfer; a kernel that does not answer is let be
+        (its pod goes, or the next transfer replaces it)."""
+        try:
+            await channel.call(kernelcall.transfer_end_request(token), REPLY_MARGIN_S)
+        except (snapshot.SnapshotError, OSError) as e:
+            self.log.info("Could not end a snapshot transfer in the kernel: %s", e)
 
     async def restore(self, kernel_manager: t.Any, kernel_id: str, owner: str,
                       timeout: float) -> kernelcall.RestoreResult:
-        """Check the stored snapshot (signature, kernel id, owner) and restore it into the
-        kernel now running under ``kernel_id``. Raises SnapshotRefused for a snapshot that
-        does not check (nothing is unpickled then), SnapshotError for any other failure."""
-        data = await asyncio.to_thread(self.store.get, kernel_id)
-        if data is None:
+        """Stream the stored snapshot into the kernel now running under ``kernel_id``, and
+        have it restored once its signature, kernel id and owner checked. Raises
+        SnapshotRefused for a snapshot that does not check (nothing is unpickled then),
+        SnapshotError for any other failure."""
+        deadline = _Deadline(timeout + REPLY_MARGIN_S)
+        reader = await asyncio.to_thread(self.store.open_read, kernel_id)
+        if reader is None:
             raise snapshot.SnapshotError(f"no snapshot of kernel {kernel_id} is stored")
-        verified = snapshot.verify_and_load(data, key=self._key, kernel_id=kernel_id,
+        channel: _Channel | None = None
+        try:
+            stream = snapshot.RestoreStream(reader.read, key=self._key, kernel_id=kernel_id,
                                             owner=owner)
-        content = await self._call(kernel_manager, kernelcall.restore_request(verified), timeout)
-        return kernelcall.read_restore_reply(content)
+            await asyncio.to_thread(stream.open)  # a foreign header: refused before sending
+            channel = _Channel(kernel_manager)
+            token = kernelcall.read_token_reply(await channel.call(
+                kernelcall.restore_begin_request(stream.size), deadline.left()))
+            try:
+                while True:
+                    piece = await asyncio.to_thread(stream.piece, self.chunk_bytes)
+                    if not piece:
+                        break
+                    held = kernelcall.read_write_reply(await channel.call(
+                        kernelcall.write_request(token), deadline.left(), buffers=[piece]))
+                    if held != stream.sent:
+                        raise snapshot.SnapshotError(
+                            f"the kernel holds {held} snapshot bytes of {stream.sent} sent")
+                verified = await asyncio.to_thread(stream.finish)
+            except BaseException:
+                await asyncio.shield(self._end(channel, token))
+                raise
+            content = await channel.call(kernelcall.restore_commit_request(verified, token),
+                                         deadline.left())
+            return kernelcall.read_restore_reply(content)
+        finally:
+            await asyncio.to_thread(reader.close)
+            if channel is not None:
+                channel.close()
 
     async def discard(self, kernel_id: str) -> bool:
         """Delete a kernel's snapshot (shut down, restarted fresh, or restored)."""
@@ -138,17 +286,3 @@ class Snapshots:
 
     async def exists(self, kernel_id: str) -> bool:
         return await asyncio.to_thread(self.store.exists, kernel_id)
-
-    async def _call(self, kernel_manager: t.Any, content: dict[str, t.Any],
-                    timeout: float) -> dict[str, t.Any]:
-        """One execute_request over a kernel client of our own, closed afterwards."""
-        client = kernel_manager.client()
-        client.start_channels()
-        try:
-            return await kernelcall.execute(client, content, timeout=timeout + REPLY_MARGIN_S)
-        except TimeoutError:
-            raise snapshot.SnapshotTimeout(
-                f"the kernel did not answer the snapshot request within "
-                f"{timeout + REPLY_MARGIN_S:.0f} s") from None
-        finally:
-            client.stop_channels()
