@@ -58,11 +58,11 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         yield c
 
 
-@pytest_asyncio.fixture
-async def exporter(cluster: LocalCluster) -> AsyncIterator[DcgmExporterStandIn]:
-    assert cluster.kubelet is not None
-    async with DcgmExporterStandIn(cluster.store, cluster.kubelet) as found:
-        yield found
+@pytest.fixture
+def exporter(cluster: LocalCluster) -> DcgmExporterStandIn:
+    """The cluster's dcgm-exporter stand-in, which it starts with its kubelet."""
+    assert cluster.dcgm_exporter is not None
+    return cluster.dcgm_exporter
 
 
 @pytest.fixture

@@ -34,6 +34,9 @@ Kubelet:
     holds, simulated pull time), ``allocators`` (pod IPs and GPUs).
 Controllers:
     ``daemonsets`` (a pod of each DaemonSet on every node it selects; the image pre-puller).
+GPU telemetry:
+    ``dcgm`` (a dcgm-exporter stand-in serving the simulated GPUs' utilisation), ``simgpu`` (the
+    library a kernel marks its GPU busy with; runs inside pods).
 Storage:
     ``claims`` (facts about claims, volumes and classes), ``storagerules`` (their validation),
     ``storageadmission`` (default class, protection finalizers), ``pvcontroller`` (binding,

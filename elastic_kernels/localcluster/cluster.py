@@ -44,6 +44,7 @@ from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
 from .claims import STORAGE_CLASSES
 from .daemonsets import DaemonSetController
+from .dcgm import DcgmExporterStandIn
 from .kubelet import Kubelet
 from .localpath import default_storage_class
 from .nodes import NodeConfig, default_nodes, node_object
@@ -105,6 +106,9 @@ class LocalCluster:
         self.kubelet: Kubelet | None = None
         self.volume_controller: PersistentVolumeController | None = None
         self.daemonset_controller: DaemonSetController | None = None
+        #: dcgm-exporter's metrics for the simulated GPUs (dcgm.py); its ``url`` is what
+        #: ``GpuUseSource.scrape_urls`` names, as dcgm-exporter's Service would on a cluster.
+        self.dcgm_exporter: DcgmExporterStandIn | None = None
 
     @property
     def url(self) -> str:
@@ -164,6 +168,11 @@ class LocalCluster:
             self.daemonset_controller = DaemonSetController(self.store)
             await self.daemonset_controller.start()
             await self.kubelet.start()
+            self.dcgm_exporter = await DcgmExporterStandIn(
+                self.store, self.kubelet,
+                host=self.host if self.host.startswith("127.") else "127.0.0.1").start()
+            log.info("dcgm-exporter stand-in: %s (Prometheus-style queries: %s/api/v1/query)",
+                     self.dcgm_exporter.url, self.dcgm_exporter.query_url)
             self.write_kubeconfig(self.kubeconfig_path)
         except BaseException:
             await self.stop()
@@ -237,8 +246,8 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop in reverse order; the kubelet last stops every pod process it started."""
-        for component in (self.daemonset_controller, self.volume_controller, self.scheduler,
-                          self.kubelet, self.apiserver):
+        for component in (self.dcgm_exporter, self.daemonset_controller, self.volume_controller,
+                          self.scheduler, self.kubelet, self.apiserver):
             if component is None:
                 continue
             try:
@@ -248,6 +257,7 @@ class LocalCluster:
         self.scheduler = self.kubelet = None
         self.volume_controller = None
         self.daemonset_controller = None
+        self.dcgm_exporter = None
         self.apiserver = None
         if self._own_workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
