@@ -37,6 +37,20 @@ KERNELSPECS = REPO / "kernelspecs"
 GatewayFactory = Callable[..., Awaitable[ElasticGatewayApp]]
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_cluster_connection() -> None:
+    """Each test starts without the process-wide ClusterConnection of an earlier one.
+
+    A gateway's ``init_configurables`` configures that singleton only when it creates it; one
+    left by an earlier test (say, created unconfigured by a callback that ran after its
+    gateway had reset it) would point the next gateway at ``~/.kube/config``. Under
+    ``pytest -n`` the tests before a given one differ from run to run, so this must not depend
+    on which ran first. Its informers died with that test's event loop; dropping it is enough.
+    """
+    if ClusterConnection.initialized():
+        ClusterConnection.clear_instance()
+
+
 async def apply_files(kubeconfig: Path, paths: list[Path]) -> list[str]:
     """Apply manifest files or directories with the credentials of ``kubeconfig``."""
     cfg = load_cluster_config(kubeconfig)

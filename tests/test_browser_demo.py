@@ -142,6 +142,9 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
 def test_new_gpu_notebook_reads_the_file_beside_it(browser_tools: Any, demo: Demo,
                                                    tmp_path: Path) -> None:
     expect = browser_tools.expect
+    # expect() has its own default wait (5 s), apart from the context's: on a loaded 2-core
+    # machine JupyterLab's first layout restore takes longer than that.
+    expect.set_options(timeout=UI_TIMEOUT)
     example = demo.notebooks / EXAMPLE_DIR
     assert (example / "data.csv").read_text() == EXAMPLE_CSV, "the demo wrote its example"
     with browser_tools.sync_playwright() as playwright:

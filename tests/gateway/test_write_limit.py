@@ -21,6 +21,7 @@ from jupyter_client.session import DELIM, Session
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.transport.writelimit import (
+    MemoryReleaser,
     OutputLimit,
     Verdict,
     notice_frame,
@@ -195,3 +196,43 @@ def test_notice_frames_of_both_protocols() -> None:
     assert msg["content"] == {"name": "stderr", "text": "dropped\n"}
     frame, binary = notice_frame(session, True, parent, "dropped\n")
     assert binary and isinstance(frame, bytes) and b"iopub" in frame and b"cell-1" in frame
+
+
+def test_a_limit_knows_a_flood_short_of_the_bound() -> None:
+    limit = OutputLimit(100_000, logging.getLogger("test"), "k")
+    handler = _Handler()
+    handler.queue(20_000)
+    assert limit.check(handler, "iopub", _message("stream", "cell-1")) is Verdict.SEND
+    assert not limit.flooded  # a fifth of the bound: ordinary
+    handler.queue(30_000)
+    assert limit.check(handler, "iopub", _message("stream", "cell-1")) is Verdict.SEND
+    assert limit.flooded and not limit.hit  # over a quarter: worth a trim when it closes
+
+
+class _CountingGlibc:
+    def __init__(self) -> None:
+        self.trims = 0
+        self.trim: t.Callable[[int], int] | None = self._trim
+
+    def _trim(self, _pad: int) -> int:
+        self.trims += 1
+        return 1
+
+    def free_bytes(self) -> int:
+        return 0
+
+
+@pytest.mark.timeout(20)
+async def test_a_second_flood_is_trimmed_without_waiting_out_the_interval() -> None:
+    releaser = MemoryReleaser()
+    glibc = _CountingGlibc()
+    releaser._glibc = glibc  # type: ignore[assignment]
+    releaser.interval = 3600.0  # the periodic look never comes within the test
+    try:
+        releaser.kick()
+        await wait_until(lambda: glibc.trims == 1, "the first trim", timeout=10)
+        releaser.kick()  # another flooded connection closed while the releaser runs
+        await wait_until(lambda: glibc.trims == 2, "the second trim", timeout=10)
+    finally:
+        if releaser._task is not None:
+            releaser._task.cancel()

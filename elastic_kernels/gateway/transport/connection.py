@@ -262,7 +262,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
 
     def disconnect(self) -> None:  # type: ignore[override]  # upstream's is not async
         super().disconnect()
-        if self._output_limit is not None and self._output_limit.hit:
+        if self._output_limit is not None and self._output_limit.flooded:
             release_memory_soon()  # what its flood allocated, glibc would keep (writelimit)
 
     def _admit(self, channel: str | None, msg_list: list[t.Any]) -> bool:

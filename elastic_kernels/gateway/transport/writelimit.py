@@ -39,17 +39,17 @@ ipykernel sends a cell's output every 0.2 s in one message, so a cell printing i
 without flushing makes messages of hundreds of MB, which cost the gateway that much memory for
 the moment they pass, then are dropped here.
 
-**Memory is given back after a flood.** What a flood allocated is freed when its client goes,
-but glibc keeps freed heap memory in its arenas (the 64 KiB messages are below its mmap
-threshold, and ZeroMQ's I/O thread allocates from an arena of its own): measured, two clients
-that never read left the gateway at 3.5 times its idle RSS after they and their kernels had
-stopped, and ``malloc_trim(0)`` brought it back to 1.2 times. So once a connection that hit the
-bound closes, :func:`release_memory_soon` has glibc return free memory to the system, a second
-later (so the close's own frees count), in a worker thread (it walks the heap, which takes
-milliseconds). While the kernel keeps writing, its messages still pass through the gateway (into
-the offline buffer), so it looks again every 10 s and trims while more than 32 MiB is free,
-until a minute passes with nothing to give back (:class:`MemoryReleaser`). Nothing happens on a
-C library without ``malloc_trim``.
+**Memory is given back after a flood.** What a flood allocated is freed when its client goes, but
+glibc keeps freed heap memory in its arenas (the 64 KiB messages are below its mmap threshold, and
+ZeroMQ's I/O thread allocates from an arena of its own): measured, two clients that never read left
+the gateway at 3.5 times its idle RSS after they and their kernels had stopped, and
+``malloc_trim(0)`` brought it back to 1.2 times. So once a connection that hit the bound, or had a
+quarter of it queued at some point, closes, :func:`release_memory_soon` has glibc return free memory
+to the system, a second later (so the close's own frees count), in a worker thread (it walks the
+heap, which takes milliseconds). While the kernel keeps writing, its messages still pass through the
+gateway (into the offline buffer), so it looks again every 10 s and trims while more than 32 MiB is
+free, until a minute passes with nothing to give back (:class:`MemoryReleaser`). Nothing happens on
+a C library without ``malloc_trim``.
 
 Private names: tornado's IOStream tells only whether it is writing (``writing()``), not how
 much; ``_write_buffer`` (a sized buffer) and ``_write_futures`` are read here and nowhere else.
@@ -160,6 +160,8 @@ class OutputLimit:
         self.kept_while_behind = 0
         self.dropped_bytes = 0
         self.dropped_messages = 0
+        #: The most bytes ever queued for the client (what its flood may have left allocated).
+        self.peak_pending = 0
         #: raw parent header -> [bytes, messages] dropped, not yet reported to the client.
         self._unreported: dict[bytes, list[int]] = {}
 
@@ -173,6 +175,8 @@ class OutputLimit:
         pending = pending_bytes(handler)
         if pending is None:
             return Verdict.DROP  # closing: the client gets nothing more anyway
+        if pending > self.peak_pending:
+            self.peak_pending = pending
         if pending <= self.max_pending // 2:
             self.behind = False
             self.kept_while_behind = 0
@@ -220,6 +224,12 @@ class OutputLimit:
         """Whether the bound ever mattered for this connection (output dropped, or replies
         queued past it)."""
         return bool(self.dropped_messages or self.kept_while_behind)
+
+    @property
+    def flooded(self) -> bool:
+        """Whether so much was queued for the client at some point (a quarter of the bound)
+        that the allocator likely kept it after it was sent: worth a trim when it closes."""
+        return self.hit or self.peak_pending > self.max_pending // 4
 
     @property
     def has_notices(self) -> bool:
@@ -288,11 +298,16 @@ class _Glibc:
 class MemoryReleaser:
     """Hands free heap memory back to the system after floods (see the module docstring).
 
-    Started by :meth:`kick` when a connection that hit the bound closes: trims once a second
-    later, then every ``interval`` looks at the free heap and trims when more than
-    ``threshold`` is free (the kernel may still be writing, now into the offline buffer, and
+    Started by :meth:`kick` when a flooded connection closes (``OutputLimit.flooded``): trims
+    once a second later, then every ``interval`` looks at the free heap and trims when more
+    than ``threshold`` is free (the kernel may still be writing, now into the offline buffer, and
     its messages still pass through the gateway), and stops after ``quiet_checks`` looks in a
     row found little to give back. The work runs in a worker thread.
+
+    A kick while it runs (another flooded connection closed) brings the next trim forward to a
+    second later: waiting out the rest of an ``interval`` left tens of MB held for up to ten
+    seconds after a second flood ended (tests/test_slow_reader.py saw the gateway settle at
+    twice its idle size).
     """
 
     interval = 10.0
@@ -302,6 +317,7 @@ class MemoryReleaser:
     def __init__(self) -> None:
         self._glibc: _Glibc | None = None
         self._task: asyncio.Task[None] | None = None
+        self._kicked: asyncio.Event | None = None
         self.trims = 0
 
     @property
@@ -311,22 +327,35 @@ class MemoryReleaser:
         return self._glibc
 
     def kick(self) -> None:
-        if self.glibc.trim is None or (self._task is not None and not self._task.done()):
+        if self.glibc.trim is None:
             return
-        self._task = asyncio.ensure_future(self._run())
+        if self._task is not None and not self._task.done() and self._kicked is not None:
+            self._kicked.set()
+            return
+        self._kicked = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(self._kicked))
 
     def _trim(self) -> None:
         assert self.glibc.trim is not None
         self.glibc.trim(0)
         self.trims += 1
 
-    async def _run(self) -> None:
+    async def _run(self, kicked: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(1.0)
         await loop.run_in_executor(None, self._trim)
         quiet = 0
         while quiet < self.quiet_checks:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(kicked.wait(), self.interval)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            else:
+                kicked.clear()
+                await asyncio.sleep(1.0)
+                await loop.run_in_executor(None, self._trim)
+                quiet = 0
+                continue
             free = await loop.run_in_executor(None, self.glibc.free_bytes)
             if free < 0 or free > self.threshold:
                 await loop.run_in_executor(None, self._trim)
@@ -339,5 +368,5 @@ _releaser = MemoryReleaser()
 
 
 def release_memory_soon() -> None:
-    """A connection that hit the bound closed: give what its flood allocated back soon."""
+    """A flooded connection closed: give what its flood allocated back soon."""
     _releaser.kick()
