@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     _cluster_parser(sub)
     sub.add_parser("cull", help="delete idle, over-age and orphaned kernels (for a CronJob)",
                    add_help=False)
+    sub.add_parser("prepull", help="render, apply or delete the image pre-pull DaemonSets",
+                   add_help=False)
     demo = sub.add_parser(
         "demo", help="local cluster + gateway + JupyterLab, in one command",
         description="Start the local cluster with the CRDs and example kernelspecs this package "
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cull import main as cull_main
 
         return cull_main(argv[1:])
+    if argv and argv[0] == "prepull":
+        from .prepullcmd import main as prepull_main
+
+        return prepull_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -100,6 +100,10 @@ def heads(ordered: Sequence[_E], ungated: int) -> list[_E]:
     the scheduler then chooses among them, so the order holds between the window and those
     behind it, and within the window only as far as the scheduler's own order (priority, then
     the time each pod entered its queue, which is when we ungated it: in our order) agrees.
+
+    A gate cannot be put back (the API refuses adding one after creation), so a waiter once
+    ungated stays ungated: when a newcomer of a new user sorts ahead of it, the window holds
+    one more than ``ungated`` until one of them is placed.
     """
     return list(ordered[:max(1, ungated)])
 

@@ -120,6 +120,7 @@ from elastic_kernels.gateway.web.httplimits import (
 )
 from elastic_kernels.gateway.transport.connection import ElasticChannelsConnection
 from elastic_kernels.gateway.web.ownership import KernelOwnership
+from elastic_kernels.gateway.lifecycle.prepull import ImagePrepuller
 from elastic_kernels.gateway.web.metrics import GatewayMetrics
 from elastic_kernels.gateway.transport.zmqguard import ZMQWakeupGuard
 
@@ -207,7 +208,7 @@ class ElasticGatewayApp(ServerAppHooks):
     classes = [*ServerAppHooks.classes, IdentityProvider, ElasticIdentityProvider,
                ElasticChannelsConnection, ClusterConnection, CullingDefaults, GpuUseSource,
                GatewayLease,
-               ElasticKernelProvisioner, KernelOwnership]
+               ElasticKernelProvisioner, KernelOwnership, ImagePrepuller]
     aliases = Dict(gateway_aliases)
     flags = Dict(gateway_flags)
 

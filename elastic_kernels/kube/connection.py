@@ -64,7 +64,8 @@ class ClusterConnection(SingletonConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._informers: dict[tuple[str, str, str | None, str | None], Informer] = {}
+        self._informers: dict[tuple[str, str, str | None, str | None, str | None],
+                              Informer] = {}
         self._informer_lock = asyncio.Lock()
 
     @property
@@ -97,15 +98,17 @@ class ClusterConnection(SingletonConfigurable):
         namespace: str | None = None,
         label_selector: str | None = None,
         wait: bool = True,
+        field_selector: str | None = None,
     ) -> Informer:
-        """The shared informer for a kind, started on first use."""
+        """The shared informer for a kind (and selectors), started on first use."""
         ns = (namespace or self.default_namespace) if resource.namespaced else None
-        key = (resource.group, resource.plural, ns, label_selector)
+        key = (resource.group, resource.plural, ns, label_selector, field_selector)
         async with self._informer_lock:
             informer = self._informers.get(key)
             if informer is None:
                 informer = Informer(
                     self.client, resource, ns, label_selector=label_selector,
+                    field_selector=field_selector,
                     resync_seconds=self.resync_seconds,
                 )
                 self._informers[key] = informer

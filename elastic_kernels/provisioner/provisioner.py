@@ -55,6 +55,7 @@ from .readiness import KernelNotReady, wait_kernel_info
 from .templatepolicy import check_template, default_forbidden_service_accounts
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
 from . import pool
+from .pullprogress import REASON_PULLING, follow_pulls
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,10 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
                                     500) from None
 
         try:
-            running = await self._wait_running(pods, started)
+            # A pod waiting for its image says so in the kernel's status (pullprogress.py).
+            async with follow_pulls(self.connection, self._ns, str(self._pod_name),
+                                    self._report_pull):
+                running = await self._wait_running(pods, started)
             self._pod_ip = str((running.get("status") or {}).get("podIP"))
             info = connection_info(self._pod_ip, self._key.encode(), self.kernel_spec.name)
             await self._wait_answering(pods, info)
@@ -476,6 +480,9 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         if not (self._spec and self._spec.gpus):
             return None
         return self.gpu_queue
+
+    async def _report_pull(self, message: str) -> None:
+        await self._patch_status({"reason": REASON_PULLING, "message": message[:1024]})
 
     async def _patch_status(self, status: JSON) -> None:
         """Best effort: a failed status write must not fail the kernel itself."""

@@ -47,6 +47,7 @@ from elastic_kernels.gateway.lifecycle.culler import GatewayCuller, HeldKernel
 from elastic_kernels.gateway.lifecycle.gpuqueue import GpuQueue
 from elastic_kernels.gateway.lifecycle.hydration import KernelHydrator
 from elastic_kernels.gateway.lifecycle.warmpool import WarmPools
+from elastic_kernels.gateway.lifecycle.prepull import ImagePrepuller
 from elastic_kernels.leases import GatewayLease
 from elastic_kernels.gateway.transport.msgsize import SizeGuard
 from elastic_kernels.gateway.lifecycle.liveness import kernel_died, renudge_connections
@@ -352,6 +353,10 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             victim_flavor=self._victim_flavor,
             ungated=self.gpu_queue_ungated)
         self.lease: GatewayLease | None = None
+        # Image pre-pull DaemonSets (prepull.py), kept by the queue board's leader like pools.
+        self.prepuller = ImagePrepuller(
+            parent=self,
+            leading=lambda: self.gpu_queue.board is None or self.gpu_queue.board.leading())
 
     async def start_watching(self) -> None:
         """Start the shared watches this manager answers from, the lease and the culler."""
@@ -370,11 +375,14 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         await self.gpu_queue.share_cluster(self.gateway_id, conn.default_namespace)
         self.warm_pools.follow_leadership(self.gpu_queue.board)
         await self.warm_pools.start(conn.default_namespace)
+        self.prepuller.follow_leadership(self.gpu_queue.board)
+        await self.prepuller.start(conn.default_namespace)
         await self.adopt_existing()
 
     async def stop_watching(self) -> None:
         await self.culler.stop()
         await self.warm_pools.stop()
+        await self.prepuller.stop()
         await self.gpu_queue.stop()
         await self.hydrator.close()
         if self.lease is not None:

@@ -177,6 +177,9 @@ def kernel_status(record: JSON, pod: JSON | None, spec: SpecFacts, live: Live | 
         else:
             state, pod_node = _pod_state(pod)
             node = node or pod_node
+            if state == "pulling image" and view.reason == "PullingImage" and view.message:
+                # The kubelet's words, which name the image (provisioner/pullprogress.py).
+                state = view.message[:1].lower() + view.message[1:]
         if view.reason == "Restarting":
             state = f"restarting: {state}"
     elif phase == R.PHASE_SUSPENDED:
