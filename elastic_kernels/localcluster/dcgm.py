@@ -8,8 +8,9 @@ serves the same thing for the local cluster's simulated GPUs, on loopback:
 * ``GET /metrics``: ``DCGM_FI_DEV_GPU_UTIL`` (percent), ``DCGM_FI_DEV_FB_USED`` and
   ``DCGM_FI_DEV_FB_FREE`` (MiB), with dcgm-exporter's HELP text, types and labels (``gpu``,
   ``UUID``, ``pci_bus_id``, ``device``, ``modelName``, ``Hostname``, ``DCGM_FI_DRIVER_VERSION``,
-  ``container``, ``namespace``, ``pod``; the last three empty for a GPU no pod holds), one series
-  per GPU of every node, as if every node's exporter sat behind one endpoint;
+  under MIG ``GPU_I_PROFILE`` and ``GPU_I_ID``, then ``container``, ``namespace``, ``pod``: empty
+  for a GPU no pod holds), for every whole GPU, MIG instance and time-sliced GPU of every node
+  (the Node objects' NVIDIA resources), as if every node's exporter sat behind one endpoint;
 * ``GET /api/v1/query?query=<metric name>``: the same samples as a Prometheus instant query
   answers them (only a bare metric name is understood; anything else is a ``bad_data`` error as
   Prometheus sends it), so the gateway's ``prometheus`` mode runs against it too.
@@ -18,7 +19,7 @@ What a GPU shows is driven by what the pod's processes do: a kernel marks its GP
 :mod:`.simgpu` (``with simgpu.busy(): ...``), which writes markers into the pod's scratch
 directory; each scrape reads them. A GPU no marker claims is at 0%. Which pod holds which
 device is the kubelet's (the device indices its allocator handed out), which node has how many
-GPUs the Node objects' ``nvidia.com/gpu`` capacity.
+the Node objects' capacity.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .fit import is_terminal
-from .nodes import GPU_RESOURCE
+from .nodes import GPU_REPLICAS_LABEL, GPU_RESOURCE, gpu_kind
 from .quantities import parse_quantity
 from .simgpu import read_markers
 
@@ -56,27 +57,35 @@ HELP = {
     FB_USED: "Framebuffer memory used (in MiB).",
     FB_FREE: "Framebuffer memory free (in MiB).",
 }
-LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname",
-          "DCGM_FI_DRIVER_VERSION", "container", "namespace", "pod")
 _UUID_NAMESPACE = uuid.UUID("6f1c8d2e-5b0a-4c1e-9a57-3d2b1f0e9c44")
 
 
 @dataclass(frozen=True)
 class SimulatedGpu:
-    """One simulated GPU at scrape time."""
+    """One simulated GPU, MIG instance or time-sliced share's holder, at scrape time."""
 
     node: str
+    #: The physical GPU's index on its node (dcgm-exporter's ``gpu`` label).
     index: int
     namespace: str = ""
     pod: str = ""
     container: str = ""
     utilisation: float = 0.0
     memory_mib: float = 0.0
+    #: Under MIG: the profile (``1g.10gb``) and the GPU instance's id.
+    profile: str = ""
+    instance: str = ""
 
     @property
     def uuid(self) -> str:
         """Stable per node and index, shaped like NVML's ``GPU-xxxxxxxx-...``."""
         return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, f'{self.node}/{self.index}')}"
+
+
+#: A device slot: (node, resource, index) as the kubelet's allocator numbers them.
+Slot = tuple[str, str, int]
+#: Who holds a slot: (namespace, pod, container, pod directory).
+Holder = tuple[str, str, str, Path]
 
 
 class DcgmExporterStandIn:
@@ -139,17 +148,33 @@ class DcgmExporterStandIn:
 
     # -- what the GPUs show ----------------------------------------------------------------------
 
-    def _holders(self) -> tuple[dict[str, int], dict[tuple[str, int], tuple[str, str, str, Path]]]:
-        """GPUs per node, and (node, index) -> (namespace, pod, container, pod directory)."""
-        nodes: dict[str, int] = {}
+    def _inventory(self) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """NVIDIA GPU resources per node (whole GPUs, MIG profiles, time-sliced shares) from the
+        Node objects' capacity, and each node's shares per GPU (its replicas label)."""
+        nodes: dict[str, dict[str, int]] = {}
+        replicas: dict[str, int] = {}
         for node in self.store.list(("", "nodes"))[0]:
-            capacity = ((node.get("status") or {}).get("capacity") or {}).get(GPU_RESOURCE)
+            meta = node.get("metadata") or {}
+            name = str(meta.get("name") or "")
+            found: dict[str, int] = {}
+            for resource, quantity in ((node.get("status") or {}).get("capacity") or {}).items():
+                if not str(resource).startswith("nvidia.com/") or not gpu_kind(str(resource)):
+                    continue
+                try:
+                    found[str(resource)] = int(parse_quantity(str(quantity)))
+                except ValueError:
+                    continue
+            nodes[name] = found
             try:
-                count = int(parse_quantity(str(capacity))) if capacity is not None else 0
-            except (ValueError, TypeError):
-                count = 0
-            nodes[str((node.get("metadata") or {}).get("name") or "")] = count
-        held: dict[tuple[str, int], tuple[str, str, str, Path]] = {}
+                replicas[name] = max(1, int((meta.get("labels") or {}).get(GPU_REPLICAS_LABEL)
+                                            or 1))
+            except ValueError:
+                replicas[name] = 1
+        return nodes, replicas
+
+    def _holders(self) -> dict[Slot, Holder]:
+        """Each device slot a running pod holds, as the kubelet's allocator handed it out."""
+        held: dict[Slot, Holder] = {}
         for pod in self.store.list(("", "pods"))[0]:
             meta = pod.get("metadata") or {}
             node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -159,36 +184,67 @@ class DcgmExporterStandIn:
             if worker is None:
                 continue
             for c in worker.containers:
-                for index in c.gpus:
-                    held[(node, int(index))] = (worker.namespace, worker.name, c.name,
-                                                worker.pod_dir)
-        return nodes, held
+                devices = getattr(c, "devices", None) or {GPU_RESOURCE: list(c.gpus)}
+                for resource, indices in devices.items():
+                    for index in indices:
+                        held[(node, str(resource), int(index))] = (
+                            worker.namespace, worker.name, c.name, worker.pod_dir)
+        return held
 
     async def gpus(self) -> list[SimulatedGpu]:
-        """Every simulated GPU as a scrape now sees it (markers read off the loop)."""
-        nodes, held = self._holders()
+        """Every simulated GPU as a scrape now sees it (markers read off the loop).
+
+        Whole GPUs are one series each. MIG instances are one series each, on a physical GPU
+        numbered after the whole ones, with their profile and instance id, as dcgm-exporter
+        reports MIG. A time-sliced GPU is one series per pod holding a share of it (none held:
+        one series without a pod), as dcgm-exporter's pod mapping reports shared GPUs.
+        """
+        nodes, replicas = self._inventory()
+        held = self._holders()
         pod_dirs = {h[3] for h in held.values()}
-        usage = await asyncio.to_thread(
-            lambda: {d: read_markers(d / "tmp") for d in pod_dirs})
+        usage = await asyncio.to_thread(lambda: {d: read_markers(d / "tmp") for d in pod_dirs})
+
+        def gpu(node: str, index: int, holder: Holder | None, profile: str = "",
+                instance: str = "") -> SimulatedGpu:
+            if holder is None:
+                return SimulatedGpu(node, index, profile=profile, instance=instance)
+            namespace, pod, container, pod_dir = holder
+            util, memory = usage.get(pod_dir) or (0.0, 0.0)
+            return SimulatedGpu(node, index, namespace, pod, container, util,
+                                min(memory, self.memory_mib), profile, instance)
+
         found: list[SimulatedGpu] = []
-        for node, count in sorted(nodes.items()):
-            for index in range(count):
-                holder = held.get((node, index))
-                if holder is None:
-                    found.append(SimulatedGpu(node, index))
-                    continue
-                namespace, pod, container, pod_dir = holder
-                util, memory = usage.get(pod_dir) or (0.0, 0.0)
-                found.append(SimulatedGpu(node, index, namespace, pod, container, util,
-                                          min(memory, self.memory_mib)))
+        for node, resources in sorted(nodes.items()):
+            whole = resources.get(GPU_RESOURCE, 0)
+            for index in range(whole):
+                found.append(gpu(node, index, held.get((node, GPU_RESOURCE, index))))
+            migs = sorted(r for r in resources if gpu_kind(r) == "mig")
+            for offset, resource in enumerate(migs):
+                profile = resource.split("/mig-", 1)[1]
+                for instance in range(resources[resource]):
+                    found.append(gpu(node, whole + offset, held.get((node, resource, instance)),
+                                     profile=profile, instance=str(instance)))
+            for resource in sorted(r for r in resources if gpu_kind(r) == "shared"):
+                per_gpu = replicas.get(node, 1)
+                physical: dict[int, list[Holder]] = {}
+                for share in range(resources[resource]):
+                    holders = physical.setdefault(whole + share // per_gpu, [])
+                    holder = held.get((node, resource, share))
+                    if holder is not None and holder not in holders:
+                        holders.append(holder)
+                for index, holders in sorted(physical.items()):
+                    found.extend([gpu(node, index, h) for h in holders] or [gpu(node, index, None)])
         return found
 
     def labels(self, gpu: SimulatedGpu) -> dict[str, str]:
-        return {"gpu": str(gpu.index), "UUID": gpu.uuid,
-                "pci_bus_id": f"00000000:{0x10 + gpu.index:02X}:00.0",
-                "device": f"nvidia{gpu.index}", "modelName": self.model, "Hostname": gpu.node,
-                "DCGM_FI_DRIVER_VERSION": self.driver, "container": gpu.container,
-                "namespace": gpu.namespace, "pod": gpu.pod}
+        labels = {"gpu": str(gpu.index), "UUID": gpu.uuid,
+                  "pci_bus_id": f"00000000:{0x10 + gpu.index:02X}:00.0",
+                  "device": f"nvidia{gpu.index}", "modelName": self.model, "Hostname": gpu.node,
+                  "DCGM_FI_DRIVER_VERSION": self.driver}
+        if gpu.profile:
+            labels.update({"GPU_I_PROFILE": gpu.profile, "GPU_I_ID": gpu.instance})
+        labels.update({"container": gpu.container, "namespace": gpu.namespace, "pod": gpu.pod})
+        return labels
 
     def values(self, gpu: SimulatedGpu) -> dict[str, float]:
         return {UTIL: gpu.utilisation, FB_USED: gpu.memory_mib,
@@ -209,12 +265,12 @@ class _Gpus(Collector):
         return []
 
     def collect(self) -> list[Metric]:
-        families = {name: GaugeMetricFamily(name, text, labels=LABELS)
-                    for name, text in HELP.items()}
+        # Label sets differ (MIG instances carry two more), so samples are added one by one.
+        families = {name: Metric(name, text, "gauge") for name, text in HELP.items()}
         for gpu in self.gpus:
             labels = self.exporter.labels(gpu)
             for name, value in self.exporter.values(gpu).items():
-                families[name].add_metric([labels[k] for k in LABELS], value)
+                families[name].add_sample(name, labels, value)
         return list(families.values())
 
 
