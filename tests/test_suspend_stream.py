@@ -12,6 +12,7 @@ with a clear message and nothing of it is restored. A namespace over the kernels
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from elastic_kernels.gateway.lifecycle.suspension import KEY_ENV
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, KubeClient
 from elastic_kernels.snapshot import format as F
+from elastic_kernels.upstream import utcnow
 
 from .conftest import GatewayFactory, derived_kernelspec
 from .gateway.support import KernelWS, api, json_of
@@ -165,3 +167,41 @@ async def test_a_namespace_over_max_bytes_is_culled_with_that_reason(
              and e["reason"] != "Suspended" and "maxBytes" in e.get("message", "")]
     assert culls, [e["message"] for e in events]
     assert not store.exists() or not list(store.iterdir()), "nothing is stored"
+
+
+async def test_a_kernel_being_resumed_is_not_suspended_over_its_snapshot(
+        make_cluster_gateway: GatewayFactory, kube: KubeClient, store: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_resume's 100 MB case: the resume's new pod was idle (its restore still on the
+    way) past idleTimeout, so the culler suspended it again and stored its EMPTY namespace over
+    the snapshot being restored. A kernel whose resume is under way is no cull candidate."""
+    gw, km = await gateway_with_specs(make_cluster_gateway, kube, store,
+                                      spec("stream-suspend", 16 << 20))
+    kernel_id = await define_and_leave(gw, km, "stream-suspend")
+    await wait_until(lambda: phase(km, kernel_id) == R.PHASE_SUSPENDED, "suspended",
+                     timeout=60)
+    assert km.snapshots is not None
+    restore = km.snapshots.restore
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def held_restore(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await restore(*args, **kwargs)
+
+    monkeypatch.setattr(km.snapshots, "restore", held_restore)
+    resume = asyncio.ensure_future(km.resume_kernel(kernel_id))
+    try:
+        await asyncio.wait_for(entered.wait(), 60)  # the new pod runs; the restore is held
+        kernel: Any = km.get_kernel(kernel_id)
+        kernel.last_activity = utcnow() - timedelta(hours=1)  # as idle as can be
+        culls = await km.culler.run_once()
+        assert kernel_id not in {d.kernel.kernel_id for d in culls}
+        assert phase(km, kernel_id) == R.PHASE_RUNNING
+        header = F.read_header((store / f"{kernel_id}.eksnap").read_bytes())
+        assert {v["name"] for v in header["variables"]} == {"blob", "digest", "words"}
+    finally:
+        gate.set()
+        line = await asyncio.wait_for(resume, 60)
+    assert "restored 3 variables" in line, line
+    assert kernel.last_activity > utcnow() - timedelta(minutes=1), "idle from the resume on"

@@ -62,6 +62,7 @@ from elastic_kernels.upstream import (
     managed_kernels,
     offline_buffers,
     pending_starts,
+    utcnow,
 )
 
 
@@ -327,6 +328,8 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         self._culls: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.snapshots = self._open_snapshots()
         self._resumes: dict[str, asyncio.Task[str]] = {}
+        #: Suspends under way, set when done: a resume waits for its kernel's to finish.
+        self._suspending: dict[str, asyncio.Event] = {}
         # Each part gets the few callables it needs (issue 12), not this manager.
         self.culler = GatewayCuller(
             CullingDefaults(parent=self),
@@ -411,7 +414,11 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                           connections=connection_count(self, kernel_id))
 
     def _held_kernels(self) -> list[HeldKernel]:
-        return [k for k in map(self._held_kernel, list(self.list_kernel_ids())) if k is not None]
+        # A kernel being resumed is no candidate for a cull or a reclaim: it is not idle, its
+        # pod only just started (a save now would store its empty namespace over the snapshot
+        # being restored). Its idle time starts when the resume ends.
+        return [k for k in map(self._held_kernel, list(self.list_kernel_ids()))
+                if k is not None and k.kernel_id not in self._resumes]
 
     async def _shutdown_for_culler(self, kernel_id: str, now: bool) -> None:
         await self.shutdown_kernel(kernel_id, now=now)
@@ -458,19 +465,24 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             return "the kernel is not held by this gateway"
         if getattr(km, "suspended", False):
             return ""
+        done = self._suspending[kernel_id] = asyncio.Event()
         try:
-            saved = await self.snapshots.save(
-                km, kernel_id, prov.user,
-                SuspendLimits(max_bytes=policy.suspend_max_bytes,
-                              timeout=policy.suspend_timeout))
-        except snapshot.SnapshotError as e:
-            return str(e)
-        km.stop_restarter()  # its pod goes on purpose
-        km.suspended = True
-        km.execution_state = "suspended"
-        if kernel_id in offline_buffers(self):
-            self.stop_buffering(kernel_id)  # nothing comes from a pod that is gone
-        await prov.suspend("Suspended", f"{decision.message}; {saved.summary()}")
+            try:
+                saved = await self.snapshots.save(
+                    km, kernel_id, prov.user,
+                    SuspendLimits(max_bytes=policy.suspend_max_bytes,
+                                  timeout=policy.suspend_timeout))
+            except snapshot.SnapshotError as e:
+                return str(e)
+            km.stop_restarter()  # its pod goes on purpose
+            km.suspended = True
+            km.execution_state = "suspended"
+            if kernel_id in offline_buffers(self):
+                self.stop_buffering(kernel_id)  # nothing comes from a pod that is gone
+            await prov.suspend("Suspended", f"{decision.message}; {saved.summary()}")
+        finally:
+            self._suspending.pop(kernel_id, None)
+            done.set()
         self.log.info("Kernel %s of %s suspended: %s (%d bytes)", kernel_id, prov.user,
                       saved.summary(), saved.size)
         return ""
@@ -486,6 +498,10 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         return await asyncio.shield(task)
 
     async def _resume(self, kernel_id: str) -> str:
+        pending = self._suspending.get(kernel_id)
+        if pending is not None:
+            # Marked suspended, its pod still being released: a new pod must not race that.
+            await pending.wait()
         km = managed_kernels(self).get(kernel_id)
         prov = getattr(km, "provisioner", None)
         if km is None or not getattr(km, "suspended", False) \
@@ -513,6 +529,7 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             line = f"Resumed after suspension, but the saved variables are lost: {e}"
         self.log.info("Kernel %s: %s", kernel_id, line)
         await self.snapshots.discard(kernel_id)
+        km.last_activity = utcnow()  # idle from now, not from before the suspend
         return f"[elastic-kernels] {line}\n"
 
     async def restart_kernel(self, kernel_id: str,  # type: ignore[override]
