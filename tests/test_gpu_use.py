@@ -331,3 +331,21 @@ async def test_usage_figures_per_user_and_kernelspec() -> None:
     finally:
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), 10)
+
+
+def test_report_flags_choose_one_source() -> None:
+    from elastic_kernels import cull
+
+    parse = cull.build_parser().parse_args
+    assert cull.gpu_source(parse(["--report"])).source == G.SOURCE_NONE
+    scrape = cull.gpu_source(parse(["--report", "--scrape-url", "http://a:9400/metrics",
+                                    "--scrape-url", "http://b:9400/metrics"]))
+    assert (scrape.source, len(scrape.scrape_urls)) == (G.SOURCE_SCRAPE, 2)
+    prom = cull.gpu_source(parse(["--report", "--prometheus-url", "http://p:9090",
+                                  "--util-query", "max_over_time(DCGM_FI_DEV_GPU_UTIL[5m])"]))
+    assert (prom.source, prom.util_query) == (G.SOURCE_PROMETHEUS,
+                                              "max_over_time(DCGM_FI_DEV_GPU_UTIL[5m])")
+    with pytest.raises(ValueError, match="not both"):
+        cull.gpu_source(parse(["--scrape-url", "http://a/m", "--prometheus-url", "http://p"]))
+    with pytest.raises(TraitError, match="credentials"):
+        cull.gpu_source(parse(["--prometheus-url", "http://u:secret@p:9090"]))

@@ -236,11 +236,11 @@ def by_pod(samples: Iterable[GpuSample]) -> dict[tuple[str, str], PodGpuUse]:
 def _check_url(proposal: Any, path_hint: str) -> str:
     value = str(proposal["value"])
     parts = urlsplit(value)
+    if parts.username or parts.password or "@" in parts.netloc:
+        # Credentials in a URL end up in logs and error messages (this one does not echo it).
+        raise TraitError(f"a metrics URL must not carry credentials ({path_hint})")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise TraitError(f"{value!r} is not an http(s) URL ({path_hint})")
-    if parts.username or parts.password:
-        # Credentials in a URL end up in logs and error messages.
-        raise TraitError("a metrics URL must not carry credentials")
     return value
 
 
