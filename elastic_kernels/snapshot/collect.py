@@ -810,8 +810,10 @@ def kernel_restore(shell: Any, payload_b64: str | None = None, path: str | None 
 # single reply would be held whole, several times over, on both sides). So the gateway asks in
 # steps, each a silent execute_request on ITS OWN shell connection (replies on shell go only
 # to the asker, never to a notebook's websocket, unlike a comm's messages on iopub):
-#   save:    kernel_save_begin (collect; keep the payload here) -> kernel_read(offset, n) ...
-#            (base64 pieces in the reply) -> kernel_transfer_end
+#   save:    kernel_save_begin (collect; keep the payload here) -> kernel_send(offset, n) ...
+#            (each piece raw, in a message on the stdin channel to the asker only, as input()'s
+#            prompt goes; kernel_read, base64 in the reply, where that is not possible) ->
+#            kernel_transfer_end
 #   restore: kernel_restore_begin(size) -> kernel_write ... (raw bytes in the REQUEST's binary
 #            buffers, read from the parent message: no base64, no copy into source code) ->
 #            kernel_restore_commit (unpickle) or kernel_transfer_end (discard)
@@ -839,9 +841,18 @@ def _transfer(token: str, kind: type) -> Any:
     return value
 
 
+def _can_send(shell: Any) -> bool:
+    """Whether this kernel can send a piece raw (:func:`kernel_send`): ipykernel 6 or later."""
+    kernel = getattr(shell, "kernel", None)
+    return (callable(getattr(kernel, "get_parent", None))
+            and getattr(kernel, "stdin_socket", None) is not None
+            and getattr(kernel, "session", None) is not None)
+
+
 def kernel_save_begin(shell: Any, max_bytes: int, timeout: float) -> str:
-    """Collect the shell's namespace and keep the payload for :func:`kernel_read`; a JSON
-    string like :func:`kernel_save`'s, with ``"token"`` instead of the payload."""
+    """Collect the shell's namespace and keep the payload for :func:`kernel_send` (or
+    :func:`kernel_read`); a JSON string like :func:`kernel_save`'s, with ``"token"`` instead of
+    the payload and ``"binary"``: whether :func:`kernel_send` works here."""
     try:
         _TRANSFERS.clear()  # before collecting: an earlier payload must not count twice
         namespace, global_ns, hidden = _shell_parts(shell)
@@ -849,6 +860,7 @@ def kernel_save_begin(shell: Any, max_bytes: int, timeout: float) -> str:
                       global_ns=global_ns)
         return json.dumps({
             "ok": True, "token": _new_transfer(got.payload), "size": len(got.payload),
+            "binary": _can_send(shell),
             "sha256": hashlib.sha256(got.payload).hexdigest(),
             "variables": _names(got.variables),
             "skipped": [{"name": s.name, "reason": s.reason} for s in got.skipped
@@ -867,6 +879,25 @@ def kernel_read(token: str, offset: int, length: int) -> str:
     the reply is the text between two quotes). Raises (an error reply) for an unknown token."""
     payload = _transfer(token, bytes)
     return base64.b64encode(memoryview(payload)[offset:offset + length]).decode("ascii")
+
+
+#: The message that carries a piece of a payload, raw, to the client that asked.
+PIECE_MSG_TYPE = "elastic_snapshot_piece"
+
+
+def kernel_send(shell: Any, token: str, offset: int, length: int) -> int:
+    """Send bytes ``offset`` to ``offset + length`` of the kept payload RAW, as the binary
+    buffer of a message on the stdin channel, to the client whose request this is (as
+    ``input()`` sends its prompt: the stdin socket routes by the asker's identity, which
+    jupyter_client sets to its session id; no other client sees it). Returns the bytes sent."""
+    payload = _transfer(token, bytes)
+    kernel = shell.kernel
+    parent = kernel.get_parent("shell")
+    piece = memoryview(payload)[offset:offset + length]
+    kernel.session.send(kernel.stdin_socket, PIECE_MSG_TYPE,
+                        {"offset": offset, "length": piece.nbytes}, parent,
+                        ident=[str(parent["header"]["session"]).encode()], buffers=[piece])
+    return piece.nbytes
 
 
 def kernel_restore_begin(size: int) -> str:
@@ -950,7 +981,8 @@ __all__ = [
     "MAGIC", "PAYLOAD_VERSION", "Collected", "PayloadError", "Restored", "Skipped",
     "SnapshotError", "SnapshotTimeout", "SnapshotTooLarge", "Variable", "collect",
     "decode_payload", "encode_payload", "is_device_tensor", "is_internal", "kernel_restore",
-    "kernel_read", "kernel_restore_begin", "kernel_restore_commit", "kernel_save",
+    "PIECE_MSG_TYPE", "kernel_read", "kernel_restore_begin", "kernel_send",
+    "kernel_restore_commit", "kernel_save",
     "kernel_save_begin", "kernel_transfer_end", "kernel_write", "payload_header_size",
     "read_payload_header", "restore",
 ]

@@ -13,8 +13,9 @@ the kernel's shell; it evaluates to a JSON string, which comes back in the ``exe
 
 The gateway streams the payload in bounded pieces (``collect``'s "chunked transfer"): a
 first request (:func:`save_begin_request`) collects the namespace and keeps the payload in the
-kernel, then :func:`read_request` asks for one piece at a time (base64 in the reply, so each
-reply is 4/3 of a piece, far below ``max_kernel_message_bytes``), and
+kernel, then :func:`send_request` asks for one piece at a time, which the kernel sends raw as
+the binary buffer of a message on the stdin channel, to the asking client only (or, with a
+kernel that cannot, :func:`read_request`: base64 in the reply, 4/3 of a piece), and
 :func:`transfer_end_request` drops it. A restore sends :func:`restore_begin_request`, then
 each piece as the raw binary buffer of a :func:`write_request` (no base64: ipykernel keeps a
 request's buffers on the parent message), then :func:`restore_commit_request`, which takes
@@ -137,6 +138,17 @@ def read_request(token: str, offset: int, length: int) -> dict[str, Any]:
                                  f"{int(length)!r})"))
 
 
+def send_request(token: str, offset: int, length: int) -> dict[str, Any]:
+    """One piece of the kept payload, sent raw on the stdin channel (``collect.kernel_send``;
+    the request allows stdin). Its reply says how many bytes were sent
+    (:func:`read_count_reply`)."""
+    content = _content(_module_call(
+        f"kernel_send(__import__('IPython').get_ipython(), {str(token)!r}, {int(offset)!r}, "
+        f"{int(length)!r})"))
+    content["allow_stdin"] = True
+    return content
+
+
 def transfer_end_request(token: str) -> dict[str, Any]:
     """Drop the kernel's side of a transfer (stored, refused or failed)."""
     return _content(_module_call(f"kernel_transfer_end({str(token)!r})"))
@@ -209,8 +221,9 @@ def read_token_reply(reply_content: dict[str, Any]) -> str:
     return token
 
 
-def read_write_reply(reply_content: dict[str, Any]) -> int:
-    """The bytes the kernel holds after a :func:`write_request`."""
+def read_count_reply(reply_content: dict[str, Any]) -> int:
+    """The count a :func:`write_request` (bytes held) or :func:`send_request` (bytes sent)
+    replies."""
     try:
         count = ast.literal_eval(_value(reply_content))
     except (ValueError, SyntaxError):
@@ -229,6 +242,8 @@ class SaveBegun:
     sha256: str
     variables: list[str]
     skipped: list[dict[str, str]]
+    #: Whether the kernel can send pieces raw (:func:`send_request`), else base64 reads.
+    binary: bool = False
 
 
 def read_save_begin_reply(reply_content: dict[str, Any], *, max_bytes: int) -> SaveBegun:
@@ -243,7 +258,8 @@ def read_save_begin_reply(reply_content: dict[str, Any], *, max_bytes: int) -> S
         raise SnapshotTooLarge(f"the snapshot would exceed maxBytes ({max_bytes} bytes)")
     return SaveBegun(token=token, size=size, sha256=digest,
                      variables=[str(v) for v in result.get("variables", [])],
-                     skipped=[s for s in result.get("skipped", []) if isinstance(s, dict)])
+                     skipped=[s for s in result.get("skipped", []) if isinstance(s, dict)],
+                     binary=result.get("binary") is True)
 
 
 def _result(reply_content: dict[str, Any]) -> dict[str, Any]:

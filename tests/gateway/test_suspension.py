@@ -149,12 +149,14 @@ def test_the_key_is_checked_and_never_shown(tmp_path: Path,
     assert read_key() == b"z" * 40
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["raw-pieces", "base64-replies"])
 async def test_save_and_restore_in_many_pieces(
-        kernels: list[AsyncKernelManager], tmp_path: Path) -> None:
-    """Pieces of 4 KiB (a message bound of 64 KiB would allow ~36 KiB): ~25 reads of the
-    kernel's payload, sealed as they come, and ~25 binary writes into the new kernel."""
+        kernels: list[AsyncKernelManager], tmp_path: Path, binary: bool) -> None:
+    """Pieces of 4 KiB (a message bound of 64 KiB would allow ~36 KiB): ~25 pieces of the
+    kernel's payload (raw on the stdin channel, or base64 in replies, as a kernel that cannot
+    send raw does), sealed as they come, and ~25 binary writes into the new kernel."""
     snaps = Snapshots(snapshot.open_store(str(tmp_path / "store")), KEY, chunk_bytes=4096,
-                      message_bytes=64 * 1024)
+                      message_bytes=64 * 1024, binary=binary)
     assert snaps.chunk_bytes == 4096
     assert Snapshots(snaps.store, KEY, message_bytes=200_000).chunk_bytes < 200_000 * 3 // 4
     first = await new_kernel(kernels)

@@ -39,12 +39,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import typing as t
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from elastic_kernels import snapshot
-from elastic_kernels.snapshot import kernelcall
+from elastic_kernels.snapshot import collect, kernelcall
 
 __all__ = ["KEY_ENV", "SavedSnapshot", "Snapshots", "SuspendLimits", "read_key"]
 
@@ -56,6 +58,9 @@ MIN_KEY_BYTES = 32
 REPLY_MARGIN_S = 10.0
 #: Default bytes of payload per request (4 MiB: ~5.6 MB of base64 per reply).
 CHUNK_BYTES = 4 << 20
+#: Requests of one transfer in flight at once: the kernel works on one piece while the
+#: gateway handles the other, and the gateway holds at most this many pieces plus one.
+WINDOW = 2
 #: What a reply carries besides a piece's base64 (header, JSON, signatures).
 _REPLY_OVERHEAD = 16 << 10
 
@@ -112,16 +117,61 @@ def read_key(path: str = "") -> bytes:
 
 
 class _Channel:
-    """A kernel client of the kernel's own connection, for the requests of one transfer."""
+    """A kernel client of the kernel's own connection, for the requests of one transfer.
+
+    Up to :data:`WINDOW` requests are in flight, so the kernel encodes (or appends) one piece
+    while the gateway decodes, hashes and writes (or reads) the next; one reader hands each
+    reply to the request it answers. It waits for replies with a bounded poll (re-checked each
+    second): pyzmq's asyncio sockets have been seen to lose a wakeup (DESIGN.md, section 9),
+    which must cost a second, not the save.
+    """
 
     def __init__(self, kernel_manager: t.Any) -> None:
         self.client = kernel_manager.client()
         self.client.start_channels()
+        self._waiting: dict[str, asyncio.Future[dict[str, t.Any]]] = {}
+        self._pieces: dict[str, asyncio.Future[t.Any]] = {}
+        self._readers: list[asyncio.Task[None]] = []
 
-    async def call(self, content: dict[str, t.Any], timeout: float,
-                   buffers: list[bytes] | None = None) -> dict[str, t.Any]:
-        """One execute_request (with ``buffers`` as its binary parts); its reply's content.
-        SnapshotTimeout past ``timeout`` seconds."""
+    async def _read(self, get: t.Callable[..., t.Awaitable[dict[str, t.Any]]],
+                    waiting: dict[str, asyncio.Future[t.Any]],
+                    result: t.Callable[[dict[str, t.Any]], t.Any]) -> None:
+        """Hand each message of one channel to the request it answers."""
+        try:
+            while True:
+                try:
+                    msg = await get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                waiter = waiting.pop(msg.get("parent_header", {}).get("msg_id"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(result(msg))
+        except Exception as e:  # noqa: BLE001 - every waiter hears why
+            for waiter in waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(snapshot.SnapshotError(
+                        f"the kernel's connection failed: {type(e).__name__}: {e}"))
+            waiting.clear()
+
+    @staticmethod
+    def _piece(msg: dict[str, t.Any]) -> t.Any:
+        buffers = msg.get("buffers") or []
+        if msg.get("msg_type") != collect.PIECE_MSG_TYPE or len(buffers) != 1:
+            return None
+        return buffers[0]
+
+    def send(self, content: dict[str, t.Any], buffers: list[bytes] | None = None,
+             piece: bool = False) -> tuple[asyncio.Future[dict[str, t.Any]],
+                                           asyncio.Future[t.Any] | None]:
+        """Send one execute_request (with ``buffers`` as its binary parts). Returns its
+        reply's content, when it comes, and with ``piece`` the binary buffer the kernel sends
+        for it on the stdin channel."""
+        if not self._readers:
+            self._readers = [
+                asyncio.ensure_future(self._read(self.client.get_shell_msg, self._waiting,
+                                                 lambda m: dict(m["content"]))),
+                asyncio.ensure_future(self._read(self.client.get_stdin_msg, self._pieces,
+                                                 self._piece))]
         if buffers:
             session = self.client.session
             msg = session.msg("execute_request", content)
@@ -129,20 +179,35 @@ class _Channel:
             msg_id = msg["header"]["msg_id"]
         else:
             msg_id = self.client.execute(**content)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiting[msg_id] = loop.create_future()
+        raw: asyncio.Future[t.Any] | None = None
+        if piece:
+            raw = self._pieces[msg_id] = loop.create_future()
+        return waiter, raw
 
-        async def reply() -> dict[str, t.Any]:
-            while True:
-                msg = await self.client.get_shell_msg()
-                if msg.get("parent_header", {}).get("msg_id") == msg_id:
-                    return dict(msg["content"])
-
+    @staticmethod
+    async def reply(waiter: asyncio.Future[t.Any], timeout: float) -> t.Any:
+        """The reply's content; SnapshotTimeout past ``timeout`` seconds."""
         try:
-            return await asyncio.wait_for(reply(), max(timeout, 0.001))
+            return await asyncio.wait_for(waiter, max(timeout, 0.001))
         except asyncio.TimeoutError:
             raise snapshot.SnapshotTimeout(
                 "the kernel did not answer a snapshot request in time") from None
 
+    async def call(self, content: dict[str, t.Any], timeout: float,
+                   buffers: list[bytes] | None = None) -> dict[str, t.Any]:
+        """One request and its reply's content."""
+        waiter, _ = self.send(content, buffers)
+        return t.cast(dict[str, t.Any], await self.reply(waiter, timeout))
+
     def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        for waiter in [*self._waiting.values(), *self._pieces.values()]:
+            waiter.cancel()
+        self._waiting.clear()
+        self._pieces.clear()
         self.client.stop_channels()
 
 
@@ -162,12 +227,16 @@ class _Deadline:
 class Snapshots:
     """Save, restore and discard kernels' snapshots in one store under one key, streamed in
     pieces of ``chunk_bytes`` (module docstring); ``message_bytes`` is the gateway's bound on
-    one kernel message (0: none), which each piece's reply must fit."""
+    one kernel message (0: none), which each piece must fit (as base64, for a kernel that
+    cannot send raw pieces). ``binary=False`` makes saves use base64 replies only."""
 
     def __init__(self, store: snapshot.SnapshotStore, key: bytes,
                  log: logging.Logger | logging.LoggerAdapter[t.Any] | None = None, *,
-                 chunk_bytes: int = CHUNK_BYTES, message_bytes: int = 0) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, message_bytes: int = 0,
+                 binary: bool = True) -> None:
         self.store = store
+        #: Saves take raw pieces from kernels that can send them (else base64 in replies).
+        self.binary = binary
         self._key = key
         self.log = log or logging.getLogger(__name__)
         chunk = max(1, int(chunk_bytes))
@@ -194,13 +263,31 @@ class Snapshots:
                                          max_bytes=limits.max_bytes)
             writer = await asyncio.to_thread(self.store.open_write, kernel_id)
             try:
+                binary = begun.binary and self.binary
                 offset = 0
-                while offset < begun.size:
-                    length = min(self.chunk_bytes, begun.size - offset)
-                    reply = await channel.call(kernelcall.read_request(token, offset, length),
-                                               deadline.left())
-                    await asyncio.to_thread(self._store_piece, reply, length, sealer, writer)
-                    offset += length
+                asked: deque[tuple[int, asyncio.Future[t.Any], asyncio.Future[t.Any] | None]]
+                asked = deque()
+                while offset < begun.size or asked:
+                    while offset < begun.size and len(asked) < WINDOW:
+                        length = min(self.chunk_bytes, begun.size - offset)
+                        ask = (kernelcall.send_request if binary else kernelcall.read_request)
+                        asked.append((length, *channel.send(ask(token, offset, length),
+                                                            piece=binary)))
+                        offset += length
+                    length, waiter, raw = asked.popleft()
+                    reply = await channel.reply(waiter, deadline.left())
+                    if raw is None:
+                        piece = await asyncio.to_thread(kernelcall.read_piece_reply, reply,
+                                                        length)
+                    else:
+                        sent = kernelcall.read_count_reply(reply)
+                        piece = await channel.reply(raw, deadline.left())
+                        if piece is None or sent != length or memoryview(piece).nbytes != length:
+                            raise snapshot.SnapshotError(
+                                f"the kernel sent a malformed snapshot piece ({sent} of "
+                                f"{length} bytes)")
+                    await asyncio.to_thread(self._store_piece, piece, sealer, writer)
+                    del piece
                 tag = sealer.finish()
                 await asyncio.to_thread(self._commit, writer, tag)
             except BaseException:
@@ -216,10 +303,10 @@ class Snapshots:
                           for s in begun.skipped if s.get("kind") != "internal"))
 
     @staticmethod
-    def _store_piece(reply: dict[str, t.Any], length: int, sealer: snapshot.SealStream,
+    def _store_piece(piece: bytes, sealer: snapshot.SealStream,
                      writer: snapshot.SnapshotWriter) -> None:
-        """Decode, seal and write one piece (in a thread: base64 and hashing of MBs)."""
-        out = sealer.feed(kernelcall.read_piece_reply(reply, length))
+        """Seal and write one piece (in a thread: hashing and writing MBs)."""
+        out = sealer.feed(piece)
         if out:
             writer.write(out)
 
@@ -255,15 +342,23 @@ class Snapshots:
             token = kernelcall.read_token_reply(await channel.call(
                 kernelcall.restore_begin_request(stream.size), deadline.left()))
             try:
+                sent: deque[tuple[int, asyncio.Future[dict[str, t.Any]]]] = deque()
                 while True:
                     piece = await asyncio.to_thread(stream.piece, self.chunk_bytes)
-                    if not piece:
+                    if piece:
+                        waiter, _ = channel.send(kernelcall.write_request(token),
+                                                 buffers=[piece])
+                        sent.append((stream.sent, waiter))
+                        del piece
+                    while sent and (len(sent) >= WINDOW or stream.sent == stream.size):
+                        expected, waiter = sent.popleft()
+                        held = kernelcall.read_count_reply(
+                            await channel.reply(waiter, deadline.left()))
+                        if held != expected:
+                            raise snapshot.SnapshotError(
+                                f"the kernel holds {held} snapshot bytes of {expected} sent")
+                    if stream.sent == stream.size:
                         break
-                    held = kernelcall.read_write_reply(await channel.call(
-                        kernelcall.write_request(token), deadline.left(), buffers=[piece]))
-                    if held != stream.sent:
-                        raise snapshot.SnapshotError(
-                            f"the kernel holds {held} snapshot bytes of {stream.sent} sent")
                 verified = await asyncio.to_thread(stream.finish)
             except BaseException:
                 await asyncio.shield(self._end(channel, token))
