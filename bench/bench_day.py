@@ -49,6 +49,16 @@ a free GPU to bind, and nothing else takes time unless stated):
   a node with the image cached, plus about 20 s to read and restore a few GB of snapshot at
   ~200 MB/s, rounded up). The resume delay counts as waiting, and the GPU is held meanwhile.
 
+**GPU flavors** (issue 16): ``--flavors nvidia.com/gpu=8,nvidia.com/mig-1g.10gb=16`` replaces
+``--gpus`` with devices of several flavors (whole GPUs, MIG slices, time-sliced shares), and
+``--flavor-mix nvidia.com/gpu=1,nvidia.com/mig-1g.10gb=3`` gives each user a flavor (all their
+sessions), drawn with those weights from the user's own seeded stream (default: every user on
+the first flavor). Each flavor is its own capacity: ``static`` serves each flavor first come
+first served, ``elastic`` goes through the real queue with one queue per flavor and reclaim of
+kernels of the waiter's flavor only. Figures then also come ``by_flavor`` (p95 wait, held and
+busy device-seconds), and users per GPU are per device of any flavor. A trace line may carry
+``"resource": "nvidia.com/mig-1g.10gb"``.
+
 **Figures** per policy: ``p50_wait_s``/``p95_wait_s`` over every time a session needed a kernel
 (start, restart, resume; 0 when it was ready at once; resumes include the resume delay),
 ``gpu_utilization`` (busy GPU-seconds / held GPU-seconds), ``allocations`` (pods bound),
@@ -71,7 +81,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,10 +111,15 @@ class Session:
     end: float
     gpus: int
     active: tuple[tuple[float, float], ...]
+    #: The GPU flavor (extended resource) the session's kernel asks for.
+    resource: str = R.GPU_RESOURCE
 
     def to_json(self) -> JSON:
-        return {"user": self.user, "start": self.start, "end": self.end, "gpus": self.gpus,
-                "active": [list(p) for p in self.active]}
+        out: JSON = {"user": self.user, "start": self.start, "end": self.end, "gpus": self.gpus,
+                     "active": [list(p) for p in self.active]}
+        if self.resource != R.GPU_RESOURCE:
+            out["resource"] = self.resource
+        return out
 
     @classmethod
     def from_json(cls, obj: JSON) -> Session:
@@ -114,7 +129,8 @@ class Session:
                 b1 > a2 for (_, b1), (a2, _) in zip(active, active[1:])):
             raise ValueError(f"session of {obj.get('user')!r} at {start}: its active periods "
                              "must be ordered, disjoint and inside [start, end]")
-        return cls(str(obj["user"]), start, end, int(obj.get("gpus", 1)), active)
+        return cls(str(obj["user"]), start, end, int(obj.get("gpus", 1)), active,
+                   str(obj.get("resource") or R.GPU_RESOURCE))
 
 
 def _user_sessions(user: str, rng: random.Random) -> list[Session]:
@@ -161,8 +177,49 @@ def scale_trace(sessions: Sequence[Session], users: int, seed: int = 1) -> list[
         for s in by_user[base]:
             out.append(Session(base if not copy else f"{base}~{copy}", s.start + shift,
                                s.end + shift, s.gpus,
-                               tuple((a + shift, b + shift) for a, b in s.active)))
+                               tuple((a + shift, b + shift) for a, b in s.active), s.resource))
     return sorted(out, key=lambda s: (s.start, s.user))
+
+
+def parse_counts(text: str, what: str) -> dict[str, float]:
+    """``RESOURCE=NUMBER,...`` (``--flavors``, ``--flavor-mix``); raises ValueError naming the
+    bad item."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not sep or "/" not in name or number < 0 or name in out:
+            raise ValueError(f"{what}: {item.strip()!r} is not RESOURCE=NUMBER (a resource "
+                             "like nvidia.com/mig-1g.10gb, given once, and a number >= 0)")
+        out[name] = number
+    if not any(out.values()):
+        raise ValueError(f"{what}: nothing is greater than 0")
+    return out
+
+
+def assign_flavors(sessions: Sequence[Session], mix: dict[str, float],
+                   seed: int = 1) -> list[Session]:
+    """Each user's sessions on one flavor, drawn with ``mix``'s weights from the user's own
+    seeded stream (so a larger population keeps the smaller one's flavors)."""
+    names, weights = list(mix), list(mix.values())
+    chosen: dict[str, str] = {}
+    out = []
+    for s in sessions:
+        if s.user not in chosen:
+            chosen[s.user] = random.Random(f"{seed}:flavor:{s.user}").choices(names, weights)[0]
+        out.append(replace(s, resource=chosen[s.user]))
+    return out
+
+
+Capacity = dict[str, int]
+
+
+def as_capacity(gpus: int | Capacity) -> Capacity:
+    """Devices per flavor (an int: that many whole GPUs)."""
+    return {R.GPU_RESOURCE: gpus} if isinstance(gpus, int) else dict(gpus)
 
 
 def read_trace(path: Path) -> list[Session]:
@@ -193,10 +250,32 @@ class Tally:
     resumes: int = 0
     sessions_done: int = 0
     max_in_use: int = 0
+    #: Per flavor: the waits, held and busy device-seconds.
+    flavor_waits: dict[str, list[float]] = field(default_factory=dict)
+    flavor_held: dict[str, float] = field(default_factory=dict)
+    flavor_busy: dict[str, float] = field(default_factory=dict)
+
+    def wait(self, resource: str, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.flavor_waits.setdefault(resource, []).append(seconds)
+
+    def hold(self, resource: str, seconds: float) -> None:
+        self.held += seconds
+        self.flavor_held[resource] = self.flavor_held.get(resource, 0.0) + seconds
+
+    def use(self, resource: str, seconds: float) -> None:
+        self.busy += seconds
+        self.flavor_busy[resource] = self.flavor_busy.get(resource, 0.0) + seconds
 
     def result(self) -> JSON:
         waits = sorted(self.waits)
-        return {
+        flavors = {*self.flavor_waits, *self.flavor_held}
+        by_flavor = {} if flavors <= {R.GPU_RESOURCE} else {"by_flavor": {
+            r: {"p95_wait_s": round(_percentile(sorted(self.flavor_waits.get(r, [])), 95), 3),
+                "held_gpu_s": round(self.flavor_held.get(r, 0.0), 3),
+                "busy_gpu_s": round(self.flavor_busy.get(r, 0.0), 3)}
+            for r in sorted(flavors)}}
+        return {**by_flavor,
             "p50_wait_s": round(_percentile(waits, 50), 3),
             "p95_wait_s": round(_percentile(waits, 95), 3),
             "max_wait_s": round(waits[-1], 3) if waits else 0.0,
@@ -226,11 +305,12 @@ class OverAllocated(AssertionError):
 # --- static ------------------------------------------------------------------------------------
 
 
-def run_static(sessions: Sequence[Session], gpus: int) -> JSON:
-    """A GPU per session for the whole session; FIFO when none is free."""
+def run_static(sessions: Sequence[Session], gpus: int | Capacity) -> JSON:
+    """A GPU per session for the whole session; FIFO (per flavor) when none is free."""
     tally = Tally()
-    free = gpus
-    waiting: list[Session] = []
+    capacity = as_capacity(gpus)
+    free = dict(capacity)
+    waiting: dict[str, list[Session]] = {}
     events: list[tuple[float, int, str, Session]] = []
     seq = itertools.count()
     for s in sessions:
@@ -238,21 +318,25 @@ def run_static(sessions: Sequence[Session], gpus: int) -> JSON:
     while events:
         now, _, kind, s = heapq.heappop(events)
         if kind == "arrive":
-            waiting.append(s)
+            waiting.setdefault(s.resource, []).append(s)
         else:
-            free += s.gpus
+            free[s.resource] += s.gpus
             tally.sessions_done += 1
-        while waiting and waiting[0].gpus <= free:
-            s = waiting.pop(0)
-            free -= s.gpus
-            tally.max_in_use = max(tally.max_in_use, gpus - free)
-            tally.allocations += 1
-            tally.waits.append(now - s.start)
-            tally.held += (s.end - s.start) * s.gpus
-            tally.busy += sum(b - a for a, b in s.active) * s.gpus
-            heapq.heappush(events, (now + s.end - s.start, next(seq), "end", s))
-        if free < 0 or gpus - free > gpus:
-            raise OverAllocated(f"{gpus - free} GPUs bound of {gpus}")
+        for resource, queue in waiting.items():
+            while queue and queue[0].gpus <= free.get(resource, 0):
+                s = queue.pop(0)
+                free[resource] -= s.gpus
+                tally.max_in_use = max(tally.max_in_use,
+                                       sum(capacity.values()) - sum(free.values()))
+                tally.allocations += 1
+                tally.wait(resource, now - s.start)
+                tally.hold(resource, (s.end - s.start) * s.gpus)
+                tally.use(resource, sum(b - a for a, b in s.active) * s.gpus)
+                heapq.heappush(events, (now + s.end - s.start, next(seq), "end", s))
+        for resource, left in free.items():
+            if left < 0 or left > capacity[resource]:
+                raise OverAllocated(f"{capacity[resource] - left} {resource} bound of "
+                                    f"{capacity[resource]}")
     return tally.result()
 
 
@@ -315,11 +399,11 @@ class SessionRun:
 class ElasticDay:
     """The elastic policies on a virtual clock, through the real GPU queue and culling policy."""
 
-    def __init__(self, sessions: Sequence[Session], gpus: int, settings: Settings,
+    def __init__(self, sessions: Sequence[Session], gpus: int | Capacity, settings: Settings,
                  suspend: bool) -> None:
         self.runs = [SessionRun(s, i) for i, s in enumerate(sessions)]
-        self.gpus = gpus
-        self.free = gpus
+        self.capacity = as_capacity(gpus)
+        self.free = dict(self.capacity)
         self.settings = settings
         self.suspend = suspend
         self.now = 0.0
@@ -331,8 +415,10 @@ class ElasticDay:
         self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self._flavor: dict[str, str] = {}  # kernel id -> the flavor its session asks for
         self.queue = GpuQueue(reclaim_candidates=self._candidates, reclaim=self._reclaim,
-                              ungate=self._ungate, report=self._report, clock=self.clock)
+                              ungate=self._ungate, report=self._report, clock=self.clock,
+                              victim_flavor=lambda d: self._flavor[d.kernel.kernel_id])
 
     # -- the clock and the event list ----------------------------------------------------------
 
@@ -373,12 +459,14 @@ class ElasticDay:
         for k in list(self.kernels.values()):
             if k.phase != "waiting" or k.gated:
                 continue
-            gpus = k.session.session.gpus
-            if gpus <= self.free:
-                self.free -= gpus
-                self.tally.max_in_use = max(self.tally.max_in_use, self.gpus - self.free)
-                if self.free < 0:
-                    raise OverAllocated(f"{self.gpus - self.free} GPUs bound of {self.gpus}")
+            gpus, resource = k.session.session.gpus, k.session.session.resource
+            if gpus <= self.free.get(resource, 0):
+                self.free[resource] -= gpus
+                self.tally.max_in_use = max(self.tally.max_in_use, sum(self.capacity.values())
+                                            - sum(self.free.values()))
+                if self.free[resource] < 0:
+                    raise OverAllocated(f"{self.capacity[resource] - self.free[resource]} "
+                                        f"{resource} bound of {self.capacity[resource]}")
                 self.tally.allocations += 1
                 k.phase, k.bound_at = "starting", self.now
                 self.queue.leave(k.kernel_id)  # bound: the next may go
@@ -389,13 +477,14 @@ class ElasticDay:
                 k.unschedulable = True
                 self.queue.unschedulable(k.kernel_id, k.session.session.user, gpus, "sim",
                                          f"pod-{k.kernel_id}", "0/1 nodes are available: "
-                                         f"Insufficient {R.GPU_RESOURCE}.")
+                                         f"Insufficient {resource}.", resource)
                 changed = True
         return changed
 
     def _release(self, k: Kernel) -> None:
-        self.free += k.session.session.gpus
-        self.tally.held += (self.now - k.bound_at) * k.session.session.gpus
+        session = k.session.session
+        self.free[session.resource] += session.gpus
+        self.tally.hold(session.resource, (self.now - k.bound_at) * session.gpus)
         k.phase = "gone"
         self.kernels.pop(k.kernel_id, None)
 
@@ -441,10 +530,11 @@ class ElasticDay:
         run.kernel = k
         run.blocked_since = self.now
         self.kernels[kernel_id] = k
-        if self.queue.has_waiting():
+        self._flavor[kernel_id] = run.session.resource
+        if self.queue.has_waiting(run.session.resource):
             k.gated = True  # behind the others; the queue lifts the gate in fair order
             self.queue.enqueue(kernel_id, run.session.user, run.session.gpus, "sim",
-                               f"pod-{kernel_id}", gated=True)
+                               f"pod-{kernel_id}", gated=True, resource=run.session.resource)
 
     def _ready(self, k: Kernel) -> None:
         if k.phase != "starting":
@@ -456,7 +546,7 @@ class ElasticDay:
             self.tally.resumes += 1
         assert run.blocked_since is not None
         wait = self.now - run.blocked_since
-        self.tally.waits.append(wait)
+        self.tally.wait(run.session.resource, wait)
         run.shift += wait
         run.blocked_since = None
         run.suspended = False
@@ -508,7 +598,7 @@ class ElasticDay:
         assert k is not None
         a, b = run.session.active[run.next_burst]
         k.busy, k.last_activity = True, self.now
-        self.tally.busy += (b - a) * run.session.gpus
+        self.tally.use(run.session.resource, (b - a) * run.session.gpus)
         self.at(self.now + (b - a), self._burst_end, run)
 
     def _burst_end(self, run: SessionRun) -> None:
@@ -541,12 +631,13 @@ class ElasticDay:
         self.at(self.now + self.settings.interval, self._culler_pass)
 
 
-def run_elastic(sessions: Sequence[Session], gpus: int, settings: Settings,
+def run_elastic(sessions: Sequence[Session], gpus: int | Capacity, settings: Settings,
                 suspend: bool) -> JSON:
     return asyncio.run(ElasticDay(sessions, gpus, settings, suspend).run())
 
 
-def run_policy(name: str, sessions: Sequence[Session], gpus: int, settings: Settings) -> JSON:
+def run_policy(name: str, sessions: Sequence[Session], gpus: int | Capacity,
+               settings: Settings) -> JSON:
     if name == "static":
         return run_static(sessions, gpus)
     return run_elastic(sessions, gpus, settings, suspend=name == "elastic_suspend")
@@ -555,7 +646,7 @@ def run_policy(name: str, sessions: Sequence[Session], gpus: int, settings: Sett
 # --- the population search -----------------------------------------------------------------------
 
 
-def most_users(policy: str, population: Callable[[int], list[Session]], gpus: int,
+def most_users(policy: str, population: Callable[[int], list[Session]], gpus: int | Capacity,
                settings: Settings, limit: int) -> int:
     """The largest population whose p95 wait is at most WAIT_GOAL (exponential, then binary
     search; 0 when even one user waits longer)."""
@@ -566,7 +657,7 @@ def most_users(policy: str, population: Callable[[int], list[Session]], gpus: in
     if not ok(1):
         return 0
     good, bad = 1, None
-    step = max(1, gpus)
+    step = max(1, sum(as_capacity(gpus).values()))
     while bad is None:
         trial = min(limit, good + step)
         if ok(trial):
@@ -588,8 +679,9 @@ def most_users(policy: str, population: Callable[[int], list[Session]], gpus: in
 # --- the run -------------------------------------------------------------------------------------
 
 
-def simulate(sessions: Sequence[Session], gpus: int, settings: Settings,
+def simulate(sessions: Sequence[Session], gpus: int | Capacity, settings: Settings,
              population: Callable[[int], list[Session]] | None, limit: int) -> JSON:
+    devices = sum(as_capacity(gpus).values())
     result: JSON = {name: run_policy(name, sessions, gpus, settings) for name in POLICIES}
     session_time = sum(s.end - s.start for s in sessions)
     result["model"] = {
@@ -601,9 +693,9 @@ def simulate(sessions: Sequence[Session], gpus: int, settings: Settings,
         users = {name: most_users(name, population, gpus, settings, limit) for name in POLICIES}
         # "elastic" is elastic kernels with Suspend, the issue's comparison (without Suspend the
         # same population loses kernel state; its figure is given beside it).
-        result["users_per_gpu"] = {"static": users["static"] / gpus,
-                                   "elastic": users["elastic_suspend"] / gpus,
-                                   "elastic_without_suspend": users["elastic"] / gpus}
+        result["users_per_gpu"] = {"static": users["static"] / devices,
+                                   "elastic": users["elastic_suspend"] / devices,
+                                   "elastic_without_suspend": users["elastic"] / devices}
         result["users_served"] = users
     return result
 
@@ -620,6 +712,10 @@ def report(result: JSON) -> list[str]:
                      f"{r['gpu_utilization'] * 100:5.1f} %, allocations "
                      f"{r['allocations']}, states lost {r['states_lost']}, resumes "
                      f"{r['resumes']}")
+        for flavor, f in (r.get("by_flavor") or {}).items():
+            used = f["busy_gpu_s"] / f["held_gpu_s"] if f["held_gpu_s"] else 0.0
+            lines.append(f"    {flavor:30s} p95 wait {f['p95_wait_s']:6.1f} s, utilization "
+                         f"{used * 100:5.1f} %")
     upg = result.get("users_per_gpu")
     if upg:
         ratio = upg["elastic"] / upg["static"] if upg["static"] else float("inf")
@@ -687,6 +783,12 @@ def main(argv: list[str] | None = None) -> JSON:
     parser.add_argument("--gpus", type=int, default=16, help="GPUs in the cluster (default 16)")
     parser.add_argument("--users", type=int, default=30,
                         help="users of the model's reference day (default 30: 90 sessions)")
+    parser.add_argument("--flavors", metavar="RESOURCE=N,...",
+                        help="devices per GPU flavor instead of --gpus, e.g. "
+                        "nvidia.com/gpu=8,nvidia.com/mig-1g.10gb=16")
+    parser.add_argument("--flavor-mix", metavar="RESOURCE=WEIGHT,...",
+                        help="each user's flavor, drawn with these weights (default: the first "
+                        "of --flavors for everyone)")
     parser.add_argument("--trace", type=Path, help="replay this JSONL trace instead of the model")
     parser.add_argument("--write-trace", type=Path, help="write the day's sessions as a trace")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -709,6 +811,25 @@ def main(argv: list[str] | None = None) -> JSON:
     logging.getLogger("elastic_kernels").setLevel(logging.ERROR)
     if args.gpus < 1:
         parser.error("--gpus must be at least 1")
+    gpus: int | Capacity = args.gpus
+    mix: dict[str, float] | None = None
+    try:
+        if args.flavors:
+            gpus = {r: int(n) for r, n in parse_counts(args.flavors, "--flavors").items()}
+            if any(float(n) != int(n) for n in parse_counts(args.flavors, "--flavors").values()):
+                parser.error("--flavors: device counts must be whole numbers")
+        if args.flavor_mix:
+            mix = parse_counts(args.flavor_mix, "--flavor-mix")
+            unknown = sorted(set(mix) - set(as_capacity(gpus)))
+            if unknown:
+                parser.error(f"--flavor-mix: {', '.join(unknown)} has no devices (--flavors)")
+    except ValueError as e:
+        parser.error(str(e))
+
+    def flavored(day: list[Session]) -> list[Session]:
+        return assign_flavors(day, mix, args.seed) if mix else [
+            replace(s, resource=next(iter(as_capacity(gpus)))) if args.flavors else s
+            for s in day]
     settings = Settings(args.reclaim_after, args.idle_timeout, args.interval, args.resume_delay,
                         args.suspend_delay)
     population: Callable[[int], list[Session]]
@@ -719,21 +840,31 @@ def main(argv: list[str] | None = None) -> JSON:
         sessions = trace
 
         def population(users: int) -> list[Session]:
-            return scale_trace(trace, users, args.seed)
+            return scale_trace(trace, users, args.seed) if not mix else flavored(
+                scale_trace(trace, users, args.seed))
         source = f"trace {args.trace.name}"
     else:
-        sessions = make_sessions(args.users, args.seed)
+        sessions = flavored(make_sessions(args.users, args.seed))
 
         def population(users: int) -> list[Session]:
-            return make_sessions(users, args.seed)
+            return flavored(make_sessions(users, args.seed))
         source = "the model"
     if args.write_trace:
         write_trace(sessions, args.write_trace)
     t0 = time.perf_counter()
-    result = simulate(sessions, args.gpus, settings, None if args.no_search else population,
-                      args.max_users or 20 * args.gpus)
+    if mix and args.trace:
+        sessions = flavored(sessions)
+    missing = sorted({x.resource for x in sessions} - set(as_capacity(gpus)))
+    if missing:
+        parser.error(f"sessions ask for {', '.join(missing)}, which has no devices "
+                     "(--flavors, --flavor-mix)")
+    devices = sum(as_capacity(gpus).values())
+    result = simulate(sessions, gpus, settings, None if args.no_search else population,
+                      args.max_users or 20 * devices)
     result["wall_s"] = time.perf_counter() - t0
-    result["config"] = {"gpus": args.gpus, "seed": args.seed, "source": source,
+    result["config"] = {"gpus": devices, "seed": args.seed, "source": source,
+                        **({"flavors": as_capacity(gpus)} if args.flavors else {}),
+                        **({"flavor_mix": mix} if mix else {}),
                         "users": args.users if not args.trace else None,
                         "settings": asdict(settings)}
     result["lines"] = report(result)

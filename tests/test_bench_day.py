@@ -75,3 +75,35 @@ def test_a_bad_trace_line_is_refused(tmp_path: Path) -> None:
                                  "active": []}) + "\n")
     with pytest.raises(SystemExit, match="bad.jsonl:1"):
         run("--trace", str(trace))
+
+
+def test_a_flavor_mix_keeps_each_flavor_to_its_own_devices(tmp_path: Path) -> None:
+    mig = "nvidia.com/mig-1g.10gb"
+    trace = tmp_path / "mixed.jsonl"
+    result = run("--users", "6", "--flavors", f"nvidia.com/gpu=1,{mig}=2", "--flavor-mix",
+                 f"nvidia.com/gpu=1,{mig}=1", "--no-search", "--write-trace", str(trace))
+    sessions = [D.Session.from_json(json.loads(line)) for line in trace.read_text().splitlines()]
+    flavors = {s.user: s.resource for s in sessions}
+    assert set(flavors.values()) == {"nvidia.com/gpu", mig}  # both drawn for six users
+    assert all(s.resource == flavors[s.user] for s in sessions)  # a user keeps one flavor
+    for name in D.POLICIES:
+        figures = result[name]
+        assert figures["sessions_served"] == len(sessions), name
+        assert 0 < figures["max_gpus_in_use"] <= 3, name
+        for flavor, per in figures["by_flavor"].items():
+            # Each flavor's busy time is its own sessions', whatever the policy.
+            assert per["busy_gpu_s"] == pytest.approx(sum(
+                b - a for s in sessions if s.resource == flavor for a, b in s.active),
+                abs=1e-3), (name, flavor)
+            assert per["p95_wait_s"] <= figures["max_wait_s"]
+    replayed = run("--trace", str(trace), "--flavors", f"nvidia.com/gpu=1,{mig}=2",
+                   "--no-search")
+    for name in D.POLICIES:
+        assert replayed[name] == result[name], name
+
+
+def test_a_bad_flavor_option_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        run("--flavors", "nvidia.com/gpu=two", "--no-search")
+    with pytest.raises(SystemExit):
+        run("--flavors", "nvidia.com/gpu=2", "--flavor-mix", "amd.com/gpu=1", "--no-search")
