@@ -400,7 +400,7 @@ class _Pickler(cloudpickle.Pickler):
 class _Unpickler(pickle.Unpickler):
     """Resolves the persistent ids of ``_Pickler`` in the restoring kernel."""
 
-    def __init__(self, data: bytes | bytearray, namespace: Mapping[str, Any],
+    def __init__(self, data: bytes | memoryview, namespace: Mapping[str, Any],
                  global_ns: dict[str, Any], notes: list[str]) -> None:
         super().__init__(io.BytesIO(data))
         self._namespace = namespace
@@ -659,7 +659,7 @@ def _check_header(header: Any, offset: int, size: int) -> None:
 
 
 def decode_payload(payload: bytes | bytearray
-                   ) -> tuple[dict[str, Any], list[bytes | bytearray]]:
+                   ) -> tuple[dict[str, Any], list[bytes | memoryview]]:
     """The header and the blobs of a payload, checked for shape. JSON only: nothing here
     unpickles, so the gateway may call it on bytes it does not trust."""
     if len(payload) < len(MAGIC) + _LEN.size or payload[:len(MAGIC)] != MAGIC:
@@ -675,9 +675,11 @@ def decode_payload(payload: bytes | bytearray
     offset = start + length
     _check_header(header, offset, len(payload))
     sizes = [int(b["size"]) for b in header["blobs"]]
-    blobs: list[bytes | bytearray] = []
+    # A received buffer (bytearray) is sliced without copying: a GB payload is not held twice.
+    whole: bytes | memoryview = payload if isinstance(payload, bytes) else memoryview(payload)
+    blobs: list[bytes | memoryview] = []
     for size in sizes:
-        blobs.append(payload[offset:offset + size])
+        blobs.append(whole[offset:offset + size])
         offset += size
     return header, blobs
 
@@ -908,11 +910,13 @@ def kernel_restore_begin(size: int) -> str:
 
 
 class _Incoming:
-    """A payload being received: a buffer that refuses to grow past the announced size."""
+    """A payload being received into a buffer of the announced size (allocated once: no copy
+    as it fills), refusing more."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data = bytearray()
+        self.data = bytearray(size)
+        self.filled = 0
 
 
 def kernel_write(shell: Any, token: str) -> int:
@@ -924,12 +928,13 @@ def kernel_write(shell: Any, token: str) -> int:
     if not buffers:
         raise SnapshotError("the request carries no snapshot bytes (binary buffers)")
     for buffer in buffers:
-        view = memoryview(buffer)
-        if len(incoming.data) + view.nbytes > incoming.size:
+        view = memoryview(buffer).cast("B")
+        if incoming.filled + view.nbytes > incoming.size:
             _TRANSFERS.clear()
             raise SnapshotError("more snapshot bytes than announced")
-        incoming.data += view
-    return len(incoming.data)
+        incoming.data[incoming.filled:incoming.filled + view.nbytes] = view
+        incoming.filled += view.nbytes
+    return incoming.filled
 
 
 def kernel_restore_commit(shell: Any, token: str) -> str:
@@ -937,8 +942,8 @@ def kernel_restore_commit(shell: Any, token: str) -> str:
     try:
         incoming = _transfer(token, _Incoming)
         _TRANSFERS.clear()
-        if len(incoming.data) != incoming.size:
-            raise SnapshotError(f"the snapshot arrived incomplete ({len(incoming.data)} of "
+        if incoming.filled != incoming.size:
+            raise SnapshotError(f"the snapshot arrived incomplete ({incoming.filled} of "
                                 f"{incoming.size} bytes)")
         namespace, global_ns, _ = _shell_parts(shell)
         result = restore(incoming.data, namespace, global_ns=global_ns)
