@@ -95,6 +95,7 @@ import base64
 import hashlib
 import io
 import json
+import mmap
 import os
 import pickle
 import platform
@@ -658,7 +659,7 @@ def _check_header(header: Any, offset: int, size: int) -> None:
         raise PayloadError("snapshot payload's blobs do not match its header")
 
 
-def decode_payload(payload: bytes | bytearray
+def decode_payload(payload: bytes | bytearray | mmap.mmap
                    ) -> tuple[dict[str, Any], list[bytes | memoryview]]:
     """The header and the blobs of a payload, checked for shape. JSON only: nothing here
     unpickles, so the gateway may call it on bytes it does not trust."""
@@ -675,7 +676,8 @@ def decode_payload(payload: bytes | bytearray
     offset = start + length
     _check_header(header, offset, len(payload))
     sizes = [int(b["size"]) for b in header["blobs"]]
-    # A received buffer (bytearray) is sliced without copying: a GB payload is not held twice.
+    # A received buffer (bytearray, mmap) is sliced without copying: a GB payload is not held
+    # twice.
     whole: bytes | memoryview = payload if isinstance(payload, bytes) else memoryview(payload)
     blobs: list[bytes | memoryview] = []
     for size in sizes:
@@ -684,7 +686,7 @@ def decode_payload(payload: bytes | bytearray
     return header, blobs
 
 
-def restore(payload: bytes | bytearray, namespace: MutableMapping[str, Any], *,
+def restore(payload: bytes | bytearray | mmap.mmap, namespace: MutableMapping[str, Any], *,
             global_ns: dict[str, Any] | None = None) -> Restored:
     """Unpickle a payload into ``namespace``, group by group: a group that fails (a module
     missing from this image, say) is reported and the others are still restored.
@@ -910,12 +912,13 @@ def kernel_restore_begin(size: int) -> str:
 
 
 class _Incoming:
-    """A payload being received into a buffer of the announced size (allocated once: no copy
-    as it fills), refusing more."""
+    """A payload being received into a buffer of the announced size, refusing more. The buffer
+    is anonymous memory (``mmap``): allocated once, so nothing is copied as it fills, and not
+    zeroed up front (a GB ``bytearray`` costs half a second of memset before the first byte)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data = bytearray(size)
+        self.data: bytearray | mmap.mmap = mmap.mmap(-1, size) if size else bytearray()
         self.filled = 0
 
 
