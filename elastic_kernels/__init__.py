@@ -13,7 +13,8 @@ Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enfo
    container and its store).
 3. ``provisioner`` - ``ElasticKernelProvisioner``: one kernel, one pod.
 4. ``gateway`` (the headless gateway), ``cull`` (the ``elastic-kernels cull`` cron),
-   ``notebook`` (the extension for the notebook server in front of the gateway).
+   ``notebook`` (the extension for the notebook server in front of the gateway), ``prepullcmd``
+   (``elastic-kernels prepull``: the image pre-pull DaemonSets without a gateway).
 5. ``cli``, ``demo`` - the ``elastic-kernels`` command.
 
 Beside them, ``localcluster`` is a Kubernetes for the demo and the tests, reached only over HTTP;

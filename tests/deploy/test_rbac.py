@@ -38,6 +38,10 @@ and a gateway restart -- its pod deleted and a new one made from the same templa
 which a kernel started before is still running and usable through the new pod. Then the cull
 job pod deletes an orphaned kernel and its snapshot.
 
+While it serves, the gateway pod keeps the image pre-pull DaemonSets: made at its start from
+the installed kernelspecs, patched when a kernelspec with a new image comes and goes, created
+for a template that places kernels elsewhere and deleted with its last kernelspec.
+
 Not one request of these pods was refused, and every grant of the two Roles is used, except the
 few listed below with the reason they are needed although these scenarios do not exercise them.
 """
@@ -59,7 +63,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from elastic_kernels.kube import resources as R
 from elastic_kernels.localcluster.cluster import LocalCluster
-from tests.conftest import derived_kernelspec
+from elastic_kernels.kube.client import DAEMONSETS
+from elastic_kernels.kube.informer import Informer
+from elastic_kernels.provisioner import prepull
+from tests.conftest import derived_kernelspec, kube_client
 from tests.gateway.support import KernelWS, api, json_of
 
 from .conftest import Kubectl
@@ -104,6 +111,9 @@ GATEWAY_UNEXERCISED: dict[Grant, str] = {
     ("update", GROUP, "jupyterkernels", "finalizers"): "OwnerReferencesPermissionEnforcement",
     ("patch", GROUP, "jupyterkernelspecs", "status"): "a warm pool's status (spec.warmPool); "
                                                       "the scenario's kernelspecs have no pool",
+    ("get", "apps", "daemonsets", ""): "a pre-pull DaemonSet's create that finds it made already "
+                                      "(another replica, or its watch behind) reads it by name "
+                                      "to check it is ours (provisioner/prepull.py)",
 }
 CULL_UNEXERCISED: dict[Grant, str] = {
     ("get", GROUP, "jupyterkernels", ""): "re-reading a record after a conflicting write, to "
@@ -269,6 +279,50 @@ async def an_idle_gpu_kernel_is_suspended_for_a_waiter_and_resumed(
     pod = await kubectl.json("get", "-n", NAMESPACE, "pod", new_pod)
     assert SNAPSHOT_KEY not in json.dumps(pod["spec"]), pod["spec"]
     await shut_down(lab_url, lab_token, idle)
+
+
+async def prepull_follows_kernelspecs(cluster: LocalCluster, kubectl: Kubectl) -> None:
+    """The gateway pod creates, patches and deletes the pre-pull DaemonSets as kernelspecs
+    come and go (the admin's client only watches them)."""
+    async with kube_client(cluster.kubeconfig_path) as client:
+        informer = Informer(client, DAEMONSETS, NAMESPACE,
+                            label_selector=prepull.PREPULL_SELECTOR)
+        changed = asyncio.Event()
+        informer.add_listener(lambda *_: changed.set())
+        await informer.start()
+
+        def images() -> set[str]:
+            return {image for ds in informer.items() for image in ds["metadata"][
+                "annotations"][prepull.ANNOTATION_IMAGES].split(",")}
+
+        async def until(check: t.Callable[[set[str]], bool]) -> None:
+            async with asyncio.timeout(60):
+                while not check(images()):
+                    changed.clear()
+                    await changed.wait()
+
+        try:
+            await until(lambda i: "ghcr.io/elastic-kernels/kernel-python:0.1.0" in i)
+            await kubectl.apply_docs([derived_kernelspec(
+                "python-cpu", "prepull-new", image="registry.example/prepull-new:1")],
+                "-n", NAMESPACE)
+            await until(lambda i: "registry.example/prepull-new:1" in i)  # patched
+            elsewhere = {"apiVersion": R.API_VERSION, "kind": R.TEMPLATE_KIND,
+                         "metadata": {"name": "prepull-elsewhere"},
+                         "spec": {"pod": {"nodeSelector": {"example.com/pool": "other"}}}}
+            await kubectl.apply_docs([elsewhere, derived_kernelspec(
+                "python-cpu", "prepull-elsewhere", image="registry.example/elsewhere:1",
+                templateRef={"name": "prepull-elsewhere"})], "-n", NAMESPACE)
+            await until(lambda i: "registry.example/elsewhere:1" in i)  # created
+            await kubectl("delete", "-n", NAMESPACE, "jupyterkernelspec", "prepull-new",
+                          "prepull-elsewhere")
+            await kubectl("delete", "-n", NAMESPACE, "jupyterkerneltemplate",
+                          "prepull-elsewhere")
+            # Patched back, and the other placement's DaemonSet deleted.
+            await until(lambda i: not i & {"registry.example/prepull-new:1",
+                                           "registry.example/elsewhere:1"})
+        finally:
+            await informer.stop()
 
 
 async def users_secret_is_watched(url: str, kubectl: Kubectl, alice: str, bob: str) -> None:
@@ -480,6 +534,7 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
         assert failed.code >= 400 and "ErrImagePull" in json_of(failed).get("message", ""), \
             failed.body
         await users_secret_is_watched(url, kubectl, alice, bob)
+        await prepull_follows_kernelspecs(cluster, kubectl)
         logs.append(await pods.logs(notebook["metadata"]["name"]))
         await pods.delete(notebook["metadata"]["name"])
 

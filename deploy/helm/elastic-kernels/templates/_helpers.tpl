@@ -36,7 +36,9 @@ names .Values.gateway.usersSecret instead, and is left out when that is "".
 {{- $usersSecret := .root.Values.gateway.usersSecret -}}
 {{- $rules := list -}}
 {{- range $role.rules -}}
-{{- if has "elastic-kernels-users" (default (list) .resourceNames) -}}
+{{- if and (has "apps" (default (list) .apiGroups)) (has "daemonsets" (default (list) .resources)) (not $.root.Values.prepull.enabled) -}}
+{{- /* image pre-pulling off: no DaemonSet rule */ -}}
+{{- else if has "elastic-kernels-users" (default (list) .resourceNames) -}}
 {{- if $usersSecret -}}
 {{- $rules = append $rules (merge (dict "resourceNames" (list $usersSecret)) (omit . "resourceNames")) -}}
 {{- end -}}
