@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ..kube.client import EVENTS, JSON
+from ..kube.client import EVENTS, JSON, KubeError
 from ..kube.connection import ClusterConnection
+from ..kube.informer import Informer
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,31 @@ def pull_message(event: JSON) -> str:
     return f"{message} on node {node}" if node else message
 
 
+_checked: weakref.WeakSet[Informer] = weakref.WeakSet()
+_tasks: set[asyncio.Future[None]] = set()
+
+
+async def _report_sync_failure(events: Informer) -> None:
+    """Say once why starts show no pulls (e.g. a Role without list/watch on events); starts
+    go on regardless, and the watch keeps trying."""
+    try:
+        await events.wait_synced(None)
+    except KubeError as e:
+        log.warning("Starts will not show image pulls: cannot watch Pulling events: %s", e)
+
+
 @contextlib.asynccontextmanager
 async def follow_pulls(connection: ClusterConnection, namespace: str, pod_name: str,
                        report: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
     """While the body runs, ``report`` each new Pulling message about ``pod_name``."""
-    events = await connection.informer(EVENTS, namespace, field_selector=PULLING_EVENTS)
+    # Not waiting for the first list: a start never waits for its progress reports. A pull
+    # that began meanwhile arrives with the list (the informer delivers it as an event).
+    events = await connection.informer(EVENTS, namespace, field_selector=PULLING_EVENTS,
+                                       wait=False)
+    if not events.synced and events not in _checked:
+        _checked.add(events)
+        _tasks.add(task := asyncio.ensure_future(_report_sync_failure(events)))
+        task.add_done_callback(_tasks.discard)
     pending: asyncio.Queue[str | None] = asyncio.Queue()
 
     def about_pod(event: JSON) -> bool:
