@@ -29,6 +29,7 @@ BENCHMARKS: list[tuple[str, str, list[str], int]] = [
     ("day", "bench.bench_day", [], 300),
     ("warmpool", "bench.bench_warmpool", [], 600),
     ("resume", "bench.bench_resume", [], 2400),
+    ("browser", "bench.bench_browser", [], 900),
 ]
 #: Benchmarks that print their figures instead of writing results JSON (the report quotes them).
 TEXT_ONLY = {"apiserver"}

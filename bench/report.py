@@ -16,7 +16,7 @@ from . import common as C
 REPORT = C.BENCH / "REPORT.md"
 CHART = C.BENCH / "REPORT.png"
 NAMES = ("start", "roundtrip", "apiload", "scale", "scale-post", "eg", "slowreader", "day",
-         "warmpool", "resume")
+         "warmpool", "resume", "browser")
 #: The day simulation's own chart (users per GPU, waits, utilization per policy).
 DAY_CHART = C.BENCH / "REPORT-day.png"
 
@@ -201,6 +201,13 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{pool['ratio_p50']:.2f}x ({C.ms(pool['warm']['p50'])} vs "
                      f"{C.ms(pool['cold']['p50'])})", "≤ 0.3x",
                      _met(pool["ratio_p50"] <= 0.3)))
+    browser = r.get("browser")
+    if browser and browser.get("ratio_p50") is not None:
+        rows.append(("In Chromium, kernel selection → output: JupyterLab on a warm pool / a "
+                     "plain local JupyterLab, p50 (bench_browser)",
+                     f"{browser['ratio_p50']:.2f}x ({C.ms(browser['elastic']['p50'])} vs "
+                     f"{C.ms(browser['local']['p50'])})", "≤ 0.6x",
+                     _met(browser["ratio_p50"] <= 0.6)))
     return rows
 
 
@@ -293,7 +300,8 @@ def _lines(name: str, result: dict[str, Any]) -> list[str]:
     module = {"start": "bench_start", "roundtrip": "bench_roundtrip", "apiload": "bench_apiload",
               "scale": "bench_scale", "scale-post": "bench_scale", "eg": "bench_eg",
               "slowreader": "bench_slowreader", "day": "bench_day",
-              "warmpool": "bench_warmpool", "resume": "bench_resume"}[name]
+              "warmpool": "bench_warmpool", "resume": "bench_resume",
+              "browser": "bench_browser"}[name]
     try:
         lines: list[str] = importlib.import_module(f"bench.{module}").report(result)
         return lines
@@ -356,7 +364,9 @@ def write(results: Path = C.RESULTS, report: Path = REPORT, chart_path: Path = C
               "warmpool": "9. Warm pools: a claimed pool pod vs a cold start "
                           "(`bench.bench_warmpool`)",
               "resume": "10. Resuming a suspended kernel, by namespace size "
-                        "(`bench.bench_resume`)"}
+                        "(`bench.bench_resume`)",
+              "browser": "11. In a real browser: kernel selection → output, warm pool vs a "
+                         "plain local JupyterLab (`bench.bench_browser`)"}
     for name in NAMES:
         if name not in r:
             continue
@@ -391,7 +401,7 @@ NOTES = """## How to read and rerun this
   `.venv/bin/python -m bench.bench_start [--quick]`, `bench.bench_roundtrip`,
   `bench.bench_apiload`, `bench.bench_scale`, `bench.bench_eg`, `bench.bench_slowreader`,
   `bench.bench_day` (a simulated day on a virtual clock), `bench.bench_warmpool`,
-  `bench.bench_resume`; `--help` lists the knobs.
+  `bench.bench_resume`, `bench.bench_browser` (Debian's Chromium); `--help` lists the knobs.
   Raw figures are in `bench/results/*.json` (not committed).
 - Everything runs on loopback: the local cluster in the benchmark process, each server under
   test (our gateway, the notebook server, Enterprise Gateway) as its own process.
