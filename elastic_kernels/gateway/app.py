@@ -18,6 +18,7 @@ exactly as in jupyter_server:
 ``GET /api/elastic/status``            gateway id, version, kernel and connection counts
 ``GET /api/elastic/kernels[/stream]``  each user's kernels' status, once or live (SSE)
 ``POST /api/elastic/kernels/{id}/keepalive``  activity on a kernel (statusstream.py)
+``GET /api/elastic/kernels/{id}/diagnostics``  pod events, launcher log (diagnostics.py)
 ``GET /elastic/``                      the admin page (adminpage.py)
 ``GET /metrics``                       Prometheus text: kernels, websocket connections, ...
 =====================================  ===========================================================

@@ -10,6 +10,8 @@ auth, as for its kernel API):
     by chunk as they arrive (nothing buffered, nothing polled).
 ``POST /elastic-kernels/api/kernels/{id}/keepalive``
     ``POST /api/elastic/kernels/{id}/keepalive`` of the gateway.
+``GET /elastic-kernels/api/kernels/{id}/diagnostics``
+    ``GET /api/elastic/kernels/{id}/diagnostics`` of the gateway (pod events, launcher log).
 
 Each request goes to the gateway with this server's own gateway credentials
 (``GatewayClient``'s auth token and headers, through its ``load_connection_args``), and with
@@ -96,6 +98,15 @@ class KeepaliveProxyHandler(_ProxyBase):
         await self.relay_once(f"/api/elastic/kernels/{kernel_id}/keepalive", "POST")
 
 
+class DiagnosticsProxyHandler(_ProxyBase):
+    """``GET /elastic-kernels/api/kernels/{id}/diagnostics``."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        await self.relay_once(f"/api/elastic/kernels/{kernel_id}/diagnostics")
+
+
 class StreamProxyHandler(_ProxyBase):
     """``GET /elastic-kernels/api/stream``: the gateway's event stream, chunk by chunk."""
 
@@ -163,4 +174,6 @@ def status_proxy_handlers(base_url: str) -> list[tuple[str, type[web.RequestHand
         (url_path_join(base_url, "/elastic-kernels/api/stream"), StreamProxyHandler),
         (url_path_join(base_url, rf"/elastic-kernels/api/kernels/{_KERNEL_ID}/keepalive"),
          KeepaliveProxyHandler),
+        (url_path_join(base_url, rf"/elastic-kernels/api/kernels/{_KERNEL_ID}/diagnostics"),
+         DiagnosticsProxyHandler),
     ]

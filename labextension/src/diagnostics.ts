@@ -12,7 +12,7 @@ interface IEvent {
   count: number;
 }
 
-interface IDiagnostics {
+export interface IDiagnostics {
   kernel_id: string;
   events: IEvent[];
   logs: { pod: string; lines: string[]; error: string | null }[];
@@ -60,20 +60,38 @@ function render(found: IDiagnostics): Widget {
   return body;
 }
 
-/** The kernel's pod events and launcher log, from the gateway, in a dialog. */
-export async function showDiagnostics(
+/** The kernel's pod events and launcher log from the gateway, or why there are none. */
+export async function fetchDiagnostics(
   stream: StatusStream,
-  kernelId: string,
-  title: string
-): Promise<void> {
+  kernelId: string
+): Promise<IDiagnostics | string> {
   const response = await ServerConnection.makeRequest(
     stream.url('kernels', kernelId, 'diagnostics'),
     {},
     stream.settings
   );
   const data = await response.json();
-  const body = response.ok
-    ? render(data as IDiagnostics)
-    : new Widget({ node: element('p', data.message ?? `Error ${response.status}`) });
+  return response.ok
+    ? (data as IDiagnostics)
+    : String(data.message ?? `Error ${response.status}`);
+}
+
+/** The newest warning among a kernel's events: the likeliest reason its start failed. */
+export function lastWarning(found: IDiagnostics): string | null {
+  const warning = [...found.events].reverse().find(e => e.type === 'Warning');
+  return warning ? `${warning.reason}: ${warning.message}` : null;
+}
+
+/** The kernel's pod events and launcher log, fetched now, in a dialog. */
+export async function showDiagnostics(
+  stream: StatusStream,
+  kernelId: string,
+  title: string
+): Promise<void> {
+  const found = await fetchDiagnostics(stream, kernelId);
+  const body =
+    typeof found === 'string'
+      ? new Widget({ node: element('p', found) })
+      : render(found);
   await showDialog({ title, body, buttons: [Dialog.okButton({ label: 'Close' })] });
 }

@@ -57,7 +57,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
   requires: [INotebookTracker],
   optional: [IStatusBar, ISettingRegistry],
   activate: async (
-    _app: JupyterFrontEnd,
+    app: JupyterFrontEnd,
     tracker: INotebookTracker,
     statusBar: IStatusBar | null,
     settingRegistry: ISettingRegistry | null
@@ -83,7 +83,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
       return name;
     };
-    const warnings = new KernelWarnings(stream, nameOf);
+    const displayName = (kernelspec: string): string =>
+      app.serviceManager.kernelspecs.specs?.kernelspecs[kernelspec]?.display_name ??
+      kernelspec;
+    const warnings = new KernelWarnings(stream, nameOf, displayName);
     if (settingRegistry) {
       const settings = await settingRegistry.load(PLUGIN);
       const apply = (): void => {

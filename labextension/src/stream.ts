@@ -42,7 +42,13 @@ export interface IEnded {
 
 export type Change =
   | { kind: 'kernel'; model: IKernelModel }
-  | { kind: 'removed'; id: string; last: IKernelModel | undefined }
+  | {
+      kind: 'removed';
+      id: string;
+      last: IKernelModel | undefined;
+      lastPhase: string | null;
+      kernelspec: string | null;
+    }
   | { kind: 'ended'; ended: IEnded }
   | { kind: 'reset' };
 
@@ -130,10 +136,17 @@ export class StatusStream implements IDisposable {
       this._changed.emit({ kind: 'kernel', model });
     });
     source.addEventListener('removed', event => {
-      const { id } = JSON.parse((event as MessageEvent).data) as { id: string };
+      const data = JSON.parse((event as MessageEvent).data);
+      const id = data.id as string;
       const last = this.kernels.get(id);
       this.kernels.delete(id);
-      this._changed.emit({ kind: 'removed', id, last });
+      this._changed.emit({
+        kind: 'removed',
+        id,
+        last,
+        lastPhase: data.last_phase ?? last?.phase ?? null,
+        kernelspec: data.kernelspec ?? last?.kernelspec ?? null
+      });
     });
     source.addEventListener('overview', event => {
       const overview = JSON.parse((event as MessageEvent).data);

@@ -1,7 +1,7 @@
 import { Notification } from '@jupyterlab/apputils';
 import { ServerConnection } from '@jupyterlab/services';
 import { IEnded, IKernelModel, STARTING, StatusStream } from './stream';
-import { showDiagnostics } from './diagnostics';
+import { fetchDiagnostics, lastWarning, showDiagnostics } from './diagnostics';
 
 /** setTimeout's longest delay; a later deadline is re-armed by the next model anyway. */
 const MAX_DELAY = 2 ** 31 - 1;
@@ -46,7 +46,8 @@ function clock(at: number): string {
 export class KernelWarnings {
   constructor(
     private readonly stream: StatusStream,
-    private readonly nameOf: (kernelId: string) => string
+    private readonly nameOf: (kernelId: string) => string,
+    private readonly displayName: (kernelspec: string) => string
   ) {
     stream.changed.connect((_, change) => {
       switch (change.kind) {
@@ -63,8 +64,9 @@ export class KernelWarnings {
           break;
         case 'removed':
           this.clear(change.id);
-          if (change.last && STARTING.has(change.last.phase)) {
-            this.failed(change.last);
+          if (change.lastPhase && STARTING.has(change.lastPhase)) {
+            const spec = change.kernelspec ?? '';
+            void this.failed(change.id, change.last?.display_name ?? this.displayName(spec));
           }
           break;
         case 'ended':
@@ -77,6 +79,9 @@ export class KernelWarnings {
   /** Minutes of warning before a cull (the ``cullWarningMinutes`` setting); 0: none. */
   set leadMinutes(value: number) {
     this._lead = value * 60_000;
+    for (const id of [...this._pending.keys()]) {
+      this.clear(id); // re-armed below with the new lead time
+    }
     this.stream.kernels.forEach(model => this.arm(model));
   }
 
@@ -176,15 +181,22 @@ export class KernelWarnings {
     );
   }
 
-  private failed(last: IKernelModel): void {
-    const title = `Kernel "${last.display_name}" did not start`;
-    Notification.error(`${title}: ${last.state}.`, {
+  private async failed(id: string, displayName: string): Promise<void> {
+    const title = `Kernel "${displayName}" did not start`;
+    // The record is gone with the failure; its events say why (the status said "pulling
+    // image" until the pull failed).
+    const found = await fetchDiagnostics(this.stream, id).catch(() => null);
+    const why =
+      (found && typeof found !== 'string' && lastWarning(found)) ||
+      'it was removed while starting';
+    const short = why.length > 300 ? `${why.slice(0, 300)}…` : why;
+    Notification.error(`${title}: ${short}`, {
       autoClose: false,
       actions: [
         {
           label: 'Show details',
           caption: "The kernel pod's events and launcher log",
-          callback: () => void showDiagnostics(this.stream, last.id, title)
+          callback: () => void showDiagnostics(this.stream, id, title)
         }
       ]
     });

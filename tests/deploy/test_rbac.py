@@ -35,8 +35,9 @@ waiting start -- suspended: its variables saved, its pod gone, its record Suspen
 resumed by a websocket connect through the notebook server, its variables back; a start that
 fails (its image cannot be pulled); per-user tokens from the users Secret, watched by name;
 and a gateway restart -- its pod deleted and a new one made from the same template -- after
-which a kernel started before is still running and usable through the new pod. Then the cull
-job pod deletes an orphaned kernel and its snapshot.
+which a kernel started before is still running and usable through the new pod, and shows its
+events and pod log to its owner. Then the cull job pod deletes an orphaned kernel and its
+snapshot.
 
 While it serves, the gateway pod keeps the image pre-pull DaemonSets: made at its start from
 the installed kernelspecs, patched when a kernelspec with a new image comes and goes, created
@@ -432,6 +433,14 @@ async def a_kernel_outlives_its_gateway_pod(pods: Pods, docs: list[JSON], old: J
     model = await api(new_url, "GET", f"/api/kernels/{kernel_id}", token=token)
     assert model.code == 200, model.body
     assert (await execute(new_url, token, kernel_id, "print(survivor)")).strip() == "42"
+    # Its events (list events) and its pod's log (get pods/log), as its owner asks for them
+    # when a start fails (the JupyterLab extension's "Show details").
+    found = await api(new_url, "GET", f"/api/elastic/kernels/{kernel_id}/diagnostics",
+                      token=token)
+    assert found.code == 200, found.body
+    (log,) = json_of(found)["logs"]
+    assert log["error"] is None and log["lines"], log
+    assert any(e["reason"] == "Scheduled" for e in json_of(found)["events"]), found.body
     await shut_down(new_url, token, kernel_id)
     return new["metadata"]["name"], new_url
 

@@ -3,7 +3,8 @@
 Modules:
     ``handlers`` (the HTTP and websocket API), ``auth`` (tokens to users and admins),
     ``hubauth`` (users from JupyterHub API tokens), ``statusstream`` (each user's kernel status,
-    live), ``adminpage`` (``/elastic/``, for admins),
+    live), ``diagnostics`` (a kernel's pod events and launcher log, for its owner),
+    ``adminpage`` (``/elastic/``, for admins),
     ``ownership`` (whose kernel it is, per-user limits), ``errors`` (JSON errors),
     ``bodylimit`` and ``httplimits`` (oversized, slow and idle clients), ``metrics``
     (``/metrics``).

@@ -6,12 +6,17 @@ Endpoints (relative to the gateway's base URL; token or JupyterHub auth as every
     One-shot JSON: ``{"user", "admin", "kernels": [...], "overview": {...}}``.
 ``GET /api/elastic/kernels/stream``
     The same as server-sent events (``text/event-stream``): one ``snapshot`` event, then
-    ``kernel`` (a kernel's whole model, new or changed), ``removed`` (``{"id", "ended"}``:
-    why it went away, when known) and ``overview`` events, with a comment line every
+    ``kernel`` (a kernel's whole model, new or changed), ``removed`` (``{"id", "ended",
+    "last_phase", "kernelspec"}``: why it went away, when known; a ``last_phase`` of Pending or
+    Starting means its start failed, told even when none of its changes was) and ``overview``
+    events, with a comment line every
     :attr:`KernelStatusHub.heartbeat` seconds so proxies keep the connection open.
 ``POST /api/elastic/kernels/{id}/keepalive``
     Counts as activity on the kernel, as a message from it would (jupyter_server's
     ``last_activity``), so its idle deadline moves; the kernel's model comes back.
+``GET /api/elastic/kernels/{id}/diagnostics``
+    The kernel's pod events and launcher log lines (:mod:`.diagnostics`), also for a kernel
+    whose failed start removed it: the hub remembers whose deleted kernels were (:meth:`gone`).
 
 Everyone sees only their own kernels (ownership as in :mod:`.ownership`: someone else's kernel
 does not exist, 404 for keepalive); admins see all, and the overview's GPU queue shows others'
@@ -324,6 +329,8 @@ class KernelStatusHub:
         self._dirty: set[str] = set()
         self._all_dirty = False
         self._endings: dict[str, JSON] = {}
+        self._gone: dict[str, JSON] = {}
+        self._culling: dict[str, JSON] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._overview: JSON | None = None
         self._started: asyncio.Future[bool] | None = None
@@ -377,7 +384,11 @@ class KernelStatusHub:
             return
         now = datetime.now(timezone.utc)
         if event_type == "DELETED":
-            why = ended(obj, now)
+            self._remember_gone(kernel_id, obj)
+            # The culler writes its reason first; the shutdown that follows overwrites it
+            # ("ShutdownRequested") before the record goes, so the reason seen then counts.
+            why = ended(obj, now) or self._culling.pop(kernel_id, None)
+            self._culling.pop(kernel_id, None)
             if why is not None:
                 self._endings[kernel_id] = why
                 self.culls.appendleft(why)
@@ -388,7 +399,36 @@ class KernelStatusHub:
             why = ended(obj, now)
             if why is not None:
                 self.culls.appendleft(why)
+        elif kernel_id not in self._culling and \
+                (obj.get("status") or {}).get("reason") in CULL_REASONS:
+            culling = ended(obj, now)
+            if culling is not None:
+                self._culling[kernel_id] = culling
+                while len(self._culling) > 1000:
+                    self._culling.pop(next(iter(self._culling)))
         self.touch(kernel_id)
+
+    def _remember_gone(self, kernel_id: str, obj: JSON) -> None:
+        status = obj.get("status") or {}
+        restarts = int(status.get("restartCount") or 0)
+        pod = str(status.get("podName") or R.kernel_pod_name(kernel_id, restarts))
+        spec = obj.get("spec") or {}
+        self._gone[kernel_id] = {
+            "user": str(spec.get("user") or ""),
+            "kernelspec": str(spec.get("kernelSpec") or ""),
+            "phase": str(status.get("phase") or R.PHASE_PENDING),
+            "namespace": str((obj.get("metadata") or {}).get("namespace") or ""),
+            "pods": [pod]}
+        while len(self._gone) > 1000:
+            self._gone.pop(next(iter(self._gone)))
+
+    def gone(self, kernel_id: str) -> JSON | None:
+        """Whose a deleted kernel was, its namespace and pods (the last 1000 deleted)."""
+        return self._gone.get(kernel_id)
+
+    def pod(self, name: str) -> JSON | None:
+        """A kernel pod from the shared pod watch (None: no such pod now)."""
+        return self._pods.get(name) if self._pods is not None else None
 
     def _pod_changed(self, event_type: str, obj: JSON, old: JSON | None) -> None:
         labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -535,14 +575,19 @@ class KernelStatusHub:
         for kernel_id in sorted(dirty):
             model = self._model(kernel_id, specs)
             before = self._sent.get(kernel_id)
+            last = self._gone.get(kernel_id)
+            if model is None and before is None and last is not None and \
+                    last["phase"] in _STARTING and not last.get("told"):
+                # A start that failed before any of its changes was sent: still worth telling.
+                last["told"] = True
+                self._send("removed", self._removed(kernel_id, last["user"]), last["user"])
+                continue
             if model == before:
                 continue
             if model is None:
                 assert before is not None
                 del self._sent[kernel_id]
-                gone = {"id": kernel_id, "user": before["user"],
-                        "ended": self._endings.get(kernel_id)}
-                self._send("removed", gone, before["user"])
+                self._send("removed", self._removed(kernel_id, before["user"]), before["user"])
             else:
                 self._sent[kernel_id] = model
                 self._send("kernel", model, model["user"])
@@ -551,6 +596,13 @@ class KernelStatusHub:
             self._overview = overview
             for sub in list(self.subscribers):
                 sub.push("overview", self._overview_for(sub.admin, sub.user, overview))
+
+    def _removed(self, kernel_id: str, user: str) -> JSON:
+        """A ``removed`` event: why the kernel went (a cull), and the phase and kernelspec its
+        record had last (Pending or Starting: its start failed or was abandoned)."""
+        last = self._gone.get(kernel_id) or {}
+        return {"id": kernel_id, "user": user, "ended": self._endings.get(kernel_id),
+                "last_phase": last.get("phase"), "kernelspec": last.get("kernelspec")}
 
     def _send(self, name: str, data: JSON, owner: str | None) -> None:
         for sub in list(self.subscribers):
@@ -702,8 +754,12 @@ class KeepaliveHandler(_StatusBase):
 
 
 def status_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
+    # Deferred: diagnostics builds on this module's handler base.
+    from elastic_kernels.gateway.web.diagnostics import KernelDiagnosticsHandler
+
     return [
         (r"/api/elastic/kernels", KernelStatusHandler),
         (r"/api/elastic/kernels/stream", KernelStatusStreamHandler),
         (rf"/api/elastic/kernels/{kernel_id_regex}/keepalive", KeepaliveHandler),
+        (rf"/api/elastic/kernels/{kernel_id_regex}/diagnostics", KernelDiagnosticsHandler),
     ]
