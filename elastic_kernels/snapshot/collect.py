@@ -398,12 +398,48 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
+class _ViewReader:
+    """A read-only file over a buffer, without copying it (``io.BytesIO`` copies what it is
+    given: a GB blob would be held twice). The unpickler reads a big ``bytes`` with one
+    ``readinto`` straight into the new object, and the rest frame by frame with ``read``."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        size = len(self._view)
+        end = size if n is None or n < 0 else min(size, self._pos + n)
+        out = bytes(self._view[self._pos:end])
+        self._pos = end
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        n = min(target.nbytes, len(self._view) - self._pos)
+        target[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def readline(self) -> bytes:
+        start = end = self._pos
+        while end < len(self._view):
+            piece = bytes(self._view[end:end + 4096])
+            found = piece.find(b"\n")
+            if found >= 0:
+                end += found + 1
+                break
+            end += len(piece)
+        self._pos = end
+        return bytes(self._view[start:end])
+
+
 class _Unpickler(pickle.Unpickler):
     """Resolves the persistent ids of ``_Pickler`` in the restoring kernel."""
 
     def __init__(self, data: bytes | memoryview, namespace: Mapping[str, Any],
                  global_ns: dict[str, Any], notes: list[str]) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(_ViewReader(data))
         self._namespace = namespace
         self._global_ns = global_ns
         self._notes = notes

@@ -304,10 +304,10 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
         "pod only, at least 32 bytes). Empty: $ELASTIC_KERNELS_SNAPSHOT_KEY.",
     )
     snapshot_chunk_bytes = Integer(
-        4 * 1024 * 1024, config=True,
+        16 * 1024 * 1024, config=True,
         help="Bytes of a snapshot moved per request between the gateway and a kernel (cut to "
-        "fit max_kernel_message_bytes): the gateway holds about one piece per suspend or "
-        "resume in progress, whatever maxBytes allows.",
+        "fit max_kernel_message_bytes): the gateway holds about three pieces per suspend or "
+        "resume in progress, whatever maxBytes allows; smaller pieces cost more requests.",
     )
 
     offline_buffer_max_seconds = Float(
