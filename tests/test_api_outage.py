@@ -126,6 +126,12 @@ async def test_kernels_outlive_an_api_server_outage(
         busy += [((kind.group, kind.plural), kind_objects[0]["metadata"]["name"])
                  for kind in (R.KERNELSPECS, R.TEMPLATES)
                  for kind_objects in [cluster.store.list((kind.group, kind.plural), "default")[0]]]
+        # The shared watch of the kubelet's Pulling events (provisioner/pullprogress.py) too.
+        cluster.store.create(("", "events"), "default", {
+            "metadata": {"name": "outage-pull"}, "reason": "Pulling", "type": "Normal",
+            "message": 'Pulling image "x"', "source": {"component": "kubelet"},
+            "involvedObject": {"kind": "Pod", "namespace": "default", "name": "elsewhere"}})
+        busy.append((("", "events"), "outage-pull"))
         for n in range(WINDOW + 1):
             for key, name in busy:
                 cluster.store.patch(key, "default", name,

@@ -55,7 +55,7 @@ from .readiness import KernelNotReady, wait_kernel_info
 from .templatepolicy import check_template, default_forbidden_service_accounts
 from .render import RenderError, RenderRequest, connection_info, render_kernel, with_owner
 from . import pool
-from .pullprogress import REASON_PULLING, follow_pulls
+from .pullprogress import REASON_PULLING, follow_pulls, watch_pulls
 
 log = logging.getLogger(__name__)
 
@@ -848,6 +848,8 @@ async def start_kernel_watches(namespace: str | None = None) -> list[Informer]:
     """
     conn = ClusterConnection.instance()
     ns = namespace or conn.default_namespace
+    # Started, not waited for (and not returned): starts report pulls once it has listed.
+    await watch_pulls(conn, ns)
     return list(await asyncio.gather(
         conn.informer(R.KERNELSPECS, ns),
         conn.informer(R.TEMPLATES, ns),

@@ -54,18 +54,27 @@ async def _report_sync_failure(events: Informer) -> None:
         log.warning("Starts will not show image pulls: cannot watch Pulling events: %s", e)
 
 
-@contextlib.asynccontextmanager
-async def follow_pulls(connection: ClusterConnection, namespace: str, pod_name: str,
-                       report: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
-    """While the body runs, ``report`` each new Pulling message about ``pod_name``."""
-    # Not waiting for the first list: a start never waits for its progress reports. A pull
-    # that began meanwhile arrives with the list (the informer delivers it as an event).
+async def watch_pulls(connection: ClusterConnection, namespace: str) -> Informer:
+    """The namespace's shared watch of Pulling events, started if need be (a gateway starts it
+    with its other watches, so no start pays for its first list).
+
+    Not waited for: a start never waits for its progress reports, and a pull that began
+    meanwhile arrives with the first list (the informer delivers it as an event).
+    """
     events = await connection.informer(EVENTS, namespace, field_selector=PULLING_EVENTS,
                                        wait=False)
     if not events.synced and events not in _checked:
         _checked.add(events)
         _tasks.add(task := asyncio.ensure_future(_report_sync_failure(events)))
         task.add_done_callback(_tasks.discard)
+    return events
+
+
+@contextlib.asynccontextmanager
+async def follow_pulls(connection: ClusterConnection, namespace: str, pod_name: str,
+                       report: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
+    """While the body runs, ``report`` each new Pulling message about ``pod_name``."""
+    events = await watch_pulls(connection, namespace)
     pending: asyncio.Queue[str | None] = asyncio.Queue()
 
     def about_pod(event: JSON) -> bool:
