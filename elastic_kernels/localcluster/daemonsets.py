@@ -198,6 +198,8 @@ class DaemonSetController:
             index.clear()
             for obj in items:
                 index[str(_meta(obj).get("uid"))] = obj
+            if key == PODS:
+                self._expected.clear()  # the list shows every pod created so far
             self._wake.set()
 
         def on_event(etype: str, obj: JSON) -> None:
@@ -206,7 +208,7 @@ class DaemonSetController:
                 index.pop(uid, None)
             else:
                 index[uid] = obj
-            if key == PODS:
+            if key == PODS and etype == "ADDED":
                 self._seen_pod(obj)
             self._wake.set()
 
