@@ -751,6 +751,28 @@ def test_timestamps() -> None:
             parse_timestamp(bad)
 
 
+def test_a_version_of_a_spec_is_parsed_once() -> None:
+    from elastic_kernels.kube import resources as R
+
+    doc = example("python-gpu")
+    doc["metadata"].update(uid=str(uuid.uuid4()), resourceVersion="41")
+    first = KernelSpecView.from_object(doc)
+    assert KernelSpecView.from_object(copy.deepcopy(doc)) is first  # the same version: shared
+    changed = copy.deepcopy(doc)
+    changed["metadata"]["resourceVersion"] = "42"
+    changed["spec"]["displayName"] = "Renamed"
+    assert KernelSpecView.from_object(changed).display_name == "Renamed"  # a new version
+    R.set_gpu_flavors(R.gpu_flavors())  # what counts as a GPU was configured again
+    assert KernelSpecView.from_object(doc) is not first
+    # A broken version is reported every time it is read, never remembered as a view.
+    broken = copy.deepcopy(doc)
+    broken["metadata"]["resourceVersion"] = "43"
+    broken["spec"]["argv"] = []
+    for _ in range(2):
+        with pytest.raises(ResourceError, match="spec.argv"):
+            KernelSpecView.from_object(broken)
+
+
 def test_spec_view_errors_name_the_object_and_field() -> None:
     doc = example("python-gpu")
     doc["spec"]["culling"]["idleTimeout"] = "soon"

@@ -551,6 +551,11 @@ def _percentage(r: _Reader, path: str) -> float | None:
     return float(value)
 
 
+#: Parsed kernelspec versions, (uid, resourceVersion, GPU flavors) -> view, oldest first.
+_PARSED_SPECS: dict[tuple[str, str, int], KernelSpecView] = {}
+_PARSED_SPECS_MAX = 1024
+
+
 @dataclass(frozen=True)
 class KernelSpecView:
     """A checked JupyterKernelSpec. ``name`` is the Jupyter kernel name."""
@@ -580,7 +585,31 @@ class KernelSpecView:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> KernelSpecView:
-        """Parse a JupyterKernelSpec dict; raises ResourceError naming the bad field."""
+        """Parse a JupyterKernelSpec dict; raises ResourceError naming the bad field.
+
+        A version of an object from the API server (its uid and resourceVersion: any change
+        gives a new version) is parsed once and its view remembered: the status stream, the
+        culler, the warm pools and the kernelspec manager all read the same informer cache,
+        several times per kernel event, and parsing was a tenth of the gateway's CPU while
+        kernels started (py-spy). A view is immutable, so sharing it is safe; a broken object
+        is parsed (and reported) each time.
+        """
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        uid = meta.get("uid") if isinstance(meta, Mapping) else None
+        version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+        if not (isinstance(uid, str) and uid and isinstance(version, str) and version):
+            return cls._parse(obj)
+        key = (uid, version, _gpu_flavors_set)  # what a GPU is changes how resources parse
+        view = _PARSED_SPECS.get(key)
+        if view is None:
+            view = cls._parse(obj)
+            _PARSED_SPECS[key] = view
+            while len(_PARSED_SPECS) > _PARSED_SPECS_MAX:
+                _PARSED_SPECS.pop(next(iter(_PARSED_SPECS)))
+        return view
+
+    @classmethod
+    def _parse(cls, obj: Mapping[str, Any]) -> KernelSpecView:
         r = _Reader(obj, KERNELSPEC_KIND)
         if not DNS_SUBDOMAIN_RE.match(r.name) or len(r.name) > 253:
             r.fail("metadata.name", f"{r.name!r} is not a valid object name")
@@ -803,6 +832,8 @@ class GpuFlavors:
 
 
 _gpu_flavors = GpuFlavors()
+#: How many times the flavors were set (part of the parsed-kernelspec cache's key).
+_gpu_flavors_set = 0
 
 
 def gpu_flavors() -> GpuFlavors:
@@ -817,8 +848,9 @@ def set_gpu_flavors(flavors: GpuFlavors) -> None:
     the provisioner, the queue and the status stream must all agree on what a GPU is, and they
     are created by different parents (jupyter_client makes the provisioners).
     """
-    global _gpu_flavors
+    global _gpu_flavors, _gpu_flavors_set
     _gpu_flavors = flavors
+    _gpu_flavors_set += 1
 
 
 def gpu_request(resources: ResourceRequirements,
