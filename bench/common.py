@@ -331,7 +331,9 @@ async def gateway(cluster: Any, workdir: Path, *, extra_args: Iterable[str] = ()
     def argv(port: int) -> list[str]:
         return [sys.executable, "-m", "elastic_kernels", "gateway", f"--ip={HOST}",
                 f"--port={port}", f"--kubeconfig={cluster.kubeconfig_path}",
-                f"--ServerApp.root_dir={home / 'root'}", "--log-level=WARN", *extra]
+                f"--ServerApp.root_dir={home / 'root'}",
+                *([] if any(a.startswith("--log-level") for a in extra) else ["--log-level=WARN"]),
+                *extra]
 
     async with run_server(name, argv, env, token, home / "gateway.log") as server:
         yield server
