@@ -173,3 +173,25 @@ async def test_save_and_restore_in_many_pieces(
     # The kernel keeps nothing of the transfer once it is over.
     assert await value(second, "__import__('sys').modules['elastic_kernels_snapshot_kernel']"
                                "._TRANSFERS") == "{}"
+
+
+async def test_a_piece_over_the_message_bound_never_reaches_the_gateways_memory(
+        kernels: list[AsyncKernelManager], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transfer's sockets carry the gateway's message bound: a kernel that sends more than
+    asked (here: told to send 300 times the piece, as hostile code could) is cut off by libzmq
+    before the message is held, and the save ends with a reason instead of a snapshot."""
+    from elastic_kernels.gateway.lifecycle import suspension
+    monkeypatch.setattr(suspension, "REPLY_MARGIN_S", 1.0)
+    asked = kernelcall.send_request
+    monkeypatch.setattr(kernelcall, "send_request",
+                        lambda token, offset, length: asked(token, offset, length * 300))
+    store = snapshot.open_store(str(tmp_path / "store"))
+    snaps = Snapshots(store, KEY, chunk_bytes=4096, message_bytes=64 * 1024)
+    assert snaps.message_bytes == 64 * 1024
+    km = await new_kernel(kernels)
+    await run(km, "import os\nblob = os.urandom(2_000_000)")
+    with pytest.raises(snapshot.SnapshotTimeout):
+        await snaps.save(km, KERNEL_ID, "alice", SuspendLimits(max_bytes=4 << 20, timeout=2))
+    assert not await snaps.exists(KERNEL_ID)
+    assert [p.name for p in (tmp_path / "store").iterdir()] == [], "no temporary left"

@@ -45,6 +45,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
+import zmq.asyncio
+
 from elastic_kernels import snapshot
 from elastic_kernels.snapshot import collect, kernelcall
 
@@ -131,9 +134,17 @@ class _Channel:
     which must cost a second, not the save.
     """
 
-    def __init__(self, kernel_manager: t.Any) -> None:
-        self.client = kernel_manager.client()
-        self.client.start_channels()
+    def __init__(self, kernel_manager: t.Any, max_message_bytes: int = 0) -> None:
+        # Only shell and stdin: nothing is read from iopub, which would queue the kernel's
+        # output meanwhile. The sockets get their own context so that they can carry a message
+        # bound (libzmq applies it from before connect): what the kernel sends them, even from
+        # a user's thread, costs the gateway at most that per message.
+        self._context = zmq.asyncio.Context()
+        if max_message_bytes > 0:
+            self._context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.client = kernel_manager.client(context=self._context)
+        self.client.start_channels(shell=True, iopub=False, stdin=True, hb=False,
+                                   control=False)
         self._waiting: dict[str, asyncio.Future[dict[str, t.Any]]] = {}
         self._pieces: dict[str, asyncio.Future[t.Any]] = {}
         self._readers: list[asyncio.Task[None]] = []
@@ -214,6 +225,7 @@ class _Channel:
         self._waiting.clear()
         self._pieces.clear()
         self.client.stop_channels()
+        self._context.destroy(linger=0)
 
 
 class _Deadline:
@@ -248,6 +260,10 @@ class Snapshots:
         if message_bytes > 0:
             chunk = min(chunk, max(1024, (message_bytes - _REPLY_OVERHEAD) * 3 // 4))
         self.chunk_bytes = chunk
+        #: The bound on one message to the transfer's sockets: the gateway's, and at least
+        #: what a piece takes (base64, for a kernel that cannot send raw pieces).
+        self.message_bytes = max(message_bytes, chunk * 4 // 3 + _REPLY_OVERHEAD) \
+            if message_bytes > 0 else 0
 
     async def save(self, kernel_manager: t.Any, kernel_id: str, owner: str,
                    limits: SuspendLimits) -> SavedSnapshot:
@@ -255,7 +271,7 @@ class Snapshots:
         SnapshotError with the reason when there is no snapshot (the caller then culls as
         usual); nothing is left in the store then."""
         deadline = _Deadline(limits.timeout + REPLY_MARGIN_S)
-        channel = _Channel(kernel_manager)
+        channel = _Channel(kernel_manager, self.message_bytes)
         token = ""
         try:
             begun = kernelcall.read_save_begin_reply(
@@ -343,7 +359,7 @@ class Snapshots:
             stream = snapshot.RestoreStream(reader.read, key=self._key, kernel_id=kernel_id,
                                             owner=owner)
             await asyncio.to_thread(stream.open)  # a foreign header: refused before sending
-            channel = _Channel(kernel_manager)
+            channel = _Channel(kernel_manager, self.message_bytes)
             token = kernelcall.read_token_reply(await channel.call(
                 kernelcall.restore_begin_request(stream.size), deadline.left()))
             try:
