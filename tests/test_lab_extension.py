@@ -314,13 +314,17 @@ def test_keep_alive_postpones_the_cull(stack: Stack, page: Any) -> None:
     screenshot(page, "lab-cull-warning")
     before = quick_kernel(stack)["cull"]["idle_deadline"]
     warning.get_by_role("button", name="Keep alive").click()
-    expect(toast(page, f'Kernel "{QUICK_NAME}" kept alive.')).to_be_visible()
+    kept = toast(page, f'Kernel "{QUICK_NAME}" kept alive.')
+    expect(kept).to_be_visible()
     after = quick_kernel(stack)["cull"]["idle_deadline"]
     assert after > before, (before, after)
+    kept.get_by_role("button", name="Hide notification").click()
 
     # Left alone, it is culled at its (new) deadline, and the note says why.
-    note = toast(page, f'Kernel "{QUICK}"')
-    expect(note).to_contain_text(re.compile(r"shut down after \d+s idle"))
+    note = toast(page, "shut down after")
+    expect(note).to_contain_text(re.compile(f'Kernel "{QUICK_NAME}" of Untitled\\d*\\.ipynb: '
+                                            r"shut down after \d+s idle\."))
+    expect(note).not_to_have_class(re.compile("Toastify--animate"))  # in place, for the picture
     screenshot(page, "lab-culled")
     page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").first.click()
 

@@ -176,7 +176,8 @@ export class KernelWarnings {
   private ended(ended: IEnded): void {
     this.clear(ended.kernel_id);
     Notification.info(
-      `Kernel "${ended.kernelspec}" of ${this.nameOf(ended.kernel_id)}: ${ended.summary}.`,
+      `Kernel "${this.displayName(ended.kernelspec)}" of ${this.nameOf(ended.kernel_id)}: ` +
+        `${ended.summary}.`,
       { autoClose: false }
     );
   }

@@ -307,6 +307,8 @@ def test_notebook_command_line_is_understood_by_jupyter_server(base: list[JSON],
     assert app.config.GatewayClient.url == "http://elastic-kernels-gateway:8888"
     assert app.config.GatewayClient.request_timeout == 660
     assert app.root_dir == str(tmp_path)
+    # The status relay the JupyterLab extension reads.
+    assert app.jpserver_extensions == {"elastic_kernels.notebook": True}
 
 
 def test_network_policy_admits_only_gateways_to_kernel_ports(base: list[JSON]) -> None:

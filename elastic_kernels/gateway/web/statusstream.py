@@ -260,14 +260,18 @@ _ENDINGS = {
 }
 
 
-def ended(record: JSON, now: datetime) -> JSON | None:
-    """Why a record's kernel went away (or was suspended), when its last status says so."""
+def ended(record: JSON, now: datetime, last_activity: datetime | None = None) -> JSON | None:
+    """Why a record's kernel went away (or was suspended), when its last status says so.
+
+    ``last_activity``: the holding gateway's own, newer than the record's (mirrored at most
+    once a minute), so the idle time said is the one the culler saw."""
     status = record.get("status") or {}
     reason = str(status.get("reason") or "")
     if reason not in CULL_REASONS and reason != "Suspended":
         return None
     try:
-        facts = KernelFacts.from_object(record)
+        facts = KernelFacts.from_object(record) if last_activity is None else \
+            KernelFacts.from_view(R.KernelView.from_object(record), last_activity=last_activity)
     except ValueError:
         return None
     idle = facts.idle_seconds(now)
@@ -401,7 +405,8 @@ class KernelStatusHub:
                 self.culls.appendleft(why)
         elif kernel_id not in self._culling and \
                 (obj.get("status") or {}).get("reason") in CULL_REASONS:
-            culling = ended(obj, now)
+            live = self._live(kernel_id)
+            culling = ended(obj, now, live.last_activity if live is not None else None)
             if culling is not None:
                 self._culling[kernel_id] = culling
                 while len(self._culling) > 1000:
