@@ -195,3 +195,16 @@ async def test_a_piece_over_the_message_bound_never_reaches_the_gateways_memory(
         await snaps.save(km, KERNEL_ID, "alice", SuspendLimits(max_bytes=4 << 20, timeout=2))
     assert not await snaps.exists(KERNEL_ID)
     assert [p.name for p in (tmp_path / "store").iterdir()] == [], "no temporary left"
+
+
+async def test_a_store_that_cannot_be_written_is_a_reason_not_a_crash(
+        kernels: list[AsyncKernelManager], tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "store"
+    not_a_directory.write_text("a file where the store's directory should be")
+    snaps = Snapshots(snapshot.open_store(str(not_a_directory)), KEY)
+    km = await new_kernel(kernels)
+    await run(km, "x = 1")
+    with pytest.raises(snapshot.SnapshotError, match="cannot write the snapshot store"):
+        await snaps.save(km, KERNEL_ID, "alice", SuspendLimits(max_bytes=1 << 20, timeout=30))
+    with pytest.raises(snapshot.SnapshotError, match="cannot read the snapshot store"):
+        await snaps.restore(km, KERNEL_ID, "alice", timeout=30)

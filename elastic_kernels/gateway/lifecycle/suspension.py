@@ -314,6 +314,8 @@ class Snapshots:
             except BaseException:
                 await asyncio.shield(asyncio.to_thread(writer.abort))
                 raise
+        except OSError as e:  # the store: full, gone, not writable
+            raise snapshot.SnapshotError(f"cannot write the snapshot store: {e}") from None
         finally:
             if token:
                 await self._end(channel, token)
@@ -351,7 +353,10 @@ class Snapshots:
         SnapshotRefused for a snapshot that does not check (nothing is unpickled then),
         SnapshotError for any other failure."""
         deadline = _Deadline(timeout + REPLY_MARGIN_S)
-        reader = await asyncio.to_thread(self.store.open_read, kernel_id)
+        try:
+            reader = await asyncio.to_thread(self.store.open_read, kernel_id)
+        except OSError as e:
+            raise snapshot.SnapshotError(f"cannot read the snapshot store: {e}") from None
         if reader is None:
             raise snapshot.SnapshotError(f"no snapshot of kernel {kernel_id} is stored")
         channel: _Channel | None = None
@@ -387,6 +392,8 @@ class Snapshots:
             content = await channel.call(kernelcall.restore_commit_request(verified, token),
                                          deadline.left())
             return kernelcall.read_restore_reply(content)
+        except OSError as e:
+            raise snapshot.SnapshotError(f"cannot read the snapshot store: {e}") from None
         finally:
             await asyncio.to_thread(reader.close)
             if channel is not None:
