@@ -39,6 +39,9 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
                    help="apply the CRDs and the example kernelspecs this package ships "
                    "(Python on CPU and on GPU: the repository's kernelspecs/)")
     p.add_argument("--workdir", help="directory for pod files (default: a temporary one)")
+    p.add_argument("--image-pull-seconds", type=float, default=None, metavar="SECONDS",
+                   help="simulate image pulls: each node lacks every image until its first "
+                   "use there, which then takes SECONDS (default: every image is present)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -83,8 +86,8 @@ def _cluster(args: argparse.Namespace) -> int:
     """Check the arguments and read the manifests before anything starts."""
     from .kube.apply import ManifestError, load_manifests
 
-    for name in ("nodes", "gpus_per_node"):
-        if getattr(args, name) < 0:
+    for name in ("nodes", "gpus_per_node", "image_pull_seconds"):
+        if (getattr(args, name) or 0) < 0:
             print(f"elastic-kernels cluster: --{name.replace('_', '-')} must be >= 0",
                   file=sys.stderr)
             return 2
@@ -112,6 +115,7 @@ async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str,
     from .kube.client import KubeClient
     from .kube.config import load_cluster_config
     from .localcluster.cluster import LocalCluster
+    from .localcluster.images import ImagePolicy
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,6 +127,7 @@ async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str,
         memory_per_node=args.memory_per_node, port=args.port, workdir=args.workdir,
         kubeconfig_path=args.kubeconfig, namespace=args.namespace,
         node_configs=args.node_configs,
+        image_policy=ImagePolicy(pull_seconds=args.image_pull_seconds),
     )
     try:
         await cluster.start()

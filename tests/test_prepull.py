@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from elastic_kernels.cli import main as cli_main
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.web.statusstream import SpecFacts, kernel_status
 from elastic_kernels.kube import resources as R
@@ -129,6 +130,13 @@ def test_the_command_renders_from_files(capsys: pytest.CaptureFixture[str]) -> N
     assert set(by_images(docs)) == {f"extra/tool:2,{CPU_IMAGE}", f"extra/tool:2,{GPU_IMAGE}"}
     assert prepull_main(["--from", str(KERNELSPECS), "--name-prefix", "UPPER"]) == 2
     assert "name prefix 'UPPER'" in capsys.readouterr().err
+
+
+def test_the_local_cluster_command_checks_its_pull_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["cluster", "--kubeconfig", str(tmp_path / "kc"),
+                     "--image-pull-seconds", "-1"]) == 2
+    assert "--image-pull-seconds must be >= 0" in capsys.readouterr().err
 
 
 def test_the_status_stream_names_the_image_being_pulled() -> None:
