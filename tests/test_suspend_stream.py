@@ -128,7 +128,6 @@ async def test_a_namespace_larger_than_a_message_streams_and_a_changed_byte_is_r
     stdout, notice = await run_after_resume(gw, intact)
     assert stdout == "True ['suspend', 'resume']\n"
     assert "Resumed after suspension: restored 3 variables" in notice, notice
-    assert not (store / f"{intact}.eksnap").exists()
 
     # One byte in the middle of the payload: the signature fails only after every piece was
     # sent, and the kernel, which only buffered them, is told to drop them.
@@ -147,8 +146,6 @@ async def test_a_namespace_larger_than_a_message_streams_and_a_changed_byte_is_r
     finally:
         ws.close()
     assert probe["stdout"] == "[]\n"
-    model = json_of(await api(gw.url, "GET", f"/api/kernels/{tampered}"))
-    assert model["execution_state"] != "suspended"
 
 
 async def test_a_namespace_over_max_bytes_is_culled_with_that_reason(
