@@ -12,11 +12,13 @@ Modules
                     one-line report.
     ``format``      the GATEWAY side: :func:`~.format.seal` a payload into a versioned,
                     HMAC-SHA256-signed container; :func:`~.format.verify_and_load` checks
-                    signature, kernel id and owner before anything is unpickled.
+                    signature, kernel id and owner before anything is unpickled; the same
+                    piece by piece (:class:`~.format.SealStream`,
+                    :class:`~.format.RestoreStream`).
     ``store``       where containers live: a path, ``file://`` or fsspec URL, one object per
                     kernel id, atomic writes, traversal-safe keys.
-    ``kernelcall``  the ``execute_request`` contents that make a kernel save or restore, and
-                    the reading of their replies.
+    ``kernelcall``  the ``execute_request`` contents that make a kernel save or restore (in
+                    one message, or streamed in pieces), and the reading of their replies.
 
 Design: the kernel never holds the key, the gateway verifies before the kernel unpickles
     1. Save. The gateway sends an ``execute_request`` (silent, no history) whose
@@ -44,10 +46,11 @@ Design: the kernel never holds the key, the gateway verifies before the kernel u
     after the gateway's check, leaving a window to swap them. Passing the bytes through the
     gateway keeps the store's credentials and the key in the gateway and makes "verified" and
     "given to the kernel" the same bytes. The payload travels over ZeroMQ in bounded pieces
-    (``kernelcall``: reads of base64 pieces on save, binary buffers on restore), sealed and
-    verified as it streams (``format.SealStream``, ``format.RestoreStream``), so ``maxBytes``
-    is independent of the gateway's ``max_kernel_message_bytes`` and the gateway holds one
-    piece at a time, never the whole snapshot.
+    (``kernelcall``: on save, raw pieces the kernel sends on the stdin channel to the asking
+    connection, or base64 in replies for a kernel that cannot; on restore, binary buffers of
+    requests), sealed and verified as it streams (``format.SealStream``,
+    ``format.RestoreStream``), so ``maxBytes`` is independent of the gateway's
+    ``max_kernel_message_bytes`` and the gateway holds a few pieces, never the whole snapshot.
 
 The functions of the kernel side stay in their module (``collect.collect``,
 ``collect.restore``): this package's names are the gateway's.

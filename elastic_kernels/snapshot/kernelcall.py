@@ -27,8 +27,8 @@ base64, or through a ``path`` on a volume both mount) remain for small snapshots
 Either way the kernel only ever handles the unsigned payload: the gateway seals what it gets
 (``format.seal``, ``format.SealStream``) and gives the kernel only verified bytes.
 
-Usage with a jupyter_client ``AsyncKernelClient`` (the gateway will do the same over its own
-ZeroMQ channels)::
+The single-message forms with a jupyter_client ``AsyncKernelClient`` (the gateway streams
+instead: ``gateway/lifecycle/suspension.py``)::
 
     content = save_request(max_bytes=..., timeout=...)
     reply = await execute(client, content, timeout=timeout + 30)
