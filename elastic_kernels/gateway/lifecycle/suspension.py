@@ -15,18 +15,23 @@ manager's suspend (the culler's) and ``resume_kernel`` (``lifecycle/kernelmanage
 Configuration: ``snapshot_store``, the key file and ``snapshot_chunk_bytes`` on the kernel
 manager.
 
-Streaming, so that a snapshot of a GB costs the gateway a few MB
+Streaming, so that a snapshot of a GB costs the gateway a few pieces
     A save is a sequence of silent execute_requests (``snapshot.kernelcall``): the kernel
-    collects and keeps its payload, then the gateway reads it piece by piece (``chunk_bytes``,
-    cut so that a piece's base64 reply fits ``max_kernel_message_bytes``), seals each piece as
-    it comes (``format.SealStream``: HMAC and SHA-256 updated per piece) and appends it to a
+    collects and keeps its payload, then the gateway asks for it piece by piece
+    (``chunk_bytes``, two requests ahead) and the kernel sends each piece raw, as the binary
+    buffer of a message on the stdin channel, which routes to the asking connection only (as
+    ``input()``'s prompt does; a kernel that cannot returns base64 in the reply instead, a
+    piece then cut to fit ``max_kernel_message_bytes``). The gateway seals each piece as it
+    comes (``format.SealStream``: HMAC and SHA-256 updated per piece) and appends it to a
     temporary object of the store, renamed over the snapshot only when the whole payload
     arrived and matched the kernel's digest. A restore reads the container piece by piece
     (``format.RestoreStream``), refuses a foreign or malformed header before sending anything,
-    sends each piece as a request's binary buffer, and tells the kernel to unpickle only when
-    the tag checked over exactly those bytes. The decoding, hashing and file I/O of each piece
-    run in a thread; the event loop only moves messages. At most one piece (plus its base64
-    and its ZeroMQ message) is in the gateway's memory per transfer.
+    sends each piece as a request's binary buffer (one at a time, reading the next meanwhile),
+    and tells the kernel to unpickle only when the tag checked over exactly those bytes.
+    Hashing and file I/O run in a thread; the event loop only moves messages. The transfer's
+    client opens only shell and stdin, on a ZeroMQ context of its own whose sockets carry the
+    gateway's message bound. Why not a comm: a comm's messages from the kernel go out on
+    iopub, to every websocket of the kernel.
 
 Failures: anything that stops a save (``maxBytes``, ``timeout``, a kernel that dies or sends
 what it did not announce) raises SnapshotError with the reason, nothing is left in the store,
