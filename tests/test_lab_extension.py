@@ -1,7 +1,8 @@
-"""The JupyterLab extension in a browser (issue 17 items 1 and 5): the status bar shows a queued
-GPU kernel's place in the queue and then where it runs, a cull warning's "Keep alive" moves the
-kernel's idle deadline (and the note after the cull says why), and a start that fails (an image
-that cannot be pulled) shows the pod's events on demand.
+"""The JupyterLab extension in a browser (issue 17 items 1 and 5): while bob holds the only GPU,
+alice's GPU notebook shows its place in the queue in the status bar, then, once bob's idle kernel
+is reclaimed for her, where its kernel runs, and her cell runs; a cull warning's "Keep alive"
+moves the kernel's idle deadline (and the note after the cull says why); and a start that fails
+(an image that cannot be pulled) shows the pod's events on demand.
 
 One stack for the module, as a user runs it, each piece a process in its own session on free
 loopback ports with private Jupyter directories: the local cluster (one node, one simulated GPU),
@@ -39,6 +40,7 @@ from elastic_kernels.testing import free_port
 from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, unavailable
 from .conftest import derived_kernelspec
 from .gatewayproc import LEAKY_ENV, private_jupyter_dirs
+from .test_browser_demo import run_cell
 from .test_packaging import alive, descendants
 
 # signal, not the suite's thread method: a timeout must still run the finally that stops the
@@ -55,6 +57,7 @@ QUICK = "python-quick"
 QUICK_NAME = "Python, culled quickly"
 BROKEN = "broken-image"
 BROKEN_NAME = "Python, broken image"
+HOLDER = "python-gpu-holder"
 #: The kernelspec whose idle kernels are culled soon, and the warning's lead time (minutes).
 IDLE_TIMEOUT = "40s"
 WARNING_MINUTES = 0.5
@@ -66,6 +69,7 @@ class Stack:
     lab_token: str
     gateway: str      # the gateway's base URL
     logs: Path
+    kubeconfig: Path
 
     def log_tail(self) -> str:
         parts = []
@@ -133,7 +137,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     broken = derived_kernelspec("python-cpu", BROKEN, displayName=BROKEN_NAME,
                                 image="example.org/does-not-exist:1")
     extra = root / "kernelspecs.yaml"
-    extra.write_text(yaml.safe_dump_all([quick, broken]))
+    # Bob's GPU kernels: not reclaimed until the test lets them be (reclaimAfter, patched).
+    holder = derived_kernelspec("python-gpu", HOLDER, displayName="Python on GPU, bob's")
+    holder["spec"]["culling"] = {"reclaimAfter": "1h", "onCull": "Delete"}
+    extra.write_text(yaml.safe_dump_all([quick, broken, holder]))
     users = root / "users.yaml"
     users.write_text(json.dumps({"tokens": [{"user": "alice", "token": ALICE},
                                             {"user": "bob", "token": BOB}]}))
@@ -187,9 +194,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                   logs / "jupyterlab.log")
         for proc in procs:
             started |= descendants(proc.pid)
-        yield Stack(lab_url, lab_token, gateway_url, logs)
+        yield Stack(lab_url, lab_token, gateway_url, logs, kubeconfig)
         if os.environ.get("LAB_EXTENSION_LOGS"):  # for debugging a failure of this module
-            print(Stack(lab_url, lab_token, gateway_url, logs).log_tail())
+            print(Stack(lab_url, lab_token, gateway_url, logs, kubeconfig).log_tail())
     finally:
         for proc in procs:
             started |= descendants(proc.pid)
@@ -272,25 +279,34 @@ def toast(page: Any, text: str) -> Any:
                         has_text=text).first
 
 
+@pytest.mark.kubectl
 def test_status_bar_shows_the_queue_then_the_gpu(stack: Stack, page: Any) -> None:
     from playwright.sync_api import expect
 
-    code, held = gateway_api(stack, "POST", "/api/kernels", BOB, {"name": "python-gpu"})
+    code, held = gateway_api(stack, "POST", "/api/kernels", BOB, {"name": HOLDER})
     assert code == 201, held  # bob holds the one GPU
     try:
         notebook = new_notebook(page, "Python on GPU")
         item = status_item(page)
         expect(item).to_have_text("Python on GPU: waiting for 1 nvidia.com/gpu: 1st in queue")
         screenshot(page, "lab-queued")
-        code, _ = gateway_api(stack, "DELETE", f"/api/kernels/{held['id']}", BOB)
-        assert code == 204
+        # Bob's idle kernel may now be reclaimed for a waiting user: alice is one.
+        kubectl = Path(sys.executable).parent / "kubectl"
+        subprocess.run([str(kubectl), f"--kubeconfig={stack.kubeconfig}", "patch",
+                        "jupyterkernelspec", HOLDER, "--type=merge",
+                        "-p", '{"spec": {"culling": {"reclaimAfter": "1s"}}}'],
+                       check=True, capture_output=True, timeout=60)
+        # The GPU is alice's now: the item says which node it is on, and her cell runs.
+        expect(item).to_have_text("1 × nvidia.com/gpu on local-node-0")
     finally:
         gateway_api(stack, "DELETE", f"/api/kernels/{held['id']}", BOB)
-    # The GPU is alice's now: the item says which node it is on.
-    expect(item).to_have_text("1 × nvidia.com/gpu on local-node-0")
     expect(page.locator(".jp-StatusBar-TextItem", has_text="Python on GPU | Idle")
            ).to_be_visible()
-    assert notebook.count() == 1
+    run_cell(expect, page, notebook, 0, "print(6 * 7)")
+    expect(notebook.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")
+           ).to_have_text("42")
+    code, gone = gateway_api(stack, "GET", f"/api/kernels/{held['id']}", BOB)
+    assert code == 404 and gone["reason"] == "ReclaimedForWaitingKernel", gone
     screenshot(page, "lab-running")
     kernels = gateway_api(stack, "GET", "/api/elastic/kernels", ALICE)[1]["kernels"]
     (mine,) = [k for k in kernels if k["kernelspec"] == "python-gpu"]
