@@ -308,6 +308,14 @@ def test_status_bar_shows_the_queue_then_the_gpu(stack: Stack, page: Any) -> Non
     code, gone = gateway_api(stack, "GET", f"/api/kernels/{held['id']}", BOB)
     assert code == 404 and gone["reason"] == "ReclaimedForWaitingKernel", gone
     screenshot(page, "lab-running")
+
+    # A click on the item: the kernel's events and its launcher's log, on demand.
+    item.click()
+    details = page.locator(".jp-Dialog .ek-Diagnostics")
+    expect(details.locator("h3")).to_contain_text("Launcher log of kernel-")
+    expect(details.locator(".ek-Diagnostics-log")).not_to_be_empty()
+    expect(details.locator("tbody tr", has_text="Scheduled").first).to_be_visible()
+    page.locator(".jp-Dialog").get_by_role("button", name="Close").click()
     kernels = gateway_api(stack, "GET", "/api/elastic/kernels", ALICE)[1]["kernels"]
     (mine,) = [k for k in kernels if k["kernelspec"] == "python-gpu"]
     assert gateway_api(stack, "DELETE", f"/api/kernels/{mine['id']}", ALICE)[0] == 204

@@ -7,6 +7,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Signal } from '@lumino/signaling';
+import { showDiagnostics } from './diagnostics';
 import { KernelStatusItem } from './statusitem';
 import { IKernelModel, STARTING, StatusStream } from './stream';
 import { KernelWarnings } from './warnings';
@@ -98,11 +99,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (!statusBar) {
       return;
     }
-    const item = new KernelStatusItem();
+    const item = new KernelStatusItem(
+      model => void showDiagnostics(stream, model.id, `Kernel "${model.display_name}"`)
+    );
     const activeChanged = new Signal<unknown, void>(stream);
     const refresh = (): void => {
       const panel = tracker.currentWidget;
-      item.show_(panel ? kernelOf(panel, stream, tracker) : undefined);
+      item.setModel(panel ? kernelOf(panel, stream, tracker) : undefined);
       activeChanged.emit();
     };
     stream.changed.connect(refresh);

@@ -32,15 +32,21 @@ function tooltip(model: IKernelModel): string {
   return lines.join('\n');
 }
 
-/** The status-bar item for the active notebook's kernel. */
+/** The status-bar item for the active notebook's kernel; a click shows its events and log. */
 export class KernelStatusItem extends Widget {
-  constructor() {
+  constructor(private readonly details: (model: IKernelModel) => void) {
     super({ node: document.createElement('span') });
     this.addClass('ek-KernelStatus');
     this.addClass('jp-StatusBar-TextItem');
+    this.node.addEventListener('click', () => {
+      if (this._model) {
+        this.details(this._model);
+      }
+    });
   }
 
-  show_(model: IKernelModel | undefined): void {
+  setModel(model: IKernelModel | undefined): void {
+    this._model = model;
     if (model === undefined) {
       this.node.textContent = '';
       this.node.title = '';
@@ -48,7 +54,9 @@ export class KernelStatusItem extends Widget {
       return;
     }
     this.node.textContent = describe(model);
-    this.node.title = tooltip(model);
+    this.node.title = `${tooltip(model)}\nClick for its events and launcher log.`;
     this.node.dataset.phase = model.phase;
   }
+
+  private _model: IKernelModel | undefined;
 }
