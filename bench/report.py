@@ -191,9 +191,18 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((f"Users per GPU at p95 wait ≤ 2 min, simulated day on "
                      f"{day['config']['gpus']} GPUs (bench_day)",
                      f"elastic with Suspend {u['elastic']:.2f} vs static {u['static']:.2f} "
-                     f"({x:.2f}x), states lost {day['elastic_suspend']['states_lost']}",
+                     f"({x:.2f}x), states lost {day['elastic_suspend']['states_lost']}; "
+                     f"reclaimAfter {day['config']['settings']['reclaim_after']}, idleTimeout "
+                     f"{day['config']['settings']['idle_timeout']}, cullConnected, onCull "
+                     "Suspend",
                      "≥ 3x, 0 lost",
                      _met(x >= 3 and day["elastic_suspend"]["states_lost"] == 0)))
+    for name, figures in (day or {}).items():
+        if isinstance(figures, dict) and "gpu_seconds_held" in figures:
+            held, used = figures["gpu_seconds_held"] / 3600, figures["gpu_seconds_used"] / 3600
+            rows.append((f"GPU-hours held vs used (GPU busy), simulated day, {name} (bench_day)",
+                         f"held {held:.1f} h, used {used:.1f} h ({figures['gpu_utilization']:.1%}"
+                         f"); states lost {figures['states_lost']}", "—", "—"))
     pool = r.get("warmpool")
     if pool and pool.get("ratio_p50") is not None:
         rows.append(("Start from a warm pool / cold start of the same kernelspec, p50 "
