@@ -32,7 +32,8 @@ from elastic_kernels.testing import free_port
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, unavailable
 from .gatewayproc import LEAKY_ENV, private_jupyter_dirs
-from .test_packaging import alive, descendants
+from .processtree import kill_leftovers, stop_group
+from .test_packaging import descendants
 
 # signal, not the suite's thread method: a timeout must still run the finally that stops the
 # demo (its processes are in their own sessions and would outlive a killed pytest).
@@ -121,21 +122,8 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     finally:
         if proc.poll() is None:
             started |= descendants(proc.pid)
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in started) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        leftover = [p for p in started if alive(p)]
-        for pid, _ in leftover:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(proc, signal.SIGINT)
+        leftover = kill_leftovers(started)
     assert not leftover, f"processes outlived the demo: {leftover}"
 
 

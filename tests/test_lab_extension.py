@@ -41,7 +41,8 @@ from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, unavailable
 from .conftest import derived_kernelspec
 from .gatewayproc import LEAKY_ENV, private_jupyter_dirs
 from .test_browser_demo import run_cell
-from .test_packaging import alive, descendants
+from .processtree import kill_leftovers, stop_group
+from .test_packaging import descendants
 
 # signal, not the suite's thread method: a timeout must still run the finally that stops the
 # stack's processes (each in its own session, they would outlive a killed pytest).
@@ -201,22 +202,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for proc in procs:
             started |= descendants(proc.pid)
         for proc in reversed(procs):  # JupyterLab, the gateway, then the cluster
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in started) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        leftover = [p for p in started if alive(p)]
-        for pid, _ in leftover:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(proc, signal.SIGTERM)
+        leftover = kill_leftovers(started)
     assert not leftover, f"processes outlived the test: {leftover}"
 
 

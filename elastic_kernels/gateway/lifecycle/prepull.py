@@ -125,16 +125,8 @@ class ImagePrepuller(LoggingConfigurable):
     def follow_leadership(self, board: Any) -> None:
         """Look again when this replica becomes the queue board's leader."""
         leader = getattr(board, "leader", None)
-        if leader is None:
-            return
-        before = getattr(leader, "on_lead", None)
-
-        def on_lead() -> None:
-            if before is not None:
-                before()
-            self.changed()
-
-        leader.on_lead = on_lead
+        if leader is not None:
+            leader.also_on_lead(self.changed)
 
     def changed(self) -> None:
         if self._stopped or self._specs is None:

@@ -66,6 +66,9 @@ class QueueLeader:
         self.identity = identity
         self.duration = duration
         self.on_lead = on_lead
+        #: Called too when this replica becomes the leader: leader-only writers elsewhere (warm
+        #: pools, image pre-pulling) look again then.
+        self._also_on_lead: list[Callable[[], None]] = []
         self._renewed_at: float | None = None  # loop time of our last successful write
         self._seen: tuple[Any, ...] | None = None  # the foreign Lease as last read
         self._seen_at = 0.0  # loop time it last changed
@@ -102,6 +105,12 @@ class QueueLeader:
         if self.leading and not was:
             log.info("GPU queue: this replica (%s) now ungates for the namespace", self.identity)
             self.on_lead()
+            for callback in list(self._also_on_lead):
+                callback()
+
+    def also_on_lead(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` as well whenever this replica becomes the leader."""
+        self._also_on_lead.append(callback)
 
     async def _create(self) -> None:
         body: JSON = {

@@ -131,16 +131,8 @@ class WarmPools:
     def follow_leadership(self, board: Any) -> None:
         """Look again when this replica becomes the queue board's leader (the keeper)."""
         leader = getattr(board, "leader", None)
-        if leader is None:
-            return
-        before = getattr(leader, "on_lead", None)
-
-        def on_lead() -> None:
-            if before is not None:
-                before()
-            self.changed()
-
-        leader.on_lead = on_lead
+        if leader is not None:
+            leader.also_on_lead(self.changed)
 
     def _kernel_pod_event(self, event_type: str, obj: JSON, old: JSON | None) -> None:
         # A kernel pod going (or binding) may free or take GPUs: matters to short GPU pools.
