@@ -77,12 +77,14 @@ a free GPU to bind, and nothing else takes time unless stated):
   ``reclaim_candidates`` through :func:`~elastic_kernels.culling.policy.with_gpu_activity`,
   as ``GatewayCuller`` does. Without ``gpuIdleTimeout`` the readings change nothing here (the
   GPU is busy only while the kernel is). With it, a kernel whose GPU stayed idle that long is
-  suspended even when a client is connected or it runs CPU code. A suspension of a kernel
-  running a cell is the gateway's: the save is an execute request queued behind the cell, and
-  the whole save, that wait included, must end within ``suspend.timeout`` (60 s) plus
-  ``REPLY_MARGIN_S`` (10 s); a cell that ends sooner is followed by the save, else the kernel is
-  culled as with Delete (``states_lost``), its cell dying with it (``cells_lost``; the session
-  goes on, and the cell is not run again: run again, it would die again).
+  suspended even when a client is connected; one running CPU code is suspended when its cell
+  ends (the policy waits for it: a namespace cannot be saved while code runs). A kernelspec that
+  culls busy kernels (``cullBusy: true``) could still take one mid-cell; the gateway's save is
+  then an execute request queued behind the cell, and the whole save, that wait included, must
+  end within ``suspend.timeout`` (60 s) plus ``REPLY_MARGIN_S`` (10 s); a cell that ends sooner
+  is followed by the save, else the kernel is culled as with Delete (``states_lost``), its cell
+  dying with it (``cells_lost``; the session goes on, and the cell is not run again: run again,
+  it would die again).
 
 **GPU flavors** (issue 16): ``--flavors nvidia.com/gpu=8,nvidia.com/mig-1g.10gb=16`` replaces
 ``--gpus`` with devices of several flavors (whole GPUs, MIG slices, time-sliced shares), and
@@ -113,9 +115,10 @@ Suspend serves 57 users against static's 18 (3.56 against 1.12 users per GPU, 3.
 wait <= 2 min with ``states_lost`` 0, under ``reclaimAfter: 1m``, ``idleTimeout: 30m``,
 ``cullConnected: true``, ``cullBusy: false``, ``onCull: Suspend``, no ``gpuIdleTimeout``, culler
 every 15 s: the same figures as before the GPU use was modelled, since that policy looks only at
-Jupyter's activity, which the model kept. Adding ``gpuIdleTimeout: 10m`` serves 62 (3.88 per
-GPU) and holds a fifth fewer GPU-hours, but loses state (19 kernels on the reference day, 18 of
-them with a running CPU cell: see ``elastic_suspend_gpu_idle``).
+Jupyter's activity, which the model kept. Adding ``gpuIdleTimeout: 10m`` serves 59 (3.69 per
+GPU) and holds a fifth fewer GPU-hours (88.7 against 109.7 on the reference day, for the same
+17.8 used), also with ``states_lost`` 0: a kernel running a CPU cell is suspended when the cell
+ends (see ``elastic_suspend_gpu_idle``).
 """
 
 from __future__ import annotations
@@ -725,7 +728,8 @@ class ElasticDay:
     def _cull(self, k: Kernel, decision: CullDecision) -> None:
         """An idle cull, a GPU-idle cull or a reclaim: the kernel goes; Suspend keeps its state.
 
-        Only a GPU-idle cull takes a kernel busy in Jupyter (its cell runs CPU code). The
+        Only a cull of a policy that takes busy kernels (``cullBusy``, or a GPU-idle cull
+        without Suspend) takes a kernel whose cell runs. The
         gateway's save is then an execute request queued behind that cell, and the whole save,
         wait included, must end within the kernelspec's ``suspend.timeout`` plus the reply
         margin (``Snapshots.save``): it works when the cell ends soon enough, else the kernel

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,16 @@ async def test_a_kernel_jupyter_shows_idle_is_kept_while_its_gpu_is_busy(
 
 async def test_no_gpu_idle_cull_while_the_source_is_unreachable(
         make_cluster_gateway: GatewayFactory, kube: KubeClient,
-        exporter: DcgmExporterStandIn, caplog: pytest.LogCaptureFixture) -> None:
+        exporter: DcgmExporterStandIn, request: pytest.FixtureRequest) -> None:
     await exporter.stop()
+    # The culler's own logger, not the root's handlers: under pytest -n, the tests that ran
+    # before in the same worker vary, and what they left configured must not decide this one.
+    warnings: list[str] = []
+    catch = logging.Handler(logging.WARNING)
+    catch.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    culler_log = logging.getLogger("elastic_kernels.gateway.lifecycle.culler")
+    culler_log.addHandler(catch)
+    request.addfinalizer(lambda: culler_log.removeHandler(catch))
     gw = await make_cluster_gateway("--CullingDefaults.interval=0.3",
                                     "--GpuUseSource.source=scrape",
                                     f"--GpuUseSource.scrape_urls={exporter.url}",
@@ -196,8 +205,7 @@ async def test_no_gpu_idle_cull_while_the_source_is_unreachable(
     assert kernel_id in km
     track = culler._gpu_tracks.get(kernel_id)
     assert track is not None and track.idle_since is None and track.busy is None
-    assert any("is unavailable" in r.getMessage() and "no kernel is culled" in r.getMessage()
-               for r in caplog.records)
+    assert any("is unavailable" in m and "no kernel is culled" in m for m in warnings), warnings
     metrics = await scrape(gw.url)
     assert metrics.value("elastic_kernels_gpu_metrics_up") == 0
     assert (metrics.value("elastic_kernels_gpu_metrics_failures_total") or 0) >= 5

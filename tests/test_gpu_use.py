@@ -203,6 +203,16 @@ def test_gpu_idle_culls_a_connected_cpu_busy_kernel_after_the_timeout() -> None:
     assert C.decide(spinning, replace(policy, gpu_idle_timeout=0), NOW) is None
 
 
+def test_a_suspend_kernel_busy_on_the_cpu_is_suspended_when_its_cell_ends() -> None:
+    policy = C.Policy(gpu_idle_timeout=600, gpu_idle_threshold=5, on_cull=R.ON_CULL_SUSPEND)
+    spinning = gpu_kernel(gpu_idle_since=ago(3000), gpu_busy=False)
+    # Its namespace cannot be saved while the cell runs: culling it now would lose it.
+    assert C.decide(spinning, policy, NOW) is None
+    done = C.decide(replace(spinning, execution_state="idle"), policy, NOW)
+    assert done is not None and done.reason is C.CullReason.GPU_IDLE
+    assert "for 50m" in done.message  # the idle time measured meanwhile counts
+
+
 def test_a_busy_gpu_protects_a_kernel_jupyter_shows_idle() -> None:
     policy = C.Policy(idle_timeout=60, reclaim_after=60)
     training = gpu_kernel(last_activity=ago(3000), execution_state="idle", connections=0,
