@@ -335,7 +335,24 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
                 running = await self._wait_running(pods, started)
             self._pod_ip = str((running.get("status") or {}).get("podIP"))
             info = connection_info(self._pod_ip, self._key.encode(), self.kernel_spec.name)
-            await self._wait_answering(pods, info)
+            # Written while the kernel is asked whether it answers, not after: the pod runs,
+            # and a start whose kernel does not answer deletes its record anyway (after this
+            # write, which it awaits). One API round trip less on every start's path.
+            recorded = asyncio.ensure_future(self._patch_status({
+                "phase": "Running",
+                **self._started_status(),
+                "podName": self._pod_name,
+                "podIP": self._pod_ip,
+                "node": (running.get("spec") or {}).get("nodeName", ""),
+                "gpus": self._spec.gpus,
+                **({"gpuResource": self._spec.gpu_resource} if self._spec.gpus else {}),
+                "startedAt": records.now_timestamp(),
+                "restartCount": self._restart_count,
+            }))
+            try:
+                await self._wait_answering(pods, info)
+            finally:
+                await asyncio.shield(recorded)
         except KernelLaunchError as e:
             await self._abandon(e.message, reason=e.reason)
             raise
@@ -347,17 +364,6 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             if queue is not None:
                 queue.leave(self.kernel_id)
 
-        await self._patch_status({
-            "phase": "Running",
-            **self._started_status(),
-            "podName": self._pod_name,
-            "podIP": self._pod_ip,
-            "node": (running.get("spec") or {}).get("nodeName", ""),
-            "gpus": self._spec.gpus,
-            **({"gpuResource": self._spec.gpu_resource} if self._spec.gpus else {}),
-            "startedAt": records.now_timestamp(),
-            "restartCount": self._restart_count,
-        })
         # jupyter_client types connection info as a TypedDict; ours has its keys and values.
         self.connection_info = cast(KernelConnectionInfo, info)
         return self.connection_info
