@@ -71,12 +71,14 @@ class Stack:
     gateway: str      # the gateway's base URL
     logs: Path
     kubeconfig: Path
+    admin_token: str  # the gateway's admin (the admin page)
+    plain_lab: str    # a second JupyterLab on the same gateway, with the extension disabled
 
     def log_tail(self) -> str:
         parts = []
         for log in sorted(self.logs.glob("*.log")):
             text = log.read_text(errors="replace")[-3000:]
-            for secret in (self.lab_token, ALICE, BOB):
+            for secret in (self.lab_token, self.admin_token, ALICE, BOB):
                 text = text.replace(secret, "<token>")
             parts.append(f"--- {log.name}\n{text}")
         return "\n".join(parts)
@@ -193,11 +195,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lab_url = f"http://127.0.0.1:{lab_port}"
         wait_http(f"{lab_url}/api/status", {"Authorization": f"token {lab_token}"}, lab,
                   logs / "jupyterlab.log")
+        # The same JupyterLab and gateway, the extension disabled as an admin would disable it
+        # (labconfig/page_config.json): what a user without it sees.
+        plain_config = home / "plain-config"
+        (plain_config / "labconfig").mkdir(parents=True)
+        (plain_config / "labconfig" / "page_config.json").write_text(json.dumps(
+            {"disabledExtensions": {"elastic-kernels": True}}))
+        plain_port = free_port()
+        plain = start("plain-jupyterlab", [
+            python, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
+            "--port", str(plain_port), "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={notebooks}", f"--gateway-url={gateway_url}",
+            *gateway_client_flags(), "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *(["--allow-root"] if os.geteuid() == 0 else [])],
+            JUPYTER_TOKEN=lab_token, JUPYTER_GATEWAY_AUTH_TOKEN=ALICE,
+            JUPYTER_CONFIG_PATH=os.pathsep.join([str(plain_config), str(home / "lab-defaults")]))
+        plain_url = f"http://127.0.0.1:{plain_port}"
+        wait_http(f"{plain_url}/api/status", {"Authorization": f"token {lab_token}"}, plain,
+                  logs / "plain-jupyterlab.log")
         for proc in procs:
             started |= descendants(proc.pid)
-        yield Stack(lab_url, lab_token, gateway_url, logs, kubeconfig)
+        found = Stack(lab_url, lab_token, gateway_url, logs, kubeconfig, admin_token, plain_url)
+        yield found
         if os.environ.get("LAB_EXTENSION_LOGS"):  # for debugging a failure of this module
-            print(Stack(lab_url, lab_token, gateway_url, logs, kubeconfig).log_tail())
+            print(found.log_tail())
     finally:
         for proc in procs:
             started |= descendants(proc.pid)
@@ -277,6 +299,19 @@ def test_status_bar_shows_the_queue_then_the_gpu(stack: Stack, page: Any) -> Non
         item = status_item(page)
         expect(item).to_have_text("Python on GPU: waiting for 1 nvidia.com/gpu: 1st in queue")
         screenshot(page, "lab-queued")
+        # The admin page lists both: bob's kernel holding the GPU, alice's waiting for it.
+        admin = page.context.new_page()
+        admin.shots = page.shots
+        try:
+            admin.goto(f"{stack.gateway}/elastic/?token={stack.admin_token}")
+            admin.wait_for_selector("body[data-ready=true]")
+            expect(admin.locator("#kernels tbody tr", has_text="bob")).to_have_count(1)
+            expect(admin.locator("#kernels tbody tr", has_text="alice")).to_have_count(1)
+            expect(admin.locator("#kernels tbody tr", has_text="bob")).to_contain_text(
+                "1 × nvidia.com/gpu on")
+            screenshot(admin, "lab-admin-page")
+        finally:
+            admin.close()
         # Bob's idle kernel may now be reclaimed for a waiting user: alice is one.
         kubectl = Path(sys.executable).parent / "kubectl"
         subprocess.run([str(kubectl), f"--kubeconfig={stack.kubeconfig}", "patch",
@@ -364,3 +399,40 @@ def test_failed_start_shows_the_pod_events(stack: Stack, page: Any) -> None:
                for cells in (row.locator("td").all_text_contents()
                              for row in details.locator("tbody tr").all())), details.inner_text()
     page.locator(".jp-Dialog").get_by_role("button", name="Close").click()
+
+
+def test_without_the_extension_everything_works_and_errors_stay_readable(
+        stack: Stack, page: Any) -> None:
+    """A JupyterLab with the extension disabled, on the same gateway: kernels start and run,
+    a failed start is JupyterLab's own dialog with the gateway's reason, and none of the
+    extension's parts is there. The extension adds; it replaces nothing."""
+    from playwright.sync_api import expect
+
+    plain = page.context.new_page()
+    plain.shots = page.shots
+    try:
+        # ?reset: not the workspace the other JupyterLab saved (the same Jupyter paths).
+        plain.goto(f"{stack.plain_lab}/login?next=%2Flab%3Freset")
+        plain.locator("#password_input").fill(stack.lab_token)
+        plain.locator("#login_submit").click()
+        plain.locator(".jp-LauncherCard").first.wait_for()
+        notebook = new_notebook(plain, QUICK_NAME)
+        expect(plain.locator(".jp-StatusBar-TextItem", has_text=f"{QUICK_NAME} | Idle")
+               ).to_be_visible()
+        run_cell(expect, plain, notebook, 0, "print(6 * 7)")
+        expect(notebook.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")
+               ).to_have_text("42")
+        assert plain.locator(".ek-KernelStatus").count() == 0  # the extension is not there
+        new_notebook(plain, BROKEN_NAME)
+        dialog = plain.locator(".jp-Dialog", has_text="Error Starting Kernel")
+        expect(dialog).to_contain_text("ErrImagePull")
+        expect(dialog).to_contain_text("example.org/does-not-exist:1")
+        screenshot(plain, "lab-plain-start-failed")
+        dialog.locator(".jp-Dialog-footer button").last.click()
+        plain.locator(".jp-Dialog", has_text="Select Kernel").get_by_role(
+            "button", name="No Kernel").click()
+    finally:
+        plain.close()
+    for kernel in gateway_api(stack, "GET", "/api/elastic/kernels", ALICE)[1]["kernels"]:
+        if kernel["kernelspec"] == QUICK:
+            gateway_api(stack, "DELETE", f"/api/kernels/{kernel['id']}", ALICE)
