@@ -366,6 +366,13 @@ def test_reclaim_ties_break_by_name_so_replicas_agree() -> None:
     assert [d.kernel.name for d in picked] == ["kernel-a", "kernel-b", "kernel-c"]
 
 
+def test_a_reclaim_names_the_flavor_the_kernel_held() -> None:
+    mig = facts("mig", execution_state="idle", gpus=1, kernel_spec="python-mig",
+                last_activity=ago(1000), gpu_resource="nvidia.com/mig-1g.10gb")
+    (picked,) = C.reclaim_candidates([mig], lambda k: C.Policy(reclaim_after=60), NOW)
+    assert "its 1 nvidia.com/mig-1g.10gb went to that kernel" in picked.message
+
+
 # --- carrying a decision out (local cluster) ------------------------------------------------------
 
 

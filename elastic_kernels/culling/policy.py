@@ -355,6 +355,8 @@ class KernelFacts:
     gpu_idle_since: datetime | None = None
     #: The latest reading found its GPUs at or over the threshold.
     gpu_busy: bool | None = None
+    #: The GPU flavor it holds (``status.gpuResource``); "" when the record does not say.
+    gpu_resource: str = ""
 
     @classmethod
     def from_view(cls, view: R.KernelView, **known: Any) -> KernelFacts:
@@ -377,6 +379,7 @@ class KernelFacts:
             reason=view.reason,
             message=view.message,
             gpus=view.gpus,
+            gpu_resource=view.gpu_resource,
             created_at=view.created_at,
             started_at=view.started_at,
             last_activity=view.last_activity,
@@ -635,7 +638,7 @@ def reclaim_candidates(
             f"the kernel was idle for {_d(idle)}, past its reclaimAfter of "
             f"{_d(policy.reclaim_after)}, while another kernel waited for "
             f"{'a GPU' if kernel.gpus == 1 else 'GPUs'}; its {kernel.gpus} "
-            f"{R.GPU_RESOURCE} went to that kernel",
+            f"{kernel.gpu_resource or R.GPU_RESOURCE} went to that kernel",
             idle, kernel.age_seconds(now),
         ))
     found.sort(key=lambda d: (-(d.idle or 0.0), d.kernel.namespace, d.kernel.name))
