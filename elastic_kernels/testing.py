@@ -240,12 +240,21 @@ class KernelWS:
         return result
 
     async def start_busy(self, code: str, timeout: float = 20) -> str:
-        """Send ``code`` and return its msg_id once the kernel reports itself busy with it."""
-        msg_id = self.send("execute_request", {"code": code, "silent": False})
+        """Send ``code`` and return its msg_id once it runs.
+
+        The cell first prints a marker, and the marker's arrival is awaited. The kernel's
+        "busy" status is not enough, for an interrupt above all: ipykernel reports busy before
+        the cell's code starts, and a SIGINT landing in between hit the kernel's own machinery,
+        so that no reply came, or the kernel answered nothing after (about 1 run in 8 on a
+        loaded machine).
+        """
+        marker = f"ek-running-{uuid.uuid4().hex[:12]}"
+        msg_id = self.send("execute_request",
+                           {"code": f"print({marker!r}, flush=True)\n{code}", "silent": False})
         await self.wait_for(
-            lambda m: m.get("msg_type") == "status"
+            lambda m: m.get("msg_type") == "stream"
             and (m.get("parent_header") or {}).get("msg_id") == msg_id
-            and m["content"]["execution_state"] == "busy",
+            and marker in str((m.get("content") or {}).get("text", "")),
             timeout,
         )
         return msg_id
