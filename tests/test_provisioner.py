@@ -174,11 +174,12 @@ async def test_interrupt_by_message_raises_keyboardinterrupt(kernels: Kernels) -
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        msg_id = kc.execute("while True: pass")
-        # Wait until the loop is running (status busy), then interrupt over the control channel.
+        msg_id = kc.execute("print('spinning', flush=True)\nwhile True: pass")
+        # Wait until the loop runs, then interrupt over the control channel. (The kernel says
+        # "busy" before the cell's code starts; an interrupt in between can be lost.)
         while True:
             msg = await kc.get_iopub_msg(timeout=30)
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "busy":
+            if msg["msg_type"] == "stream" and "spinning" in msg["content"]["text"]:
                 break
         await km.interrupt_kernel()
         while True:

@@ -63,9 +63,7 @@ async def test_kernel_started_on_a_is_used_restarted_and_shut_down_on_b(
         assert record["spec"]["gateway"] == claimant
 
         # Interrupt through B.
-        msg_id = ws_b.send("execute_request", {"code": "while True: pass", "silent": False})
-        await ws_b.wait_for(lambda m: status_is("busy")(m)
-                            and m["parent_header"].get("msg_id") == msg_id)
+        msg_id = await ws_b.start_busy("while True: pass")  # the loop runs (not only "busy")
         assert (await api(b.url, "POST", f"/api/kernels/{kernel_id}/interrupt")).code == 204
         reply = await ws_b.wait_for(lambda m: m["msg_type"] == "execute_reply"
                                     and m["parent_header"].get("msg_id") == msg_id)
