@@ -186,8 +186,19 @@ async def test_no_gpu_idle_cull_while_the_source_is_unreachable(
     catch = logging.Handler(logging.WARNING)
     catch.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     culler_log = logging.getLogger("elastic_kernels.gateway.lifecycle.culler")
+    # An in-process logging setup of an earlier test (a dictConfig that disables existing
+    # loggers, or a raised level) must not silence the logger this test listens to.
+    was = (culler_log.disabled, culler_log.level)
+    culler_log.disabled = False
+    culler_log.setLevel(logging.WARNING)
     culler_log.addHandler(catch)
-    request.addfinalizer(lambda: culler_log.removeHandler(catch))
+
+    def restore() -> None:
+        culler_log.removeHandler(catch)
+        culler_log.disabled, level = was
+        culler_log.setLevel(level)
+
+    request.addfinalizer(restore)
     gw = await make_cluster_gateway("--CullingDefaults.interval=0.3",
                                     "--GpuUseSource.source=scrape",
                                     f"--GpuUseSource.scrape_urls={exporter.url}",
