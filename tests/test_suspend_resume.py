@@ -155,12 +155,17 @@ async def test_a_reclaimed_kernel_is_suspended_and_resumes_with_its_variables(
         errors: dict[str, str] = {i: "" for i in ids}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 150
-        while len(replies) < len(ids):
+        # Until each has its reply (shell) and its idle status (iopub, after its output: the
+        # two channels are not ordered with each other).
+        idle: set[str] = set()
+        while len(replies) < len(ids) or len(idle) < len(ids):
             msg = await alice_ws.recv(max(0.1, deadline - loop.time()))
             assert msg is not None, "websocket closed during the resume"
             parent = (msg.get("parent_header") or {}).get("msg_id")
             if parent not in output:
                 continue
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle.add(parent)
             if msg["msg_type"] == "execute_reply":
                 replies[parent] = msg["content"]
             elif msg["msg_type"] == "stream":
