@@ -37,6 +37,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 from tornado.httpclient import HTTPResponse
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from elastic_kernels import testing
 
@@ -266,7 +267,9 @@ async def wait_http(server: Server, path: str, timeout: float) -> None:
         if server.proc.returncode is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n"
                                f"{server.log_tail()}")
-        with contextlib.suppress(OSError):
+        # A server still starting may accept and close the connection (tornado raises
+        # HTTPStreamClosedError, no OSError): try again, as for a refused connection.
+        with contextlib.suppress(OSError, HTTPStreamClosedError):
             response = await api(server.url, "GET", path, token=server.token, timeout=5)
             if response.code == 200:
                 return
