@@ -278,14 +278,25 @@ def patch_gateway_request(wrap: Callable[[Callable[..., t.Any]], Callable[..., t
 
 
 class GatewayWebSocketConnectionHooks(GatewayWebSocketConnection):
-    """``_connection_done`` (the gateway websocket connected) as :meth:`on_connected`."""
+    """jupyter_server's relay of one browser kernel websocket to the gateway, with its two
+    private steps under public names: ``_connection_done`` (the gateway leg's handshake ended,
+    a done-callback of ``ws_future``) as :meth:`gateway_connection_done`, and
+    ``_read_messages`` (relay the gateway leg's messages to the browser until it ends, then
+    reconnect it) as :meth:`relay_from_gateway`. Both default to upstream's own code."""
 
     def _connection_done(self, fut: t.Any) -> None:
-        super()._connection_done(fut)
-        self.on_connected()
+        self.gateway_connection_done(fut)
 
-    def on_connected(self) -> None:
-        """Runs before any queued browser message is forwarded to the gateway."""
+    def gateway_connection_done(self, fut: t.Any) -> None:
+        """Runs first when ``ws_future`` is done, before any queued browser message is sent."""
+        super()._connection_done(fut)
+
+    async def _read_messages(self) -> None:
+        await self.relay_from_gateway()
+
+    async def relay_from_gateway(self) -> None:
+        """Runs after :meth:`gateway_connection_done`, whether the handshake failed or not."""
+        await super()._read_messages()
 
 
 # -- tornado ------------------------------------------------------------------------------------

@@ -63,12 +63,23 @@ class Demo:
     token: str        # JupyterLab's token (never put in an assertion message)
     notebooks: Path   # JupyterLab's root dir, the kernels' user volume
     output: Path      # the demo's terminal output
+    logs: Path        # its processes' logs (cluster, gateway, jupyterlab)
 
     def shown(self, text: str) -> str:
         return text.replace(self.token, "<token>")
 
     def text(self) -> str:
         return self.shown(self.output.read_text(errors="replace"))
+
+    def log_digest(self, limit: int = 60) -> str:
+        """The first line of every warning and error in the demo's process logs: what a
+        failure report must show first (a CI report keeps only the ends of a long output)."""
+        lines = []
+        for log in sorted(self.logs.glob("*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith(("[W ", "[E ", "[C ")):
+                    lines.append(f"{log.stem}: {self.shown(line)[:300]}")
+        return "\n".join(lines[-limit:]) or "(no warnings or errors logged)"
 
 
 def demo_command() -> list[str]:
@@ -113,12 +124,16 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         found = re.search(r"JupyterLab: (http://127\.0\.0\.1:\d+)/lab\?token=(\S+)", text)
         assert found, text
         token = found.group(2)
-        yield Demo(found.group(1), token, workdir / "notebooks", output)
+        yield Demo(found.group(1), token, workdir / "notebooks", output, workdir / "logs")
         started |= descendants(proc.pid)
         # Stopped as a user stops it: Ctrl-C, and nothing is left behind.
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, output.read_text(errors="replace").replace(token, "<token>")
         assert "demo: stopped; no processes left behind." in output.read_text()
+        # jupyter_server logs a kernel start's environment, JUPYTER_TOKEN included; the
+        # notebook-server extension scrubs it.
+        for log in (workdir / "logs").glob("*.log"):
+            assert token not in log.read_text(errors="replace"), f"the token is in {log.name}"
     finally:
         if proc.poll() is None:
             started |= descendants(proc.pid)
@@ -177,12 +192,19 @@ def test_new_gpu_notebook_reads_the_file_beside_it(browser_tools: Any, demo: Dem
             expect(listed).to_be_visible(timeout=LISTING_TIMEOUT)
             assert (example / WRITTEN).read_text() == content
             page.screenshot(path=str(tmp_path / "jupyterlab.png"))
-        except BaseException:
+        except BaseException as e:
             try:
                 page.screenshot(path=str(tmp_path / "failure.png"))
             finally:
                 print(f"screenshot: {tmp_path / 'failure.png'}; demo output:\n{demo.text()}")
-            raise
+            if not isinstance(e, AssertionError):
+                raise
+            # Playwright's message ends in the page's whole accessibility tree: keep it in the
+            # captured output, and raise its first line with the logs' warnings instead.
+            print(f"failure in full:\n{e}")
+            raise AssertionError(f"{str(e).splitlines()[0] if str(e) else e!r}\n"
+                                 f"warnings and errors in the demo's logs:\n"
+                                 f"{demo.log_digest()}") from None
         finally:
             context.close()
             browser.close()

@@ -21,7 +21,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
-from elastic_kernels.gateway.redact import REDACTED, redact_text
+from elastic_kernels.redaction import REDACTED, redact_text
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import EVENTS, PODS, SECRETS, KubeClient, Resource
 from elastic_kernels.kube.informer import Informer

@@ -34,6 +34,26 @@ or in ``jupyter_server_config.py``::
     c.GatewayClient.url = "http://GATEWAY:8888"
     c.GatewayClient.auth_token = os.environ["ELASTIC_KERNELS_TOKEN"]
 
+**One connection, two legs.** Upstream's relay outlives either of its legs, and loses messages
+both ways. When the browser leaves while the gateway leg is still connecting, it cancels the
+connect future, which stops nothing: the gateway leg connects and stays open on the gateway under
+the browser's session id, until a later connection of that session replaces it as stale. If that
+orphan reaches the gateway *after* the browser's reconnection (JupyterLab opens and at once
+closes a kernel's first websocket; on a loaded machine the two handshakes can cross), the
+gateway replaces the live connection instead, and its ``kernel_info`` reply is lost. When the
+gateway leg closes (that, a gateway restart or rollout), upstream reconnects it by itself a
+second or more later while the browser stays connected, and drops what the browser sends in the
+gap; a reply lost so leaves JupyterLab showing "Unknown" forever. Here the gateway leg of a
+departed browser is closed as soon as it connects, and a gateway leg that fails or closes
+closes the browser's leg (code 1011, with the reason): the browser's client reconnects (through
+the Service, to a live gateway replica), the gateway replays what it buffered for the session,
+and the client asks ``kernel_info`` again, so its kernel state is right.
+
+**No secret in the log.** jupyter_server's gateway client logs the arguments of every kernel
+start at INFO, the notebook server's whole environment among them; under JupyterHub that holds
+the user's API token. The extension scrubs this server's token, its gateway token and every
+secret-named environment variable from the server's log records (:mod:`elastic_kernels.redaction`).
+
 The extension only acts when ``GatewayClient.url`` is set, and keeps a kernel websocket connection
 class that someone else customised (it logs a warning then).
 
@@ -44,7 +64,9 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import os
 import typing as t
+import weakref
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.gateway.connections import GatewayWebSocketConnection
@@ -53,6 +75,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from traitlets import TraitError
 
+from elastic_kernels import redaction
 from elastic_kernels.kernelspec_handlers import InMemoryResourceHandler
 from elastic_kernels.notebook.statusproxy import status_proxy_handlers
 from elastic_kernels.upstream import (
@@ -68,27 +91,105 @@ __all__ = [
 ]
 
 _CLASS_PATH = "elastic_kernels.notebook.NoDelayGatewayWebSocketConnection"
+#: The browser's close code when its gateway leg ended first (RFC 6455: "an unexpected
+#: condition prevented the server from fulfilling the request"); every Jupyter client reconnects.
+GATEWAY_LEG_LOST = 1011
+#: A close frame's reason is at most 123 bytes.
+CLOSE_REASON_BYTES = 123
 
 
 class NoDelayGatewayWebSocketConnection(GatewayWebSocketConnectionHooks):
-    """``GatewayWebSocketConnection`` with TCP_NODELAY towards the gateway and the browser."""
+    """``GatewayWebSocketConnection`` with TCP_NODELAY towards the gateway and the browser, and
+    a gateway leg that lives and dies with the browser's (see "One connection, two legs")."""
 
     async def connect(self) -> None:
-        try:
-            handler = self.websocket_handler
-        except TraitError:  # used without a browser-facing handler
-            handler = None
+        handler = self._browser_handler()
         # connect() runs from the handler's open(), i.e. after the browser's upgrade.
         if handler is not None and getattr(handler, "ws_connection", None) is not None:
             handler.set_nodelay(True)
         await super().connect()
 
-    def on_connected(self) -> None:
-        # Runs before any queued browser message is forwarded (it is the first callback on the
+    def _browser_handler(self) -> t.Any:
+        try:
+            return self.websocket_handler
+        except TraitError:  # used without a browser-facing handler
+            return None
+
+    def disconnect(self) -> None:  # type: ignore[override] # sync, as GatewayWebSocketConnection
+        """The browser left. A gateway leg still connecting is left to finish and closed in
+        :meth:`gateway_connection_done`: cancelling its future, as upstream does, stops nothing
+        but our view of it, and the connection stays open on the gateway under this session."""
+        self.disconnected = True
+        if self.ws is not None:
+            self.ws.close()
+
+    def gateway_connection_done(self, fut: t.Any) -> None:
+        if self.disconnected:
+            if not fut.cancelled() and fut.exception() is None:
+                fut.result().close()
+            return
+        error = fut.exception() if not fut.cancelled() else None
+        if fut.cancelled() or error is not None:
+            self.log.warning("Kernel %s: could not connect to the gateway: %s", self.kernel_id,
+                             error or "cancelled")
+            self._close_browser(f"could not connect to the gateway: {error or 'cancelled'}")
+            return
+        self.ws = fut.result()
+        self.retry = 0
+        # Before any queued browser message is forwarded (this is the first callback on the
         # connect future), so every message to the gateway goes out without Nagle.
         protocol = getattr(self.ws, "protocol", None)
         if protocol is not None:
             protocol.set_nodelay(True)
+
+    async def relay_from_gateway(self) -> None:
+        ws = self.ws
+        if ws is None:  # the handshake failed: gateway_connection_done closed the browser's leg
+            return
+        while not self.disconnected:
+            try:
+                message = await ws.read_message()
+            except Exception as e:  # noqa: BLE001 - a broken leg reads as a closed one
+                self.log.warning("Kernel %s: reading from the gateway failed: %s",
+                                 self.kernel_id, e)
+                message = None
+            if message is None:
+                break
+            self.handle_outgoing_message(message.decode("utf-8") if isinstance(message, bytes)
+                                         else message)
+        if not self.disconnected:
+            why = f"the gateway closed the connection ({ws.close_code} {ws.close_reason or ''})"
+            self.log.warning("Kernel %s: %s", self.kernel_id, why.rstrip())
+            self._close_browser(why)
+
+    def _close_browser(self, why: str) -> None:
+        """Close the browser's leg so that its client reconnects: a new gateway leg, and the
+        client's own ``kernel_info`` request to learn the kernel's state again."""
+        self.disconnected = True
+        handler = self._browser_handler()
+        if handler is not None and getattr(handler, "ws_connection", None) is not None:
+            handler.close(GATEWAY_LEG_LOST, why.encode("utf-8")[:CLOSE_REASON_BYTES].decode(
+                "utf-8", "ignore"))
+
+
+def notebook_server_secrets(serverapp: t.Any) -> redaction.SecretSource:
+    """What a notebook server in front of the gateway must never log: its own token, its
+    gateway token, and its environment's secret-named variables (``JUPYTERHUB_API_TOKEN``)."""
+    ref = weakref.ref(serverapp)
+
+    def source() -> list[str]:
+        app = ref()
+        if app is None:
+            return []
+        values = redaction.secret_env_values(os.environ)
+        token = getattr(getattr(app, "identity_provider", None), "token", None)
+        gateway = getattr(app, "gateway_config", None)
+        for value in (token, getattr(gateway, "auth_token", None)):
+            if isinstance(value, str) and value:
+                values.append(value)
+        return values
+
+    return source
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -139,6 +240,9 @@ def _load_jupyter_server_extension(serverapp: t.Any) -> None:
         serverapp.log.info("%s: no gateway configured; nothing to do", __name__)
         return
     patch_gateway_request(_with_readable_errors)
+    # jupyter_server's GatewayKernelManager logs each start's arguments at INFO, and with them
+    # this server's whole environment: its token, the gateway token, a JupyterHub API token.
+    redaction.install(notebook_server_secrets(serverapp), [serverapp.log])
     # GatewayKernelManager sends only KERNEL_* and allowed_envs; the gateway passes the
     # notebook's path on to the kernel (jupyter_server sets it for local kernels).
     allowed = [name for name in gateway.allowed_envs.split(",") if name]

@@ -160,3 +160,74 @@ async def test_connection_without_browser_handler(gateway: ElasticGatewayApp) ->
             connection.disconnect()
     finally:
         GatewayClient.clear_instance()
+
+
+async def wait_until(condition: t.Callable[[], bool], what: str, timeout: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+async def test_gateway_leg_lost_closes_the_browsers_leg(
+    gateway: ElasticGatewayApp, notebook_app: ServerApp
+) -> None:
+    """When the gateway closes its end (here as it does for a stale connection of the same
+    session; a gateway restart looks the same), the browser's websocket is closed too, saying
+    why, rather than left open while the notebook server reconnects on its own and drops what
+    the browser sends meanwhile. The browser's reconnection, with its session id, then works
+    and gets what the gateway buffered for the session in the gap."""
+    url = f"http://127.0.0.1:{notebook_app.port}/"
+    token = f"nb-{TOKEN}"
+    started = await api(url, "POST", "/api/kernels", {"name": KERNEL_NAME}, token=token)
+    kernel_id = json_of(started)["id"]
+    ws = await KernelWS.open(url, kernel_id, token=token)
+    try:
+        assert (await ws.execute("x = 6*7"))["reply"]["status"] == "ok"
+        (gateway_side,) = gateway.open_websockets
+        gateway_side.close()
+        assert await ws.recv() is None, "the browser's leg was closed"
+        assert ws.ws.close_code == 1011
+        assert "gateway closed the connection" in (ws.ws.close_reason or "")
+    finally:
+        ws.close()
+    again = await KernelWS.open(url, kernel_id, token=token, session_id=ws.session_id)
+    try:
+        assert (await again.execute("print(x)"))["stdout"] == "42\n"
+    finally:
+        again.close()
+    assert (await api(url, "DELETE", f"/api/kernels/{kernel_id}", token=token)).code == 204
+
+
+@pytest.mark.timeout(60)
+async def test_browser_gone_while_connecting_leaves_no_gateway_connection(
+    gateway: ElasticGatewayApp,
+) -> None:
+    """A browser that leaves while its gateway leg is still connecting (JupyterLab opens and
+    at once closes a new kernel's first websocket) leaves nothing open on the gateway. Upstream
+    cancels the connect future, which does not stop the connection: it would stay open on the
+    gateway under the browser's session id, and could later replace that session's live
+    connection there as stale."""
+
+    class KernelRef(LoggingConfigurable):
+        kernel_id = Unicode()
+
+    GatewayClient.clear_instance()
+    GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
+    try:
+        started = await api(gateway.url, "POST", "/api/kernels", {"name": KERNEL_NAME})
+        kernel_id = json_of(started)["id"]
+        connection = NoDelayGatewayWebSocketConnection(parent=KernelRef(kernel_id=kernel_id))
+        connection.session.session = uuid.uuid4().hex
+        await connection.connect()
+        assert connection.ws_future is not None and not connection.ws_future.done()
+        connection.disconnect()  # before the handshake ended
+        await asyncio.wait_for(asyncio.shield(connection.ws_future), 30)
+        assert connection.ws is None, "a departed browser's leg is not taken into use"
+        await wait_until(lambda: not gateway.open_websockets,
+                         "the gateway's end of the departed browser's leg closed")
+        await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")
+    finally:
+        GatewayClient.clear_instance()

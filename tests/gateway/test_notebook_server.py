@@ -59,7 +59,7 @@ async def wait_until_ready(
 
 async def run_notebook_server(
     gateway: ElasticGatewayApp, tmp_path: Path, extra_args: list[str], *,
-    gateway_token: str = TOKEN,
+    gateway_token: str = TOKEN, extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[NotebookServer]:
     home = tmp_path / f"notebook-{uuid.uuid4().hex[:8]}"
     dirs = {name: home / name for name in ("config", "data", "runtime", "root")}
@@ -75,6 +75,7 @@ async def run_notebook_server(
         JUPYTER_DATA_DIR=str(dirs["data"]),
         JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
         JUPYTER_NO_CONFIG="1",
+        **(extra_env or {}),
     )
     port = free_port()
     server = NotebookServer(f"http://127.0.0.1:{port}", "nb-" + uuid.uuid4().hex, home / "log")
@@ -164,16 +165,30 @@ async def test_notebook_server_with_extension(
     gateway: ElasticGatewayApp, tmp_path: Path
 ) -> None:
     """Configured with the server extension, which also makes gateway errors readable."""
+    hub_token = "hub-" + uuid.uuid4().hex
     async for server in run_notebook_server(
         gateway,
         tmp_path,
         ["--ServerApp.jpserver_extensions=elastic_kernels.notebook=True"],
+        extra_env={"JUPYTERHUB_API_TOKEN": hub_token},
     ):
         await exercise(server, gateway)
+        # A session's start: jupyter_server logs its arguments, this server's environment too.
+        session = await api(server.url, "POST", "/api/sessions", {
+            "path": "a.ipynb", "type": "notebook", "kernel": {"name": KERNEL_NAME}},
+            token=server.token)
+        assert session.code == 201, session.body
+        kernel_id = json_of(session)["kernel"]["id"]
+        assert (await api(server.url, "DELETE", f"/api/kernels/{kernel_id}",
+                          token=server.token)).code == 204
         missing = await api(
             server.url, "POST", "/api/kernels", {"name": "no-such-spec"}, token=server.token
         )
         assert missing.code == 404
         assert "No such kernel spec: no-such-spec" in json_of(missing)["message"]
         assert gateway.kernel_manager.list_kernel_ids() == []
-    assert "kernel websockets use " + NODELAY_CLASS in server.log.read_text()
+    log = server.log.read_text()
+    assert "kernel websockets use " + NODELAY_CLASS in log
+    assert "JUPYTERHUB_API_TOKEN': '[redacted]'" in log, "the start's environment was logged"
+    for secret in (hub_token, TOKEN, server.token):
+        assert secret not in log
