@@ -124,6 +124,13 @@ class Pods:
                            "--timeout=60s")
         self.names.remove(name)
 
+    async def show_logs(self, lines: int = 150) -> None:
+        """Print the end of each pod's log: what a failed test's report must carry."""
+        for name in self.names:
+            got = await self.kubectl.run("logs", "-n", NAMESPACE, name, f"--tail={lines}")
+            print(f"--- pod {name}: the last {lines} lines of its log ---\n"
+                  f"{got.stdout or got.stderr}")
+
     async def delete_all(self) -> None:
         for name in reversed(self.names):
             await self.kubectl.run("delete", "-n", NAMESPACE, "pod", name, "--wait=true",

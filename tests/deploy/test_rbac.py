@@ -554,6 +554,9 @@ async def test_the_install_runs_as_pods_under_its_roles_and_uses_all_they_grant(
         await pods.delete(name)
 
         await the_cull_job_deletes_an_orphan(pods, base_docs, kubectl)
+    except BaseException:
+        await pods.show_logs()
+        raise
     finally:
         await pods.delete_all()
     for log in logs:
