@@ -59,6 +59,10 @@ QUICK_NAME = "Python, culled quickly"
 BROKEN = "broken-image"
 BROKEN_NAME = "Python, broken image"
 HOLDER = "python-gpu-holder"
+AGED = "python-aged"
+AGED_NAME = "Python, short-lived"
+#: Its maxAge: the warning comes at once (the lead time is longer), the cull soon after.
+MAX_AGE = "35s"
 #: The kernelspec whose idle kernels are culled soon, and the warning's lead time (minutes).
 IDLE_TIMEOUT = "40s"
 WARNING_MINUTES = 0.5
@@ -143,7 +147,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Bob's GPU kernels: not reclaimed until the test lets them be (reclaimAfter, patched).
     holder = derived_kernelspec("python-gpu", HOLDER, displayName="Python on GPU, bob's")
     holder["spec"]["culling"] = {"reclaimAfter": "1h", "onCull": "Delete"}
-    extra.write_text(yaml.safe_dump_all([quick, broken, holder]))
+    aged = derived_kernelspec("python-cpu", AGED, displayName=AGED_NAME)
+    aged["spec"]["culling"] = {"maxAge": MAX_AGE}
+    extra.write_text(yaml.safe_dump_all([quick, broken, holder, aged]))
     users = root / "users.yaml"
     users.write_text(json.dumps({"tokens": [{"user": "alice", "token": ALICE},
                                             {"user": "bob", "token": BOB}]}))
@@ -372,6 +378,22 @@ def test_keep_alive_postpones_the_cull(stack: Stack, page: Any) -> None:
                                             r"shut down after \d+s idle\."))
     expect(note).not_to_have_class(re.compile("Toastify--animate"))  # in place, for the picture
     screenshot(page, "lab-culled")
+    page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").first.click()
+
+
+def test_a_max_age_cull_is_announced_without_keep_alive(stack: Stack, page: Any) -> None:
+    """maxAge ends a kernel whatever it does: the warning says so, offers no Keep alive (it
+    could not postpone anything), and the note afterwards gives the reason."""
+    from playwright.sync_api import expect
+
+    new_notebook(page, AGED_NAME)
+    warning = toast(page, f'Kernel "{AGED_NAME}"')
+    expect(warning).to_contain_text(f"will be shut down at its maximum age ({MAX_AGE})")
+    expect(warning).to_contain_text(f"maximum age ({MAX_AGE}); its variables will be lost")
+    expect(warning.get_by_role("button", name="Keep alive")).to_have_count(0)
+    note = toast(page, ": shut down at its maximum age")
+    expect(note).to_contain_text(re.compile(f'Kernel "{AGED_NAME}" of Untitled\\d*\\.ipynb: '
+                                            r"shut down at its maximum age \(\d+s\)\."))
     page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").first.click()
 
 

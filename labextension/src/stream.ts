@@ -23,6 +23,8 @@ export interface IKernelModel {
     idle_since: string | null;
     idle_deadline: string | null;
     protected: string | null;
+    max_age: number;
+    max_age_deadline: string | null;
     reclaim_after: number;
     reclaimable_at: string | null;
     on_cull: string;

@@ -12,25 +12,66 @@ interface IPending {
   deadline: number;
 }
 
+interface INextCull {
+  at: number;
+  what: string;
+  /** Whether activity postpones it (not so a maxAge cull). */
+  postponable: boolean;
+}
+
+/** A duration in seconds as the gateway's messages write it ("8h", "90m", "45s"). */
+function duration(seconds: number): string {
+  for (const [unit, size] of [
+    ['h', 3600],
+    ['m', 60]
+  ] as const) {
+    if (seconds >= size && seconds % size === 0) {
+      return `${seconds / size}${unit}`;
+    }
+  }
+  return `${Math.round(seconds)}s`;
+}
+
 /** The next cull or reclaim of a kernel: when, and what the notification says of it. */
-function nextCull(model: IKernelModel): { at: number; what: string } | null {
+function nextCull(model: IKernelModel): INextCull | null {
   const cull = model.cull;
-  if (model.phase !== 'Running' || cull.protected) {
+  if (model.phase !== 'Running') {
     return null;
   }
   const saved = cull.saved
     ? 'its variables will be saved and restored when you next run a cell'
     : 'its variables will be lost';
-  const idle = cull.idle_deadline ? Date.parse(cull.idle_deadline) : Infinity;
-  const reclaim = cull.reclaimable_at ? Date.parse(cull.reclaimable_at) : Infinity;
+  const idle =
+    cull.idle_deadline && !cull.protected ? Date.parse(cull.idle_deadline) : Infinity;
+  const reclaim =
+    cull.reclaimable_at && !cull.protected ? Date.parse(cull.reclaimable_at) : Infinity;
+  // maxAge ends a kernel whatever it does (busy and connected included), and unsaved.
+  const old = cull.max_age_deadline ? Date.parse(cull.max_age_deadline) : Infinity;
+  if (old < Math.min(idle, reclaim)) {
+    return {
+      at: old,
+      what:
+        `will be shut down at its maximum age (${duration(cull.max_age)}); ` +
+        'its variables will be lost',
+      postponable: false
+    };
+  }
   if (idle === Infinity && reclaim === Infinity) {
     return null;
   }
   if (reclaim < idle) {
-    return { at: reclaim, what: `may be reclaimed for a waiting user; ${saved}` };
+    return {
+      at: reclaim,
+      what: `may be reclaimed for a waiting user; ${saved}`,
+      postponable: true
+    };
   }
   const action = cull.on_cull === 'Suspend' ? 'suspended' : 'shut down';
-  return { at: idle, what: `will be ${action} for being idle; ${saved}` };
+  return {
+    at: idle,
+    what: `will be ${action} for being idle; ${saved}`,
+    postponable: true
+  };
 }
 
 function clock(at: number): string {
@@ -39,7 +80,8 @@ function clock(at: number): string {
 
 /**
  * Notifications about the user's kernels: before an idle cull or a GPU reclaim (a Keep alive
- * action counts as activity on the kernel), after one (with its reason), and when a start
+ * action counts as activity on the kernel) or a maxAge cull (which nothing postpones), after
+ * one (with its reason), and when a start
  * fails (with the pod's events and launcher log on demand). Timers are armed from each
  * kernel's deadline as the stream delivers it, so nothing is polled.
  */
@@ -115,11 +157,7 @@ export class KernelWarnings {
     }
   }
 
-  private warn(
-    model: IKernelModel,
-    next: { at: number; what: string },
-    entry: IPending
-  ): void {
+  private warn(model: IKernelModel, next: INextCull, entry: IPending): void {
     if (next.at - this._lead > Date.now()) {
       this.arm(model); // a timer capped at MAX_DELAY
       return;
@@ -127,15 +165,14 @@ export class KernelWarnings {
     const message =
       `Kernel "${model.display_name}" of ${this.nameOf(model.id)} ${next.what}` +
       ` (at ${clock(next.at)}).`;
+    const keepAlive = {
+      label: 'Keep alive',
+      caption: 'Count this as activity on the kernel, so its idle time starts again',
+      callback: () => void this.keepAlive(model)
+    };
     const options = {
       autoClose: false as const,
-      actions: [
-        {
-          label: 'Keep alive',
-          caption: 'Count this as activity on the kernel, so its idle time starts again',
-          callback: () => void this.keepAlive(model)
-        }
-      ]
+      actions: next.postponable ? [keepAlive] : []
     };
     if (entry.notice) {
       Notification.update({ id: entry.notice, message, type: 'warning', ...options });
