@@ -4,7 +4,8 @@ Packages and modules, by layer (``docs/architecture.md``; ``.importlinter`` enfo
 
 1. ``kube`` - the only code that talks to the Kubernetes API (``kube.records``: every status
    patch and Event of a JupyterKernel); ``upstream`` - the only code that
-   touches private names of jupyter_server, jupyter_client, tornado and pyzmq.
+   touches private names of jupyter_server, jupyter_client, tornado and pyzmq; ``redaction`` -
+   the log filter that keeps keys and tokens out of the gateway's and the notebook server's logs.
 2. ``kernelspecs`` (kernelspecs from ``JupyterKernelSpec`` CRs, for any jupyter_server),
    ``kernelspec_handlers`` (their models and logos, never from disk), ``leases`` (each gateway's
    claim on its kernels), ``queueorder`` (the fair order of GPU waiters, pure), ``culling``

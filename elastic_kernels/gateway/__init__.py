@@ -11,8 +11,9 @@ below it (``.importlinter`` enforces the order):
     ``connection``, ``wsframes``, ``wsjson``, ``writelimit``, ``msgsize``, ``offlinebuffer``,
     ``zmqguard``.
 
-``redact`` (no secret in any log record) serves all of them. Private names of jupyter_server
-and jupyter_client are reached only through :mod:`elastic_kernels.upstream`. The notebook-server
+``redact`` (the gateway's secrets, for ``elastic_kernels.redaction``'s log filter) serves all
+of them. Private names of jupyter_server and jupyter_client are reached only through
+:mod:`elastic_kernels.upstream`. The notebook-server
 extension is :mod:`elastic_kernels.notebook`.
 
 See ``docs/architecture.md`` for the layers and the message path.
