@@ -14,6 +14,7 @@ import socket
 import typing as t
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -115,51 +116,66 @@ async def test_both_notebook_side_sockets_have_nodelay(
     assert gateway.kernel_manager.list_kernel_ids() == []
 
 
+class KernelRef(LoggingConfigurable):
+    """The parent a relay connection reads its kernel id from (the notebook server's kernel
+    manager, headless here)."""
+
+    kernel_id = Unicode()
+
+
+@asynccontextmanager
+async def headless_connection(
+    gateway: ElasticGatewayApp,
+    cls: type[NoDelayGatewayWebSocketConnection] = NoDelayGatewayWebSocketConnection,
+) -> AsyncIterator[NoDelayGatewayWebSocketConnection]:
+    """A kernel on the gateway and a relay connection to it, not yet connected, as a notebook
+    server builds one but without a browser; disconnected and shut down after."""
+    GatewayClient.clear_instance()
+    GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
+    try:
+        started = await api(gateway.url, "POST", "/api/kernels", {"name": KERNEL_NAME})
+        kernel_id = json_of(started)["id"]
+        connection = cls(parent=KernelRef(kernel_id=kernel_id))
+        connection.session.session = uuid.uuid4().hex
+        try:
+            yield connection
+        finally:
+            connection.disconnect()
+            await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")
+    finally:
+        GatewayClient.clear_instance()
+
+
 @pytest.mark.timeout(60)
 async def test_connection_without_browser_handler(gateway: ElasticGatewayApp) -> None:
     """Used headless (no browser websocket), the connection still relays to the gateway."""
-
-    class KernelRef(LoggingConfigurable):
-        kernel_id = Unicode()
-
     received: asyncio.Queue[dict[str, t.Any]] = asyncio.Queue()
 
     class Collecting(NoDelayGatewayWebSocketConnection):
         def handle_outgoing_message(self, incoming_msg: str, *args: t.Any) -> None:
             received.put_nowait(json.loads(incoming_msg))
 
-    GatewayClient.clear_instance()
-    GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
-    try:
-        started = await api(gateway.url, "POST", "/api/kernels", {"name": KERNEL_NAME})
-        kernel_id = json_of(started)["id"]
-        connection = Collecting(parent=KernelRef(kernel_id=kernel_id))
-        connection.session.session = uuid.uuid4().hex
+    async with headless_connection(gateway, Collecting) as connection:
         await connection.connect()
-        try:
-            assert connection.ws_future is not None
-            await asyncio.wait_for(connection.ws_future, 30)
-            await asyncio.sleep(0)  # let the connect future's callbacks run
-            assert connection.ws is not None
-            assert nodelay(connection.ws.protocol.stream.socket) == 1
-            request = connection.session.msg("execute_request", {"code": "print(6*7)"})
-            request["header"]["msg_id"] = request["msg_id"] = uuid.uuid4().hex
-            request["channel"] = "shell"
-            connection.handle_incoming_message(json.dumps(request, default=str))
-            stdout, reply = "", None
-            while reply is None or stdout != "42\n":
-                msg = await asyncio.wait_for(received.get(), 20)
-                if msg["parent_header"].get("msg_id") != request["msg_id"]:
-                    continue
-                if msg["msg_type"] == "stream":
-                    stdout += msg["content"]["text"]
-                elif msg["msg_type"] == "execute_reply":
-                    reply = msg["content"]
-            assert reply["status"] == "ok"
-        finally:
-            connection.disconnect()
-    finally:
-        GatewayClient.clear_instance()
+        assert connection.ws_future is not None
+        await asyncio.wait_for(connection.ws_future, 30)
+        await asyncio.sleep(0)  # let the connect future's callbacks run
+        assert connection.ws is not None
+        assert nodelay(connection.ws.protocol.stream.socket) == 1
+        request = connection.session.msg("execute_request", {"code": "print(6*7)"})
+        request["header"]["msg_id"] = request["msg_id"] = uuid.uuid4().hex
+        request["channel"] = "shell"
+        connection.handle_incoming_message(json.dumps(request, default=str))
+        stdout, reply = "", None
+        while reply is None or stdout != "42\n":
+            msg = await asyncio.wait_for(received.get(), 20)
+            if msg["parent_header"].get("msg_id") != request["msg_id"]:
+                continue
+            if msg["msg_type"] == "stream":
+                stdout += msg["content"]["text"]
+            elif msg["msg_type"] == "execute_reply":
+                reply = msg["content"]
+        assert reply["status"] == "ok"
 
 
 async def wait_until(condition: t.Callable[[], bool], what: str, timeout: float = 20) -> None:
@@ -210,17 +226,7 @@ async def test_browser_gone_while_connecting_leaves_no_gateway_connection(
     cancels the connect future, which does not stop the connection: it would stay open on the
     gateway under the browser's session id, and could later replace that session's live
     connection there as stale."""
-
-    class KernelRef(LoggingConfigurable):
-        kernel_id = Unicode()
-
-    GatewayClient.clear_instance()
-    GatewayClient.instance(url=gateway.url, auth_token=TOKEN)
-    try:
-        started = await api(gateway.url, "POST", "/api/kernels", {"name": KERNEL_NAME})
-        kernel_id = json_of(started)["id"]
-        connection = NoDelayGatewayWebSocketConnection(parent=KernelRef(kernel_id=kernel_id))
-        connection.session.session = uuid.uuid4().hex
+    async with headless_connection(gateway) as connection:
         await connection.connect()
         assert connection.ws_future is not None and not connection.ws_future.done()
         connection.disconnect()  # before the handshake ended
@@ -228,6 +234,3 @@ async def test_browser_gone_while_connecting_leaves_no_gateway_connection(
         assert connection.ws is None, "a departed browser's leg is not taken into use"
         await wait_until(lambda: not gateway.open_websockets,
                          "the gateway's end of the departed browser's leg closed")
-        await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")
-    finally:
-        GatewayClient.clear_instance()
