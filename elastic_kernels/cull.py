@@ -58,6 +58,8 @@ COMPONENT = "elastic-kernels-cull"
 #: The provisioner's default launch timeout (ElasticKernelProvisioner.launch_timeout).
 DEFAULT_LAUNCH_TIMEOUT = 300.0
 DEFAULT_LAUNCH_GRACE = 60.0
+#: A save that old has died with its gateway: a save is bounded by its suspend.timeout.
+DEFAULT_UNFINISHED_SNAPSHOT_AGE = 24 * 3600.0
 COLUMNS = ("KERNEL", "USER", "SPEC", "REASON", "IDLE", "AGE", "ACTION")
 
 
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-store", default="", metavar="URL",
                    help="the gateway's snapshot store (its snapshot_store): the snapshots of "
                    "the kernels this run deletes (e.g. suspended ones past maxAge) go too")
+    p.add_argument("--unfinished-snapshot-age", type=duration_arg,
+                   default=DEFAULT_UNFINISHED_SNAPSHOT_AGE, metavar="DURATION",
+                   help="with --snapshot-store: delete the temporary objects of snapshot saves "
+                   "older than this, which a gateway killed in the middle of a save leaves "
+                   "behind; longer than any kernelspec's suspend.timeout (default: "
+                   f"{R.format_duration(DEFAULT_UNFINISHED_SNAPSHOT_AGE)})")
     p.add_argument("--report", action="store_true",
                    help="delete nothing; print GPU-seconds held and used per user and "
                    "kernelspec and the GPUs that sit idle now (needs --scrape-url or "
@@ -165,6 +173,8 @@ class CullReport:
     results: list[A.CullResult] = field(default_factory=list)
     #: Things an operator should see that are not failures (unreadable records or kernelspecs).
     warnings: list[str] = field(default_factory=list)
+    #: Temporary objects of snapshot saves that never finished (a gateway killed mid-save).
+    unfinished_snapshots: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[A.CullResult]:
@@ -226,6 +236,7 @@ async def run_cull(
     concurrency: int = 8,
     now: datetime | None = None,
     snapshots: SnapshotStore | None = None,
+    unfinished_snapshot_age: float = DEFAULT_UNFINISHED_SNAPSHOT_AGE,
 ) -> CullReport:
     """List once, decide per kernel, cull concurrently. Raises CullError when it cannot list."""
     warnings: list[str] = []
@@ -267,6 +278,12 @@ async def run_cull(
     if dry_run:
         report.results = [A.CullResult(d, A.CullOutcome.WOULD_DELETE) for d in decisions]
         return report
+    if snapshots is not None:
+        try:
+            report.unfinished_snapshots = await asyncio.to_thread(
+                snapshots.remove_unfinished, unfinished_snapshot_age)
+        except OSError as e:
+            report.warnings.append(f"could not remove unfinished snapshot saves: {e}")
 
     results = await A.cull_all(client, decisions, concurrency=concurrency, component=COMPONENT)
     # A record written between our list and our delete (fresh activity, adoption, a status
@@ -401,6 +418,10 @@ def write_report(report: CullReport, output: str, dry_run: bool, out: TextIO,
     summary = ", ".join(f"{n} {what}" for what, n in counts.items()) or "nothing to do"
     mode = " (dry run)" if dry_run else ""
     print(f"elastic-kernels cull{mode}: {report.checked} kernels checked: {summary}", file=err)
+    if report.unfinished_snapshots:
+        print(f"elastic-kernels cull: removed {len(report.unfinished_snapshots)} unfinished "
+              f"snapshot save(s) from the store: {', '.join(report.unfinished_snapshots)}",
+              file=err)
 
 
 # --- the GPU usage report ------------------------------------------------------------------------
@@ -544,7 +565,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         report = await run_cull(
             client, cluster.namespace, defaults, orphan_grace=args.orphan_grace,
-            snapshots=store,
+            snapshots=store, unfinished_snapshot_age=args.unfinished_snapshot_age,
             activity_slack=args.activity_slack, launch_grace=args.launch_grace,
             dry_run=args.dry_run,
             concurrency=args.concurrency,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -410,11 +411,19 @@ async def test_a_suspended_kernel_past_max_age_goes_with_its_snapshot(
     store.mkdir()
     young_id = young["spec"]["kernelId"]
     (store / f"{young_id}.eksnap").write_bytes(b"sealed")
+    # What a gateway killed mid-save left a day ago goes; a save under way now stays.
+    dead, under_way = store / ".tmp-dead.eksnap", store / ".tmp-now.eksnap"
+    for partial in (dead, under_way):
+        partial.write_bytes(b"half a snapshot")
+    a_day_ago = dead.stat().st_mtime - 25 * 3600
+    os.utime(dead, (a_day_ago, a_day_ago))
     code, out, err = await run_cull("--orphan-grace", "0", "--snapshot-store", str(store),
                                     "--output", "json", kubeconfig=cluster.kubeconfig_path)
     assert code == 0, err
     assert json.loads(out) == []  # idle for hours, its gateway gone: still kept
     assert (store / f"{young_id}.eksnap").exists()
+    assert not dead.exists() and under_way.exists()
+    assert "removed 1 unfinished snapshot save(s) from the store: .tmp-dead.eksnap" in err
 
     await wait_until_older_than(young, 3.0)
     code, out, err = await run_cull("--orphan-grace", "0", "--snapshot-store", str(store),

@@ -471,6 +471,39 @@ def test_fsspec_store() -> None:
     store.delete(KID)
 
 
+def test_unfinished_saves_are_removed_once_old_and_only_they(tmp_path: Path) -> None:
+    """What a gateway killed mid-save leaves (a temporary object nothing else would remove)
+    goes once older than the age given; finished snapshots and a save under way stay."""
+    root = tmp_path / "snaps"
+    store = S.open_store(str(root))
+    store.put(KID, b"finished")
+    writer = store.open_write("other-kernel")
+    writer.write(b"a save under way")
+    dead = root / ".tmp-abandoned.eksnap"
+    dead.write_bytes(b"half a snapshot")
+    two_hours_ago = dead.stat().st_mtime - 7200
+    os.utime(dead, (two_hours_ago, two_hours_ago))
+    assert store.remove_unfinished(3600) == [dead.name]
+    assert not dead.exists() and store.get(KID) == b"finished"
+    writer.commit()  # the save under way was left alone
+    assert store.get("other-kernel") == b"a save under way"
+    assert store.remove_unfinished(0) == []
+    assert S.open_store(str(tmp_path / "never-written")).remove_unfinished(0) == []
+
+
+def test_fsspec_store_removes_unfinished_saves() -> None:
+    pytest.importorskip("fsspec")
+    store = S.open_store("memory://ek-snapshot-sweep/snaps")
+    assert isinstance(store, S.FsspecStore)
+    store.put(KID, b"finished")
+    store.fs.pipe_file("/ek-snapshot-sweep/snaps/.tmp-abandoned.eksnap", b"half")
+    assert store.remove_unfinished(3600) == []  # written just now
+    assert store.remove_unfinished(-60) == [".tmp-abandoned.eksnap"]
+    assert store.fs.ls("/ek-snapshot-sweep/snaps", detail=False) == [
+        f"/ek-snapshot-sweep/snaps/{KID}.eksnap"]
+    store.delete(KID)
+
+
 # --- the kernel call ------------------------------------------------------------------------
 
 

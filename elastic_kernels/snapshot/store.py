@@ -7,6 +7,10 @@ library only), or any other URL that fsspec understands (``s3://bucket/prefix``,
 and for snapshots too big to hold in memory ``open_write`` (a :class:`SnapshotWriter`:
 ``write`` pieces, then ``commit`` or ``abort``) and ``open_read`` (a binary file).
 
+A gateway killed in the middle of a save leaves its temporary object behind (nothing else can
+remove it: its name is random). ``remove_unfinished(older_than)`` deletes temporary objects
+older than that many seconds, longer than any save may take; the cull cron calls it.
+
 Keys are kernel ids, checked against a strict pattern (letters, digits, ``.``, ``_``, ``-``;
 not starting with a dot) before any path is built, so no key can climb out of the store's
 directory or name a hidden temporary file. Writes are atomic: the bytes go to a temporary
@@ -23,8 +27,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 import typing as t
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -34,6 +40,8 @@ from .collect import write_atomically
 #: Kernel ids are UUIDs; this also admits other simple names (tests, other id schemes).
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SUFFIX = ".eksnap"
+#: Every temporary object's name starts so (a kernel id never does: see ``object_name``).
+_TEMPORARY = ".tmp-"
 
 
 class SnapshotStore(Protocol):
@@ -50,6 +58,8 @@ class SnapshotStore(Protocol):
     def open_write(self, kernel_id: str) -> SnapshotWriter: ...
 
     def open_read(self, kernel_id: str) -> IO[bytes] | None: ...
+
+    def remove_unfinished(self, older_than: float) -> list[str]: ...
 
 
 class SnapshotWriter(Protocol):
@@ -82,7 +92,7 @@ class LocalStore:
         """Write atomically: a private temporary file, fsync, rename, fsync the directory."""
         path = self._path(kernel_id)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomically(str(path), data, prefix=".tmp-")
+        write_atomically(str(path), data, prefix=_TEMPORARY)
         _sync_directory(str(self.directory))
 
     def get(self, kernel_id: str) -> bytes | None:
@@ -107,7 +117,7 @@ class LocalStore:
         """A private temporary file beside the snapshot, renamed over it by ``commit``."""
         path = self._path(kernel_id)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=_TEMPORARY, dir=self.directory)
         return _LocalWriter(os.fdopen(fd, "wb"), tmp, str(path))
 
     def open_read(self, kernel_id: str) -> IO[bytes] | None:
@@ -115,6 +125,25 @@ class LocalStore:
             return self._path(kernel_id).open("rb")
         except FileNotFoundError:
             return None
+
+    def remove_unfinished(self, older_than: float) -> list[str]:
+        """Delete temporary files last written over ``older_than`` seconds ago; their names."""
+        cutoff = time.time() - older_than
+        removed = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.name.startswith(_TEMPORARY) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue  # committed or aborted meanwhile
+        return removed
 
 
 class _LocalWriter:
@@ -180,7 +209,7 @@ class FsspecStore:
 
     def put(self, kernel_id: str, data: bytes) -> None:
         path = self._path(kernel_id)
-        tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
+        tmp = f"{self.root}/{_TEMPORARY}{uuid.uuid4().hex}{SUFFIX}"
         self.fs.makedirs(self.root, exist_ok=True)
         self.fs.pipe_file(tmp, data)
         try:
@@ -214,7 +243,7 @@ class FsspecStore:
         """A temporary object written as a stream (multipart on object stores), moved over
         the snapshot by ``commit``."""
         path = self._path(kernel_id)
-        tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
+        tmp = f"{self.root}/{_TEMPORARY}{uuid.uuid4().hex}{SUFFIX}"
         self.fs.makedirs(self.root, exist_ok=True)
         return _FsspecWriter(self.fs, self.fs.open(tmp, "wb"), tmp, path)
 
@@ -223,6 +252,48 @@ class FsspecStore:
             return t.cast(IO[bytes], self.fs.open(self._path(kernel_id), "rb"))
         except FileNotFoundError:
             return None
+
+    def remove_unfinished(self, older_than: float) -> list[str]:
+        """Delete temporary objects older than ``older_than`` seconds; their names. An object
+        whose listing carries no time (some filesystems) is left alone: its age is unknown."""
+        cutoff = time.time() - older_than
+        try:
+            listing = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return []
+        removed = []
+        for info in listing:
+            name = str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith(_TEMPORARY) or info.get("type") == "directory":
+                continue
+            written = _listed_time(info)
+            if written is None or written >= cutoff:
+                continue
+            try:
+                self.fs.rm(f"{self.root}/{name}")
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+        return removed
+
+
+def _listed_time(info: dict[str, Any]) -> float | None:
+    """When an fsspec listing says an object was last written, as a POSIX time."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp() if value.tzinfo else value.replace(
+                tzinfo=timezone.utc).timestamp()
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed.timestamp() if parsed.tzinfo else parsed.replace(
+                tzinfo=timezone.utc).timestamp()
+    return None
 
 
 class _FsspecWriter:
