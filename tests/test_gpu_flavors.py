@@ -203,3 +203,26 @@ async def test_autoscaler_mode_ungates_n_waiters_and_the_head_goes_first(
             if not fut.done():
                 fut.cancel()
         await asyncio.gather(*starts.values(), return_exceptions=True)
+
+
+async def test_a_pool_fills_while_only_another_flavor_waits(start_gateway: GatewayFactory,
+                                                             kube: KubeClient) -> None:
+    """A GPU pool stays empty while starts wait for its flavor (its pods would take capacity
+    they need), but a start waiting for whole GPUs does not stop a MIG pool from filling."""
+    from .test_warm_pool import wait_ready
+
+    gw = await start_gateway()
+    km: ElasticMappingKernelManager = gw.kernel_manager
+    await apply(kube, km, gpu_spec("whole"))
+    await km.start_kernel(kernel_name="whole", user="alice")  # the only whole GPU
+    waiting = asyncio.ensure_future(km.start_kernel(kernel_name="whole", user="bob"))
+    try:
+        await wait_until(lambda: bool(km.gpu_queue.snapshot()), timeout=30)
+        pooled = mig_spec("mig-pooled")
+        pooled["spec"]["warmPool"] = {"size": 1}
+        await apply(kube, km, pooled)
+        await wait_ready("mig-pooled", 1)
+        assert not waiting.done(), "bob still waits for a whole GPU"
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)

@@ -344,10 +344,11 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
             gpu_source=GpuUseSource(parent=self),
         )
         # Warm pools (warmpool.py): kept by the queue board's leader; their GPU pods are the
-        # first reclaimed, and GPU pools are not refilled while starts wait for GPUs.
+        # first reclaimed, and GPU pools are not refilled while starts wait for their flavor.
         self.warm_pools = WarmPools(
             leading=lambda: self.gpu_queue.board is None or self.gpu_queue.board.leading(),
-            gpu_waiting=lambda: bool(self.gpu_queue.ordered()))
+            gpu_waiting=lambda flavor: any(w.resource == flavor
+                                           for w in self.gpu_queue.ordered()))
         self.gpu_queue = GpuQueue(
             reclaim_candidates=lambda: [*self.warm_pools.reclaim_candidates(),
                                         *self.culler.reclaim_candidates()],

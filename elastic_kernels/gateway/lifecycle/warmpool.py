@@ -60,7 +60,7 @@ CONDITION_POOLABLE = "Poolable"
 class WarmPools:
     """The namespace's warm pools as this gateway keeps them (if it leads) and claims from."""
 
-    def __init__(self, *, leading: Callable[[], bool], gpu_waiting: Callable[[], bool],
+    def __init__(self, *, leading: Callable[[], bool], gpu_waiting: Callable[[str], bool],
                  probe_timeout: float = 300.0, backoff: tuple[float, float] = (5.0, 300.0),
                  refill_delay: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -269,7 +269,8 @@ class WarmPools:
         client = ClusterConnection.instance().client
         pods = self._pods_of(spec.name)
         size = 0 if refusal else spec.warm_pool.size
-        gpu_busy = bool(spec.gpus) and self.gpu_waiting()
+        # Only starts waiting for this pool's GPU flavor need its capacity.
+        gpu_busy = bool(spec.gpus) and self.gpu_waiting(spec.gpu_resource)
         keep: list[JSON] = []
         for p in pods:
             a = assess_pod(p)
