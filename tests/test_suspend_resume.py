@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from tornado.httpclient import HTTPClientError
 
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.gateway.lifecycle.kernelmanager import ElasticMappingKernelManager
@@ -259,6 +260,42 @@ async def test_restart_and_shutdown_of_a_suspended_kernel(
     assert not (store / f"{alice}.eksnap").exists()
     await wait_until(lambda: km.kernel_record(alice) is None, "alice's record deleted")
     assert carol in km
+
+
+async def test_a_failed_restore_keeps_the_snapshot_and_tries_again(
+        start_gateway: GatewayFactory, kube: KubeClient, store: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore the store (or the kernel) fails, not one refused, loses nothing: the connect
+    is told why, the kernel is suspended again with its snapshot kept and its new pod gone,
+    and the next connect restores it."""
+    gw, km, alice, bob = await alice_reclaimed_for_bob(start_gateway, kube)
+    await wait_until(lambda: phase(km, alice) == R.PHASE_SUSPENDED, "alice suspended")
+    await km.shutdown_kernel(bob, now=True)  # the GPU is free: the resume gets a pod
+    snapshots = km.snapshots
+    assert snapshots is not None
+
+    def outage(kernel_id: str) -> None:
+        raise OSError("the store is unreachable")
+
+    with monkeypatch.context() as during:
+        during.setattr(snapshots.store, "open_read", outage)
+        with pytest.raises(HTTPClientError) as refused:
+            await KernelWS.open(gw.url, alice, timeout=120)
+    assert refused.value.code == 503
+    assert (store / f"{alice}.eksnap").exists()
+    assert phase(km, alice) == R.PHASE_SUSPENDED and km.is_suspended(alice)
+    record = km.kernel_record(alice) or {}
+    assert "restoring its variables failed: cannot read the snapshot store: the store is " \
+           "unreachable; they are kept" in record["status"]["message"]
+    assert await kernel_pods(kube, alice) == []  # the GPU is not held meanwhile
+
+    ws = await KernelWS.open(gw.url, alice, timeout=120)
+    try:
+        result = await ws.execute("print(x, b.v, inc(1))", timeout=120)
+        assert result["stdout"] == "41 42 2\n", result
+    finally:
+        ws.close()
+    assert not (store / f"{alice}.eksnap").exists()
 
 
 async def test_another_gateway_resumes_a_suspended_kernel(

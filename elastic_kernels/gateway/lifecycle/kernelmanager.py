@@ -66,6 +66,11 @@ from elastic_kernels.upstream import (
 )
 
 
+class RestoreFailed(Exception):
+    """A resume that could not restore the kernel's snapshot this time (the store or the
+    kernel failed): the kernel is suspended again, its snapshot kept for the next try."""
+
+
 class ElasticKernelManager(KernelManagerHooks):
     """A kernel manager whose kernel's connection info never touches the disk."""
 
@@ -525,9 +530,21 @@ class ElasticMappingKernelManager(MappingKernelManagerHooks):
                                                   policy.suspend_timeout)
             line = f"Resumed after suspension: {result.report}"
         except snapshot.SnapshotRefused as e:
+            # Never loadable here (modified, or not this kernel's or user's): starting fresh
+            # loses nothing that could be had.
             line = f"Resumed after suspension, but the saved variables were refused: {e}"
         except snapshot.SnapshotError as e:
-            line = f"Resumed after suspension, but the saved variables are lost: {e}"
+            # The store or the kernel failed this time (an outage, a timeout): the snapshot is
+            # kept and the kernel suspended again, so the next connect tries again; a restart
+            # is the user's way to start fresh without it.
+            why = f"restoring its variables failed: {e}"
+            km.stop_restarter()  # its new pod goes on purpose
+            km.suspended, km.execution_state = True, "suspended"
+            await prov.suspend("Suspended", f"{why}; they are kept, and the next connect tries "
+                               "again (a restart starts the kernel without them)")
+            self.log.warning("Kernel %s: %s; suspended again, its snapshot kept", kernel_id, why)
+            raise RestoreFailed(f"{why}. They are kept: connect again to retry, or restart the "
+                                "kernel to start without them") from None
         self.log.info("Kernel %s: %s", kernel_id, line)
         await self.snapshots.discard(kernel_id)
         km.last_activity = utcnow()  # idle from now, not from before the suspend
