@@ -18,6 +18,9 @@ export function describe(model: IKernelModel): string {
 
 function tooltip(model: IKernelModel): string {
   const lines = [`${model.display_name} (${model.phase}): ${model.state}`];
+  if (model.phase === 'Suspended' && model.message) {
+    lines.push(model.message); // why it was suspended, or why its last resume failed
+  }
   const cull = model.cull;
   if (cull.protected) {
     lines.push(`Not culled while ${cull.protected}.`);
