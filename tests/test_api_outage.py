@@ -26,18 +26,20 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+import typing as t
 from typing import Any
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from tornado.httpclient import HTTPClientError
 
 from elastic_kernels import cull
 from elastic_kernels.culling import actions as A
 from elastic_kernels.culling import policy as C
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
-from elastic_kernels.kube.client import PODS, KubeClient
+from elastic_kernels.kube.client import PODS, SECRETS, KubeClient, KubeError
 from elastic_kernels.kube.connection import ClusterConnection
 from elastic_kernels.kube.informer import Informer
 from elastic_kernels.localcluster.cluster import LocalCluster
@@ -192,3 +194,33 @@ async def test_kernels_outlive_an_api_server_outage(
         if not p["metadata"].get("deletionTimestamp")]
     assert sorted(pods) == sorted([R.kernel_pod_name(kept), R.kernel_pod_name(doomed, 1),
                                    R.kernel_pod_name(fresh)])
+
+
+async def test_an_api_error_while_taking_on_a_kernel_is_a_503_not_a_404(
+        gateway: ElasticGatewayApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel this gateway does not hold yet (another replica's, or the previous gateway's)
+    whose key cannot be read because the API answers with an error (a real server's etcd
+    timeout; the local one has no such fault, so the client's answer is replaced) is a 503 the
+    client retries, not a 404 it would believe; once the API answers, the kernel is taken on."""
+    kernel_id = await start(gateway)
+    km: t.Any = gateway.kernel_manager
+    await km.detach_all()  # as if another gateway held it
+    assert kernel_id not in km
+    client = ClusterConnection.instance().client
+    real_get = client.get
+
+    async def failing_get(resource: t.Any, name: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if resource == SECRETS:
+            raise KubeError(500, "InternalError", "etcdserver: request timed out")
+        return await real_get(resource, name, *args, **kwargs)
+
+    with monkeypatch.context() as during:
+        during.setattr(client, "get", failing_get)
+        with pytest.raises(HTTPClientError) as failed:
+            await KernelWS.open(gateway.url, kernel_id)
+    assert failed.value.code == 503
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        assert (await ws.execute("print(6 * 7)"))["stdout"] == "42\n"
+    finally:
+        ws.close()

@@ -88,7 +88,9 @@ class ClusterUnavailable(web.HTTPError):
     """The kernel may exist, but the cluster cannot say: 503, not a misleading 404."""
 
     def __init__(self, what: str, error: KubeError) -> None:
-        super().__init__(503, f"cannot {what}: the Kubernetes API is unavailable ({error.message})")
+        answer = ("is unavailable" if error.unreachable
+                  else f"answered {error.status} {error.reason}")
+        super().__init__(503, f"cannot {what}: the Kubernetes API {answer} ({error.message})")
         self.reason = "ClusterUnavailable"
 
 
@@ -297,10 +299,9 @@ class KernelHydrator(LoggingConfigurable):
         except KubeError as e:
             if e.not_found:
                 return None
-            if e.unreachable:
-                raise ClusterUnavailable(what, e) from None
-            self.log.warning("Cannot read %s %s: %s", resource.kind, name, e)
-            return None
+            # Anything else (unreachable, throttled, refused, a server error) says nothing of
+            # whether the kernel exists: a 503 the client retries, never a 404 it believes.
+            raise ClusterUnavailable(what, e) from None
 
     async def _pod(self, view: R.KernelView, pods: Informer) -> JSON | None:
         """The kernel's pod from the watch cache; None when it is really gone (the restarter
@@ -399,7 +400,12 @@ class KernelHydrator(LoggingConfigurable):
                     self.log.warning("Could not adopt %s: %s", name, e)
                     return False
             # The record changed since it was read: judge again on its current state.
-            fresh = await self._get(R.JUPYTERKERNELS, str(name), f"adopt {name}")
+            try:
+                fresh = await self._get(R.JUPYTERKERNELS, str(name), f"adopt {name}")
+            except ClusterUnavailable as e:
+                # The kernel is held either way; the claim waits for the next chance.
+                self.log.warning("Could not adopt %s: %s", name, e.log_message)
+                return False
             if fresh is None:
                 return False
             holder = str((fresh.get("spec") or {}).get("gateway") or "")
