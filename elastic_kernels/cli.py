@@ -42,6 +42,10 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-pull-seconds", type=float, default=None, metavar="SECONDS",
                    help="simulate image pulls: each node lacks every image until its first "
                    "use there, which then takes SECONDS (default: every image is present)")
+    p.add_argument("--controllers", default="", metavar="NAMES",
+                   help="optional controllers to run as well, comma-separated: deployment "
+                   "(runs the pods of apps/v1 Deployments, so `kubectl apply -k deploy/` gets "
+                   "its gateway pods and `kubectl rollout status` works; off by default)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -70,6 +74,14 @@ def cluster_nodes(args: argparse.Namespace) -> list[Any] | None:
                               memory=args.memory_per_node)
 
 
+def cluster_controllers(names: str) -> frozenset[str]:
+    """``--controllers``: the optional controllers named, comma-separated; raises ValueError
+    naming the ones there are for a name the local cluster does not have."""
+    from .localcluster.cluster import optional_controllers
+
+    return optional_controllers([n.strip() for n in names.split(",") if n.strip()])
+
+
 def _packaged_manifests(args: argparse.Namespace) -> list[Path]:
     """The package data that ``--with-crds`` and ``--with-examples`` name."""
     from . import data
@@ -93,6 +105,7 @@ def _cluster(args: argparse.Namespace) -> int:
             return 2
     try:
         args.node_configs = cluster_nodes(args)
+        args.controllers = cluster_controllers(args.controllers)
     except ValueError as e:
         print(f"elastic-kernels cluster: {e}", file=sys.stderr)
         return 2
@@ -128,6 +141,7 @@ async def _run_cluster(args: argparse.Namespace, docs: list[tuple[str, dict[str,
         kubeconfig_path=args.kubeconfig, namespace=args.namespace,
         node_configs=args.node_configs,
         image_policy=ImagePolicy(pull_seconds=args.image_pull_seconds),
+        controllers=args.controllers,
     )
     try:
         await cluster.start()

@@ -33,7 +33,9 @@ Kubelet:
     directory), ``images`` (how an image "runs" here), ``imagepulls`` (which images each node
     holds, simulated pull time), ``allocators`` (pod IPs and GPUs).
 Controllers:
-    ``daemonsets`` (a pod of each DaemonSet on every node it selects; the image pre-puller).
+    ``daemonsets`` (a pod of each DaemonSet on every node it selects; the image pre-puller),
+    ``deployments`` (opt-in, ``LocalCluster(controllers={"deployment"})``: ``spec.replicas`` pods
+    of each Deployment's template, rolled on a change; off unless asked for).
 GPU telemetry:
     ``dcgm`` (a dcgm-exporter stand-in serving the simulated GPUs' utilisation), ``simgpu`` (the
     library a kernel marks its GPU busy with; runs inside pods).

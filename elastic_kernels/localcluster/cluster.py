@@ -18,9 +18,14 @@ CRDs and other manifests in is a client's job, done over HTTP with the kubeconfi
 kubectl would (``elastic-kernels cluster --apply``, the tests' ``running_cluster``, the
 benchmarks' ``local_cluster``): the local cluster imports nothing of the product.
 
+Its controllers: the scheduler, the kubelet, the PersistentVolume controller and the DaemonSet
+controller always run. The Deployment controller (``deployments.py``) runs only when asked for,
+``controllers={"deployment"}``: many tests apply the install's Deployments and make the pods they
+need themselves, which a controller on by default would double.
+
 Callers: ``elastic-kernels cluster`` (``cli.py``), the test suite and the benchmarks. They may
-choose the nodes, the ports, the work directory, the image policy and the crash backoff; tests
-may swap ``store`` before ``start()`` (a smaller watch window, say).
+choose the nodes, the ports, the work directory, the image policy, the crash backoff and the
+optional controllers; tests may swap ``store`` before ``start()`` (a smaller watch window, say).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import yaml
@@ -44,6 +49,7 @@ from .authn import Authenticator, StaticTokens, admin_user
 from .images import ImagePolicy
 from .claims import STORAGE_CLASSES
 from .daemonsets import DaemonSetController
+from .deployments import DeploymentController
 from .dcgm import DcgmExporterStandIn
 from .kubelet import Kubelet
 from .localpath import default_storage_class
@@ -57,6 +63,19 @@ from .tls import ServingCert, generate_serving_cert
 log = logging.getLogger(__name__)
 
 CONTEXT_NAME = "elastic-local"
+#: Controllers that run only when named in ``LocalCluster(controllers=...)``, by the names
+#: kube-controller-manager's ``--controllers`` flag takes.
+OPTIONAL_CONTROLLERS = frozenset({"deployment"})
+
+
+def optional_controllers(names: Collection[str]) -> frozenset[str]:
+    """The optional controllers ``names`` asks for; a name this cluster does not have is a
+    ValueError that lists the ones it has."""
+    unknown = sorted(set(names) - OPTIONAL_CONTROLLERS)
+    if unknown:
+        raise ValueError(f"unknown controller(s) {', '.join(unknown)}; the optional ones: "
+                         f"{', '.join(sorted(OPTIONAL_CONTROLLERS))}")
+    return frozenset(names)
 
 
 class LocalCluster:
@@ -80,7 +99,10 @@ class LocalCluster:
         image_policy: ImagePolicy | None = None,
         crash_backoff_seconds: float | None = None,
         node_configs: Sequence[NodeConfig] | None = None,
+        controllers: Collection[str] = (),
     ) -> None:
+        #: The optional controllers to run (``OPTIONAL_CONTROLLERS``); off unless named.
+        self.controllers = optional_controllers(controllers)
         #: The nodes, when given (mixed GPU flavors: ``nodes.parse_gpu_flavors`` or
         #: ``nodes.load_node_layout``); else ``nodes`` alike nodes of ``gpus_per_node``.
         self.node_configs = list(node_configs) if node_configs is not None else None
@@ -106,6 +128,7 @@ class LocalCluster:
         self.kubelet: Kubelet | None = None
         self.volume_controller: PersistentVolumeController | None = None
         self.daemonset_controller: DaemonSetController | None = None
+        self.deployment_controller: DeploymentController | None = None
         #: dcgm-exporter's metrics for the simulated GPUs (dcgm.py); its ``url`` is what
         #: ``GpuUseSource.scrape_urls`` names, as dcgm-exporter's Service would on a cluster.
         self.dcgm_exporter: DcgmExporterStandIn | None = None
@@ -167,6 +190,9 @@ class LocalCluster:
             await self.volume_controller.start()
             self.daemonset_controller = DaemonSetController(self.store)
             await self.daemonset_controller.start()
+            if "deployment" in self.controllers:
+                self.deployment_controller = DeploymentController(self.store)
+                await self.deployment_controller.start()
             await self.kubelet.start()
             self.dcgm_exporter = await DcgmExporterStandIn(
                 self.store, self.kubelet,
@@ -246,8 +272,9 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop in reverse order; the kubelet last stops every pod process it started."""
-        for component in (self.dcgm_exporter, self.daemonset_controller, self.volume_controller,
-                          self.scheduler, self.kubelet, self.apiserver):
+        for component in (self.dcgm_exporter, self.deployment_controller,
+                          self.daemonset_controller, self.volume_controller, self.scheduler,
+                          self.kubelet, self.apiserver):
             if component is None:
                 continue
             try:
@@ -257,6 +284,7 @@ class LocalCluster:
         self.scheduler = self.kubelet = None
         self.volume_controller = None
         self.daemonset_controller = None
+        self.deployment_controller = None
         self.dcgm_exporter = None
         self.apiserver = None
         if self._own_workdir:

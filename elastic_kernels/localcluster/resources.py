@@ -156,7 +156,8 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", False,
                  ("sc",), model="V1StorageClass"),
     # Kinds an install of this project creates. Nothing acts on them here (there is no controller
-    # manager), but they are accepted, validated against their types, stored and listed, so that
+    # manager; Deployments only when the opt-in Deployment controller runs, ``deployments.py``),
+    # but they are accepted, validated against their types, stored and listed, so that
     # `kubectl apply -k deploy/...` and Helm work against the local cluster.
     ResourceType("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", True, ("quota",),
                  status_subresource=True, model="V1ResourceQuota"),
