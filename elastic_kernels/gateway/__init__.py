@@ -13,8 +13,7 @@ below it (``.importlinter`` enforces the order):
 
 ``redact`` (the gateway's secrets, for ``elastic_kernels.redaction``'s log filter) serves all
 of them. Private names of jupyter_server and jupyter_client are reached only through
-:mod:`elastic_kernels.upstream`. The notebook-server
-extension is :mod:`elastic_kernels.notebook`.
+:mod:`elastic_kernels.upstream`. The notebook-server extension is :mod:`elastic_kernels.notebook`.
 
 See ``docs/architecture.md`` for the layers and the message path.
 """
