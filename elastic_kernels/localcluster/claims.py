@@ -14,6 +14,7 @@ from typing import Any
 from collections.abc import Iterable, Mapping
 
 from .errors import ApiError
+from .objectmeta import meta_of
 from .quantities import QuantityError, parse_quantity
 from .selectors import label_selector_from_dict
 
@@ -40,10 +41,6 @@ PVC_PROTECTION = "kubernetes.io/pvc-protection"
 PV_PROTECTION = "kubernetes.io/pv-protection"
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
 def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     spec = obj.get("spec")
     return spec if isinstance(spec, dict) else {}
@@ -57,7 +54,7 @@ def access_modes_text(modes: Iterable[str] | None) -> str:
 
 def claim_class(pvc: Mapping[str, Any]) -> str:
     """The claim's class: the beta annotation wins over ``spec.storageClassName`` ("" = none)."""
-    annotations = _meta(pvc).get("annotations") or {}
+    annotations = meta_of(pvc).get("annotations") or {}
     if BETA_CLASS_ANNOTATION in annotations:
         return str(annotations[BETA_CLASS_ANNOTATION])
     return str(_spec(pvc).get("storageClassName") or "")
@@ -69,7 +66,7 @@ def volume_class(pv: Mapping[str, Any]) -> str:
 
 
 def is_default_class(sc: Mapping[str, Any]) -> bool:
-    annotations = _meta(sc).get("annotations") or {}
+    annotations = meta_of(sc).get("annotations") or {}
     return (annotations.get(DEFAULT_CLASS_ANNOTATION) == "true"
             or annotations.get(BETA_DEFAULT_CLASS_ANNOTATION) == "true")
 
@@ -78,10 +75,10 @@ def default_class(classes: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | N
     """The default StorageClass; with several, the newest (then the first by name), as the
     DefaultStorageClass admission plugin picks since 1.26."""
     defaults = sorted((c for c in classes if is_default_class(c)),
-                      key=lambda c: str(_meta(c).get("name") or ""))
+                      key=lambda c: str(meta_of(c).get("name") or ""))
     if not defaults:
         return None
-    return max(defaults, key=lambda c: str(_meta(c).get("creationTimestamp") or ""))
+    return max(defaults, key=lambda c: str(meta_of(c).get("creationTimestamp") or ""))
 
 
 def quantity(value: Any) -> Decimal | None:
@@ -118,7 +115,7 @@ def is_bound(pvc: Mapping[str, Any]) -> bool:
 
 
 def claim_key(pvc: Mapping[str, Any]) -> tuple[str, str]:
-    meta = _meta(pvc)
+    meta = meta_of(pvc)
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
@@ -127,7 +124,7 @@ def claim_ref_matches(pv: Mapping[str, Any], pvc: Mapping[str, Any]) -> bool:
     ref = _spec(pv).get("claimRef") or {}
     if not ref:
         return False
-    meta = _meta(pvc)
+    meta = meta_of(pvc)
     if (ref.get("namespace"), ref.get("name")) != (meta.get("namespace"), meta.get("name")):
         return False
     return not ref.get("uid") or ref.get("uid") == meta.get("uid")
@@ -151,7 +148,7 @@ def volume_satisfies(pv: Mapping[str, Any], pvc: Mapping[str, Any]) -> bool:
     ref = spec.get("claimRef")
     if ref and not claim_ref_matches(pv, pvc):
         return False
-    if _meta(pv).get("deletionTimestamp"):
+    if meta_of(pv).get("deletionTimestamp"):
         return False
     if volume_class(pv) != claim_class(pvc):
         return False
@@ -165,7 +162,7 @@ def volume_satisfies(pv: Mapping[str, Any], pvc: Mapping[str, Any]) -> bool:
     selector = claim_spec.get("selector")
     if selector:
         try:
-            return label_selector_from_dict(selector).matches(dict(_meta(pv).get("labels") or {}))
+            return label_selector_from_dict(selector).matches(dict(meta_of(pv).get("labels") or {}))
         except (KeyError, TypeError, ApiError):
             return False  # a selector nothing can match (validation words it for the client)
     return True

@@ -30,33 +30,30 @@ of kube-controller-manager's daemon controller that matters for that, in its wor
 
 Not simulated: ControllerRevision objects (the hash is only a label), ``maxSurge``,
 ``minReadySeconds`` (a ready pod counts as available at once) and the creation back-off.
-Everything is driven by watches on DaemonSets, nodes and pods; nothing polls.
+Everything is driven by watches on DaemonSets, nodes and pods; nothing polls. The watches, the
+loop and the pod and status writes are ``workloadcontroller.py``'s, shared with the Deployment
+controller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import json
-import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ApiError
-from .eventrecorder import EventRecorder
 from .fit import is_terminal, matches_node_selector, untolerated_taint
-from .podsecurity import PodSecurityAdmission
-from .scheduler import run_informer
-from .tasks import cancel_all
+from .objectmeta import meta_of
+from .resources import ResourceKey
+from .workloadcontroller import PODS, WorkloadController, is_ready, pod_from_template
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .store import Store
 
 JSON = dict[str, Any]
 DAEMONSETS = ("apps", "daemonsets")
 NODES = ("", "nodes")
-PODS = ("", "pods")
-NAMESPACES = ("", "namespaces")
 REVISION_LABEL = "controller-revision-hash"
 GENERATION_LABEL = "pod-template-generation"
 
@@ -69,10 +66,6 @@ DEFAULT_TOLERATIONS: tuple[JSON, ...] = (
     {"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"},
     {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
 )
-
-
-def _meta(obj: JSON) -> JSON:
-    return obj.get("metadata") or {}
 
 
 def template_hash(ds: JSON) -> str:
@@ -110,7 +103,7 @@ def _pin_to_node(spec: JSON, node: str) -> None:
 
 def daemon_pod(ds: JSON, node: str) -> JSON:
     """The pod the controller creates for ``ds`` on ``node`` (see the module docstring)."""
-    meta = _meta(ds)
+    meta = meta_of(ds)
     template = copy.deepcopy((ds.get("spec") or {}).get("template") or {})
     tmeta = template.get("metadata") or {}
     spec = template.get("spec") or {}
@@ -119,17 +112,7 @@ def daemon_pod(ds: JSON, node: str) -> JSON:
     labels[GENERATION_LABEL] = str(meta.get("generation") or 1)
     spec["tolerations"] = _with_tolerations(spec)
     _pin_to_node(spec, node)
-    pod_meta: JSON = {
-        "generateName": f"{meta.get('name', '')}-",
-        "namespace": meta.get("namespace"),
-        "labels": labels,
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
-                             "name": meta.get("name"), "uid": meta.get("uid"),
-                             "controller": True, "blockOwnerDeletion": True}],
-    }
-    if tmeta.get("annotations"):
-        pod_meta["annotations"] = dict(tmeta["annotations"])
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec}
+    return pod_from_template(ds, "DaemonSet", f"{meta.get('name', '')}-", tmeta, labels, spec)
 
 
 def should_run(ds: JSON, node: JSON) -> bool:
@@ -137,11 +120,6 @@ def should_run(ds: JSON, node: JSON) -> bool:
     spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
     probe = {"spec": {**spec, "tolerations": _with_tolerations(spec)}}
     return matches_node_selector(probe, node) and untolerated_taint(probe, node) is None
-
-
-def _pod_ready(pod: JSON) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def max_unavailable(ds: JSON, desired: int) -> int:
@@ -161,94 +139,35 @@ def max_unavailable(ds: JSON, desired: int) -> int:
     return max(1, count)
 
 
-class DaemonSetController:
+class DaemonSetController(WorkloadController):
     """Keeps every DaemonSet's pods, one per selected node (see the module docstring)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.events = EventRecorder(store, "daemonset-controller")
-        self.pod_security = PodSecurityAdmission(self._namespace_labels)
-        self._daemonsets: dict[str, JSON] = {}
-        self._nodes: dict[str, JSON] = {}
-        self._pods: dict[str, JSON] = {}
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, "daemonset-controller", DAEMONSETS)
+        self._nodes = self._watch(NODES)
+        self._pods = self._watch(PODS)
         #: Pods created and not yet seen on the watch: (DaemonSet uid, node) -> count.
         self._expected: dict[tuple[str, str], int] = {}
 
-    async def start(self) -> None:
-        self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._informer(DAEMONSETS, self._daemonsets),
-                                name="daemonsets-daemonsets"),
-            asyncio.create_task(self._informer(NODES, self._nodes), name="daemonsets-nodes"),
-            asyncio.create_task(self._informer(PODS, self._pods), name="daemonsets-pods"),
-            asyncio.create_task(self._run(), name="daemonsets-loop"),
-        ]
-        await asyncio.sleep(0)
+    def _listed(self, key: ResourceKey) -> None:
+        if key == PODS:
+            self._expected.clear()  # the list shows every pod created so far
 
-    async def stop(self) -> None:
-        self._stopping = True
-        await cancel_all(self._tasks)
-        self._tasks = []
-
-    def _informer(self, key: tuple[str, str], index: dict[str, JSON]) -> Any:
-        def on_list(items: list[JSON]) -> None:
-            index.clear()
-            for obj in items:
-                index[str(_meta(obj).get("uid"))] = obj
-            if key == PODS:
-                self._expected.clear()  # the list shows every pod created so far
-            self._wake.set()
-
-        def on_event(etype: str, obj: JSON) -> None:
-            uid = str(_meta(obj).get("uid"))
-            if etype == "DELETED":
-                index.pop(uid, None)
-            else:
-                index[uid] = obj
-            if key == PODS and etype == "ADDED":
-                self._seen_pod(obj)
-            self._wake.set()
-
-        return run_informer(self.store, key, on_list, on_event, lambda: self._stopping,
-                            "daemonset-controller")
-
-    def _namespace_labels(self, name: str) -> dict[str, str]:
-        try:
-            namespace = self.store.get(NAMESPACES, None, name)
-        except ApiError:
-            return {}
-        return dict(_meta(namespace).get("labels") or {})
-
-    def _seen_pod(self, pod: JSON) -> None:
-        owner = self._owner_uid(pod)
+    def _seen(self, key: ResourceKey, etype: str, obj: JSON) -> None:
+        owner = self._owner_uid(obj) if key == PODS and etype == "ADDED" else None
         if owner is None:
             return
-        key = (owner, self._pod_node(pod))
-        if self._expected.get(key):
-            self._expected[key] -= 1
-            if not self._expected[key]:
-                del self._expected[key]
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            await self._wake.wait()
-            self._wake.clear()
-            for ds in list(self._daemonsets.values()):
-                try:
-                    self.sync(ds)
-                except Exception:
-                    log.exception("daemonset-controller: syncing %s/%s failed",
-                                  _meta(ds).get("namespace"), _meta(ds).get("name"))
-            await asyncio.sleep(0)  # let the watch deliver what this pass wrote
+        pending = (owner, self._pod_node(obj))
+        if self._expected.get(pending):
+            self._expected[pending] -= 1
+            if not self._expected[pending]:
+                del self._expected[pending]
 
     # -- one DaemonSet ---------------------------------------------------------------------------
 
     @staticmethod
     def _owner_uid(pod: JSON) -> str | None:
-        for ref in _meta(pod).get("ownerReferences") or []:
+        for ref in meta_of(pod).get("ownerReferences") or []:
             if ref.get("controller") and ref.get("kind") == "DaemonSet":
                 return str(ref.get("uid"))
         return None
@@ -268,30 +187,30 @@ class DaemonSetController:
 
     def sync(self, ds: JSON) -> None:
         """Bring one DaemonSet's pods and status in line with its nodes and template."""
-        meta = _meta(ds)
+        meta = meta_of(ds)
         if meta.get("deletionTimestamp"):
             return  # garbage collection removes its pods
         uid = str(meta.get("uid"))
         revision = template_hash(ds)
         wanted = {n_meta["name"] for n in self._nodes.values()
-                  if should_run(ds, n) and (n_meta := _meta(n)).get("name")}
+                  if should_run(ds, n) and (n_meta := meta_of(n)).get("name")}
         by_node: dict[str, list[JSON]] = {}
         for pod in self._pods.values():
-            if self._owner_uid(pod) == uid and not _meta(pod).get("deletionTimestamp"):
+            if self._owner_uid(pod) == uid and not meta_of(pod).get("deletionTimestamp"):
                 by_node.setdefault(self._pod_node(pod), []).append(pod)
         terminating = {self._pod_node(p) for p in self._pods.values()
-                       if self._owner_uid(p) == uid and _meta(p).get("deletionTimestamp")}
+                       if self._owner_uid(p) == uid and meta_of(p).get("deletionTimestamp")}
 
         for node, pods in by_node.items():
             if node not in wanted:
                 for pod in pods:
-                    self._delete(ds, pod)
+                    self._delete_pod(ds, pod)
                 continue
-            keep, *extra = sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp")))
+            keep, *extra = sorted(pods, key=lambda p: str(meta_of(p).get("creationTimestamp")))
             for pod in extra:
-                self._delete(ds, pod)
+                self._delete_pod(ds, pod)
             if is_terminal(keep):
-                self._delete(ds, keep)
+                self._delete_pod(ds, keep)
         for node in sorted(wanted):
             if node in terminating or self._expected.get((uid, node)):
                 continue
@@ -308,52 +227,30 @@ class DaemonSetController:
               revision: str) -> None:
         current = [pods[0] for node, pods in by_node.items() if node in wanted and pods]
         old = [p for p in current
-               if (_meta(p).get("labels") or {}).get(REVISION_LABEL) != revision]
+               if (meta_of(p).get("labels") or {}).get(REVISION_LABEL) != revision]
         if not old:
             return
-        unavailable = len(wanted) - sum(1 for p in current if _pod_ready(p))
+        unavailable = len(wanted) - sum(1 for p in current if is_ready(p))
         budget = max_unavailable(ds, len(wanted))
         # Old pods that are not available anyway go first: deleting them costs nothing.
-        old.sort(key=_pod_ready)
+        old.sort(key=is_ready)
         for pod in old:
-            if _pod_ready(pod):
+            if is_ready(pod):
                 if unavailable >= budget:
                     break
                 unavailable += 1
-            self._delete(ds, pod)
+            self._delete_pod(ds, pod)
 
     def _create(self, ds: JSON, node: str) -> None:
-        pod = daemon_pod(ds, node)
-        namespace = str(_meta(ds).get("namespace") or "default")
-        try:
-            self.pod_security.validate("CREATE", "", "pods", None,
-                                       {**pod, "metadata": {**pod["metadata"],
-                                                            "namespace": namespace}}, [])
-            created = self.store.create(PODS, namespace, pod)
-        except ApiError as e:
-            self.events.record(ds, "Warning", "FailedCreate", f"Error creating: {e.message}")
-            return
-        key = (str(_meta(ds).get("uid")), node)
-        self._expected[key] = self._expected.get(key, 0) + 1
-        self.events.record(ds, "Normal", "SuccessfulCreate",
-                           f"Created pod: {_meta(created).get('name')}")
-
-    def _delete(self, ds: JSON, pod: JSON) -> None:
-        meta = _meta(pod)
-        try:
-            self.store.delete(PODS, meta.get("namespace"), meta.get("name"),
-                              preconditions={"uid": meta.get("uid")})
-        except ApiError as e:
-            if e.code not in (404, 409):
-                self.events.record(ds, "Warning", "FailedDelete", f"Error deleting: {e.message}")
-            return
-        self.events.record(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {meta.get('name')}")
+        if self._create_pod(ds, daemon_pod(ds, node)) is not None:
+            key = (str(meta_of(ds).get("uid")), node)
+            self._expected[key] = self._expected.get(key, 0) + 1
 
     def _write_status(self, ds: JSON, wanted: set[str], by_node: dict[str, list[JSON]],
                       revision: str) -> None:
-        meta = _meta(ds)
+        meta = meta_of(ds)
         scheduled = [pods[0] for node, pods in by_node.items() if node in wanted and pods]
-        ready = sum(1 for p in scheduled if _pod_ready(p))
+        ready = sum(1 for p in scheduled if is_ready(p))
         status = {
             "currentNumberScheduled": len(scheduled),
             "desiredNumberScheduled": len(wanted),
@@ -362,23 +259,9 @@ class DaemonSetController:
             "numberAvailable": ready,
             "updatedNumberScheduled": sum(
                 1 for p in scheduled
-                if (_meta(p).get("labels") or {}).get(REVISION_LABEL) == revision),
+                if (meta_of(p).get("labels") or {}).get(REVISION_LABEL) == revision),
             "observedGeneration": meta.get("generation") or 1,
         }
         if len(wanted) - ready:
             status["numberUnavailable"] = len(wanted) - ready
-        if (ds.get("status") or {}) == status:
-            return
-        try:
-            current = self.store.get(DAEMONSETS, meta.get("namespace"), meta.get("name"))
-        except ApiError:
-            return
-        if _meta(current).get("uid") != meta.get("uid"):
-            return
-        current["status"] = status
-        try:
-            self.store.replace(DAEMONSETS, meta.get("namespace"), meta.get("name"), current,
-                               subresource="status")
-        except ApiError as e:
-            if e.code not in (404, 409):
-                raise
+        self._replace_status(ds, status)

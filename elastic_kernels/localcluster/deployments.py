@@ -42,32 +42,28 @@ scale``: patch ``spec.replicas`` instead); adopting orphaned pods that match the
 ``paused``; ``minReadySeconds`` (a ready pod counts as available at once);
 ``progressDeadlineSeconds`` (never ``ProgressDeadlineExceeded``); proportional scaling in the
 middle of a rollout; the creation back-off and ``ScalingReplicaSet`` Events. Everything is driven
-by watches on Deployments and pods; nothing polls.
+by watches on Deployments and pods; nothing polls. The watches, the loop and the pod and status
+writes are ``workloadcontroller.py``'s, shared with the DaemonSet controller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
-import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ApiError
-from .eventrecorder import EventRecorder, now_rfc3339
+from .eventrecorder import now_rfc3339
 from .fit import is_terminal
-from .podsecurity import PodSecurityAdmission
-from .scheduler import run_informer
-from .tasks import cancel_all
+from .objectmeta import meta_of
+from .workloadcontroller import PODS, WorkloadController, is_ready, pod_from_template
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .store import Store
 
 JSON = dict[str, Any]
 DEPLOYMENTS = ("apps", "deployments")
-PODS = ("", "pods")
-NAMESPACES = ("", "namespaces")
 HASH_LABEL = "pod-template-hash"
 #: kube's ``rand.SafeEncodeString`` alphabet: no vowels, no 0/1/3, so no words and no look-alikes.
 _SAFE_LETTERS = "bcdfghjklmnpqrstvwxz2456789"
@@ -76,17 +72,6 @@ _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
-
-
-def _meta(obj: JSON) -> JSON:
-    return obj.get("metadata") or {}
-
-
-def _rv(obj: JSON) -> int:
-    try:
-        return int(_meta(obj).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 def template_hash(deployment: JSON) -> str:
@@ -101,7 +86,7 @@ def template_hash(deployment: JSON) -> str:
 
 def replica_set_name(deployment: JSON) -> str:
     """The name the Deployment's ReplicaSet would have; its pods' names start with it."""
-    return f"{_meta(deployment).get('name', '')}-{template_hash(deployment)}"
+    return f"{meta_of(deployment).get('name', '')}-{template_hash(deployment)}"
 
 
 def desired_replicas(deployment: JSON) -> int:
@@ -115,22 +100,11 @@ def desired_replicas(deployment: JSON) -> int:
 
 def replica_pod(deployment: JSON) -> JSON:
     """A pod of the Deployment's current template (see the module docstring)."""
-    meta = _meta(deployment)
     template = copy.deepcopy((deployment.get("spec") or {}).get("template") or {})
     tmeta = template.get("metadata") or {}
     labels = {**(tmeta.get("labels") or {}), HASH_LABEL: template_hash(deployment)}
-    pod_meta: JSON = {
-        "generateName": f"{replica_set_name(deployment)}-",
-        "namespace": meta.get("namespace"),
-        "labels": labels,
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                             "name": meta.get("name"), "uid": meta.get("uid"),
-                             "controller": True, "blockOwnerDeletion": True}],
-    }
-    if tmeta.get("annotations"):
-        pod_meta["annotations"] = dict(tmeta["annotations"])
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta,
-            "spec": template.get("spec") or {}}
+    return pod_from_template(deployment, "Deployment", f"{replica_set_name(deployment)}-", tmeta,
+                             labels, template.get("spec") or {})
 
 
 def _scaled(value: Any, total: int, round_up: bool) -> int:
@@ -173,14 +147,9 @@ def max_unavailable(deployment: JSON) -> int:
     return min(desired, fenceposts(deployment)[1])
 
 
-def is_ready(pod: JSON) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def is_active(pod: JSON) -> bool:
     """``controller.IsPodActive``: neither being deleted nor ended."""
-    return not _meta(pod).get("deletionTimestamp") and not is_terminal(pod)
+    return not meta_of(pod).get("deletionTimestamp") and not is_terminal(pod)
 
 
 def _restarts(pod: JSON) -> int:
@@ -190,8 +159,8 @@ def _restarts(pod: JSON) -> int:
 
 def deletion_order(pods: Iterable[JSON]) -> list[JSON]:
     """The pods a scale-down takes first come first (``controller.ActivePods`` ordering)."""
-    newest_first = sorted(pods, key=lambda p: (str(_meta(p).get("creationTimestamp") or ""),
-                                               str(_meta(p).get("name") or "")), reverse=True)
+    newest_first = sorted(pods, key=lambda p: (str(meta_of(p).get("creationTimestamp") or ""),
+                                               str(meta_of(p).get("name") or "")), reverse=True)
     return sorted(newest_first, key=lambda p: (
         bool((p.get("spec") or {}).get("nodeName")),
         _PHASE_RANK.get(str((p.get("status") or {}).get("phase")), 0),
@@ -267,103 +236,43 @@ def deployment_status(deployment: JSON, pods: list[JSON], now: str) -> JSON:
     counts = {
         "replicas": len(active),
         "updatedReplicas": sum(1 for p in active
-                               if (_meta(p).get("labels") or {}).get(HASH_LABEL) == revision),
+                               if (meta_of(p).get("labels") or {}).get(HASH_LABEL) == revision),
         "readyReplicas": ready,
         "availableReplicas": ready,
         "unavailableReplicas": max(0, max(desired_replicas(deployment), len(active)) - ready),
     }
-    status: JSON = {"observedGeneration": int(_meta(deployment).get("generation") or 1),
+    status: JSON = {"observedGeneration": int(meta_of(deployment).get("generation") or 1),
                     **{k: v for k, v in counts.items() if v}}
     status["conditions"] = [available_condition(deployment, ready, now),
                             progressing_condition(deployment, status, now)]
     return status
 
 
-class DeploymentController:
+class DeploymentController(WorkloadController):
     """Keeps each Deployment's pods and status (see the module docstring)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.events = EventRecorder(store, "deployment-controller")
-        self.pod_security = PodSecurityAdmission(self._namespace_labels)
-        self._deployments: dict[str, JSON] = {}
-        self._pods: dict[str, JSON] = {}
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-
-    async def start(self) -> None:
-        self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._informer(DEPLOYMENTS, self._deployments),
-                                name="deployments-deployments"),
-            asyncio.create_task(self._informer(PODS, self._pods), name="deployments-pods"),
-            asyncio.create_task(self._run(), name="deployments-loop"),
-        ]
-        await asyncio.sleep(0)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        await cancel_all(self._tasks)
-        self._tasks = []
-
-    def _informer(self, key: tuple[str, str], index: dict[str, JSON]) -> Any:
-        def on_list(items: list[JSON]) -> None:
-            index.clear()
-            for obj in items:
-                index[str(_meta(obj).get("uid"))] = obj
-            self._wake.set()
-
-        def on_event(etype: str, obj: JSON) -> None:
-            uid = str(_meta(obj).get("uid"))
-            if etype == "DELETED":
-                index.pop(uid, None)
-            elif uid not in index or _rv(obj) > _rv(index[uid]):
-                # What this controller wrote is in the index already (``_remember``); an event
-                # older than that must not undo it.
-                index[uid] = obj
-            self._wake.set()
-
-        return run_informer(self.store, key, on_list, on_event, lambda: self._stopping,
-                            "deployment-controller")
-
-    def _namespace_labels(self, name: str) -> dict[str, str]:
-        try:
-            namespace = self.store.get(NAMESPACES, None, name)
-        except ApiError:
-            return {}
-        return dict(_meta(namespace).get("labels") or {})
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, "deployment-controller", DEPLOYMENTS)
+        self._deployments = self._watch(DEPLOYMENTS)
+        self._pods = self._watch(PODS)
 
     def _remember(self, pod: JSON, deleted: bool = False) -> None:
         """Put a pod this controller just created or deleted into its view at once, so that a
         sync before the watch delivers the change counts it (the role of kube's expectations).
         One the store removed outright stays, as being deleted, until its DELETED event: the
         events still on their way are older and must not bring it back."""
-        meta = _meta(pod)
+        meta = meta_of(pod)
         if deleted and not meta.get("deletionTimestamp"):
             pod = {**pod, "metadata": {**meta, "deletionTimestamp": now_rfc3339()}}
         self._pods[str(meta.get("uid"))] = pod
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            await self._wake.wait()
-            self._wake.clear()
-            for deployment in list(self._deployments.values()):
-                try:
-                    self.sync(deployment)
-                except Exception:
-                    log.exception("deployment-controller: syncing %s/%s failed",
-                                  _meta(deployment).get("namespace"),
-                                  _meta(deployment).get("name"))
-            await asyncio.sleep(0)  # let the watches deliver what this pass wrote
-
     # -- one Deployment --------------------------------------------------------------------------
 
     def _owned(self, deployment: JSON) -> list[JSON]:
-        uid = _meta(deployment).get("uid")
+        uid = meta_of(deployment).get("uid")
         return [p for p in self._pods.values()
                 if any(r.get("controller") and r.get("uid") == uid
-                       for r in _meta(p).get("ownerReferences") or [])]
+                       for r in meta_of(p).get("ownerReferences") or [])]
 
     def _split(self, deployment: JSON) -> tuple[list[JSON], list[JSON], bool]:
         """(active pods of the current template, active older ones, whether any older pod is
@@ -373,7 +282,7 @@ class DeploymentController:
         old: list[JSON] = []
         old_left = False
         for pod in self._owned(deployment):
-            current = (_meta(pod).get("labels") or {}).get(HASH_LABEL) == revision
+            current = (meta_of(pod).get("labels") or {}).get(HASH_LABEL) == revision
             if is_active(pod):
                 (new if current else old).append(pod)
             old_left = old_left or (not current and not is_terminal(pod))
@@ -381,7 +290,7 @@ class DeploymentController:
 
     def sync(self, deployment: JSON) -> None:
         """Bring one Deployment's pods and status in line with its spec."""
-        if _meta(deployment).get("deletionTimestamp"):
+        if meta_of(deployment).get("deletionTimestamp"):
             return  # garbage collection removes its pods
         if is_rolling(deployment):
             self._roll(deployment)
@@ -432,56 +341,20 @@ class DeploymentController:
 
     def _create(self, deployment: JSON, count: int) -> None:
         """Create ``count`` pods; the first refusal ends the batch (as ``slowStartBatch``)."""
-        namespace = str(_meta(deployment).get("namespace") or "default")
         for _ in range(max(0, count)):
-            pod = replica_pod(deployment)
-            # kube-apiserver's refusal names the generateName: no name is generated before
-            # admission (apiserver's admission.NewForbidden).
-            named = {**pod, "metadata": {**pod["metadata"], "namespace": namespace,
-                                         "name": pod["metadata"]["generateName"]}}
-            try:
-                self.pod_security.validate("CREATE", "", "pods", None, named, [])
-                created = self.store.create(PODS, namespace, pod)
-            except ApiError as e:
-                self.events.record(deployment, "Warning", "FailedCreate",
-                                   f"Error creating: {e.message}")
+            created = self._create_pod(deployment, replica_pod(deployment),
+                                       refusal_names_pod=True)
+            if created is None:
                 return
             self._remember(created)
-            self.events.record(deployment, "Normal", "SuccessfulCreate",
-                               f"Created pod: {_meta(created).get('name')}")
 
     def _delete(self, deployment: JSON, pod: JSON) -> None:
-        meta = _meta(pod)
-        try:
-            deleted = self.store.delete(PODS, meta.get("namespace"), meta.get("name"),
-                                        preconditions={"uid": meta.get("uid")})
-        except ApiError as e:
-            if e.code not in (404, 409):
-                self.events.record(deployment, "Warning", "FailedDelete",
-                                   f"Error deleting: {e.message}")
-            return
-        self._remember(deleted, deleted=True)
-        self.events.record(deployment, "Normal", "SuccessfulDelete",
-                           f"Deleted pod: {meta.get('name')}")
+        deleted = self._delete_pod(deployment, pod)
+        if deleted is not None:
+            self._remember(deleted, deleted=True)
 
     def _write_status(self, deployment: JSON) -> None:
-        meta = _meta(deployment)
         status = deployment_status(deployment, self._owned(deployment), now_rfc3339())
-        if (deployment.get("status") or {}) == status:
-            return
-        try:
-            current = self.store.get(DEPLOYMENTS, meta.get("namespace"), meta.get("name"))
-        except ApiError:
-            return
-        if _meta(current).get("uid") != meta.get("uid") or (
-                _meta(current).get("generation") != meta.get("generation")):
-            return  # a newer spec is on its way to the informer: sync that one instead
-        current["status"] = status
-        try:
-            written = self.store.replace(DEPLOYMENTS, meta.get("namespace"), meta.get("name"),
-                                         current, subresource="status")
-        except ApiError as e:
-            if e.code not in (404, 409):
-                raise
-            return
-        self._deployments[str(meta.get("uid"))] = written
+        written = self._replace_status(deployment, status, same_generation=True)
+        if written is not None:
+            self._deployments[str(meta_of(deployment).get("uid"))] = written

@@ -43,6 +43,7 @@ from .fit import container_gpus, is_terminal, node_allocatable
 from .imagepulls import NodeImages
 from .images import ImagePolicy
 from .nodes import GPU_REPLICAS_LABEL, GPU_RESOURCE, gpu_kind
+from .objectmeta import meta_of, rv_of
 from .podenv import ConfigError, container_env, expand_command
 from .podstatus import crash_backoff, go_duration, merge_conditions, pod_phase, readiness_condition
 from .processes import DEFAULT_LOG_LIMIT, ContainerProcess, LogBuffer, StartFailure, runc_exec_error
@@ -64,17 +65,6 @@ _EPOCH = "1970-01-01T00:00:00Z"
 KUBELET_TOKEN_SECONDS = 3607
 #: A token is renewed once this share of its lifetime has passed (as the kubelet's token manager).
 TOKEN_RENEW_AFTER = 0.8
-
-
-def _meta(obj: JSON) -> JSON:
-    return obj.get("metadata") or {}
-
-
-def _rv(obj: JSON) -> int:
-    try:
-        return int(_meta(obj).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 class ContainerRuntime:
@@ -127,7 +117,7 @@ class PodWorker:
     def __init__(self, kubelet: Kubelet, pod: JSON) -> None:
         self.k = kubelet
         self.pod = pod
-        meta = _meta(pod)
+        meta = meta_of(pod)
         self.uid: str = meta.get("uid", "")
         self.namespace: str = meta.get("namespace", "default")
         self.name: str = meta.get("name", "")
@@ -186,7 +176,7 @@ class PodWorker:
     def update(self, pod: JSON) -> None:
         """A newer version of the pod object arrived from the watch."""
         self.pod = pod
-        meta = _meta(pod)
+        meta = meta_of(pod)
         if meta.get("deletionTimestamp"):
             grace = meta.get("deletionGracePeriodSeconds")
             grace = float(grace if grace is not None else
@@ -258,7 +248,7 @@ class PodWorker:
             if e.code == 404:
                 return
             raise
-        if _meta(current).get("uid") != self.uid:
+        if meta_of(current).get("uid") != self.uid:
             return
         status = self.build_status(current.get("status") or {}, pod_is_terminal)
         if status == current.get("status"):
@@ -555,7 +545,7 @@ class PodWorker:
     def _device_env(self, c: ContainerRuntime) -> dict[str, str]:
         """What the GPU device plugins would set for the container's devices (allocators.py)."""
         node = self.k._nodes.get(self.node) or {}
-        labels = _meta(node).get("labels") or {}
+        labels = meta_of(node).get("labels") or {}
         try:
             replicas = int(labels.get(GPU_REPLICAS_LABEL) or 1)
         except ValueError:
@@ -895,7 +885,7 @@ class Kubelet:
             self._on_node_event("ADDED", node)
 
     def _on_node_event(self, etype: str, node: JSON) -> None:
-        name = _meta(node).get("name", "")
+        name = meta_of(node).get("name", "")
         if etype == "DELETED":
             self._nodes.pop(name, None)
             self.pulls.forget_node(name)
@@ -922,7 +912,7 @@ class Kubelet:
     # -- pods --------------------------------------------------------------------------------------
 
     def _on_pod_list(self, pods: list[JSON]) -> None:
-        live = {_meta(p).get("uid") for p in pods}
+        live = {meta_of(p).get("uid") for p in pods}
         for uid, worker in list(self._workers.items()):
             if uid not in live:
                 self._spawn(worker.on_removed())
@@ -930,7 +920,7 @@ class Kubelet:
             self._on_pod_event("MODIFIED", pod)
 
     def _on_pod_event(self, etype: str, pod: JSON) -> None:
-        meta = _meta(pod)
+        meta = meta_of(pod)
         uid = meta.get("uid", "")
         worker = self._workers.get(uid)
         if etype == "DELETED":
@@ -943,7 +933,7 @@ class Kubelet:
         if not node:
             return
         if worker is not None:
-            if _rv(pod) >= _rv(worker.pod):
+            if rv_of(pod) >= rv_of(worker.pod):
                 worker.update(pod)
             return
         if node not in self._nodes:
@@ -1017,7 +1007,7 @@ class Kubelet:
         names = [c.get("name") for c in spec.get("containers") or []]
         init_names = [c.get("name") for c in spec.get("initContainers") or []]
         if container is None:
-            default = (_meta(pod_obj).get("annotations") or {}).get(
+            default = (meta_of(pod_obj).get("annotations") or {}).get(
                 "kubectl.kubernetes.io/default-container")
             if default in names:
                 container = default
@@ -1034,7 +1024,7 @@ class Kubelet:
             raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
         w = self._by_name.get((namespace, name))
         runtime = None
-        if w is not None and w.uid == _meta(pod_obj).get("uid"):
+        if w is not None and w.uid == meta_of(pod_obj).get("uid"):
             runtime = next((c for c in w.containers + w.init_containers if c.name == container),
                            None)
         instances = runtime.instances if runtime is not None else []

@@ -3,6 +3,8 @@
 ``validate_meta`` checks an object's ``metadata`` as kube-apiserver's ObjectMeta validation does
 (names per kind, labels and annotations, finalizer names, ownerReferences) and words each error
 the same way. ``deep_copy`` is the store's copy of JSON-shaped data and ``now_rfc3339`` its clock.
+``meta_of`` and ``rv_of`` read an object's metadata and resourceVersion the forgiving way the
+controllers, the scheduler and the kubelet need (an object without them reads as empty and oldest).
 
 Called by the store (``store.py``) on every create and update, and by the built-in kind rules
 (``kindrules.py``) for the name rules they share. Nothing here may be overridden; a kind with
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -47,6 +50,20 @@ LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric
 def now_rfc3339(offset_seconds: float = 0) -> str:
     moment = datetime.now(timezone.utc) + timedelta(seconds=offset_seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def meta_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata``, or an empty one: what is read from a watch or an index need not have it."""
+    return obj.get("metadata") or {}
+
+
+def rv_of(obj: Mapping[str, Any]) -> int:
+    """The resourceVersion as a number, to tell which of two copies of an object is newer (the
+    store's are integers); 0, the oldest, when it has none."""
+    try:
+        return int(meta_of(obj).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def deep_copy(value: Any) -> Any:

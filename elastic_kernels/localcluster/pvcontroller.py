@@ -37,6 +37,7 @@ from .fit import is_terminal
 from .localpath import (BETA_STORAGE_PROVISIONER, PROVISIONED_BY, PROVISIONER,
                         STORAGE_PROVISIONER, make_dir, owns, provisioned_volume, remove_dir,
                         volume_dir)
+from .objectmeta import meta_of
 from .scheduler import run_informer
 from .tasks import cancel_all
 
@@ -49,10 +50,6 @@ JSON = dict[str, Any]
 PODS = ("", "pods")
 BIND_COMPLETED = "pv.kubernetes.io/bind-completed"
 BOUND_BY_CONTROLLER = "pv.kubernetes.io/bound-by-controller"
-
-
-def _meta(obj: JSON) -> JSON:
-    return obj.get("metadata") or {}
 
 
 class PersistentVolumeController:
@@ -109,7 +106,7 @@ class PersistentVolumeController:
         self._wake.set()
 
     def _on_pod_event(self, etype: str, pod: JSON) -> None:
-        uid = str(_meta(pod).get("uid") or "")
+        uid = str(meta_of(pod).get("uid") or "")
         old = self._pod_claims.get(uid)
         claims = frozenset(name for _, name, _ in pod_claims(pod))
         if etype == "DELETED" or not claims:
@@ -117,7 +114,7 @@ class PersistentVolumeController:
             if old is not None:
                 self._wake.set()
             return
-        entry = (str(_meta(pod).get("namespace") or ""), claims, not is_terminal(pod))
+        entry = (str(meta_of(pod).get("namespace") or ""), claims, not is_terminal(pod))
         if entry != old:
             self._pod_claims[uid] = entry
             self._wake.set()
@@ -148,32 +145,32 @@ class PersistentVolumeController:
     async def reconcile(self) -> None:
         """One pass over every claim, then every volume."""
         claims, _ = self.store.list(PVCS)
-        claims.sort(key=lambda c: (str(_meta(c).get("creationTimestamp") or ""),
-                                   str(_meta(c).get("name") or "")))
+        claims.sort(key=lambda c: (str(meta_of(c).get("creationTimestamp") or ""),
+                                   str(meta_of(c).get("name") or "")))
         for claim in claims:
             try:
                 await self._sync_claim(claim)
             except ApiError as e:
                 if e.code not in (404, 409):
-                    log.warning("claim %s/%s: %s", _meta(claim).get("namespace"),
-                                _meta(claim).get("name"), e.message)
+                    log.warning("claim %s/%s: %s", meta_of(claim).get("namespace"),
+                                meta_of(claim).get("name"), e.message)
                 self._wake.set()
-        uids = {str(_meta(c).get("uid")) for c in claims}
+        uids = {str(meta_of(c).get("uid")) for c in claims}
         self._announced = {k for k in self._announced if k[0] in uids}
         volumes, _ = self.store.list(PVS)
-        live = {(str(_meta(c).get("namespace")), str(_meta(c).get("name"))): c for c in claims}
+        live = {(str(meta_of(c).get("namespace")), str(meta_of(c).get("name"))): c for c in claims}
         for volume in volumes:
             try:
                 await self._sync_volume(volume, live)
             except ApiError as e:
                 if e.code not in (404, 409):
-                    log.warning("volume %s: %s", _meta(volume).get("name"), e.message)
+                    log.warning("volume %s: %s", meta_of(volume).get("name"), e.message)
                 self._wake.set()
 
     # -- claims ------------------------------------------------------------------------------------
 
     async def _sync_claim(self, claim: JSON) -> None:
-        meta = _meta(claim)
+        meta = meta_of(claim)
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         if meta.get("deletionTimestamp"):
             if PVC_PROTECTION in (meta.get("finalizers") or []) and not self.claim_in_use(
@@ -206,13 +203,13 @@ class PersistentVolumeController:
         spec = volume.get("spec") or {}
         if spec.get("claimRef") and not claim_ref_matches(volume, claim):
             self._event_once(claim, "Warning", "FailedBinding",
-                             f"volume \"{_meta(volume).get('name')}\" already bound to a "
+                             f"volume \"{meta_of(volume).get('name')}\" already bound to a "
                              f"different claim.")
             return False
         unclaimed = {**volume, "spec": {**spec, "claimRef": None}}
         if not volume_satisfies(unclaimed, claim):
             self._event_once(claim, "Warning", "VolumeMismatch",
-                             f"Cannot bind to requested volume \"{_meta(volume).get('name')}\": "
+                             f"Cannot bind to requested volume \"{meta_of(volume).get('name')}\": "
                              f"it does not satisfy the claim's class, access modes, size or "
                              f"selector")
             return False
@@ -227,11 +224,11 @@ class PersistentVolumeController:
         if pre_bound:
             return pre_bound[0]
         free = [v for v in fitting if not (v.get("spec") or {}).get("claimRef")]
-        free.sort(key=lambda v: (volume_capacity(v) or 0, str(_meta(v).get("name"))))
+        free.sort(key=lambda v: (volume_capacity(v) or 0, str(meta_of(v).get("name"))))
         return free[0] if free else None
 
     async def _provision_or_wait(self, claim: JSON) -> None:
-        meta = _meta(claim)
+        meta = meta_of(claim)
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         class_name = claim_class(claim)
         if not class_name:
@@ -280,14 +277,14 @@ class PersistentVolumeController:
         self._event(claim, "Normal", "ProvisioningSucceeded",
                     f"Successfully provisioned volume {created['metadata']['name']}")
         current = self._get(PVCS, namespace, name)
-        if current is not None and _meta(current).get("uid") == meta.get("uid"):
+        if current is not None and meta_of(current).get("uid") == meta.get("uid"):
             self._bind(current, created)
 
     def _annotate_provisioner(self, claim: JSON, provisioner: str) -> None:
-        annotations = _meta(claim).get("annotations") or {}
+        annotations = meta_of(claim).get("annotations") or {}
         if annotations.get(STORAGE_PROVISIONER) == provisioner:
             return
-        meta = _meta(claim)
+        meta = meta_of(claim)
         claim.update(self.store.patch(PVCS, meta["namespace"], meta["name"], {"metadata": {
             "resourceVersion": meta["resourceVersion"],
             "annotations": {STORAGE_PROVISIONER: provisioner,
@@ -295,7 +292,7 @@ class PersistentVolumeController:
 
     def _bind(self, claim: JSON, volume: JSON) -> None:
         """Both halves of a binding, volume first (as the binder does), then both statuses."""
-        cmeta, vmeta = _meta(claim), _meta(volume)
+        cmeta, vmeta = meta_of(claim), meta_of(volume)
         vspec = dict(volume.get("spec") or {})
         ref = {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
                "namespace": cmeta["namespace"], "name": cmeta["name"], "uid": cmeta["uid"],
@@ -332,7 +329,7 @@ class PersistentVolumeController:
         current = claim.get("status") or {}
         if all(current.get(k) == v for k, v in status.items()):
             return
-        meta = _meta(claim)
+        meta = meta_of(claim)
         self.store.patch(PVCS, meta["namespace"], meta["name"],
                          {"metadata": {"uid": meta["uid"]}, "status": status}, "merge",
                          subresource="status")
@@ -340,11 +337,11 @@ class PersistentVolumeController:
     # -- volumes -----------------------------------------------------------------------------------
 
     async def _sync_volume(self, volume: JSON, claims: dict[tuple[str, str], JSON]) -> None:
-        meta, spec = _meta(volume), volume.get("spec") or {}
+        meta, spec = meta_of(volume), volume.get("spec") or {}
         phase = (volume.get("status") or {}).get("phase")
         ref = spec.get("claimRef") or {}
         claim = claims.get((str(ref.get("namespace")), str(ref.get("name")))) if ref else None
-        if claim is not None and ref.get("uid") and ref["uid"] != _meta(claim).get("uid"):
+        if claim is not None and ref.get("uid") and ref["uid"] != meta_of(claim).get("uid"):
             claim = None  # a new claim of the same name is not this volume's claim
         if meta.get("deletionTimestamp"):
             if PV_PROTECTION in (meta.get("finalizers") or []) and (
@@ -360,7 +357,7 @@ class PersistentVolumeController:
                 self._volume_status(volume, "Available")  # pre-bound, waiting for its claim
             return
         fresh = self._get(PVCS, str(ref.get("namespace")), str(ref.get("name")))
-        if fresh is not None and _meta(fresh).get("uid") == ref.get("uid"):
+        if fresh is not None and meta_of(fresh).get("uid") == ref.get("uid"):
             return  # created after this pass listed the claims: not gone
         # Its claim is gone: release, then reclaim per policy.
         if phase == "Bound" or phase in (None, "Pending", "Available"):
@@ -376,7 +373,7 @@ class PersistentVolumeController:
                                 "Recycle is not supported by the local cluster")
 
     async def _delete_volume(self, volume: JSON) -> None:
-        meta = _meta(volume)
+        meta = meta_of(volume)
         path = volume_path(volume)
         ours = (meta.get("annotations") or {}).get(PROVISIONED_BY) == self.provisioner
         if not (ours and owns(self.root, path)):
@@ -398,8 +395,8 @@ class PersistentVolumeController:
                        message: str | None = None) -> None:
         status: JSON = {"phase": phase, "lastPhaseTransitionTime": now_rfc3339(),
                         "reason": reason, "message": message}
-        volume.update(self.store.patch(PVS, None, _meta(volume)["name"], {
-            "metadata": {"uid": _meta(volume)["uid"]}, "status": status}, "merge",
+        volume.update(self.store.patch(PVS, None, meta_of(volume)["name"], {
+            "metadata": {"uid": meta_of(volume)["uid"]}, "status": status}, "merge",
             subresource="status"))
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -413,7 +410,7 @@ class PersistentVolumeController:
             raise
 
     def _drop_finalizer(self, key: tuple[str, str], obj: JSON, finalizer: str) -> None:
-        meta = _meta(obj)
+        meta = meta_of(obj)
         finalizers = [f for f in meta.get("finalizers") or [] if f != finalizer]
         self.store.patch(key, meta.get("namespace"), meta["name"], {"metadata": {
             "resourceVersion": meta["resourceVersion"], "finalizers": finalizers or None}},
@@ -424,7 +421,7 @@ class PersistentVolumeController:
 
     def _event_once(self, claim: JSON, etype: str, reason: str, message: str) -> None:
         """An Event for a claim that keeps waiting, once per reason (passes repeat)."""
-        key = (str(_meta(claim).get("uid")), reason)
+        key = (str(meta_of(claim).get("uid")), reason)
         if key in self._announced:
             return
         self._announced.add(key)

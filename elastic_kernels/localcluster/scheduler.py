@@ -35,6 +35,7 @@ from .eventrecorder import EventRecorder, now_rfc3339
 from .claims import PVCS, PVS, STORAGE_CLASSES
 from .fit import (NO_NODES_MESSAGE, add_resources, allocated_by_node, choose_node, is_terminal,
                   needs_scheduling, nonzero_requests, pod_requests, unschedulable_message)
+from .objectmeta import rv_of
 from .tasks import cancel_all
 from .volumefit import WAIT, ClaimUsage, StorageView
 from .volumefit import node_failures as volume_node_failures
@@ -48,13 +49,6 @@ log = logging.getLogger(__name__)
 PODS = ("", "pods")
 NODES = ("", "nodes")
 JSON = dict[str, Any]
-
-
-def _rv(obj: JSON) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 def _storage_key(obj: JSON) -> Any:
@@ -199,7 +193,7 @@ class Scheduler:
         if etype == "DELETED":
             self._nodes.pop(name, None)
             return  # fewer nodes never lets a waiting pod fit
-        if old is not None and _rv(old) > _rv(node):
+        if old is not None and rv_of(old) > rv_of(node):
             return
         self._nodes[name] = node
         if old is None or _node_signature(old) != _node_signature(node):
@@ -247,7 +241,7 @@ class Scheduler:
             if old is not None and (old.get("spec") or {}).get("nodeName") and not is_terminal(old):
                 self._capacity_changed()
             return
-        if old is not None and _rv(old) > _rv(pod):
+        if old is not None and rv_of(old) > rv_of(pod):
             return  # an older event than what we already know (we bound it meanwhile)
         self._pods[uid] = pod
         if needs_scheduling(pod) and self._owned(pod):

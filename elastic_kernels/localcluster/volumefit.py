@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 from .claims import ROX, RWO, RWOP, RWX, claim_class, is_bound, pod_claims
 from .fit import is_terminal, term_matches
+from .objectmeta import meta_of
 
 JSON = dict[str, Any]
 
@@ -40,10 +41,6 @@ REASON_RWO_ELSEWHERE = ("node(s) did not have the pods already using a ReadWrite
 REASON_PV_MISSING = ("node(s) unavailable due to one or more pvc(s) bound to non-existent "
                      "pv(s)")
 UNBOUND_IMMEDIATE = "pod has unbound immediate PersistentVolumeClaims"
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
 
 
 @dataclass
@@ -82,7 +79,7 @@ class ClaimUsage:
         node = node or (pod.get("spec") or {}).get("nodeName")
         if not node or is_terminal(pod):
             return
-        namespace, uid = str(_meta(pod).get("namespace")), str(_meta(pod).get("uid"))
+        namespace, uid = str(meta_of(pod).get("namespace")), str(meta_of(pod).get("uid"))
         for _, claim, _ in pod_claims(pod):
             self._users.setdefault((namespace, claim), {})[uid] = node
 
@@ -92,13 +89,13 @@ class ClaimUsage:
 
 def prefilter(pod: Mapping[str, Any], view: StorageView) -> str | None:
     """None (go on to the nodes), ``WAIT``, or the message that keeps the pod Pending."""
-    namespace = str(_meta(pod).get("namespace") or "default")
+    namespace = str(meta_of(pod).get("namespace") or "default")
     wait = False
     for _, name, _ in pod_claims(pod):
         claim = view.claim(namespace, name)
         if claim is None:
             return f'persistentvolumeclaim "{name}" not found'
-        if _meta(claim).get("deletionTimestamp"):
+        if meta_of(claim).get("deletionTimestamp"):
             return f'persistentvolumeclaim "{name}" is being deleted'
         if is_bound(claim):
             continue
@@ -113,9 +110,9 @@ def prefilter(pod: Mapping[str, Any], view: StorageView) -> str | None:
 def node_failures(pod: Mapping[str, Any], node: Mapping[str, Any], view: StorageView,
                   usage: ClaimUsage) -> list[str]:
     """Why the pod's claims rule this node out (empty: they allow it)."""
-    namespace = str(_meta(pod).get("namespace") or "default")
-    uid = str(_meta(pod).get("uid") or "")
-    node_name = str(_meta(node).get("name") or "")
+    namespace = str(meta_of(pod).get("namespace") or "default")
+    uid = str(meta_of(pod).get("uid") or "")
+    node_name = str(meta_of(node).get("name") or "")
     for _, name, _ in pod_claims(pod):
         claim = view.claim(namespace, name)
         if claim is None:
