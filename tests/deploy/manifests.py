@@ -9,7 +9,6 @@ its API server would on ``kubectl apply`` -- judges every custom resource.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Iterator
@@ -18,13 +17,13 @@ import kubernetes_validate
 import yaml
 
 from elastic_kernels.localcluster.schema import StructuralSchema
+from tests.kubectl import KUBECTL
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CRDS = DEPLOY / "crds"
 KERNELSPECS = REPO / "kernelspecs"
 CHART = DEPLOY / "helm" / "elastic-kernels"
-KUBECTL = Path(sys.executable).parent / "kubectl"
 K8S_VERSION = "1.37"
 NAMESPACE = "elastic-kernels"
 CR_GROUP = "elastic.jupyter.org"

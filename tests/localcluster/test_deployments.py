@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import typing as t
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import yaml
 
 from elastic_kernels.cli import cluster_controllers, main
 from elastic_kernels.localcluster.cluster import LocalCluster
 from elastic_kernels.localcluster.deployments import (HASH_LABEL, deletion_order, fenceposts,
                                                       template_hash)
 
-from .test_api_kubectl import KUBECTL
+from tests.kubectl import Kubectl as KubectlBase
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(90)]
 
@@ -42,38 +40,15 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"
               "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-class Kubectl:
-    """The real kubectl with the cluster's admin kubeconfig; async, because the cluster serves
-    on the test's own event loop."""
+class Kubectl(KubectlBase):
+    """The real kubectl with the cluster's admin kubeconfig, and the few questions these tests
+    ask it."""
 
     def __init__(self, cluster: LocalCluster) -> None:
-        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path),
-                    "HOME": str(cluster.workdir)}
-
-    async def run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            str(KUBECTL), *args, env=self.env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), 60)
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        return t.cast(int, proc.returncode), out.decode(), err.decode()
-
-    async def __call__(self, *args: str, stdin: str | None = None) -> str:
-        code, out, err = await self.run(*args, stdin=stdin)
-        assert code == 0, f"kubectl {' '.join(args)}:\n{err}"
-        return out
-
-    async def json(self, *args: str) -> t.Any:
-        return json.loads(await self(*args, "-o", "json"))
+        super().__init__(cluster.kubeconfig_path, cluster.workdir)
 
     async def apply(self, *docs: JSON) -> str:
-        return await self("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+        return await self.apply_docs(list(docs))
 
     async def pods(self, name: str) -> list[JSON]:
         """The Deployment ``name``'s pods that are not being deleted, oldest first."""
