@@ -35,7 +35,9 @@ Kubelet:
 Controllers:
     ``daemonsets`` (a pod of each DaemonSet on every node it selects; the image pre-puller),
     ``deployments`` (opt-in, ``LocalCluster(controllers={"deployment"})``: ``spec.replicas`` pods
-    of each Deployment's template, rolled on a change; off unless asked for).
+    of each Deployment's template, rolled on a change; off unless asked for), both on
+    ``workloadcontroller`` (watched indexes, the wake-and-reconcile loop, pod creation through
+    Pod Security).
 GPU telemetry:
     ``dcgm`` (a dcgm-exporter stand-in serving the simulated GPUs' utilisation), ``simgpu`` (the
     library a kernel marks its GPU busy with; runs inside pods).
