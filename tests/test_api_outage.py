@@ -224,3 +224,39 @@ async def test_an_api_error_while_taking_on_a_kernel_is_a_503_not_a_404(
         assert (await ws.execute("print(6 * 7)"))["stdout"] == "42\n"
     finally:
         ws.close()
+
+
+async def test_a_request_while_the_kernel_is_being_taken_on_waits_for_it(
+        gateway: ElasticGatewayApp) -> None:
+    """A gateway serves while it re-attaches its namespace's kernels at startup. A request for
+    a kernel being attached right then (jupyter_server lists it as a pending start meanwhile)
+    waits for that attempt and gets the kernel, not a 404 (a clean-clone run saw the
+    replacement gateway pod answer a websocket 404 during its startup adoption)."""
+    kernel_id = await start(gateway)
+    km: t.Any = gateway.kernel_manager
+    await km.detach_all()
+    hydrator = km.hydrator
+    real_attach = hydrator.attach
+    attaching = asyncio.Event()
+
+    async def attach_slowly(*args: t.Any) -> t.Any:
+        started = asyncio.ensure_future(real_attach(*args))
+        while hydrator.pending_start(kernel_id) is None and not started.done():
+            await asyncio.sleep(0)
+        attaching.set()  # the kernel is a pending start now
+        await asyncio.sleep(0.2)  # and stays one while the second request comes
+        return await started
+
+    hydrator.attach = attach_slowly
+    try:
+        first = asyncio.ensure_future(km.hydrate_kernel(kernel_id))
+        await asyncio.wait_for(attaching.wait(), 30)
+        assert await km.hydrate_kernel(kernel_id), "the second request joined the first"
+        assert await first
+    finally:
+        hydrator.attach = real_attach
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        assert (await ws.execute("print(6 * 7)"))["stdout"] == "42\n"
+    finally:
+        ws.close()

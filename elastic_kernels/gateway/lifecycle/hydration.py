@@ -172,10 +172,13 @@ class KernelHydrator(LoggingConfigurable):
             return False
         if self.holds(kernel_id):
             return True
-        if self.pending_start(kernel_id) is not None:
-            return False  # this gateway is starting it right now
+        # An attempt under way first: while it attaches, jupyter_server lists the kernel as a
+        # pending start, and a request then (a gateway serves while it re-attaches at startup)
+        # must wait for that attempt, not answer that there is no such kernel.
         attempt = self._inflight.get(kernel_id)
         if attempt is None:
+            if self.pending_start(kernel_id) is not None:
+                return False  # a user's start of it here, not a hydration
             attempt = asyncio.ensure_future(self._hydrate(kernel_id, record))
             self._inflight[kernel_id] = attempt
             attempt.add_done_callback(lambda _: self._inflight.pop(kernel_id, None))
