@@ -342,8 +342,7 @@ class DeploymentController(WorkloadController):
     def _create(self, deployment: JSON, count: int) -> None:
         """Create ``count`` pods; the first refusal ends the batch (as ``slowStartBatch``)."""
         for _ in range(max(0, count)):
-            created = self._create_pod(deployment, replica_pod(deployment),
-                                       refusal_names_pod=True)
+            created = self._create_pod(deployment, replica_pod(deployment))
             if created is None:
                 return
             self._remember(created)
@@ -355,6 +354,6 @@ class DeploymentController(WorkloadController):
 
     def _write_status(self, deployment: JSON) -> None:
         status = deployment_status(deployment, self._owned(deployment), now_rfc3339())
-        written = self._replace_status(deployment, status, same_generation=True)
+        written = self._replace_status(deployment, status)
         if written is not None:
             self._deployments[str(meta_of(deployment).get("uid"))] = written

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ def pod_from_template(owner: JSON, kind: str, generate_name: str, template_meta:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec}
 
 
-class WorkloadController:
+class WorkloadController(ABC):
     """A controller of ``kind`` that reconciles on every change it watches.
 
     A subclass adds the other kinds it watches with ``_watch`` in its constructor and implements
@@ -88,15 +89,15 @@ class WorkloadController:
         asked for), for the subclass to read in ``sync``."""
         return self._indexes.setdefault(key, {})
 
+    @abstractmethod
     def sync(self, obj: JSON) -> None:
         """Bring one object of ``kind`` and its pods in line; called for each on every wake."""
-        raise NotImplementedError
 
-    def _listed(self, key: ResourceKey) -> None:
+    def _listed(self, key: ResourceKey) -> None:  # noqa: B027 - an optional hook
         """After ``key``'s index was rebuilt from a full list: for state a subclass keeps beside
         the indexes, which a list may make stale."""
 
-    def _seen(self, key: ResourceKey, etype: str, obj: JSON) -> None:
+    def _seen(self, key: ResourceKey, etype: str, obj: JSON) -> None:  # noqa: B027 - optional
         """After each watch event of ``key``: for state a subclass keeps beside the indexes."""
 
     async def start(self) -> None:
@@ -157,19 +158,16 @@ class WorkloadController:
 
     # -- writes, in kube-controller-manager's words ----------------------------------------------
 
-    def _create_pod(self, owner: JSON, pod: JSON, *,
-                    refusal_names_pod: bool = False) -> JSON | None:
+    def _create_pod(self, owner: JSON, pod: JSON) -> JSON | None:
         """Create ``pod`` for ``owner``, or record why not and return None.
 
         Pod Security runs here because the store is behind kube-apiserver's admission; a refusal
-        is a ``FailedCreate`` Event with kube-apiserver's message. With ``refusal_names_pod`` the
-        message names the pod by its generateName, as kube-apiserver's does (no name is generated
-        before admission); the DaemonSet controller's has always named none.
+        is a ``FailedCreate`` Event with kube-apiserver's message, which names the pod by its
+        generateName (no name is generated before admission).
         """
         namespace = str(meta_of(owner).get("namespace") or "default")
-        admitted = {**pod["metadata"], "namespace": namespace}
-        if refusal_names_pod:
-            admitted["name"] = pod["metadata"]["generateName"]
+        admitted = {**pod["metadata"], "namespace": namespace,
+                    "name": pod["metadata"]["generateName"]}
         try:
             self.pod_security.validate("CREATE", "", "pods", None,
                                        {**pod, "metadata": admitted}, [])
@@ -197,15 +195,14 @@ class WorkloadController:
         self.events.record(owner, "Normal", "SuccessfulDelete", f"Deleted pod: {meta.get('name')}")
         return deleted
 
-    def _replace_status(self, obj: JSON, status: JSON, *,
-                        same_generation: bool = False) -> JSON | None:
+    def _replace_status(self, obj: JSON, status: JSON) -> JSON | None:
         """Write ``status`` through the status subresource when it differs from ``obj``'s, and
         return what was written (None when nothing was).
 
         The stored object is read first so that the write carries its resourceVersion. One of
-        the same name but another uid is left alone, and so, with ``same_generation``, is a newer
-        spec on its way to the informer: its own sync writes its status. A conflict or deletion
-        in between is left to the next sync.
+        the same name but another uid is left alone, and so is a newer spec on its way to the
+        informer: its own sync writes its status. A conflict or deletion in between is left to
+        the next sync.
         """
         meta = meta_of(obj)
         if (obj.get("status") or {}) == status:
@@ -214,8 +211,8 @@ class WorkloadController:
             current = self.store.get(self.kind, meta.get("namespace"), meta["name"])
         except ApiError:
             return None
-        if meta_of(current).get("uid") != meta.get("uid") or (
-                same_generation and meta_of(current).get("generation") != meta.get("generation")):
+        if (meta_of(current).get("uid") != meta.get("uid")
+                or meta_of(current).get("generation") != meta.get("generation")):
             return None
         current["status"] = status
         try:
