@@ -176,12 +176,14 @@ def notebook_server_secrets(serverapp: t.Any) -> redaction.SecretSource:
     """What a notebook server in front of the gateway must never log: its own token, its
     gateway token, and its environment's secret-named variables (``JUPYTERHUB_API_TOKEN``)."""
     ref = weakref.ref(serverapp)
+    # Read once: the environment is the process's from its start (the tokens may be set later).
+    from_env = redaction.secret_env_values(os.environ)
 
     def source() -> list[str]:
         app = ref()
         if app is None:
             return []
-        values = redaction.secret_env_values(os.environ)
+        values = list(from_env)
         token = getattr(getattr(app, "identity_provider", None), "token", None)
         gateway = getattr(app, "gateway_config", None)
         for value in (token, getattr(gateway, "auth_token", None)):
