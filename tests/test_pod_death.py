@@ -22,6 +22,7 @@ import pytest_asyncio
 from elastic_kernels.gateway.app import ElasticGatewayApp
 from elastic_kernels.kube import resources as R
 from elastic_kernels.kube.client import PODS, KubeClient, KubeError
+from elastic_kernels.kube.informer import at_least_version
 
 from .conftest import GatewayFactory, derived_kernelspec
 from .gateway.support import KernelWS, api, json_of
@@ -105,6 +106,32 @@ async def test_killed_kernel_with_fail_policy_is_reported_dead_with_the_reason(
     assert gone.value.not_found
 
 
+async def test_dead_is_announced_after_the_record_says_failed_even_if_its_watch_lags(
+        gateway: ElasticGatewayApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that reads the kernel's model when it hears ``dead`` finds phase Failed, even
+    when the JupyterKernel watch delivers the write later than the kernel's death is seen (CI
+    saw ``Running`` once on a loaded machine). Here the record watch lags by a fixed 0.5 s."""
+    kernel_id = await start(gateway, "python-cpu-fail")
+    records = gateway.kernel_manager._kernel_records
+    assert records is not None
+    loop = asyncio.get_running_loop()
+    deliver = records._deliver
+
+    def lagging(event_type: str, obj: Any) -> None:
+        loop.call_later(0.5, deliver, event_type, obj)
+
+    monkeypatch.setattr(records, "_deliver", lagging)
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        ws.send("execute_request", {"code": "import os; os._exit(3)", "silent": False})
+        await ws.wait_for(status_is("dead"))
+    finally:
+        ws.close()
+    found = await model(gateway, kernel_id)
+    assert found["elastic"]["phase"] == "Failed", found
+    assert (await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")).code == 204
+
+
 async def test_deleting_the_jupyterkernel_is_final(
         gateway: ElasticGatewayApp, kube: KubeClient) -> None:
     kernel_id = await start(gateway, "python-cpu")
@@ -147,3 +174,11 @@ async def test_a_live_decision_never_restarts_on_a_second_look(
     await restarter.poll()  # decides from the caches: the pod runs
     assert restarts == []
     assert restarter.running
+
+
+def test_a_written_resource_version_is_reached_by_itself_or_a_later_integer_one() -> None:
+    assert at_least_version("17", "17") and at_least_version("18", "17")
+    assert not at_least_version("16", "17")
+    # Opaque versions are only known equal, never known later.
+    assert at_least_version("a7", "a7") and not at_least_version("b7", "a7")
+    assert not at_least_version("", "17")

@@ -364,5 +364,17 @@ def _rv(obj: JSON) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
+def at_least_version(cached: str, written: str) -> bool:
+    """Whether an object at resourceVersion ``cached`` is the ``written`` one or a later one.
+
+    The API contract calls resourceVersions opaque, so this is only a hint for waiting out a
+    watch's lag: equal versions are the same write; integers (what etcd and the local cluster
+    issue) are compared as such; anything else is not known to be later.
+    """
+    if cached == written:
+        return True
+    return cached.isdigit() and written.isdigit() and int(cached) > int(written)
+
+
 async def start_all(informers: Iterable[Informer], timeout: float | None = 30.0) -> None:
     await asyncio.gather(*(i.start(timeout=timeout) for i in informers))

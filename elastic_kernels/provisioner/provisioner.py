@@ -43,7 +43,7 @@ from traitlets import Float, List, Unicode, default
 
 from ..kube.client import PODS, SECRETS, JSON, KubeError
 from ..kube.connection import ClusterConnection
-from ..kube.informer import Informer
+from ..kube.informer import Informer, at_least_version
 from ..kube import records
 from ..kube import resources as R
 from .envpolicy import filter_client_env
@@ -66,6 +66,8 @@ ATTACH_KWARG = "elastic_attach"
 GPU_QUEUE_KWARG = "elastic_gpu_queue"
 #: The ``start_kernel`` keyword by which our gateway hands the provisioner its warm pools.
 WARM_POOL_KWARG = "elastic_warm_pool"
+#: How long a status write waits for the shared watch to deliver it (usually already there).
+RECORD_CATCH_UP_TIMEOUT = 5.0
 
 
 class GpuQueueDoor(Protocol):
@@ -352,7 +354,7 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
             try:
                 await self._wait_answering(pods, info)
             finally:
-                await asyncio.shield(recorded)
+                await self._until_cached(await asyncio.shield(recorded))
         except KernelLaunchError as e:
             await self._abandon(e.message, reason=e.reason)
             raise
@@ -490,14 +492,15 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
     async def _report_pull(self, message: str) -> None:
         await self._patch_status({"reason": REASON_PULLING, "message": message[:1024]})
 
-    async def _patch_status(self, status: JSON) -> None:
+    async def _patch_status(self, status: JSON) -> JSON | None:
         """Best effort: a failed status write must not fail the kernel itself."""
         try:
-            await records.patch_kernel_status(self.connection.client, self.kernel_cr_name,
-                                              self._ns, status)
+            return await records.patch_kernel_status(self.connection.client, self.kernel_cr_name,
+                                                     self._ns, status)
         except KubeError as e:
             self.log.warning("Kernel %s: could not record status %s: %s",
                              self.kernel_id, status.get("phase"), e)
+            return None
 
     async def _create_record(self, client: Any, kernel: JSON) -> JSON:
         """Create the JupyterKernel, marked with a random start id. If the API server may still
@@ -832,9 +835,41 @@ class ElasticKernelProvisioner(KernelProvisionerBase):
         self._pod_ip = ""
 
     async def record_failure(self, cause: PodAssessment) -> None:
-        """The kernel died and its restart policy (or the restart limit) says it stays dead."""
-        await self._patch_status({"phase": "Failed", "reason": cause.reason or "KernelDied",
-                                  "message": cause.message[:1024]})
+        """The kernel died and its restart policy (or the restart limit) says it stays dead.
+
+        Returns once the shared watch shows the write: the caller then announces ``dead``.
+        """
+        await self._until_cached(await self._patch_status({
+            "phase": "Failed", "reason": cause.reason or "KernelDied",
+            "message": cause.message[:1024]}))
+
+    async def _until_cached(self, written: JSON | None) -> None:
+        """Wait until the shared JupyterKernel watch has delivered ``written`` (or a later write).
+
+        The kernel's model is read from that watch's cache, and the watch may deliver a write
+        after the news that follows it reaches the client (``dead``, or the reply to a restart):
+        a client reading the model then would find the record before the write (Running with
+        the old restart count). Usually the event is already there and this returns at once.
+        """
+        if written is None:
+            return
+        version = str((written.get("metadata") or {}).get("resourceVersion") or "")
+        status = written.get("status") or {}
+
+        def caught_up(record: JSON | None) -> bool:
+            if record is None:
+                return True
+            cached = str((record.get("metadata") or {}).get("resourceVersion") or "")
+            if at_least_version(cached, version):
+                return True
+            return all((record.get("status") or {}).get(k) == v for k, v in status.items())
+
+        try:
+            cache = await self.record_cache()
+            await cache.wait_for(caught_up, self.kernel_cr_name, self._ns,
+                                 timeout=RECORD_CATCH_UP_TIMEOUT)
+        except (asyncio.TimeoutError, KubeError):
+            pass  # the watch lags or is down: the record is written, the model catches up later
 
     # -- what the gateway shows -----------------------------------------------------------------
 
