@@ -280,7 +280,7 @@ class ElasticChannelsConnection(ZMQChannelsWebsocketConnection):
             return False
         if limit.has_notices:
             v1 = self.subprotocol == V1_PROTOCOL
-            for parent, text in limit.take_notices():
+            for parent, text in limit.take_notices(msg_list):
                 payload, binary = notice_frame(self.session, v1, parent, text)
                 self.write_message(payload, binary=binary)
         return True

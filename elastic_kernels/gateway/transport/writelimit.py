@@ -21,10 +21,15 @@ tab is a legitimate client that reads late. Closed, JupyterLab reconnects, gets 
 over and loses the output anyway. jupyter_server's own IOPub rate limit drops output with a
 notice for the same reason. The kernel is never slowed down or stopped.
 
-**The user is told, in the right cell.** Each cell (parent header) that lost output gets one
-stderr ``stream`` message saying how much was dropped and why, sent just before the next message
-that does reach the client: before that cell's idle status or ``execute_reply``, while JupyterLab
-still routes the cell's messages to it (it forgets a cell once both arrived).
+**The user is told, in the right cell, at most twice.** A cell (parent header) that loses output
+gets a stderr ``stream`` message saying how much was dropped and why, sent just before the next
+message that does reach the client. A long cell can fall behind, catch up and fall behind again
+many times (how often depends on the socket buffers and the client's pace); what it loses after
+its first notice is summed up in one more notice, sent just before the cell's idle status, while
+JupyterLab still routes the cell's messages to it (it forgets a cell once its idle status and its
+``execute_reply`` arrived). The idle status, not the reply: it comes on iopub after all of the
+cell's output, while the reply, on shell, may overtake output still on its way. A notice per
+stretch filled a busy cell with identical lines.
 
 **What is counted**: the bytes in tornado's write buffer, plus 2 KiB per frame not written yet
 (the Future and the Task that tornado's ``write_message`` wraps around each frame: 1.5 to 1.9 KiB
@@ -84,6 +89,11 @@ OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "exec
 MAX_NOTICE_CELLS = 16
 """Cells remembered for notices between two messages sent; later drops go to the last one."""
 
+MAX_NOTIFIED_CELLS = 64
+"""Cells remembered as told once, whose further losses wait for the cell's end; past this many
+running cells, the oldest is forgotten (its next loss is told at once again)."""
+
+
 _MAX_PARENT_BYTES = 4096
 """A parent header larger than this is not kept for the notice (it is the kernel's to size)."""
 
@@ -118,13 +128,14 @@ def retrieve_exception(written: asyncio.Future[t.Any]) -> None:
         written.exception()
 
 
-def _split(msg_list: t.Sequence[t.Any]) -> tuple[bytes, bytes] | None:
-    """The header and parent header parts of a raw kernel message, or None."""
+def _split(msg_list: t.Sequence[t.Any]) -> tuple[bytes, bytes, bytes] | None:
+    """The header, parent header and content parts of a raw kernel message, or None."""
     for i, part in enumerate(msg_list):
         if part == DELIM:
             if len(msg_list) < i + 4:
                 return None
-            return bytes(msg_list[i + 2]), bytes(msg_list[i + 3])
+            content = bytes(msg_list[i + 5]) if len(msg_list) > i + 5 else b""
+            return bytes(msg_list[i + 2]), bytes(msg_list[i + 3]), content
     return None
 
 
@@ -162,8 +173,10 @@ class OutputLimit:
         self.dropped_messages = 0
         #: The most bytes ever queued for the client (what its flood may have left allocated).
         self.peak_pending = 0
-        #: raw parent header -> [bytes, messages] dropped, not yet reported to the client.
-        self._unreported: dict[bytes, list[int]] = {}
+        #: the cell's msg_id ("" for none) -> its loss not yet reported to the client.
+        self._unreported: dict[str, _Loss] = {}
+        #: msg_ids of cells told once, whose later losses are reported when the cell ends.
+        self._notified: dict[str, None] = {}
 
     @property
     def close_reason(self) -> str:
@@ -208,16 +221,18 @@ class OutputLimit:
                              _size(self.max_pending))
         self.dropped_bytes += size
         self.dropped_messages += 1
-        if len(parent) > _MAX_PARENT_BYTES:
-            parent = b"{}"
-        entry = self._unreported.get(parent)
+        # By msg_id, not by the raw parent header: ipykernel does not always serialize one
+        # request's header to the same bytes (its last flush of a cell's output differs).
+        header = _parent_of(parent) if len(parent) <= _MAX_PARENT_BYTES else {}
+        msg_id = str(header.get("msg_id", ""))
+        entry = self._unreported.get(msg_id)
         if entry is None:
             if len(self._unreported) >= MAX_NOTICE_CELLS:
                 entry = next(reversed(self._unreported.values()))
             else:
-                entry = self._unreported[parent] = [0, 0]
-        entry[0] += size
-        entry[1] += 1
+                entry = self._unreported[msg_id] = _Loss(header)
+        entry.size += size
+        entry.count += 1
 
     @property
     def hit(self) -> bool:
@@ -235,23 +250,65 @@ class OutputLimit:
     def has_notices(self) -> bool:
         return bool(self._unreported)
 
-    def take_notices(self) -> list[tuple[dict[str, t.Any], str]]:
-        """``(parent header, text)`` for each cell that lost output since the last call."""
+    def take_notices(self, msg_list: t.Sequence[t.Any] = ()) -> list[tuple[dict[str, t.Any], str]]:
+        """``(parent header, text)`` for each cell to tell before ``msg_list`` is sent: a cell's
+        first loss, and the sum of its later ones when ``msg_list`` ends the cell."""
+        ending = _ending_cell(msg_list)
         notices = []
-        for parent, (size, count) in self._unreported.items():
-            try:
-                header = json.loads(parent)
-            except ValueError:
-                header = {}
-            if not isinstance(header, dict) or "msg_id" not in header:
-                header = {}
+        for msg_id, loss in list(self._unreported.items()):
+            told = msg_id in self._notified
+            if told and msg_id != ending:
+                continue  # summed up when the cell ends
+            del self._unreported[msg_id]
+            if msg_id == ending:
+                self._notified.pop(msg_id, None)
+            elif msg_id:
+                self._remember_told(msg_id)
+            size, count = loss.size, loss.count
             noun = "message" if count == 1 else "messages"
-            notices.append((header, (
-                f"[elastic-kernels] {_size(size)} of output ({count} {noun}) not shown: the "
-                f"gateway holds at most {_size(self.max_pending)} of output that a client has "
-                "not read yet. The kernel kept running.\n")))
-        self._unreported.clear()
+            more = "more " if told else ""
+            notices.append((loss.header, (
+                f"[elastic-kernels] {_size(size)} {more}of output ({count} {noun}) not shown: "
+                f"the gateway holds at most {_size(self.max_pending)} of output that a client "
+                "has not read yet. The kernel kept running.\n")))
         return notices
+
+    def _remember_told(self, msg_id: str) -> None:
+        self._notified[msg_id] = None
+        while len(self._notified) > MAX_NOTIFIED_CELLS:
+            del self._notified[next(iter(self._notified))]
+
+
+class _Loss:
+    """What one cell lost and was not told yet."""
+
+    __slots__ = ("header", "size", "count")
+
+    def __init__(self, header: dict[str, t.Any]) -> None:
+        self.header = header
+        self.size = 0
+        self.count = 0
+
+
+def _parent_of(raw: bytes) -> dict[str, t.Any]:
+    """A dropped message's parent header, or ``{}`` when it names no request."""
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(header, dict) or not isinstance(header.get("msg_id"), str):
+        return {}
+    return header
+
+
+def _ending_cell(msg_list: t.Sequence[t.Any]) -> str | None:
+    """The msg_id of the request whose idle status ``msg_list`` is, or None. Parsed only while
+    notices wait, never on the common path."""
+    parts = _split(msg_list)
+    if parts is None or b'"idle"' not in parts[2] or _msg_type(parts[0]) != "status":
+        return None
+    msg_id = _parent_of(parts[1]).get("msg_id")
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def notice_frame(session: Session, v1: bool, parent: dict[str, t.Any],
