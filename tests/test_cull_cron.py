@@ -401,7 +401,8 @@ async def test_a_suspended_kernel_past_max_age_goes_with_its_snapshot(
     """Suspended kernels are not idle-culled or orphaned (no gateway needs to hold them), but
     maxAge ends them, and ``--snapshot-store`` removes their snapshots with them."""
     client = conn.client
-    await add_kernelspec(client, "python-gpu", "cron-suspend", idleTimeout="1s", maxAge="3s",
+    # maxAge is long at first, so a slow first run cannot reach it; it is cut before the second.
+    await add_kernelspec(client, "python-gpu", "cron-suspend", idleTimeout="1s", maxAge="1h",
                          onCull="Suspend")
     await put_lease(client, "gw-dead", utcnow() - timedelta(hours=1), duration=30)
     long_ago = utcnow() - timedelta(hours=2)
@@ -425,7 +426,8 @@ async def test_a_suspended_kernel_past_max_age_goes_with_its_snapshot(
     assert not dead.exists() and under_way.exists()
     assert "removed 1 unfinished snapshot save(s) from the store: .tmp-dead.eksnap" in err
 
-    await wait_until_older_than(young, 3.0)
+    await client.patch(R.KERNELSPECS, "cron-suspend", {"spec": {"culling": {"maxAge": "1s"}}})
+    await wait_until_older_than(young, 1.0)
     code, out, err = await run_cull("--orphan-grace", "0", "--snapshot-store", str(store),
                                     "--output", "json", kubeconfig=cluster.kubeconfig_path)
     assert code == 0, err

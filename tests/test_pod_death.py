@@ -47,6 +47,16 @@ async def start(gateway: ElasticGatewayApp, name: str) -> str:
     return str(json_of(response)["id"])
 
 
+async def exit_with_code_3(gateway: ElasticGatewayApp, kernel_id: str) -> None:
+    """The kernel's process exits on its own; returns when the client has heard ``dead``."""
+    ws = await KernelWS.open(gateway.url, kernel_id)
+    try:
+        ws.send("execute_request", {"code": "import os; os._exit(3)", "silent": False})
+        await ws.wait_for(status_is("dead"))
+    finally:
+        ws.close()
+
+
 async def model(gateway: ElasticGatewayApp, kernel_id: str) -> dict[str, Any]:
     response = await api(gateway.url, "GET", f"/api/kernels/{kernel_id}")
     assert response.code == 200, response.body
@@ -85,12 +95,7 @@ async def test_deleted_pod_restarts_the_kernel_and_the_websocket_carries_on(
 async def test_killed_kernel_with_fail_policy_is_reported_dead_with_the_reason(
         gateway: ElasticGatewayApp, kube: KubeClient) -> None:
     kernel_id = await start(gateway, "python-cpu-fail")
-    ws = await KernelWS.open(gateway.url, kernel_id)
-    try:
-        ws.send("execute_request", {"code": "import os; os._exit(3)", "silent": False})
-        await ws.wait_for(status_is("dead"))
-    finally:
-        ws.close()
+    await exit_with_code_3(gateway, kernel_id)
     found = await model(gateway, kernel_id)
     assert found["execution_state"] == "dead"
     assert "exited with code 3" in found["reason"], found
@@ -121,12 +126,7 @@ async def test_dead_is_announced_after_the_record_says_failed_even_if_its_watch_
         loop.call_later(0.5, deliver, event_type, obj)
 
     monkeypatch.setattr(records, "_deliver", lagging)
-    ws = await KernelWS.open(gateway.url, kernel_id)
-    try:
-        ws.send("execute_request", {"code": "import os; os._exit(3)", "silent": False})
-        await ws.wait_for(status_is("dead"))
-    finally:
-        ws.close()
+    await exit_with_code_3(gateway, kernel_id)
     found = await model(gateway, kernel_id)
     assert found["elastic"]["phase"] == "Failed", found
     assert (await api(gateway.url, "DELETE", f"/api/kernels/{kernel_id}")).code == 204
