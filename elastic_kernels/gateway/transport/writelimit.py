@@ -93,7 +93,6 @@ MAX_NOTIFIED_CELLS = 64
 """Cells remembered as told once, whose further losses wait for the cell's end; past this many
 running cells, the oldest is forgotten (its next loss is told at once again)."""
 
-
 _MAX_PARENT_BYTES = 4096
 """A parent header larger than this is not kept for the notice (it is the kernel's to size)."""
 
@@ -128,15 +127,20 @@ def retrieve_exception(written: asyncio.Future[t.Any]) -> None:
         written.exception()
 
 
-def _split(msg_list: t.Sequence[t.Any]) -> tuple[bytes, bytes, bytes] | None:
-    """The header, parent header and content parts of a raw kernel message, or None."""
+def _delim_index(msg_list: t.Sequence[t.Any]) -> int | None:
+    """Where a raw kernel message's header parts start (the delimiter's index), or None."""
     for i, part in enumerate(msg_list):
         if part == DELIM:
-            if len(msg_list) < i + 4:
-                return None
-            content = bytes(msg_list[i + 5]) if len(msg_list) > i + 5 else b""
-            return bytes(msg_list[i + 2]), bytes(msg_list[i + 3]), content
+            return i if len(msg_list) >= i + 4 else None
     return None
+
+
+def _split(msg_list: t.Sequence[t.Any]) -> tuple[bytes, bytes] | None:
+    """The header and parent header parts of a raw kernel message, or None."""
+    i = _delim_index(msg_list)
+    if i is None:
+        return None
+    return bytes(msg_list[i + 2]), bytes(msg_list[i + 3])
 
 
 def _msg_type(header: bytes) -> str | None:
@@ -248,6 +252,7 @@ class OutputLimit:
 
     @property
     def has_notices(self) -> bool:
+        """Whether a notice may be due (a cell's later losses wait for its idle status)."""
         return bool(self._unreported)
 
     def take_notices(self, msg_list: t.Sequence[t.Any] = ()) -> list[tuple[dict[str, t.Any], str]]:
@@ -304,10 +309,12 @@ def _parent_of(raw: bytes) -> dict[str, t.Any]:
 def _ending_cell(msg_list: t.Sequence[t.Any]) -> str | None:
     """The msg_id of the request whose idle status ``msg_list`` is, or None. Parsed only while
     notices wait, never on the common path."""
-    parts = _split(msg_list)
-    if parts is None or b'"idle"' not in parts[2] or _msg_type(parts[0]) != "status":
+    i = _delim_index(msg_list)
+    if i is None or len(msg_list) < i + 6 or _msg_type(bytes(msg_list[i + 2])) != "status":
+        return None  # the content (a status's is tiny) is looked at only for a status
+    if b'"idle"' not in bytes(msg_list[i + 5]):
         return None
-    msg_id = _parent_of(parts[1]).get("msg_id")
+    msg_id = _parent_of(bytes(msg_list[i + 3])).get("msg_id")
     return msg_id if isinstance(msg_id, str) else None
 
 
