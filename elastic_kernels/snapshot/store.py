@@ -283,16 +283,13 @@ def _listed_time(info: dict[str, Any]) -> float | None:
         value = info.get(key)
         if isinstance(value, (int, float)):
             return float(value)
-        if isinstance(value, datetime):
-            return value.timestamp() if value.tzinfo else value.replace(
-                tzinfo=timezone.utc).timestamp()
         if isinstance(value, str):
             try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
                 continue
-            return parsed.timestamp() if parsed.tzinfo else parsed.replace(
-                tzinfo=timezone.utc).timestamp()
+        if isinstance(value, datetime):  # a time without a zone is UTC, as object stores say
+            return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
     return None
 
 
